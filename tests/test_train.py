@@ -1,0 +1,129 @@
+"""A real tiny training run through the library and the CLI."""
+import json
+
+import numpy as np
+import pytest
+
+from bcd.cli import main
+from train.config import TrainConfig
+from train.trainer import RunExists, plan_phases, train
+
+METRIC_KEYS = {"accuracy", "precision", "recall", "sensitivity", "specificity", "f1", "roc_auc",
+               "pr_auc", "brier", "ece", "confusion_matrix", "threshold", "n_positive", "n_negative", "ci95"}
+PLOTS = {"roc.png", "pr.png", "confusion.png", "reliability.png", "training_curves.png"}
+
+
+def test_tiny_run_writes_every_artifact(tiny_run):
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {"model.keras", "run.json", "split.json", "metrics.json", "metrics.md", "history.json",
+            "predictions.json", "checkpoint"} <= names
+    assert PLOTS <= {p.name for p in (tiny_run / "plots").iterdir()}
+    for png in (tiny_run / "plots").iterdir():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    block = metrics["at_operating_threshold"]
+    assert METRIC_KEYS <= set(block)
+    assert set(block["ci95"]) >= {"sensitivity", "specificity", "roc_auc"}
+    assert metrics["n_per_class"]["benign"] + metrics["n_per_class"]["malignant"] == block["n"]
+    assert "at_0.5" in metrics
+
+    info = json.loads((tiny_run / "run.json").read_text())
+    assert info["status"] == "complete"
+    assert info["threshold"]["chosen_on"] == "validation split"
+    assert block["threshold"] == pytest.approx(info["threshold"]["value"])
+    assert info["model"]["initialisation"].startswith("he_normal")
+    assert info["preprocessing"]["image_size"] == 32
+
+    split = json.loads((tiny_run / "split.json").read_text())
+    files = [f["path"] for s in ("train", "val", "test") for f in split["files"][s]]
+    assert len(files) == len(set(files)) == info["data"]["images"]
+    preds = json.loads((tiny_run / "predictions.json").read_text())
+    assert [p["path"] for p in preds] == [f["path"] for f in split["files"]["test"]]
+    assert all(0.0 <= p["probability"] <= 1.0 for p in preds)
+
+
+def test_he_initialisation_and_scaled_input_make_scratch_training_sane(tiny_run):
+    history = json.loads((tiny_run / "history.json").read_text())
+    # With Keras' default init and unscaled input the first-epoch loss was ~65
+    # (saturated sigmoid); a sane start stays near log(2) times the class weights.
+    assert history["loss"][0] < 3.0
+
+
+def test_evaluate_reproduces_training_metrics(tiny_run, capsys):
+    before = json.loads((tiny_run / "metrics.json").read_text())
+    assert main(["evaluate", str(tiny_run), "--bootstrap", "200"]) == 0
+    after = json.loads((tiny_run / "metrics.json").read_text())
+    for key in ("roc_auc", "sensitivity", "specificity", "brier"):
+        a, b = before["at_operating_threshold"][key], after["at_operating_threshold"][key]
+        assert (a is None and b is None) or a == pytest.approx(b, abs=1e-5)
+    assert "Research and education only" in capsys.readouterr().out
+
+
+def test_evaluate_external_folder_uses_frozen_threshold(tiny_run, tiny_dataset, tmp_path):
+    out = tmp_path / "external"
+    assert main(["evaluate", str(tiny_run), "--data", str(tiny_dataset), "--out", str(out),
+                 "--bootstrap", "100"]) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    info = json.loads((tiny_run / "run.json").read_text())
+    assert doc["threshold"]["value"] == info["threshold"]["value"]
+    assert doc["at_operating_threshold"]["n"] == info["data"]["images"]
+
+
+def test_existing_run_is_never_overwritten(tiny_run, tiny_dataset, capsys):
+    before = (tiny_run / "model.keras").stat().st_mtime_ns
+    code = main(["train", "--data", str(tiny_dataset), "--out", str(tiny_run), "--image-size", "32", "--epochs", "1"])
+    assert code == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert (tiny_run / "model.keras").stat().st_mtime_ns == before
+
+
+def test_resume_continues_from_last_epoch(tiny_dataset, tmp_path):
+    out = tmp_path / "resumable"
+    config = TrainConfig(out=str(out), data=str(tiny_dataset), image_size=32, epochs=1,
+                         batch_size=8, bootstrap_resamples=50)
+    train(config)
+    longer = TrainConfig(**{**config.to_dict(), "epochs": 2, "augment": config.augment})
+    train(longer, resume=True)
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["epochs_done"] == 2
+    assert len(json.loads((out / "history.json").read_text())["loss"]) == 2
+    with pytest.raises(RunExists, match="differ"):
+        train(TrainConfig(**{**longer.to_dict(), "image_size": 48, "augment": config.augment}), resume=True)
+
+
+def test_bad_cli_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r2"), "--image-size", "16"]) == 2
+    assert "at least 32" in capsys.readouterr().err
+
+
+def test_offline_imagenet_download_fails_clearly(tmp_path, monkeypatch):
+    from train.model import ModelConfig, WeightsUnavailable, build_model
+    # Point Keras' cache at an empty folder so a cached file cannot hide the failure.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(WeightsUnavailable, match="--weights /path/to/"):
+        build_model(ModelConfig(image_size=32, weights="imagenet"))
+
+
+def test_local_weights_file_is_loaded_and_checked(tmp_path):
+    from train.model import ModelConfig, WeightsUnavailable, build_model
+    from train.tf_setup import keras
+    donor = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path / "vgg16_notop.h5"
+    donor.save_weights(str(path))
+    model, info = build_model(ModelConfig(image_size=32, weights=str(path)))
+    np.testing.assert_allclose(model.get_layer("block1_conv1").get_weights()[0], donor.get_layer("block1_conv1").get_weights()[0])
+    assert info["weights"] == "local file vgg16_notop.h5"
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(WeightsUnavailable, match="does not fit"):
+        build_model(ModelConfig(image_size=32, weights=str(tmp_path / "junk.h5")))
+    with pytest.raises(WeightsUnavailable, match="not found"):
+        build_model(ModelConfig(image_size=32, weights=str(tmp_path / "missing.h5")))
+
+
+def test_pretrained_runs_have_head_then_finetune_phases():
+    phases = plan_phases(TrainConfig(out="x", weights="imagenet", epochs=8, head_epochs=3))
+    assert [(p.name, p.start, p.end, p.blocks) for p in phases] == [("head", 0, 3, "none"), ("finetune", 3, 8, "last")]
+    assert plan_phases(TrainConfig(out="x", epochs=4))[0].blocks == "all"

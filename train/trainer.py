@@ -1,0 +1,270 @@
+"""`bcd train`: data -> near-duplicate-aware split -> VGG16 fine-tuning -> evaluation.
+
+Checkpoints after every epoch (the model with its optimizer state, plus the training
+state) so an interrupted run continues with --resume; the best model by validation AUC
+is kept as model.keras.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from runtime import atomic
+from runtime.dataset import LabelMap
+from runtime.preprocessing import IMAGENET_BGR_STD, PreprocessSpec
+from train import evaluate
+from train.config import TrainConfig
+from train.data import LoadedDataset, load_folder, make_tf_dataset
+from train.dedup import DedupConfig, group_ids
+from train.metrics import ThresholdPolicy
+from train.model import ModelConfig, build_model, set_trainable_blocks
+from train.plots import plot_history
+from train.run_dir import RunDir
+from train.split import SplitConfig, describe_split, save_split, split_indices
+from train.tf_setup import keras, tf
+
+log = logging.getLogger(__name__)
+
+
+LOG_NAME = "train.log"
+
+
+class RunExists(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    start: int      # first epoch (0-based)
+    end: int        # one past the last epoch
+    blocks: str     # which VGG16 blocks train: none | last | all
+    learning_rate: float
+
+
+def plan_phases(config: TrainConfig) -> list[Phase]:
+    if config.weights == "none":
+        return [Phase("full", 0, config.epochs, "all", config.lr_scratch)]
+    head = min(config.head_epochs, config.epochs)
+    phases = [Phase("head", 0, head, "none", config.lr_head)]
+    if config.epochs > head:
+        phases.append(Phase("finetune", head, config.epochs, "last", config.lr_finetune))
+    return phases
+
+
+def preprocess_spec(config: TrainConfig) -> PreprocessSpec:
+    """ImageNet weights expect caffe-style input (mean removed, 0..255 scale); from
+    scratch, unit-variance input lets He-initialised layers start at a sane scale (the
+    unscaled input saturated the sigmoid: first-epoch loss ~65 on synthetic images)."""
+    if config.weights == "none":
+        return PreprocessSpec(image_size=config.image_size, std=IMAGENET_BGR_STD)
+    return PreprocessSpec(image_size=config.image_size)
+
+
+def tool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("breast-cancer-edge")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Per epoch: record history, keep the best model, save a resumable checkpoint,
+    and stop early when validation AUC has not improved for `patience` epochs."""
+
+    def __init__(self, run: RunDir, state: dict, phase: Phase, patience: int):
+        super().__init__()
+        self.run, self.state, self.phase, self.patience = run, state, phase, patience
+        self.epoch_start = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        seconds = time.monotonic() - self.epoch_start
+        state, history = self.state, self.state["history"]
+        for key in ("loss", "auc", "val_loss", "val_auc"):
+            history.setdefault(key, []).append(float(logs.get(key, float("nan"))))
+        history.setdefault("seconds", []).append(round(seconds, 1))
+        val_auc = float(logs.get("val_auc", 0.0))
+        improved = val_auc > state["best_val_auc"] + 1e-6
+        if improved:
+            state.update(best_val_auc=val_auc, best_epoch=epoch + 1, wait=0)
+            with atomic.atomic_path(self.run.model) as tmp:
+                self.model.save(tmp)
+        else:
+            state["wait"] += 1
+        state.update(epochs_done=epoch + 1, phase=self.phase.name)
+        state["elapsed_seconds"] = state.get("elapsed_seconds", 0.0) + seconds
+        if state["wait"] >= self.patience:
+            state["stopped_early"] = True
+            self.model.stop_training = True
+        with atomic.atomic_path(self.run.last_model) as tmp:
+            self.model.save(tmp)
+        atomic.write_json(self.run.state, state)
+        log.info(
+            "epoch %d/%d [%s] %.0fs  loss %.4f  val_loss %.4f  val_auc %.4f%s",
+            epoch + 1, self.params.get("epochs", 0), self.phase.name, seconds,
+            logs.get("loss", float("nan")), logs.get("val_loss", float("nan")), val_auc,
+            "  (best, saved)" if improved else f"  (best {state['best_val_auc']:.4f}, {state['wait']}/{self.patience})",
+        )
+
+
+def _prepare_run_dir(run: RunDir, resume: bool) -> None:
+    if resume:
+        if not run.state.is_file():
+            raise RunExists(f"nothing to resume in {run.root}: no checkpoint/state.json")
+        return
+    if run.root.exists() and any(p.name != LOG_NAME for p in run.root.iterdir()):
+        raise RunExists(
+            f"{run.root} already holds files; use --resume to continue that run or choose another --out"
+        )
+    run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _check_resume_config(run: RunDir, config: TrainConfig) -> None:
+    saved = run.read_json(run.run_info)["config"]
+    current = config.to_dict()
+    diff = [k for k in current if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != current[k]]
+    if diff:
+        raise RunExists(f"--resume with settings that differ from the original run: {', '.join(diff)}")
+
+
+def _load_data(config: TrainConfig, run: RunDir, spec: PreprocessSpec) -> LoadedDataset:
+    data_root = config.data
+    if data_root is None:
+        from train.synthetic import write_synthetic_dataset
+        data_root = write_synthetic_dataset(run.root / "synthetic-data")
+        log.warning("no --data given: training on the built-in synthetic images in %s "
+                    "(a pipeline check; its numbers mean nothing clinically)", data_root)
+    dedup = DedupConfig(max_distance=config.dedup_max_distance)
+    return load_folder(data_root, spec, LabelMap(dict(config.class_labels)), dedup)
+
+
+def _split(config: TrainConfig, run: RunDir, data: LoadedDataset, resume: bool) -> dict[str, np.ndarray]:
+    if resume:
+        doc = run.read_json(run.split)
+        index = {p: i for i, p in enumerate(data.relative_paths)}
+        missing = [f["path"] for s in doc["files"].values() for f in s if f["path"] not in index]
+        if missing:
+            raise RunExists(f"{len(missing)} file(s) of the saved split are no longer readable, e.g. {missing[0]}")
+        return {s: np.array([index[f["path"]] for f in doc["files"][s]]) for s in doc["files"]}
+    groups = group_ids(data.hashes, config.dedup_max_distance)
+    split_cfg = SplitConfig(config.val_fraction, config.test_fraction, config.seed)
+    indices = split_indices(data.labels, groups, split_cfg)
+    doc = describe_split(data.relative_paths, data.labels, groups, data.class_names, indices,
+                         split_cfg, DedupConfig(config.dedup_max_distance))
+    doc["data_root"] = str(Path(data.root).resolve())
+    doc["unreadable_skipped"] = data.unreadable
+    save_split(doc, run.split)
+    log.info("split (images): %s; %d near-duplicate groups", doc["counts"], len(doc["duplicate_groups"]))
+    return {s: np.array(v) for s, v in indices.items()}
+
+
+def _class_weights(labels: np.ndarray) -> dict[int, float]:
+    counts = np.bincount(labels, minlength=2)
+    if counts.min() == 0:
+        raise ValueError("the training split lacks one of the classes; add images or change the split")
+    return {c: float(len(labels) / (2 * counts[c])) for c in (0, 1)}
+
+
+def _compile(model, learning_rate: float) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc")],
+    )
+
+
+def _run_info(config, spec, model_info, data, phases, status, extra=None) -> dict:
+    info = {
+        "tool": {"name": "breast-cancer-edge", "version": tool_version()},
+        "status": status,
+        "config": config.to_dict(),
+        "preprocessing": spec.to_dict(),
+        "labels": {"names": ["benign", "malignant"], "positive": "malignant",
+                   "class_labels": dict(config.class_labels)},
+        "model": model_info,
+        "phases": [p.__dict__ for p in phases],
+        "data": data.summary(),
+        "environment": {
+            "python": platform.python_version(), "tensorflow": tf.__version__,
+            "machine": platform.machine(), "processor": platform.processor() or None,
+        },
+    }
+    info.update(extra or {})
+    return info
+
+
+def train(config: TrainConfig, resume: bool = False) -> RunDir:
+    """Train, evaluate on the test split, and return the run directory."""
+    run = RunDir(Path(config.out))
+    _prepare_run_dir(run, resume)
+    if resume:
+        _check_resume_config(run, config)
+    spec = preprocess_spec(config)
+    data = _load_data(config, run, spec)
+    split = _split(config, run, data, resume)
+    phases = plan_phases(config)
+
+    state = run.read_json(run.state) if resume else {
+        "epochs_done": 0, "phase": None, "best_val_auc": -1.0, "best_epoch": 0, "wait": 0,
+        "stopped_early": False, "history": {}, "elapsed_seconds": 0.0,
+    }
+    if resume and (state["epochs_done"] >= config.epochs or state.get("stopped_early")):
+        log.info("the run had already finished training; re-evaluating")
+    model_cfg = ModelConfig(config.image_size, config.weights, seed=config.seed)
+    model, model_info = build_model(model_cfg)
+    if resume and run.last_model.is_file():
+        model = keras.models.load_model(run.last_model)
+        log.info("resuming after epoch %d", state["epochs_done"])
+    atomic.write_json(run.run_info, _run_info(config, spec, model_info, data, phases, "training"))
+
+    x_train, y_train = data.images[split["train"]], data.labels[split["train"]]
+    x_val, y_val = data.images[split["val"]], data.labels[split["val"]]
+    train_ds = make_tf_dataset(x_train, y_train, spec, config.batch_size, True, config.seed, config.augment)
+    val_ds = make_tf_dataset(x_val, y_val, spec, config.batch_size, False)
+    weights = _class_weights(y_train)
+    verbose = 1 if _is_tty() else 2
+    for phase in phases:
+        if state.get("stopped_early") or state["epochs_done"] >= phase.end:
+            continue
+        if state["phase"] != phase.name or not resume:
+            set_trainable_blocks(model, phase.blocks)
+            _compile(model, phase.learning_rate)
+            state["wait"] = 0   # each phase gets its own patience
+        resume = False  # later phases start fresh
+        log.info("phase %s: epochs %d-%d, VGG16 blocks training: %s, learning rate %g",
+                 phase.name, phase.start + 1, phase.end, phase.blocks, phase.learning_rate)
+        model.fit(train_ds, validation_data=val_ds, epochs=phase.end,
+                  initial_epoch=max(phase.start, state["epochs_done"]), class_weight=weights,
+                  callbacks=[EpochCheckpoint(run, state, phase, config.patience)], verbose=verbose)
+
+    history = dict(state["history"])
+    history["phase_boundaries"] = [p.start for p in phases[1:]]
+    atomic.write_json(run.history, history)
+    plot_history(history, run.plots / "training_curves.png")
+
+    best = keras.models.load_model(run.model, compile=False)
+    policy = ThresholdPolicy(config.threshold_method, config.min_sensitivity)
+    result = evaluate.evaluate_split_after_training(best, data, split, spec, policy, run, config.bootstrap_resamples)
+    atomic.write_json(run.run_info, _run_info(
+        config, spec, model_info, data, phases, "complete",
+        {"threshold": result["threshold"], "best_epoch": state["best_epoch"],
+         "best_val_auc": state["best_val_auc"], "epochs_trained": state["epochs_done"],
+         "stopped_early": state.get("stopped_early", False),
+         "training_seconds": round(state["elapsed_seconds"], 1)},
+    ))
+    return run
+
+
+def _is_tty() -> bool:
+    import sys
+    return sys.stdout.isatty()
