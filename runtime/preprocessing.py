@@ -8,8 +8,8 @@ Pipeline: decoded image (any size, BGR uint8, see runtime.images) -> resize to t
 model's square input with area interpolation (squashing, no crop: lesions can sit
 anywhere in the frame) -> float32 -> subtract the per-channel mean and divide by std.
 The default mean is ImageNet's in BGR order, the "caffe" convention VGG16's ImageNet
-weights were trained with; from-scratch models also divide by ImageNet's std. Layout
-is NHWC.
+weights were trained with; std stays 1 (0..255 scale) for them and, as measured, for
+from-scratch training too. Layout is NHWC.
 """
 from __future__ import annotations
 
@@ -20,10 +20,6 @@ import cv2
 import numpy as np
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
-# ImageNet's per-channel standard deviation on the 0..255 scale, BGR order. Models
-# trained from scratch divide by it so that He-initialised layers see unit-variance
-# input; ImageNet VGG16 weights were trained without it (std 1).
-IMAGENET_BGR_STD = (57.375, 57.12, 58.395)
 
 _INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 

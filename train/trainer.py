@@ -16,7 +16,7 @@ import numpy as np
 
 from runtime import atomic
 from runtime.dataset import LabelMap
-from runtime.preprocessing import IMAGENET_BGR_STD, PreprocessSpec
+from runtime.preprocessing import PreprocessSpec
 from train import evaluate
 from train.config import TrainConfig
 from train.data import LoadedDataset, load_folder, make_tf_dataset
@@ -55,15 +55,6 @@ def plan_phases(config: TrainConfig) -> list[Phase]:
     if config.epochs > head:
         phases.append(Phase("finetune", head, config.epochs, "last", config.lr_finetune))
     return phases
-
-
-def preprocess_spec(config: TrainConfig) -> PreprocessSpec:
-    """ImageNet weights expect caffe-style input (mean removed, 0..255 scale); from
-    scratch, unit-variance input lets He-initialised layers start at a sane scale (the
-    unscaled input saturated the sigmoid: first-epoch loss ~65 on synthetic images)."""
-    if config.weights == "none":
-        return PreprocessSpec(image_size=config.image_size, std=IMAGENET_BGR_STD)
-    return PreprocessSpec(image_size=config.image_size)
 
 
 def tool_version() -> str:
@@ -209,7 +200,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunDir:
     _prepare_run_dir(run, resume)
     if resume:
         _check_resume_config(run, config)
-    spec = preprocess_spec(config)
+    spec = PreprocessSpec(image_size=config.image_size)
     data = _load_data(config, run, spec)
     split = _split(config, run, data, resume)
     phases = plan_phases(config)
