@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 log = logging.getLogger("bcd")
@@ -106,6 +107,127 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+# ---- export ------------------------------------------------------------------------
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a run to ONNX/TFLite variants, check each against the Keras model, "
+                                      "write manifest.json")
+    p.add_argument("run", type=Path, help="run directory from `bcd train`")
+    p.add_argument("--out", type=Path, required=True, help="export directory to write")
+    p.add_argument("--formats", default=None,
+                   help="comma-separated variants (default: all but QAT): onnx-fp32, onnx-int8, onnx-fp16, "
+                        "tflite-fp32, tflite-fp16, tflite-dynamic, tflite-int8; with --qat also onnx-int8-qat, "
+                        "tflite-int8-qat")
+    p.add_argument("--calib-data", type=Path, help="labelled folder of calibration images (default: the run's training split)")
+    p.add_argument("--calib-size", type=int, default=200, help="calibration images, at most (default 200)")
+    p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax",
+                   help="ONNX Runtime calibration method for onnx-int8 (default minmax)")
+    p.add_argument("--qat", type=int, default=0, metavar="EPOCHS",
+                   help="also export quantization-aware-trained INT8 variants, fine-tuned EPOCHS epochs")
+    p.add_argument("--data", type=Path, help="labelled folder for the parity checks (default: the run's validation split)")
+    p.add_argument("--max-auc-drop", type=float, default=0.01, help="tolerated AUC drop vs Keras (default 0.01)")
+    p.add_argument("--max-flip-rate", type=float, default=0.02,
+                   help="tolerated share of changed decisions at the operating threshold (default 0.02)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    try:
+        from export import ExportConfig, export_run
+        from export.summary import summary_table
+    except ImportError as err:
+        raise _missing_extra("export", err)
+    if not args.run.is_dir():
+        raise UsageError(f"{args.run}: no such run directory")
+    for flag, folder in (("--calib-data", args.calib_data), ("--data", args.data)):
+        if folder is not None and not folder.is_dir():
+            raise UsageError(f"{flag} {folder}: no such folder")
+    options = {}
+    if args.formats:
+        options["formats"] = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    config = ExportConfig(
+        run_dir=str(args.run), out=str(args.out), calib_data=str(args.calib_data) if args.calib_data else None,
+        calib_size=args.calib_size, calib_method=args.calib_method, qat_epochs=args.qat,
+        parity_data=str(args.data) if args.data else None, max_auc_drop=args.max_auc_drop,
+        max_flip_rate=args.max_flip_rate, onnx_opset=args.opset, **options,
+    )
+    _setup_logging()
+    result = export_run(config)
+    print(summary_table(result.manifest, result.seconds))
+    print(f"\nexport written to {result.export_dir} (manifest: {result.manifest_path.name})")
+    return 0 if result.ok else 1
+
+
+# ---- predict -----------------------------------------------------------------------
+
+_PROGRESS_MIN = 20  # report progress on stderr from this many images on
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="classify images with an exported model (ONNX Runtime/LiteRT, no TensorFlow)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders (searched recursively, lesion masks skipped) or glob patterns")
+    p.add_argument("--model", type=Path, help="export directory from `bcd export`, its manifest.json, or an .onnx "
+                   "file with embedded metadata (required for now: no reference model is shipped yet)")
+    p.add_argument("--variant", help="variant to run, e.g. onnx-fp32 (default: onnx-int8 if it passed the export "
+                   "checks, else onnx-fp32)")
+    p.add_argument("--json", type=Path, dest="json_out", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--csv", type=Path, dest="csv_out", metavar="FILE", help="also write the results as CSV")
+    p.add_argument("--heatmap", type=Path, metavar="DIR", help="write a Grad-CAM overlay <stem>_gradcam.png per image")
+    p.add_argument("--threads", type=int, help="CPU threads for inference (default: physical cores)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse images with more pixels than this (default 64000000; decompression-bomb guard)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default 8)")
+    p.add_argument("--force", action="store_true",
+                   help="run a variant that failed the export's checks against the original model (investigation only)")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args) -> int:
+    from runtime import predict_files
+    from runtime.classifier import Classifier
+    from runtime.images import DEFAULT_MAX_PIXELS
+
+    model = args.model or predict_files.default_model_path()
+    if model is None:
+        raise UsageError("--model is required: pass an export directory from `bcd export` "
+                         "(no reference model is shipped yet)")
+    for flag, value in (("--threads", args.threads), ("--max-pixels", args.max_pixels), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1")
+    classifier = Classifier.load(model, variant=args.variant, threads=args.threads, force=args.force,
+                                 max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
+    if args.heatmap is not None and not classifier.has_cam:
+        raise UsageError(f"variant {classifier.variant} has no Grad-CAM output; use --variant onnx-fp32 or onnx-int8 "
+                         "for --heatmap")
+    print(f"model: {classifier.info.file} (variant {classifier.variant}, threshold {classifier.threshold:.4f}, "
+          f"{classifier.threads} thread(s))", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        if total >= _PROGRESS_MIN:
+            print(f"predicted {done}/{total} images", file=sys.stderr, flush=True)
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        # decoder warnings (e.g. DICOM burned-in patient data) stay visible, without source lines
+        print(f"warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line_warning
+        results = predict_files.predict_paths(classifier, [str(i) for i in args.inputs], heatmap_dir=args.heatmap,
+                                              batch_size=args.batch_size, progress=progress)
+    print(predict_files.format_table(results))
+    print(f"\n{DISCLAIMER}")
+    if args.json_out is not None:
+        predict_files.write_json(args.json_out, results)
+    if args.csv_out is not None:
+        predict_files.write_csv(args.csv_out, results)
+    failed = sum(not r.ok for r in results)
+    if failed:
+        print(f"{failed} of {len(results)} input(s) could not be classified (see the ERROR rows)", file=sys.stderr)
+    return 1 if failed else 0
+
+
 # ---- main --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_evaluate):
+    for add in (_add_train, _add_evaluate, _add_export, _add_predict):
         add(sub)
     return parser
 

@@ -61,3 +61,53 @@ def tiny_run(tiny_dataset, tmp_path_factory) -> Path:
     config = TrainConfig(out=str(out), data=str(tiny_dataset), image_size=32, epochs=1,
                          batch_size=8, bootstrap_resamples=200)
     return train(config).root
+
+
+
+@pytest.fixture(scope="session")
+def graded_run(tiny_run, tiny_dataset, tmp_path_factory) -> Path:
+    """A copy of `tiny_run` whose output layer is rescaled so that its probabilities
+    spread over 0..1 on tiny_dataset, with the threshold at 0.5 (the median image).
+
+    A 1-epoch from-scratch model on caffe-scaled input saturates: its probabilities are
+    exactly 0 or 1 and the chosen threshold is 0, which makes every comparison of
+    probabilities between Keras and an exported model trivially pass. An affine change
+    of the final logit (positive scale) keeps the network, its decisions' order and its
+    Grad-CAM maps (up to a constant factor) otherwise as trained."""
+    import json
+
+    from runtime.images import read_image
+    from runtime.preprocessing import PreprocessSpec, prepare_batch
+    from train.tf_setup import keras
+
+    out = tmp_path_factory.mktemp("runs") / "graded"
+    shutil.copytree(tiny_run, out)
+    info = json.loads((out / "run.json").read_text())
+    spec = PreprocessSpec.from_dict(info["preprocessing"])
+    model = keras.models.load_model(out / "model.keras", compile=False)
+    images = [read_image(p) for p in sorted(tiny_dataset.rglob("*.png")) if "_mask" not in p.stem]
+    hidden = keras.Model(model.inputs, model.get_layer("head_dense").output)
+    layer = model.get_layer("malignancy")
+    kernel, bias = layer.get_weights()
+    logits = np.asarray(hidden(prepare_batch(images, spec), training=False)) @ kernel + bias
+    spread = float(np.std(logits))
+    if spread == 0.0:
+        pytest.skip("the tiny model's head is dead (every image gives the same logit)")
+    factor = 1.5 / spread
+    layer.set_weights([kernel * factor, (bias - float(np.median(logits))) * factor])
+    model.save(out / "model.keras")
+    info["threshold"]["value"] = 0.5
+    (out / "run.json").write_text(json.dumps(info, indent=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export(graded_run, tmp_path_factory) -> Path:
+    """`graded_run` exported with `export.export_run`: onnx-fp32 and onnx-int8 only (the
+    runtime's default variants), with manifest.json. Shared by the runtime tests; treat
+    it as read-only (copy files before changing them)."""
+    from export import ExportConfig, export_run
+
+    out = tmp_path_factory.mktemp("exports") / "tiny"
+    export_run(ExportConfig(run_dir=str(graded_run), out=str(out), formats=("onnx-fp32", "onnx-int8")))
+    return out

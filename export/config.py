@@ -1,0 +1,106 @@
+"""What `bcd export` produces and with which settings: the variant table and one
+dataclass of options (the library entry point takes it; the CLI only fills it in)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+CAM_OUTPUTS = ("malignancy", "cam")
+PROB_ONLY = ("malignancy",)
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    format: str            # onnx | tflite
+    precision: str         # fp32 | fp16 | int8 | dynamic-int8
+    outputs: tuple[str, ...]
+    qat: bool = False
+    notes: tuple[str, ...] = ()
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}.{self.format}"
+
+
+VARIANTS: dict[str, VariantSpec] = {v.name: v for v in (
+    VariantSpec("onnx-fp32", "onnx", "fp32", CAM_OUTPUTS,
+                notes=("reference conversion (tf2onnx); the other ONNX variants start from it",)),
+    VariantSpec("onnx-int8", "onnx", "int8", CAM_OUTPUTS,
+                notes=("static post-training quantization, QDQ format, U8S8 (uint8 activations, "
+                       "int8 per-channel weights), calibrated on training images",)),
+    VariantSpec("onnx-fp16", "onnx", "fp16", CAM_OUTPUTS,
+                notes=("for GPUs/accelerators; CPUs run FP16 slowly (ONNX Runtime's CPU provider "
+                       "lacks FP16 kernels for most ops and inserts casts): prefer onnx-fp32 or "
+                       "onnx-int8 on clinic PCs", "inputs and outputs stay float32")),
+    VariantSpec("tflite-fp32", "tflite", "fp32", CAM_OUTPUTS),
+    VariantSpec("tflite-fp16", "tflite", "fp16", CAM_OUTPUTS,
+                notes=("FP16 weights, dequantized to FP32 at load time on CPUs: half the file, FP32 speed",)),
+    VariantSpec("tflite-dynamic", "tflite", "dynamic-int8", CAM_OUTPUTS,
+                notes=("dynamic-range quantization: int8 weights, activations quantized on the fly; "
+                       "no calibration data",)),
+    VariantSpec("tflite-int8", "tflite", "int8", CAM_OUTPUTS,
+                notes=("full-integer quantization calibrated on training images; float32 input and output",)),
+    VariantSpec("onnx-int8-qat", "onnx", "int8", PROB_ONLY, qat=True,
+                notes=("quantization-aware fine-tuned model converted by tf2onnx (QDQ); weights folded "
+                       "to int8 with ONNX Runtime's basic graph optimizations; probability output only",)),
+    VariantSpec("tflite-int8-qat", "tflite", "int8", PROB_ONLY, qat=True,
+                notes=("quantization-aware fine-tuned model, full-integer; probability output only",)),
+)}
+
+DEFAULT_FORMATS = tuple(name for name, v in VARIANTS.items() if not v.qat)
+QAT_FORMATS = tuple(name for name, v in VARIANTS.items() if v.qat)
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    run_dir: str
+    out: str
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    calib_data: str | None = None          # labelled folder; None: the run's training split
+    calib_size: int = 200                  # calibration images (at most)
+    calib_method: str = "minmax"
+    qat_epochs: int = 0                    # > 0: also export the QAT variants
+    qat_learning_rate: float = 1e-5
+    qat_batch_size: int = 16
+    parity_data: str | None = None         # labelled folder; None: the run's validation split
+    max_auc_drop: float = 0.01
+    max_flip_rate: float = 0.02
+    onnx_opset: int = 17
+    # Weights with 7 bits instead of 8: ONNX Runtime recommends it for per-channel U8S8 on
+    # x86-64 CPUs without VNNI (see export/onnx_convert.py).
+    int8_reduce_range: bool = True
+    calib_batch_size: int = 8
+    batch_size: int = 16                   # inference batch for parity checks
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        formats = tuple(dict.fromkeys(self.formats))  # de-duplicate, keep order
+        unknown = [f for f in formats if f not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        if not formats and self.qat_epochs <= 0:
+            raise ValueError("no formats to export")
+        if self.qat_epochs < 0:
+            raise ValueError("--qat EPOCHS must be 0 (off) or more")
+        qat_listed = [f for f in formats if VARIANTS[f].qat]
+        if qat_listed and self.qat_epochs <= 0:
+            raise ValueError(f"{', '.join(qat_listed)} need quantization-aware training: add --qat EPOCHS (e.g. --qat 2)")
+        if self.qat_epochs > 0 and not qat_listed:
+            formats = formats + QAT_FORMATS
+        object.__setattr__(self, "formats", formats)
+        if self.calib_method not in CALIBRATION_METHODS:
+            raise ValueError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}")
+        if self.calib_size < 1 or self.calib_batch_size < 1 or self.batch_size < 1 or self.qat_batch_size < 1:
+            raise ValueError("calibration size and batch sizes must be at least 1")
+        if not (0 <= self.max_auc_drop <= 1 and 0 <= self.max_flip_rate <= 1):
+            raise ValueError("--max-auc-drop and --max-flip-rate must lie in 0..1")
+
+    @property
+    def variants(self) -> list[VariantSpec]:
+        return [VARIANTS[f] for f in self.formats]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["formats"] = list(self.formats)
+        return d

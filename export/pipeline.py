@@ -1,0 +1,315 @@
+"""`bcd export`: a finished run -> ONNX / TFLite variants, each checked against the Keras
+model, plus manifest.json (runtime/manifest.py) describing all of them.
+
+Order of work: load the run and the parity images; Keras reference predictions (and the
+baseline AUC); then each variant in turn: convert -> write the file atomically (ONNX
+files carry the manifest essentials in their metadata) -> load the written file in its
+real runtime -> parity. A variant that cannot be produced is recorded as "error" and the
+others go on. The manifest is written last, so a directory with a manifest is complete.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from export import onnx_convert, tflite_convert
+from export.calibration import ImageCalibrationReader, representative_dataset
+from export.config import ExportConfig, VariantSpec
+from export.datasets import ImageSet, RunInfo, calibration_images, open_run, parity_images, sha256_file, split_images
+from export.explain import with_cam_output
+from export.parity import CAM, PROB, Tolerance, auc_or_none, compare, run_file
+from runtime import atomic
+from runtime.manifest import MANIFEST_NAME, ONNX_METADATA_KEY, Manifest, VariantEntry, write_manifest
+from runtime.preprocessing import prepare_batch
+
+log = logging.getLogger(__name__)
+
+_REASON_LIMIT = 600
+
+
+@dataclass
+class ExportResult:
+    manifest: Manifest
+    export_dir: Path
+    seconds: dict[str, float] = field(default_factory=dict)   # per variant, build + checks
+    total_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(v.status == "ok" for v in self.manifest.variants)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.export_dir / MANIFEST_NAME
+
+
+class _Lazy:
+    """Compute shared inputs (the FP32 ONNX graph, calibration images, the QAT model) once,
+    on first use; a failure is remembered and re-raised for every variant that needs it."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
+
+    def get(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self._values:
+            try:
+                self._values[key] = (True, make())
+            except Exception as err:  # noqa: BLE001 - stored, re-raised below
+                self._values[key] = (False, err)
+        ok, value = self._values[key]
+        if not ok:
+            raise value
+        return value
+
+    def has(self, key: str) -> bool:
+        return key in self._values and self._values[key][0]
+
+    def peek(self, key: str) -> Any:
+        return self._values[key][1] if self.has(key) else None
+
+
+class _Exporter:
+    def __init__(self, config: ExportConfig, run: RunInfo, model, out: Path):
+        self.config, self.run, self.model, self.out = config, run, model, out
+        self.spec = run.spec
+        self.cam_model = with_cam_output(model)
+        self.lazy = _Lazy()
+
+    # ---- shared inputs
+
+    def onnx_fp32(self):
+        def make():
+            log.info("  converting Keras -> ONNX (tf2onnx, opset %d)", self.config.onnx_opset)
+            return onnx_convert.keras_to_onnx(self.cam_model, self.spec.image_size, self.config.onnx_opset)
+        return self.lazy.get("onnx_fp32", make)
+
+    def calibration(self) -> ImageSet:
+        def make():
+            c = self.config
+            images = calibration_images(self.run, c.calib_data, c.calib_size, c.seed)
+            log.info("  calibration images: %s", images.description)
+            return images
+        return self.lazy.get("calibration", make)
+
+    def qat(self):
+        def make():
+            from export.qat import quantization_aware_finetune
+            c = self.config
+            train = split_images(self.run, "train")
+            log.info("  quantization-aware fine-tuning: %d epoch(s) on %s, learning rate %g",
+                     c.qat_epochs, train.description, c.qat_learning_rate)
+            return quantization_aware_finetune(self.model, train.images, train.labels, self.spec, c.qat_epochs,
+                                               c.qat_learning_rate, c.qat_batch_size, c.seed)
+        return self.lazy.get("qat", make)
+
+    def _calibration_note(self) -> str:
+        calib = self.calibration()
+        return f"calibrated on {len(calib.images)} images: {calib.description}"
+
+    # ---- builders: each returns (onnx.ModelProto | tflite bytes, notes)
+
+    def build(self, variant: VariantSpec):
+        name = variant.name
+        if name == "onnx-fp32":
+            import onnx
+            proto = onnx.ModelProto()
+            proto.CopyFrom(self.onnx_fp32())
+            return proto, []
+        if name == "onnx-int8":
+            calib = self.calibration()
+            reader = ImageCalibrationReader(calib.images, self.spec, self.config.calib_batch_size)
+            log.info("  quantizing (ONNX Runtime quantize_static, %s calibration)", self.config.calib_method)
+            proto, notes = onnx_convert.quantize_int8(self.onnx_fp32(), reader, self.config.calib_method,
+                                                      self.config.int8_reduce_range)
+            return proto, notes + [self._calibration_note()]
+        if name == "onnx-fp16":
+            return onnx_convert.to_fp16(self.onnx_fp32()), []
+        if name == "onnx-int8-qat":
+            qat = self.qat()
+            log.info("  converting the QAT model -> ONNX")
+            proto = onnx_convert.keras_to_onnx(qat.model, self.spec.image_size, self.config.onnx_opset)
+            return onnx_convert.fold_quantized_weights(proto), []
+        if variant.format == "tflite":
+            source = self.qat().model if variant.qat else self.cam_model
+            representative, notes = None, []
+            if variant.precision == "int8":
+                representative = representative_dataset(self.calibration().images, self.spec)
+                notes.append(self._calibration_note())
+            log.info("  converting -> TFLite (%s)", variant.precision)
+            return tflite_convert.convert(source, variant.precision, representative), notes
+        raise ValueError(f"no builder for variant {name!r}")
+
+    # ---- one variant end to end
+
+    def export_variant(self, variant: VariantSpec, essentials: dict, reference: dict, labels: np.ndarray,
+                       x_parity: np.ndarray) -> VariantEntry:
+        entry = VariantEntry(name=variant.name, format=variant.format, precision=variant.precision,
+                             file=None, sha256=None, size_bytes=None, outputs=list(variant.outputs),
+                             status="error", notes=list(variant.notes))
+        try:
+            artifact, notes = self.build(variant)
+            entry.notes.extend(notes)
+            target = self.out / variant.file_name
+            if variant.format == "onnx":
+                embedded = dict(essentials, variant={"name": variant.name, "format": variant.format,
+                                                     "precision": variant.precision,
+                                                     "outputs": list(variant.outputs)})
+                onnx_convert.set_metadata(artifact, ONNX_METADATA_KEY, embedded)
+                onnx_convert.save(artifact, target)
+            else:
+                atomic.write_bytes(target, artifact)
+            entry.file, entry.size_bytes, entry.sha256 = target.name, target.stat().st_size, sha256_file(target)
+
+            log.info("  checking %s in %s against the Keras model (%d images)", target.name,
+                     "ONNX Runtime" if variant.format == "onnx" else "LiteRT", len(x_parity))
+            outputs = run_file(variant.format, target, x_parity, self.config.batch_size)
+            if sorted(outputs) != sorted(variant.outputs):
+                raise RuntimeError(f"the model's outputs are {sorted(outputs)}, expected {list(variant.outputs)}")
+            entry.parity = compare(outputs[PROB], reference[PROB], labels, self.run.threshold,
+                                   outputs.get(CAM), reference[CAM] if CAM in outputs else None)
+            problems = Tolerance(self.config.max_auc_drop, self.config.max_flip_rate).violations(entry.parity)
+            entry.status = "failed" if problems else "ok"
+            entry.reason = "; ".join(problems) or None
+        except Exception as err:  # noqa: BLE001 - one broken format must not stop the others
+            message = " ".join(f"{err.__class__.__name__}: {err}".split())
+            entry.status, entry.reason = "error", message[:_REASON_LIMIT]
+            log.error("  %s: %s", variant.name, entry.reason)
+            log.debug("traceback", exc_info=True)
+        return entry
+
+
+def _tool() -> dict[str, str]:
+    from train.trainer import tool_version
+    return {"name": "breast-cancer-edge", "version": tool_version()}
+
+
+def _keras_reference(cam_model, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    probs, cams = [], []
+    for i in range(0, len(x), batch_size):
+        prob, cam = cam_model(x[i:i + batch_size], training=False)
+        probs.append(np.asarray(prob).reshape(-1))
+        cams.append(np.asarray(cam))
+    return {PROB: np.concatenate(probs), CAM: np.concatenate(cams)}
+
+
+def _qat_summary(exporter: _Exporter, entries: list[VariantEntry]) -> dict | None:
+    qat = exporter.lazy.peek("qat")
+    if qat is None:
+        return None
+    by_name = {e.name: e for e in entries}
+    comparisons = {}
+    for fmt in ("onnx", "tflite"):
+        q, p = by_name.get(f"{fmt}-int8-qat"), by_name.get(f"{fmt}-int8")
+        if q is None:
+            continue
+        row: dict[str, Any] = {
+            "qat": _brief(q), "post_training": _brief(p) if p else None,
+        }
+        row["verdict"], row["qat_better"] = _verdict(q, p)
+        comparisons[fmt] = row
+    verdicts = [row["qat_better"] for row in comparisons.values() if row["qat_better"] is not None]
+    return {
+        "epochs": qat.epochs, "learning_rate": qat.learning_rate, "n_train": qat.n_train,
+        "seconds": round(qat.seconds, 1), "history": qat.history,
+        "comparison": comparisons,
+        "qat_beats_post_training_int8": (all(verdicts) if verdicts else None),
+        "note": "QAT fine-tunes on the training split, so its parity also reflects the extra training, "
+                "not only quantization.",
+    }
+
+
+def _brief(entry: VariantEntry) -> dict:
+    p = entry.parity
+    return {"status": entry.status, "auc": p.auc if p else None, "auc_drop": p.auc_drop if p else None,
+            "flip_rate": p.flip_rate if p else None, "max_abs_diff": p.max_abs_diff if p else None}
+
+
+def _verdict(qat: VariantEntry, ptq: VariantEntry | None) -> tuple[str, bool | None]:
+    """QAT is better when it is no worse on both AUC and flip rate and better on one."""
+    if ptq is None or qat.parity is None or ptq.parity is None:
+        return "not comparable (a variant is missing or has no parity)", None
+    qa, pa = qat.parity.auc, ptq.parity.auc
+    auc_cmp = 0 if qa is None or pa is None or abs(qa - pa) < 1e-9 else (1 if qa > pa else -1)
+    qf, pf = qat.parity.flip_rate, ptq.parity.flip_rate
+    flip_cmp = 0 if abs(qf - pf) < 1e-9 else (1 if qf < pf else -1)
+    if auc_cmp >= 0 and flip_cmp >= 0 and (auc_cmp or flip_cmp):
+        return "QAT better", True
+    if auc_cmp <= 0 and flip_cmp <= 0 and (auc_cmp or flip_cmp):
+        return "post-training INT8 better", False
+    if not auc_cmp and not flip_cmp:
+        return "tie", None
+    return "mixed (one metric better, the other worse)", None
+
+
+def export_run(config: ExportConfig) -> ExportResult:
+    """Export every requested variant of a finished run; see the module docstring."""
+    from train.tf_setup import keras
+
+    started = time.monotonic()
+    run = open_run(config.run_dir)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    old = out / MANIFEST_NAME
+    if old.exists():
+        # Files are replaced one by one; without the old manifest, no reader can pair a
+        # new file with an old checksum while this export runs.
+        log.warning("replacing the export in %s (removing its old manifest first)", out)
+        old.unlink()
+
+    created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    log.info("loading %s", run.run.model)
+    model = keras.models.load_model(run.run.model, compile=False)
+    exporter = _Exporter(config, run, model, out)
+
+    parity = parity_images(run, config.parity_data)
+    x_parity = prepare_batch(list(parity.images), run.spec)
+    log.info("Keras reference predictions on %s", parity.description)
+    reference = _keras_reference(exporter.cam_model, x_parity, config.batch_size)
+    size = run.spec.image_size
+    manifest = Manifest(
+        tool=_tool(),
+        created=created,
+        source_model={"path": f"{run.run.root.name}/{run.run.model.name}", "sha256": sha256_file(run.run.model)},
+        preprocessing=run.spec.to_dict(),
+        labels={"names": list(run.info["labels"]["names"]), "positive": run.info["labels"]["positive"]},
+        threshold={k: run.info["threshold"][k] for k in ("value", "chosen_on", "policy")},
+        input={"name": "image", "shape": [None, size, size, 3], "dtype": "float32", "layout": "NHWC"},
+        training_data=dict(run.info.get("data", {})),
+        baseline={"auc": auc_or_none(parity.labels, reference[PROB]), "n": int(len(parity.labels)),
+                  "n_malignant": int((parity.labels == 1).sum()), "n_benign": int((parity.labels == 0).sum()),
+                  "data": parity.description, "model": "Keras (original)"},
+        export_settings={
+            "formats": list(config.formats), "onnx_opset": config.onnx_opset,
+            "tolerance": {"max_auc_drop": config.max_auc_drop, "max_flip_rate": config.max_flip_rate},
+            "calibration": {"source": config.calib_data or "training split", "max_images": config.calib_size,
+                            "method": config.calib_method, "int8_reduce_range": config.int8_reduce_range},
+            "qat_epochs": config.qat_epochs,
+        },
+    )
+    essentials = manifest.essentials()
+    essentials.pop("qat_summary", None)   # not known yet when the files are written
+
+    result = ExportResult(manifest, out)
+    variants = config.variants
+    for i, variant in enumerate(variants, 1):
+        t0 = time.monotonic()
+        log.info("[%d/%d] %s (%s %s) ...", i, len(variants), variant.name, variant.format, variant.precision)
+        entry = exporter.export_variant(variant, essentials, reference, parity.labels, x_parity)
+        manifest.variants.append(entry)
+        result.seconds[variant.name] = time.monotonic() - t0
+        log.info("[%d/%d] %s: %s in %.0fs (total %.0fs)", i, len(variants), variant.name, entry.status,
+                 result.seconds[variant.name], time.monotonic() - started)
+
+    if exporter.lazy.has("calibration"):
+        manifest.export_settings["calibration"]["images_used"] = int(len(exporter.calibration().images))
+    manifest.qat_summary = _qat_summary(exporter, manifest.variants)
+    write_manifest(out, manifest)
+    result.total_seconds = time.monotonic() - started
+    log.info("manifest written: %s (%.0fs in total)", out / MANIFEST_NAME, result.total_seconds)
+    return result

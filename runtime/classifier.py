@@ -1,0 +1,384 @@
+"""Load an exported model and classify images: the runtime's main entry point.
+
+    from runtime.classifier import Classifier
+    clf = Classifier.load("exports/busi-224")            # default variant: onnx-int8, else onnx-fp32
+    p = clf.predict("scan.png", with_cam=True)
+    p.label, p.probability, p.threshold, p.cam            # cam: 0..1, the image's own size
+
+Everything a model needs besides its weights (preprocessing, labels, operating
+threshold) comes from the export's manifest.json, or from the metadata embedded in a
+lone .onnx file, never from defaults in code, so a model is fed exactly as it was
+trained and its decision uses the threshold chosen on validation data.
+
+Safety on load: only .onnx/.tflite are run; the file's sha256 must match the manifest;
+ONNX external data must stay in the model's folder; variants that failed the export's
+parity checks are refused unless forced. See runtime/model_files.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from runtime import heatmap
+from runtime.backends import Backend, OnnxBackend, TfliteBackend
+from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError, decode_image, read_image, to_bgr_uint8
+from runtime.manifest import MANIFEST_NAME, ONNX_METADATA_KEY, Manifest, VariantEntry, read_manifest
+from runtime.model_files import (
+    ONNX_SUFFIX,
+    TFLITE_SUFFIX,
+    ModelLoadError,
+    check_onnx_external_data,
+    inside,
+    onnx_metadata,
+    refuse_unsafe_file,
+    sha256_bytes,
+)
+from runtime.preprocessing import PreprocessSpec, prepare
+from runtime.session import resolve_threads
+
+DEFAULT_VARIANT_ORDER = ("onnx-int8", "onnx-fp32")
+DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass
+class Prediction:
+    """The result for one image. `error` is None on success; otherwise label and
+    probability are None and `error` says why (e.g. "x.png: not a readable image ...")."""
+
+    path: str | None
+    label: str | None
+    probability: float | None            # probability of malignancy, 0..1
+    threshold: float                     # label is the positive class iff probability >= threshold
+    seconds: float | None = None         # model inference time for this image (a batch's time is shared evenly)
+    error: str | None = None
+    cam: np.ndarray | None = field(default=None, repr=False, compare=False)  # HxW float32 0..1, the image's size
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields reports carry (no cam, no timing)."""
+        return {"path": self.path, "label": self.label, "probability": self.probability,
+                "threshold": self.threshold, "error": self.error}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model file is being served and where its settings came from."""
+
+    variant: str
+    format: str
+    precision: str
+    file: Path
+    outputs: tuple[str, ...]
+    source: str                          # "manifest" or "embedded metadata"
+    status: str = "ok"
+    sha256_verified: bool = False
+
+
+class Classifier:
+    """An exported model plus everything needed to use it. One instance reuses its
+    session and buffers across calls; calls are serialised by a lock, so an instance may
+    be shared between threads (for parallel throughput use one instance per thread with
+    threads=1 each)."""
+
+    def __init__(self, backend: Backend, spec: PreprocessSpec, labels: dict[str, Any], threshold: float,
+                 info: ModelInfo, manifest: Manifest | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        names = list(labels["names"])
+        self.positive = str(labels["positive"])
+        negatives = [n for n in names if n != self.positive]
+        if len(negatives) != 1:
+            raise ModelLoadError(f"expected two labels (one positive), got {names}")
+        self.negative = negatives[0]
+        self.backend = backend
+        self.spec = spec
+        self.threshold = float(threshold)
+        self.info = info
+        self.manifest = manifest
+        self.max_pixels = max_pixels
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, variant: str | None = None, threads: int | None = None,
+             verify: bool = True, force: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> "Classifier":
+        """Load an export directory, its manifest.json, a .onnx/.tflite file listed in a
+        manifest next to it, or a lone .onnx file carrying the embedded metadata.
+
+        variant: manifest variant name (default: onnx-int8 if it passed the export checks,
+            else onnx-fp32, else the first usable ONNX variant, else the first usable one).
+        threads: intra-op threads (default: this machine's physical cores).
+        verify: check the file's sha256 against the manifest.
+        force: also serve a variant whose status is "failed" (it did not pass the
+            parity checks against the original model) or "error", if its file exists.
+            Use only to investigate.
+        """
+        path = Path(path)
+        threads = resolve_threads(threads)
+        if not path.exists():
+            raise FileNotFoundError(f"model not found: {path}")
+        if path.is_dir():
+            if (path / MANIFEST_NAME).is_file():
+                return cls._from_manifest(path / MANIFEST_NAME, variant, threads, verify, force, max_pixels)
+            raise ModelLoadError(_not_an_export(path))
+        refuse_unsafe_file(path)
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            return cls._from_manifest(path, variant, threads, verify, force, max_pixels)
+        if suffix not in (ONNX_SUFFIX, TFLITE_SUFFIX):
+            raise ModelLoadError(f"{path}: not a model this runtime runs (expected an export directory, "
+                                 "manifest.json, .onnx or .tflite)")
+        sibling = path.parent / MANIFEST_NAME
+        if sibling.is_file():
+            manifest = read_manifest(sibling)
+            listed = [v for v in manifest.variants if v.file == path.name]
+            if listed:
+                if variant is not None and variant != listed[0].name:
+                    raise ModelLoadError(f"{path} is variant {listed[0].name!r}, not {variant!r}")
+                return cls._from_manifest(sibling, listed[0].name, threads, verify, force, max_pixels)
+        if suffix == TFLITE_SUFFIX:
+            raise ModelLoadError(f"{path}: a .tflite file carries no preprocessing settings; keep it next to "
+                                 f"the {MANIFEST_NAME} of its export and load that directory")
+        return cls._from_lone_onnx(path, variant, threads, max_pixels)
+
+    @classmethod
+    def _from_manifest(cls, manifest_file: Path, variant: str | None, threads: int, verify: bool,
+                       force: bool, max_pixels: int) -> "Classifier":
+        manifest = read_manifest(manifest_file)
+        export_dir = manifest_file.parent
+        entry = choose_variant(manifest, variant)
+        if entry.status != "ok" and not force:
+            why = f": {entry.reason}" if entry.reason else ""
+            hint = ("it did not pass the export's checks against the original model" if entry.status == "failed"
+                    else "the export could not produce or check it")
+            hint += "; force=True (bcd predict --force) loads it anyway, for investigation only"
+            raise ModelLoadError(f"variant {entry.name!r} has status {entry.status!r}{why} ({hint})")
+        if entry.file is None:
+            raise ModelLoadError(f"variant {entry.name!r} has no file (status {entry.status!r})")
+        try:
+            file = inside(export_dir, entry.file)
+        except ModelLoadError as err:
+            raise ModelLoadError(f"{manifest_file}: variant {entry.name!r}: {err}") from None
+        refuse_unsafe_file(file)
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: model file listed in {manifest_file} is missing")
+        data = file.read_bytes()
+        if verify:
+            _verify_sha256(data, entry, file)
+        spec = PreprocessSpec.from_dict(manifest.preprocessing)
+        backend = _backend(entry.format, data, file, spec.image_size, threads)
+        info = ModelInfo(entry.name, entry.format, entry.precision, file, tuple(entry.outputs), "manifest",
+                         entry.status, verify)
+        return cls(backend, spec, manifest.labels, manifest.threshold_value, info, manifest, max_pixels)
+
+    @classmethod
+    def _from_lone_onnx(cls, path: Path, variant: str | None, threads: int, max_pixels: int) -> "Classifier":
+        data = path.read_bytes()
+        raw = onnx_metadata(data).get(ONNX_METADATA_KEY)
+        if raw is None:
+            raise ModelLoadError(f"{path}: no '{ONNX_METADATA_KEY}' metadata in this ONNX file, so its "
+                                 "preprocessing and threshold are unknown; load the export directory instead")
+        try:
+            doc = json.loads(raw)
+            own = doc.pop("variant", None) or {}
+            manifest = Manifest.from_dict({**doc, "variants": []})
+        except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as err:
+            raise ModelLoadError(f"{path}: damaged '{ONNX_METADATA_KEY}' metadata ({err})") from None
+        name = str(own.get("name", path.stem))
+        if variant is not None and variant != name:
+            raise ModelLoadError(f"{path} is variant {name!r}, not {variant!r}")
+        spec = PreprocessSpec.from_dict(manifest.preprocessing)
+        backend = _backend("onnx", data, path, spec.image_size, threads)
+        outputs = own.get("outputs") or (["malignancy", "cam"] if backend.has_cam else ["malignancy"])
+        info = ModelInfo(name, "onnx", str(own.get("precision", "unknown")), path, tuple(outputs),
+                         "embedded metadata")
+        return cls(backend, spec, manifest.labels, manifest.threshold_value, info, manifest, max_pixels)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def variant(self) -> str:
+        return self.info.variant
+
+    @property
+    def threads(self) -> int:
+        return self.backend.threads
+
+    @property
+    def has_cam(self) -> bool:
+        return self.backend.has_cam
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        return self.negative, self.positive
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Classifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Classifier(variant={self.variant!r}, file={str(self.info.file)!r}, "
+                f"threshold={self.threshold:.4f}, threads={self.threads})")
+
+    # ------------------------------------------------------------------ predicting
+
+    def predict(self, inputs, with_cam: bool = False, batch_size: int = DEFAULT_BATCH_SIZE):
+        """Classify one input or a list of inputs.
+
+        An input is a file path, encoded image bytes, or a decoded image array (HxW or
+        HxWxC, any dtype runtime.images.to_bgr_uint8 accepts; 3 channels are taken as
+        BGR). A 4-D array is a batch of images. One input gives one Prediction; a list
+        (or 4-D array) gives a list. An unusable input gives a Prediction with `error`
+        set; the others are still classified.
+        """
+        single = not isinstance(inputs, (list, tuple)) and not (isinstance(inputs, np.ndarray) and inputs.ndim == 4)
+        items = [inputs] if single else list(inputs)
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        results: list[Prediction] = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            decoded = [self._decode(item) for item in chunk]
+            results.extend(self._run(decoded, with_cam))
+        return results[0] if single else results
+
+    def predict_decoded(self, images: Sequence[np.ndarray], paths: Sequence[str | None] | None = None,
+                        with_cam: bool = False) -> list[Prediction]:
+        """Classify already-decoded HxWx3 uint8 BGR images as one batch (callers that keep
+        the pixels, e.g. to draw overlays, decode once and use this)."""
+        paths = list(paths) if paths is not None else [None] * len(images)
+        if len(paths) != len(images):
+            raise ValueError("paths and images differ in length")
+        return self._run([(p, img, None) for p, img in zip(paths, images)], with_cam)
+
+    def _decode(self, item) -> tuple[str | None, np.ndarray | None, str | None]:
+        try:
+            if isinstance(item, (str, os.PathLike)):
+                return str(item), read_image(item, self.max_pixels), None
+            if isinstance(item, (bytes, bytearray, memoryview)):
+                return None, decode_image(item, self.max_pixels), None
+            if isinstance(item, np.ndarray):
+                return None, to_bgr_uint8(item), None
+        except ImageReadError as err:
+            return (str(item) if isinstance(item, (str, os.PathLike)) else None), None, str(err)
+        except MemoryError:
+            return _item_name(item), None, f"{_item_name(item) or 'image'}: not enough memory to decode it"
+        except Exception as err:  # noqa: BLE001 - a decoder bug on one file must not stop a batch
+            name = _item_name(item)
+            return name, None, f"{name or 'image'}: cannot read ({err.__class__.__name__}: {err})"
+        raise TypeError(f"cannot classify a {type(item).__name__}: pass a path, image bytes or an image array")
+
+    def _run(self, entries: list[tuple[str | None, np.ndarray | None, str | None]],
+             with_cam: bool) -> list[Prediction]:
+        preds = [Prediction(path, None, None, self.threshold, error=err) for path, _, err in entries]
+        ready: list[tuple[int, np.ndarray]] = []
+        for i, (path, image, err) in enumerate(entries):
+            if err is not None:
+                continue
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                preds[i].error = f"{path or 'image'}: expected an HxWx3 uint8 BGR image, got {image.dtype} {image.shape}"
+                continue
+            ready.append((i, image))
+        if not ready:
+            return preds
+        want_cam = with_cam and self.has_cam
+        with self._lock:
+            batch = self.backend.input_buffer(len(ready))
+            for k, (_, image) in enumerate(ready):
+                batch[k] = prepare(image, self.spec)
+            started = time.perf_counter()
+            try:
+                probs, cams = self.backend.run(batch, want_cam)
+            except Exception as err:  # noqa: BLE001 - reported per image, never a crash
+                reason = f"inference failed ({err.__class__.__name__}: {' '.join(str(err).split())[:300]})"
+                for i, _ in ready:
+                    preds[i].error = f"{preds[i].path or 'image'}: {reason}"
+                return preds
+            seconds = (time.perf_counter() - started) / len(ready)
+        for k, (i, image) in enumerate(ready):
+            p = float(probs[k])
+            pred = preds[i]
+            pred.seconds = seconds
+            if not math.isfinite(p):
+                pred.error = f"{pred.path or 'image'}: the model returned a non-finite probability"
+                continue
+            pred.probability = p
+            pred.label = self.positive if p >= self.threshold else self.negative
+            if cams is not None:
+                pred.cam = heatmap.cam_to_image(cams[k], image.shape[0], image.shape[1])
+        return preds
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def choose_variant(manifest: Manifest, name: str | None) -> VariantEntry:
+    if name is not None:
+        try:
+            return manifest.variant(name)
+        except KeyError as err:
+            raise ModelLoadError(str(err.args[0])) from None
+    by_name = {v.name: v for v in manifest.variants}
+    for preferred in DEFAULT_VARIANT_ORDER:
+        if preferred in by_name and by_name[preferred].usable:
+            return by_name[preferred]
+    usable = manifest.usable_variants()
+    onnx = [v for v in usable if v.format == "onnx"]
+    if onnx or usable:
+        return (onnx or usable)[0]
+    listing = ", ".join(f"{v.name} ({v.status})" for v in manifest.variants) or "none"
+    raise ModelLoadError(f"the export has no usable variant (variants: {listing})")
+
+
+def _verify_sha256(data: bytes, entry: VariantEntry, file: Path) -> None:
+    if not entry.sha256:
+        raise ModelLoadError(f"{file}: the manifest records no sha256 for variant {entry.name!r}, so the file "
+                             "can't be verified (verify=False skips the check)")
+    actual = sha256_bytes(data)
+    if actual.lower() != entry.sha256.lower():
+        raise ModelLoadError(
+            f"{file}: sha256 mismatch: the manifest says {entry.sha256}, the file has {actual}. The file was "
+            "changed or damaged after export (or belongs to another export); refusing to run it."
+        )
+
+
+def _backend(fmt: str, data: bytes, file: Path, image_size: int, threads: int) -> Backend:
+    if fmt == "onnx":
+        check_onnx_external_data(data, file.parent, str(file))
+        try:
+            return OnnxBackend(data, file.parent, image_size, threads, name=str(file))
+        except ModelLoadError:
+            raise
+        except Exception as err:  # ONNX Runtime raises its own exception types
+            raise ModelLoadError(f"{file}: ONNX Runtime cannot load it ({' '.join(str(err).split())})") from None
+    if fmt == "tflite":
+        return TfliteBackend(data, image_size, threads, name=str(file))
+    raise ModelLoadError(f"{file}: unknown model format {fmt!r}")
+
+
+def _not_an_export(path: Path) -> str:
+    if (path / "model.keras").exists() or (path / "run.json").exists():
+        return (f"{path} is a training run directory, not an export: the runtime does not load Keras models. "
+                f"Run `bcd export {path} --out EXPORT_DIR` and load EXPORT_DIR.")
+    if (path / "saved_model.pb").exists():
+        return f"{path} is a TensorFlow SavedModel: refusing to load it (export to ONNX/TFLite with `bcd export`)"
+    return f"{path}: no {MANIFEST_NAME} in this folder; expected an export directory from `bcd export`"
+
+
+def _item_name(item) -> str | None:
+    return str(item) if isinstance(item, (str, os.PathLike)) else None

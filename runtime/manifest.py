@@ -1,0 +1,303 @@
+"""The export manifest: THE contract between `bcd export` and the runtime.
+
+`bcd export` writes one `manifest.json` next to the model files; the runtime reads it to
+learn how to preprocess an image (the PreprocessSpec dict), which output is which, the
+operating threshold and labels, and which variants passed the parity checks. Only
+variants with status "ok" may be served.
+
+Stdlib only (the runtime install has no TensorFlow, no pydantic): plain dataclasses with
+explicit `to_dict` / `from_dict`, and `from_dict` checks every field so a damaged or
+foreign manifest fails with one clear ValueError instead of a KeyError deep inside the
+runtime.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime import atomic
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+
+FORMATS = ("onnx", "tflite")
+PRECISIONS = ("fp32", "fp16", "int8", "dynamic-int8")
+STATUSES = ("ok", "failed", "error")
+OUTPUT_NAMES = ("malignancy", "cam")
+# Key under which each ONNX file carries the manifest essentials in its metadata_props.
+ONNX_METADATA_KEY = "bcd_manifest"
+
+
+# --------------------------------------------------------------------------- checking
+
+def _fail(where: str, message: str) -> ValueError:
+    return ValueError(f"invalid manifest: {where}: {message}")
+
+
+def _get(d: Any, key: str, where: str, types: type | tuple[type, ...], optional: bool = False) -> Any:
+    if not isinstance(d, dict):
+        raise _fail(where, f"expected an object, got {type(d).__name__}")
+    if key not in d or (d[key] is None and optional):
+        if optional:
+            return None
+        raise _fail(f"{where}.{key}" if where else key, "missing")
+    value = d[key]
+    # bool is an int in Python; a number field holding true/false is still wrong
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise _fail(f"{where}.{key}" if where else key, f"expected {_names(types)}, got a boolean")
+    if not isinstance(value, types):
+        raise _fail(f"{where}.{key}" if where else key, f"expected {_names(types)}, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _fail(f"{where}.{key}" if where else key, "must be a finite number")
+    return value
+
+
+def _names(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join(t.__name__ for t in types)
+
+
+def _choice(value: str, allowed: tuple[str, ...], where: str) -> str:
+    if value not in allowed:
+        raise _fail(where, f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+_NUM = (int, float)
+
+
+# --------------------------------------------------------------------------- parts
+
+@dataclass
+class Parity:
+    """A variant's agreement with the original Keras model on the parity data."""
+
+    max_abs_diff: float                  # max |p_variant - p_keras| over the images
+    flip_rate: float                     # share of images whose decision (p >= threshold) changed
+    auc: float | None                    # AUC of the variant (None: only one class in the data)
+    auc_original: float | None           # AUC of the Keras model on the same images
+    auc_drop: float | None               # auc_original - auc
+    n: int                               # images compared
+    cam_correlation: float | None = None  # mean per-image Pearson r of the CAM vs Keras' (None: no CAM)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "parity") -> "Parity":
+        return cls(
+            max_abs_diff=float(_get(d, "max_abs_diff", where, _NUM)),
+            flip_rate=float(_get(d, "flip_rate", where, _NUM)),
+            auc=_opt_float(_get(d, "auc", where, _NUM, optional=True)),
+            auc_original=_opt_float(_get(d, "auc_original", where, _NUM, optional=True)),
+            auc_drop=_opt_float(_get(d, "auc_drop", where, _NUM, optional=True)),
+            n=_get(d, "n", where, int),
+            cam_correlation=_opt_float(_get(d, "cam_correlation", where, _NUM, optional=True)),
+        )
+
+
+def _opt_float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass
+class VariantEntry:
+    """One exported model file."""
+
+    name: str                            # e.g. "onnx-int8"
+    format: str                          # "onnx" | "tflite"
+    precision: str                       # "fp32" | "fp16" | "int8" | "dynamic-int8"
+    file: str | None                     # file name inside the export directory (None: not written)
+    sha256: str | None
+    size_bytes: int | None
+    outputs: list[str]                   # ["malignancy", "cam"] or ["malignancy"]
+    status: str                          # "ok" | "failed" (parity beyond tolerance) | "error" (not produced)
+    reason: str | None = None            # why failed / error
+    parity: Parity | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["parity"] = self.parity.to_dict() if self.parity else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "variant") -> "VariantEntry":
+        name = _get(d, "name", where, str)
+        where = f"variants[{name}]"
+        status = _choice(_get(d, "status", where, str), STATUSES, f"{where}.status")
+        file = _get(d, "file", where, str, optional=True)
+        if status != "error" and file is None:
+            raise _fail(f"{where}.file", f"missing (status {status!r} needs a file)")
+        outputs = _get(d, "outputs", where, list)
+        for out in outputs:
+            _choice(out, OUTPUT_NAMES, f"{where}.outputs")
+        if "malignancy" not in outputs:
+            raise _fail(f"{where}.outputs", "must include 'malignancy'")
+        parity = _get(d, "parity", where, dict, optional=True)
+        notes = _get(d, "notes", where, list, optional=True) or []
+        return cls(
+            name=name,
+            format=_choice(_get(d, "format", where, str), FORMATS, f"{where}.format"),
+            precision=_choice(_get(d, "precision", where, str), PRECISIONS, f"{where}.precision"),
+            file=file,
+            sha256=_get(d, "sha256", where, str, optional=True),
+            size_bytes=_get(d, "size_bytes", where, int, optional=True),
+            outputs=list(outputs),
+            status=status,
+            reason=_get(d, "reason", where, str, optional=True),
+            parity=Parity.from_dict(parity, f"{where}.parity") if parity is not None else None,
+            notes=[str(n) for n in notes],
+        )
+
+
+# --------------------------------------------------------------------------- manifest
+
+@dataclass
+class Manifest:
+    tool: dict[str, str]                 # {"name", "version"}
+    created: str                         # UTC, ISO 8601
+    source_model: dict[str, str]         # {"path": "<run>/model.keras", "sha256"}
+    preprocessing: dict[str, Any]        # runtime.preprocessing.PreprocessSpec.to_dict()
+    labels: dict[str, Any]               # {"names": [...], "positive": "malignant"}
+    threshold: dict[str, Any]            # {"value", "chosen_on", "policy"}
+    input: dict[str, Any]                # {"name": "image", "shape": [null, s, s, 3], "dtype": "float32", "layout": "NHWC"}
+    training_data: dict[str, Any]        # run.json "data" summary
+    baseline: dict[str, Any]             # {"auc", "n", "data"}: the Keras model on the parity data
+    variants: list[VariantEntry] = field(default_factory=list)
+    qat_summary: dict[str, Any] | None = None
+    export_settings: dict[str, Any] = field(default_factory=dict)  # calibration, tolerances, opset
+    schema_version: int = SCHEMA_VERSION
+
+    # ---- access
+
+    def variant(self, name: str) -> VariantEntry:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(f"no variant {name!r} in the manifest (have: {', '.join(v.name for v in self.variants)})")
+
+    def usable_variants(self) -> list[VariantEntry]:
+        return [v for v in self.variants if v.usable]
+
+    @property
+    def threshold_value(self) -> float:
+        return float(self.threshold["value"])
+
+    # ---- serialisation
+
+    def essentials(self) -> dict[str, Any]:
+        """Everything except the variants list: what a lone model file must carry."""
+        d = self.to_dict()
+        d.pop("variants")
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "tool": dict(self.tool),
+            "created": self.created,
+            "source_model": dict(self.source_model),
+            "preprocessing": dict(self.preprocessing),
+            "labels": dict(self.labels),
+            "threshold": dict(self.threshold),
+            "input": dict(self.input),
+            "training_data": dict(self.training_data),
+            "baseline": dict(self.baseline),
+            "export_settings": dict(self.export_settings),
+            "qat_summary": self.qat_summary,
+            "variants": [v.to_dict() for v in self.variants],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+        if not isinstance(d, dict):
+            raise _fail("top level", f"expected an object, got {type(d).__name__}")
+        version = _get(d, "schema_version", "", int)
+        if version != SCHEMA_VERSION:
+            raise ValueError(
+                f"unknown manifest schema version {version}: this code reads version {SCHEMA_VERSION} "
+                "(export again with a matching bcd, or update the runtime)"
+            )
+        tool = _get(d, "tool", "", dict)
+        for key in ("name", "version"):
+            _get(tool, key, "tool", str)
+        source = _get(d, "source_model", "", dict)
+        for key in ("path", "sha256"):
+            _get(source, key, "source_model", str)
+        preprocessing = _get(d, "preprocessing", "", dict)
+        _get(preprocessing, "image_size", "preprocessing", int)
+        for key in ("mean", "std"):
+            values = _get(preprocessing, key, "preprocessing", list)
+            if len(values) != 3 or not all(isinstance(v, _NUM) and not isinstance(v, bool) for v in values):
+                raise _fail(f"preprocessing.{key}", "expected three numbers")
+        labels = _get(d, "labels", "", dict)
+        names = _get(labels, "names", "labels", list)
+        positive = _get(labels, "positive", "labels", str)
+        if positive not in names:
+            raise _fail("labels.positive", f"{positive!r} is not one of labels.names {names}")
+        threshold = _get(d, "threshold", "", dict)
+        value = _get(threshold, "value", "threshold", _NUM)
+        if not 0.0 <= value <= 1.0:
+            raise _fail("threshold.value", f"{value} is not a probability")
+        inp = _get(d, "input", "", dict)
+        _get(inp, "name", "input", str)
+        shape = _get(inp, "shape", "input", list)
+        if len(shape) != 4 or not all(s is None or (isinstance(s, int) and s > 0) for s in shape):
+            raise _fail("input.shape", f"expected [batch, height, width, channels], got {shape}")
+        _get(inp, "dtype", "input", str)
+        _get(inp, "layout", "input", str)
+        variants = _get(d, "variants", "", list)
+        entries = [VariantEntry.from_dict(v, f"variants[{i}]") for i, v in enumerate(variants)]
+        names_seen = [v.name for v in entries]
+        if len(set(names_seen)) != len(names_seen):
+            raise _fail("variants", "variant names must be unique")
+        return cls(
+            schema_version=version,
+            tool=dict(tool),
+            created=_get(d, "created", "", str),
+            source_model=dict(source),
+            preprocessing=dict(preprocessing),
+            labels=dict(labels),
+            threshold=dict(threshold),
+            input=dict(inp),
+            training_data=dict(_get(d, "training_data", "", dict)),
+            baseline=dict(_get(d, "baseline", "", dict)),
+            variants=entries,
+            qat_summary=_get(d, "qat_summary", "", dict, optional=True),
+            export_settings=dict(_get(d, "export_settings", "", dict, optional=True) or {}),
+        )
+
+
+def manifest_path(path_or_dir: str | os.PathLike) -> Path:
+    path = Path(path_or_dir)
+    return path / MANIFEST_NAME if path.is_dir() else path
+
+
+def write_manifest(export_dir: str | os.PathLike, manifest: Manifest) -> Path:
+    """Validate and write `export_dir/manifest.json` atomically; returns its path."""
+    doc = manifest.to_dict()
+    Manifest.from_dict(json.loads(json.dumps(doc)))   # never write a manifest we could not read back
+    target = Path(export_dir) / MANIFEST_NAME
+    atomic.write_json(target, doc)
+    return target
+
+
+def read_manifest(path_or_dir: str | os.PathLike) -> Manifest:
+    """Read a manifest from an export directory or a manifest.json path."""
+    path = manifest_path(path_or_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST_NAME} at {path}: is this an export directory from `bcd export`?")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"invalid manifest: {path} is not valid JSON ({err})") from None
+    return Manifest.from_dict(doc)

@@ -1,0 +1,211 @@
+"""Classify files, folders and globs, and write the results: the library behind
+`bcd predict`.
+
+    clf = Classifier.load("exports/busi-224")
+    results = predict_paths(clf, ["scans/", "extra/*.png"], heatmap_dir="heatmaps")
+    write_json("results.json", results); write_csv("results.csv", results)
+
+Inputs are expanded into one sorted list of files (folders recursively, with the
+runtime.dataset conventions: image extensions only, lesion masks skipped). Every input
+ends as exactly one Prediction per file: unreadable, missing or unmatched inputs become
+rows with `error` set, and the rest are still classified. Nothing here raises for bad
+input data.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from runtime import atomic, heatmap
+from runtime.classifier import DEFAULT_BATCH_SIZE, Classifier, Prediction
+from runtime.dataset import is_image_file, is_mask, scan_folder
+from runtime.images import ImageReadError, read_image
+
+REPORT_FIELDS = ("path", "label", "probability", "threshold", "error")
+HEATMAP_SUFFIX = "_gradcam.png"
+_GLOB_CHARS = set("*?[")
+
+Progress = Callable[[int, int], None]
+
+
+def default_model_path() -> Path | None:
+    """Where a shipped reference model would be found; None until one is shipped.
+
+    The CLI uses this when --model is omitted, so plugging in a default (e.g. an
+    export directory shipped as package data) only needs this function.
+    """
+    return None
+
+
+# ---------------------------------------------------------------------- inputs
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Prediction]]:
+    """Files to classify (sorted, de-duplicated) and error rows for inputs that name
+    nothing usable (missing path, glob without matches, folder without images)."""
+    files: dict[str, Path] = {}
+    problems: list[Prediction] = []
+
+    def add(path: Path) -> None:
+        files.setdefault(os.path.normpath(str(path)), path)
+
+    for raw in inputs:
+        text = str(raw)
+        path = Path(text)
+        if path.is_dir():
+            found = [entry.path for entry in scan_folder(path).entries]
+            if not found:
+                problems.append(_input_error(text, "folder contains no image files"))
+            for f in found:
+                add(f)
+        elif path.exists() or path.is_symlink():
+            add(path)                       # named explicitly: tried whatever its extension
+        elif _GLOB_CHARS & set(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            before = len(files)
+            for match in map(Path, matches):
+                if match.is_dir():
+                    for entry in scan_folder(match).entries:
+                        add(entry.path)
+                elif is_image_file(match) and not is_mask(match):
+                    add(match)
+            if len(files) == before:
+                problems.append(_input_error(text, "no image files match this pattern"))
+        else:
+            problems.append(_input_error(text, "file not found"))
+    ordered = [files[key] for key in sorted(files)]
+    return ordered, problems
+
+
+def _input_error(path: str, reason: str) -> Prediction:
+    return Prediction(path=path, label=None, probability=None, threshold=float("nan"), error=f"{path}: {reason}")
+
+
+# ---------------------------------------------------------------------- predicting
+
+
+def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *, heatmap_dir: str | os.PathLike | None = None,
+                  batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None) -> list[Prediction]:
+    """One Prediction per file named by `inputs` (files, folders, globs), sorted by path.
+
+    heatmap_dir: also write a Grad-CAM overlay `<stem>_gradcam.png` per classified image
+        (names made unique when stems collide); needs a variant with a cam output.
+    progress: called as progress(done, total) after each batch.
+    """
+    if heatmap_dir is not None and not classifier.has_cam:
+        raise ValueError(f"variant {classifier.variant!r} has no Grad-CAM output; choose another variant "
+                         "for heat maps (e.g. onnx-fp32 or onnx-int8)")
+    files, problems = expand_inputs(inputs)
+    for row in problems:
+        row.threshold = classifier.threshold
+    heat_names = _heatmap_names(files) if heatmap_dir is not None else {}
+    results: list[Prediction] = []
+    total = len(files)
+    for start in range(0, total, batch_size):
+        chunk = files[start:start + batch_size]
+        decoded = [_read(path, classifier.max_pixels) for path in chunk]
+        good = [(path, image) for path, image, _ in decoded if image is not None]
+        batch = classifier.predict_decoded([image for _, image in good], [str(path) for path, _ in good],
+                                           with_cam=heatmap_dir is not None) if good else []
+        by_path = {path: pred for (path, _), pred in zip(good, batch)}
+        for path, image, error in decoded:
+            if error is not None:
+                results.append(Prediction(str(path), None, None, classifier.threshold, error=error))
+                continue
+            pred = by_path[path]
+            if heatmap_dir is not None and pred.ok and pred.cam is not None:
+                _write_heatmap(pred, image, Path(heatmap_dir) / heat_names[path])
+            results.append(pred)
+        if progress is not None:
+            progress(min(start + batch_size, total), total)
+    return sorted(results + problems, key=lambda p: p.path or "")
+
+
+def _read(path: Path, max_pixels: int):
+    try:
+        return path, read_image(path, max_pixels), None
+    except ImageReadError as err:
+        return path, None, str(err)
+    except MemoryError:
+        return path, None, f"{path}: not enough memory to decode it"
+    except Exception as err:  # noqa: BLE001 - one odd file must not stop the others
+        return path, None, f"{path}: cannot read ({err.__class__.__name__}: {err})"
+
+
+def _write_heatmap(pred: Prediction, image, target: Path) -> None:
+    try:
+        heatmap.save_overlay(image, pred.cam, target)
+    except OSError as err:
+        pred.error = f"{pred.path}: classified, but the heat map could not be written ({err})"
+
+
+def _heatmap_names(files: Sequence[Path]) -> dict[Path, str]:
+    """`<stem>_gradcam.png`, with `_2`, `_3` ... added in sorted order when stems collide
+    (benign/1.png and malignant/1.png)."""
+    names: dict[Path, str] = {}
+    taken: set[str] = set()
+    for path in files:
+        base = path.stem
+        name, n = f"{base}{HEATMAP_SUFFIX}", 1
+        while name.lower() in taken:
+            n += 1
+            name = f"{base}_{n}{HEATMAP_SUFFIX}"
+        taken.add(name.lower())
+        names[path] = name
+    return names
+
+
+# ---------------------------------------------------------------------- reports
+
+
+def rows(predictions: Iterable[Prediction]) -> list[dict]:
+    out = []
+    for p in predictions:
+        d = p.to_dict()
+        if d["threshold"] is not None and d["threshold"] != d["threshold"]:  # NaN: not known
+            d["threshold"] = None
+        out.append(d)
+    return out
+
+
+def write_json(target: str | os.PathLike, predictions: Iterable[Prediction]) -> None:
+    """A JSON list of {path, label, probability, threshold, error}, written atomically."""
+    atomic.write_json(target, rows(predictions))
+
+
+def write_csv(target: str | os.PathLike, predictions: Iterable[Prediction]) -> None:
+    """CSV with the columns path, label, probability, threshold, error; atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows(predictions):
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    atomic.write_text(target, buffer.getvalue())
+
+
+def format_table(predictions: Sequence[Prediction]) -> str:
+    """A plain-text table: path, label, probability, threshold; a failed row shows
+    "ERROR: <reason>" after its path."""
+    cells = []
+    for p in predictions:
+        threshold = "" if p.threshold is None or p.threshold != p.threshold else f"{p.threshold:.4f}"
+        if p.ok:
+            cells.append((p.path or "-", p.label or "", f"{p.probability:.4f}", threshold))
+        else:
+            reason = p.error or "failed"
+            if p.path and reason.startswith(f"{p.path}: "):
+                reason = reason[len(p.path) + 2:]
+            cells.append((p.path or "-", f"ERROR: {reason}", None, None))
+    path_w = max([len("path")] + [len(c[0]) for c in cells])
+    label_w = max([len("label")] + [len(c[1]) for c in cells if c[2] is not None])
+    lines = [f"{'path'.ljust(path_w)}  {'label'.ljust(label_w)}  {'probability':>11}  {'threshold':>9}"]
+    for path, label, prob, threshold in cells:
+        if prob is None:
+            lines.append(f"{path.ljust(path_w)}  {label}")
+        else:
+            lines.append(f"{path.ljust(path_w)}  {label.ljust(label_w)}  {prob:>11}  {threshold:>9}")
+    return "\n".join(line.rstrip() for line in lines)
