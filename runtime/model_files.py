@@ -114,6 +114,17 @@ def _varint(buf: memoryview, i: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
+def _string_entry(buf: memoryview, start: int, end: int) -> tuple[str | None, str | None]:
+    """The key and value of a StringStringEntryProto (used for metadata and external data)."""
+    key = value = None
+    for n, w, ks, ke in _fields(buf, start, end):
+        if w == 2 and n == _ENTRY_KEY:
+            key = bytes(buf[ks:ke]).decode("utf-8", "replace")
+        elif w == 2 and n == _ENTRY_VALUE:
+            value = bytes(buf[ks:ke]).decode("utf-8", "replace")
+    return key, value
+
+
 def _fields(buf: memoryview, start: int, end: int):
     """Yield (field_number, wire_type, value_start, value_end) of one message."""
     i = start
@@ -152,12 +163,7 @@ def _tensor_locations(buf, start, end, out: list[tuple[str, str]]) -> None:
         if number == _TENSOR_NAME:
             name = bytes(buf[s:e]).decode("utf-8", "replace")
         elif number == _TENSOR_EXTERNAL_DATA:
-            key = value = None
-            for n, w, ks, ke in _fields(buf, s, e):
-                if w == 2 and n == _ENTRY_KEY:
-                    key = bytes(buf[ks:ke]).decode("utf-8", "replace")
-                elif w == 2 and n == _ENTRY_VALUE:
-                    value = bytes(buf[ks:ke]).decode("utf-8", "replace")
+            key, value = _string_entry(buf, s, e)
             if key == "location" and value is not None:
                 locations.append(value)
     out.extend((name, loc) for loc in locations)
@@ -225,12 +231,7 @@ def onnx_metadata(model_bytes: bytes) -> dict[str, str]:
     props: dict[str, str] = {}
     try:
         for _, s, e in _submessages(buf, 0, len(buf), (_MODEL_METADATA,)):
-            key = value = None
-            for n, w, ks, ke in _fields(buf, s, e):
-                if w == 2 and n == _ENTRY_KEY:
-                    key = bytes(buf[ks:ke]).decode("utf-8", "replace")
-                elif w == 2 and n == _ENTRY_VALUE:
-                    value = bytes(buf[ks:ke]).decode("utf-8", "replace")
+            key, value = _string_entry(buf, s, e)
             if key is not None:
                 props[key] = value or ""
     except _ProtoError as err:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from runtime.classifier import Classifier
 from runtime.images import read_image
+from tests.conftest import dicom_bytes
 from runtime.predict_files import predict_paths
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -36,25 +37,6 @@ def scan_like(height: int = 40, width: int = 48, seed: int = 0) -> np.ndarray:
     image = rng.integers(0, 60, (height, width), dtype=np.uint8)
     image[10:25, 12:30] += 150                      # a bright blob
     return image
-
-
-def dicom_bytes(pixels: np.ndarray, photometric: str) -> bytes:
-    pytest.importorskip("pydicom", minversion="3.0")
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = UltrasoundImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    ds.set_pixel_data(pixels, photometric, 16 if pixels.dtype == np.uint16 else 8)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def cmyk_jpeg() -> bytes:

@@ -27,6 +27,7 @@ from runtime.images import (
     read_image,
     to_bgr_uint8,
 )
+from tests.conftest import dicom_bytes
 
 BUSI = Path("/work/shared/data/busi")
 
@@ -458,28 +459,6 @@ def test_any_bytes_decode_or_raise_image_read_error(data):
 
 
 # -------------------------------------------------------------------------- DICOM
-
-
-def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", **attrs) -> bytes:
-    pytest.importorskip("pydicom", minversion="3.0")
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = UltrasoundImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    bits = 8 if pixels.dtype == np.uint8 else 16
-    ds.set_pixel_data(pixels, photometric, bits)
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def test_dicom_monochrome2_is_stretched_to_uint8(tmp_path):

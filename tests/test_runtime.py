@@ -449,7 +449,7 @@ def test_external_data_outside_the_folder_is_refused(tiny_export, tmp_path, how)
 
 
 def test_external_data_walker_finds_attributes_and_subgraphs():
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     def external(name: str, location: str) -> TensorProto:

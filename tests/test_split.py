@@ -4,7 +4,7 @@ import pytest
 
 from runtime.preprocessing import PreprocessSpec
 from train.data import load_folder
-from train.dedup import DedupConfig, find_groups, group_ids, image_hash, pairwise_distances
+from train.dedup import DedupConfig, find_groups, group_ids, pairwise_distances
 from train.split import SplitConfig, split_indices
 from tests.conftest import BUSI
 
