@@ -262,9 +262,19 @@ def plot_history(
             ax.legend(fontsize=8.5)
         if keys:
             ax.xaxis.get_major_locator().set_params(integer=True)
+        if name == "loss" and _spans_decades([series[k] for k in keys]):
+            # A from-scratch run starts with a saturated sigmoid (loss ~15); on a linear
+            # axis that first point flattens every later epoch.
+            ax.set_yscale("log")
+            ax.set_ylabel("Loss (log scale)")
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _spans_decades(curves: list[np.ndarray]) -> bool:
+    values = np.concatenate([c[np.isfinite(c) & (c > 0)] for c in curves]) if curves else np.array([])
+    return values.size > 1 and values.max() / values.min() > 10
 
 
 # ---------------------------------------------------------------------- all at once
