@@ -89,9 +89,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if improved:
             state.update(best_val_auc=val_auc, best_epoch=epoch + 1, wait=0)
             with atomic.atomic_path(self.run.model) as tmp:
-                # The best model is for inference and export: without the optimizer
-                # state it is a third of the size. last.keras keeps it for --resume.
-                self.model.save(tmp, include_optimizer=False)
+                self.model.save(tmp)
         else:
             state["wait"] += 1
         state.update(epochs_done=epoch + 1, phase=self.phase.name)
