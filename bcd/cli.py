@@ -228,6 +228,75 @@ def _cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+# ---- demo --------------------------------------------------------------------------
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="serve a local web page (Gradio) to try an exported model on images")
+    p.add_argument("--model", type=Path, help="export directory from `bcd export` (required for now: no reference "
+                   "model is shipped yet)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this computer only; 0.0.0.0 opens it to the "
+                        "network, without any login)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--examples", type=Path, metavar="DIR", help="folder of example images to offer on the page")
+    p.add_argument("--share", action="store_true",
+                   help="also create a public gradio.live link (needs internet; anyone with the link can use it)")
+    p.add_argument("--max-file-size", default="20MB", help="largest upload accepted (default 20MB)")
+    p.add_argument("--threads", type=int, help="CPU threads per model (default: physical cores)")
+    p.add_argument("--variant", help="variant selected when the page opens (default: the runtime's default)")
+    p.add_argument("--concurrency", type=int, default=2, help="requests processed at once (default 2)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    from runtime import predict_files
+
+    try:
+        from demo.app import DemoConfig, launch
+    except ImportError as err:
+        raise _missing_extra("demo", err)
+    model = args.model or predict_files.default_model_path()
+    if model is None:
+        raise UsageError("--model is required: pass an export directory from `bcd export` "
+                         "(no reference model is shipped yet)")
+    if args.examples is not None and not args.examples.is_dir():
+        raise UsageError(f"--examples {args.examples}: no such folder")
+    try:
+        config = DemoConfig(model=model, host=args.host, port=args.port, examples=args.examples, share=args.share,
+                            max_file_size=args.max_file_size, threads=args.threads, variant=args.variant,
+                            concurrency=args.concurrency)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    _setup_logging()
+    print(DISCLAIMER, file=sys.stderr)
+    launch(config)
+    return 0
+
+
+# ---- benchmark ---------------------------------------------------------------------
+
+def _add_benchmark(sub) -> None:
+    from benchmarks.cli import HELP, add_arguments   # stdlib only; the benchmark itself loads on use
+    p = sub.add_parser("benchmark", help=HELP)
+    add_arguments(p)
+    p.set_defaults(func=_cmd_benchmark)
+
+
+def _cmd_benchmark(args) -> int:
+    from benchmarks.cli import config_from_args, execute
+    try:
+        import benchmarks.runner  # noqa: F401 - scikit-learn, matplotlib
+        import train.tf_setup  # noqa: F401 - TensorFlow for the Keras baseline
+    except ImportError as err:
+        raise _missing_extra("export", err)
+    try:
+        config = config_from_args(args, "bcd benchmark")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    _setup_logging()
+    return execute(config)
+
+
 # ---- main --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_export, _add_predict):
+    for add in (_add_train, _add_evaluate, _add_export, _add_predict, _add_demo, _add_benchmark):
         add(sub)
     return parser
 

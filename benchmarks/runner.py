@@ -1,0 +1,290 @@
+"""`run_benchmark(BenchmarkConfig)`: the whole benchmark, in phases.
+
+1. Read the manifest, find the original Keras model (the baseline) and the images.
+2. Load every model in this process: Keras original + each selected variant through
+   runtime.Classifier. A variant that fails to load (sha256 mismatch, export error, bad
+   file...) gets a failed row; the others go on. If the original cannot run, the
+   benchmark stops (BaselineError): there would be nothing to compare against.
+3. Accuracy on all images at the frozen threshold (+ bootstrap CIs, flip rate vs the original).
+4. Batch-1 latency, then throughput at --batch, each interleaved across models (timing.py).
+5. Cold start + peak RSS: fresh probe processes (probe.py), round-robin across models.
+6. Ratios against the original, optional input-size sweep, then the outputs, each
+   written atomically: pareto.png, [sizes.json, sizes.png], results.md, results.json.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+
+from benchmarks.accuracy import accuracy_block
+from benchmarks.config import BenchmarkConfig
+from benchmarks.data import find_original, load_data
+from benchmarks.machine import load_average, machine_info
+from benchmarks.plots import pareto_plot, sizes_plot
+from benchmarks.probe import probe_command, run_probe
+from benchmarks.report import results_markdown
+from benchmarks.sweep import count_macs, sweep_sizes
+from benchmarks.targets import KerasOriginal, RuntimeVariant, Target, configure_tf_threads
+from benchmarks.timing import interleaved, ratio, settle, stats_ms
+from runtime import atomic
+from runtime.manifest import read_manifest
+from runtime.preprocessing import PreprocessSpec, prepare_batch
+from runtime.session import resolve_threads
+
+log = logging.getLogger(__name__)
+
+RESULTS_SCHEMA_VERSION = 1
+RESULTS_JSON, RESULTS_MD, PARETO_PNG, SIZES_JSON, SIZES_PNG = (
+    "results.json", "results.md", "pareto.png", "sizes.json", "sizes.png")
+
+
+class BaselineError(RuntimeError):
+    """The original Keras model cannot be loaded or run: no baseline, no benchmark."""
+
+
+@dataclass
+class BenchmarkResult:
+    doc: dict                 # the results.json document
+    out_dir: Path
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.doc["variants"] if r["status"] != "ok"]
+
+    @property
+    def sweep_errors(self) -> list[dict]:
+        sweep = self.doc.get("sweep") or {}
+        return [e for e in sweep.get("sizes", []) if e.get("error")]
+
+    @property
+    def exit_code(self) -> int:
+        """0: every model benchmarked; 1: some rows (or sweep sizes) failed, outputs written."""
+        return 1 if self.failed or self.sweep_errors else 0
+
+
+def _error_text(err: BaseException) -> str:
+    return " ".join(f"{err.__class__.__name__}: {err}".split())[:600]
+
+
+def _new_row(t: Target, export_dir: Path) -> dict:
+    entry = getattr(t, "entry", None)
+    file = t.file
+    if file is not None:
+        try:
+            file = file.relative_to(export_dir)
+        except ValueError:
+            pass
+    return {
+        "name": t.name, "role": t.role, "format": t.format, "precision": t.precision, "engine": t.engine,
+        "file": str(file) if file is not None else None, "file_bytes": t.file_bytes,
+        "size_ratio": None, "size_ratio_fp32_weights": None,
+        "latency_ms": stats_ms([]), "speedup_p50": None,
+        "throughput_ips": None, "throughput_ratio": None, "throughput_batch_ms": stats_ms([]),
+        "cold_start_s": None, "cold_start": None, "peak_rss_mb": None,
+        "accuracy": None,
+        "export_status": entry.status if entry is not None else None,
+        "export_reason": entry.reason if entry is not None else None,
+        "status": "ok", "error": None, "notes": [],
+    }
+
+
+def _fail(row: dict, stage: str, message: str) -> None:
+    if row["status"] == "ok":
+        row["status"], row["error"] = "failed", f"{stage}: {message}"
+    log.error("%s failed (%s): %s", row["name"], stage, message)
+
+
+def _select_variants(manifest, names):
+    if names is None:
+        return list(manifest.variants)
+    known = {v.name: v for v in manifest.variants}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"--variants: {', '.join(unknown)} not in the export (it has: {', '.join(known)})")
+    return [known[n] for n in names]
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return float(statistics.median(values)) if values else None
+
+
+def _command(config: BenchmarkConfig) -> str:
+    if config.command:
+        return config.command
+    return "run_benchmark(" + ", ".join(f"{k}={v!r}" for k, v in config.to_dict().items() if k != "command") + ")"
+
+
+def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
+    started = time.monotonic()
+    export_dir = Path(config.export_dir)
+    manifest = read_manifest(export_dir)
+    entries = _select_variants(manifest, config.variants)
+    threads = resolve_threads(config.threads)
+    original = find_original(manifest, export_dir, config.original)
+    log.info("baseline: %s (found by %s)", original.model, original.found_by)
+    spec = PreprocessSpec.from_dict(manifest.preprocessing)
+    data = load_data(config.data, original, spec)
+    threshold = manifest.threshold_value
+    out_dir = config.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    machine = machine_info(threads)
+    tf_threads = configure_tf_threads(threads)
+
+    keras_target = KerasOriginal(original.model, spec)
+    keras_target.engine += f", intra-op {tf_threads['intra_op']} / inter-op {tf_threads['inter_op']} thread(s)"
+    targets: list[Target] = [keras_target] + [RuntimeVariant(export_dir, e, threads) for e in entries]
+    rows = {t.name: _new_row(t, export_dir) for t in targets}
+    alive = lambda: [t for t in targets if rows[t.name]["status"] == "ok"]  # noqa: E731
+
+    # ---- 2. load
+    for t in targets:
+        log.info("loading %s (%s)", t.name, t.format)
+        try:
+            t.load()
+            rows[t.name]["engine"] = t.engine
+        except Exception as err:  # noqa: BLE001
+            if t is keras_target:
+                raise BaselineError(f"the original Keras model {original.model} cannot be loaded: {_error_text(err)}") from err
+            _fail(rows[t.name], "load", _error_text(err))
+    model_info = {"image_size": spec.image_size, "params": int(keras_target.model.count_params()),
+                  "fp32_weight_bytes": int(keras_target.model.count_params()) * 4,
+                  "gmac_per_image": count_macs(keras_target.model) / 1e9}
+
+    # ---- 3. accuracy
+    log.info("accuracy: %s on %s", keras_target.name, data.text)
+    try:
+        reference = keras_target.predict(data.images, config.batch)
+        rows[keras_target.name]["accuracy"] = accuracy_block(data.labels, reference, threshold, None,
+                                                             config.bootstrap, config.seed)
+    except Exception as err:  # noqa: BLE001
+        raise BaselineError(f"the original Keras model cannot predict: {_error_text(err)}") from err
+    for t in alive()[1:]:
+        log.info("accuracy: %s", t.name)
+        try:
+            probs = t.predict(data.images, config.batch)
+            rows[t.name]["accuracy"] = accuracy_block(data.labels, probs, threshold, reference,
+                                                      config.bootstrap, config.seed)
+        except Exception as err:  # noqa: BLE001
+            _fail(rows[t.name], "accuracy", _error_text(err))
+
+    # ---- 4. latency and throughput (same preprocessed input for every engine)
+    x1 = prepare_batch([data.images[0]], spec)
+    xb = prepare_batch([data.images[i % len(data.images)] for i in range(config.batch)], spec)
+    phases = (("latency", x1, config.runs, config.warmup, True),
+              ("throughput", xb, config.timed_batches, min(config.warmup, 1), False))
+    for what, x, runs, warmup, rewarm in phases:
+        current = alive()
+        timing = interleaved({t.name: partial(t.infer, x) for t in current}, runs, warmup, config.rounds,
+                             what=what, rewarm=rewarm)
+        for t in current:
+            row = rows[t.name]
+            if t.name in timing.errors:
+                if t is keras_target:
+                    raise BaselineError(f"the original Keras model failed while timing: {timing.errors[t.name]}")
+                _fail(row, what, timing.errors[t.name])
+                continue
+            stats = timing.stats(t.name)
+            if what == "latency":
+                row["latency_ms"] = stats
+            else:
+                row["throughput_batch_ms"] = stats
+                row["throughput_ips"] = config.batch / (stats["p50"] / 1000.0) if stats["p50"] else None
+    for t in targets:
+        t.close()   # free sessions (and their spinning threads) before the probes
+
+    # ---- 5. cold start + peak RSS in fresh processes
+    probe_image = data.paths[0]
+    probes: dict[str, list[dict]] = {t.name: [] for t in alive()}
+    for rep in range(config.cold_starts):
+        current = [t for t in alive()]
+        shift = rep % max(1, len(current))
+        for t in current[shift:] + current[:shift]:
+            log.info("cold start %d/%d: %s", rep + 1, config.cold_starts, t.name)
+            settle()
+            if t is keras_target:
+                cmd = probe_command(probe_image, threads, keras_run=original.root)
+            else:
+                cmd = probe_command(probe_image, threads, export_dir=export_dir, variant=t.name)
+            result = run_probe(cmd)
+            if not result["ok"]:
+                if t is keras_target:
+                    rows[t.name]["notes"].append(f"cold-start probe failed: {result['error']}")
+                else:
+                    _fail(rows[t.name], "cold start", str(result["error"]))
+                continue
+            probes[t.name].append(result)
+    for name, results in probes.items():
+        if not results:
+            continue
+        keys = ("cold_start_s", "interpreter_s", "import_s", "load_s", "first_predict_s", "peak_rss_mib")
+        summary = {k: _median([r.get(k) for r in results]) for k in keys}
+        summary["peak_rss_source"] = results[0].get("peak_rss_source")
+        summary["runs"] = [{k: r.get(k) for k in keys + ("ru_maxrss_mib",)} for r in results]
+        rows[name]["cold_start"] = summary
+        rows[name]["cold_start_s"] = summary["cold_start_s"]
+        rows[name]["peak_rss_mb"] = summary["peak_rss_mib"]
+
+    # ---- 6. ratios against the original (same run)
+    base = rows[keras_target.name]
+    for row in rows.values():
+        row["size_ratio"] = ratio(row["file_bytes"], base["file_bytes"])
+        row["size_ratio_fp32_weights"] = ratio(row["file_bytes"], model_info["fp32_weight_bytes"])
+        if row["status"] != "ok":
+            continue
+        row["speedup_p50"] = ratio(base["latency_ms"]["p50"], row["latency_ms"]["p50"])
+        row["throughput_ratio"] = ratio(row["throughput_ips"], base["throughput_ips"])
+
+    sweep = None
+    if config.sweep_sizes:
+        sweep = sweep_sizes(config.sweep_sizes, config.runs, config.warmup, config.rounds, threads,
+                            int(manifest.export_settings.get("onnx_opset", 17)))
+
+    machine["load_average_end"] = load_average()
+    doc = {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "tool": dict(manifest.tool, benchmark="benchmarks"),
+        "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "export_dir": str(export_dir),
+        "manifest": {"created": manifest.created, "source_model": dict(manifest.source_model),
+                     "export_settings": manifest.export_settings},
+        "original": {"run_dir": str(original.root), "model": str(original.model), "found_by": original.found_by},
+        "threshold": dict(manifest.threshold),
+        "model": model_info,
+        "machine": machine,
+        "settings": {
+            "command": _command(config),
+            "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            "runs": config.runs, "warmup": config.warmup, "rounds": min(config.rounds, config.runs),
+            "batch": config.batch, "throughput_runs": config.timed_batches, "cold_starts": config.cold_starts,
+            "threads": threads, "tf_threads": tf_threads, "bootstrap": config.bootstrap, "seed": config.seed,
+            "variants_requested": list(config.variants) if config.variants else None,
+            "data": data.description, "probe_image": str(probe_image),
+            "seconds": None,
+        },
+        "baseline": keras_target.name,
+        "variants": [rows[t.name] for t in targets],
+        "pareto_front": [],
+        "sweep": sweep,
+        "exit_code": None,
+    }
+
+    # ---- outputs (each file atomic; results.json last)
+    title = (f"{export_dir.name}: latency vs AUC on {data.description['n']} images "
+             f"({data.description.get('kind', 'data')}), {threads} thread(s)")
+    doc["pareto_front"] = pareto_plot(doc["variants"], out_dir / PARETO_PNG, title)
+    if sweep is not None:
+        atomic.write_json(out_dir / SIZES_JSON, dict(sweep, machine=machine, command=doc["settings"]["command"]))
+        sizes_plot(sweep, out_dir / SIZES_PNG)
+    result = BenchmarkResult(doc, out_dir)
+    doc["exit_code"] = result.exit_code
+    doc["settings"]["seconds"] = round(time.monotonic() - started, 1)
+    atomic.write_text(out_dir / RESULTS_MD, results_markdown(doc))
+    atomic.write_json(out_dir / RESULTS_JSON, doc)
+    log.info("benchmark written to %s (%.0fs)", out_dir, time.monotonic() - started)
+    return result

@@ -1,0 +1,146 @@
+"""The models being benchmarked, behind one small interface.
+
+* `KerasOriginal`: the run's model.keras in TensorFlow (tf-keras). Timed as
+  `model(x, training=False)` (a direct call; `model.predict` adds per-call overhead of
+  its own: tf.data input pipeline, callbacks, progress). Accuracy through
+  `train.evaluate.predict_probabilities`, the function `bcd evaluate` uses.
+* `RuntimeVariant`: an exported file loaded by `runtime.classifier.Classifier`, the code
+  clinics run (sha256 checked against the manifest; variants that failed the export's
+  parity checks are loaded with force=True: they are benchmarked, and their export
+  status is reported). Timed as the Classifier's own inference call
+  (`classifier.backend.run`: ONNX Runtime session / LiteRT interpreter, the session
+  options clinics get), on the same preprocessed input as Keras. Accuracy through
+  `Classifier.predict_decoded`, the full per-image path.
+
+Preprocessing (`runtime.preprocessing`) is excluded from latency and throughput for
+every engine alike; the cold-start probe includes it.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from runtime.manifest import VariantEntry
+from runtime.preprocessing import PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+ORIGINAL_NAME = "keras-original"
+
+
+def configure_tf_threads(threads: int) -> dict:
+    """Fix TensorFlow's thread pools (intra-op = threads, inter-op = 1, like ONNX Runtime's
+    sequential mode). Only possible before TensorFlow runs its first op; otherwise the
+    pools stay as they are and the returned record says so."""
+    from train.tf_setup import tf
+
+    record = {"intra_op_requested": threads, "inter_op_requested": 1}
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        record["set"] = True
+    except RuntimeError as err:
+        record["set"] = False
+        record["note"] = (f"TensorFlow was already initialised in this process, so its thread pools could not "
+                          f"be changed ({err}); intra-op 0 means TensorFlow's default (all cores)")
+        log.warning("TensorFlow thread pools already initialised; timings use its current settings")
+    record["intra_op"] = tf.config.threading.get_intra_op_parallelism_threads()
+    record["inter_op"] = tf.config.threading.get_inter_op_parallelism_threads()
+    return record
+
+
+class Target:
+    name: str = ""
+    format: str = ""
+    precision: str = ""
+    engine: str = ""
+    role: str = "variant"
+
+    def __init__(self) -> None:
+        self.file: Path | None = None
+        self.notes: list[str] = []
+
+    @property
+    def file_bytes(self) -> int | None:
+        return self.file.stat().st_size if self.file is not None and self.file.is_file() else None
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def infer(self, x: np.ndarray):
+        """One inference on a preprocessed float32 NHWC batch (the timed call)."""
+        raise NotImplementedError
+
+    def predict(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        """Probabilities of malignancy for resized uint8 BGR images."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class KerasOriginal(Target):
+    name = ORIGINAL_NAME
+    format = "keras"
+    precision = "fp32"
+    engine = "TensorFlow (tf-keras), model(x, training=False)"
+    role = "original"
+
+    def __init__(self, model_file: Path, spec: PreprocessSpec) -> None:
+        super().__init__()
+        self.file = Path(model_file)
+        self.spec = spec
+        self.model = None
+
+    def load(self) -> None:
+        from train.tf_setup import keras
+        self.model = keras.models.load_model(self.file, compile=False)
+
+    def infer(self, x):
+        return self.model(x, training=False)
+
+    def predict(self, images, batch_size):
+        from train.evaluate import predict_probabilities
+        return np.asarray(predict_probabilities(self.model, images, self.spec, batch_size), dtype=np.float64)
+
+    def close(self) -> None:
+        self.model = None
+
+
+class RuntimeVariant(Target):
+    def __init__(self, export_dir: Path, entry: VariantEntry, threads: int) -> None:
+        super().__init__()
+        self.export_dir = Path(export_dir)
+        self.entry = entry
+        self.name, self.format, self.precision = entry.name, entry.format, entry.precision
+        self.engine = "ONNX Runtime (CPU)" if entry.format == "onnx" else "LiteRT"
+        self.file = self.export_dir / entry.file if entry.file else None
+        self.threads = threads
+        self.classifier = None
+
+    def load(self) -> None:
+        from runtime.classifier import Classifier
+        if self.entry.status == "error":
+            raise RuntimeError(f"the export could not produce this variant: {self.entry.reason or 'no reason given'}")
+        self.classifier = Classifier.load(self.export_dir, variant=self.name, threads=self.threads, force=True)
+        self.engine += f", {self.classifier.threads} thread(s)"
+
+    def infer(self, x):
+        return self.classifier.backend.run(x, False)
+
+    def predict(self, images, batch_size):
+        probs = []
+        for start in range(0, len(images), batch_size):
+            preds = self.classifier.predict_decoded(list(images[start:start + batch_size]))
+            bad = [p.error for p in preds if p.error]
+            if bad:
+                raise RuntimeError(bad[0])
+            probs.extend(p.probability for p in preds)
+        return np.asarray(probs, dtype=np.float64)
+
+    def close(self) -> None:
+        if self.classifier is not None:
+            self.classifier.close()
+        self.classifier = None

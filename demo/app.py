@@ -1,0 +1,325 @@
+"""The Gradio demo: upload a breast ultrasound image, see the model's call against its
+operating threshold, the Grad-CAM heatmap beside the image, and each exported
+variant's agreement with the original model.
+
+    from demo.app import DemoConfig, build_app, launch
+    launch(DemoConfig(model="exports/busi-224"))                 # blocks; Ctrl-C stops it
+    blocks = build_app(DemoConfig(model="exports/busi-224"))     # a gr.Blocks to launch yourself
+
+Only `runtime` and Gradio are imported (no TensorFlow). Safety defaults: loopback only,
+no share link, upload size limit, a queue with 2 workers, no extra file access
+(allowed_paths stays empty: example images are copied into the cache as thumbnails and
+read server-side), uploads deleted right after they are read, Gradio's cache in a
+private temporary folder removed at exit, no analytics, no run history kept in the
+browser, no monitoring or MCP endpoints. See demo/README.md.
+"""
+from __future__ import annotations
+
+import os
+
+# Before gradio is imported: no telemetry and no version check from this process.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import atexit  # noqa: E402
+import inspect  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gradio as gr  # noqa: E402
+
+from demo import views  # noqa: E402
+from demo.config import DemoConfig  # noqa: E402
+from demo.service import DemoService, Outcome  # noqa: E402
+
+__all__ = ["DemoConfig", "build_app", "launch", "private_cache_dir"]
+
+log = logging.getLogger("bcd.demo")
+
+API_NAME = "classify"            # gradio_client: client.predict(handle_file(path), variant, api_name="/classify")
+
+_cache_lock = threading.Lock()
+_private_cache: Path | None = None
+
+
+def private_cache_dir(config: DemoConfig | None = None) -> Path:
+    """Gradio's upload/result cache for this process: `config.temp_dir` if set, else one
+    private (mode 0700) temporary folder, removed when the process exits. Gradio reads
+    GRADIO_TEMP_DIR when components and the server are created, so this is set before."""
+    global _private_cache
+    with _cache_lock:
+        if config is not None and config.temp_dir is not None:
+            path = Path(config.temp_dir).resolve()
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        else:
+            if _private_cache is None or not _private_cache.is_dir():
+                _private_cache = Path(tempfile.mkdtemp(prefix="bcd-demo-")).resolve()
+                atexit.register(shutil.rmtree, _private_cache, True)
+            path = _private_cache
+        os.environ["GRADIO_TEMP_DIR"] = str(path)
+        return path
+
+
+def build_app(config: DemoConfig, service: DemoService | None = None) -> gr.Blocks:
+    """The page as a gr.Blocks with its queue set (concurrency limit, queue size).
+
+    Loads the model first (raises on a model that can't be loaded at all). `service`
+    may be passed to share loaded classifiers between apps."""
+    cache = private_cache_dir(config)
+    service = service or DemoService(config)
+    outputs_doc = "result card, input image, Grad-CAM overlay, JSON"
+
+    with gr.Blocks(title="Breast ultrasound classifier (research demo)", analytics_enabled=False,
+                   delete_cache=(max(10, min(config.cache_seconds, 300)), config.cache_seconds)) as blocks:
+        blocks.bcd_service = service          # for callers and tests
+        blocks.bcd_cache_dir = cache
+        state = gr.State(None, time_to_live=max(config.cache_seconds, 60))
+
+        gr.Markdown("## Breast ultrasound: benign or malignant-looking? (research demo)")
+        gr.HTML(f'<div style="padding:6px 12px;border-radius:6px;background:#fff4d6;border:1px solid #e0b44a;'
+                f'color:#5c4300;font-weight:600;">&#9888; {views.esc(views.DISCLAIMER)} The model was '
+                'trained on small, single-site data. Do not use its output to make or rule out a diagnosis.</div>')
+
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=300):
+                upload = gr.File(label="Ultrasound image (PNG, JPEG, BMP, TIFF or DICOM)", file_count="single",
+                                 type="filepath", height=120, elem_id="bcd-upload")
+                gallery = None
+                if service.examples:
+                    gallery = gr.Gallery(value=service.example_thumbnails(), label="Examples: click one to classify it",
+                                         columns=4, height=_gallery_height(len(service.examples)),
+                                         allow_preview=False, interactive=False,
+                                         format="png", buttons=[], elem_id="bcd-examples")
+                variant = gr.Radio(views.variant_choices(service), value=service.default_variant,
+                                   label="Model variant", elem_id="bcd-variant",
+                                   info="Smaller/quantized variants are faster; the figures below show how "
+                                        "closely each one agrees with the original model.")
+                parity = gr.Markdown(views.parity_markdown(service, service.default_variant), label="variant details",
+                                     elem_id="bcd-parity")
+                with gr.Accordion("All variants", open=False):
+                    table = gr.Markdown(views.variants_table_markdown(service), label="all variants",
+                                        elem_id="bcd-variants-table")
+                gr.Markdown(views.model_summary_markdown(service))
+            with gr.Column(scale=3, min_width=360):
+                result = gr.HTML(views.placeholder_html(), label="result card", elem_id="bcd-result")
+                with gr.Row():
+                    shown = gr.Image(label="Input", type="numpy", format="png", interactive=False,
+                                     buttons=["fullscreen"], elem_id="bcd-input", height=360)
+                    overlay = gr.Image(label="Grad-CAM overlay", type="numpy", format="png", interactive=False,
+                                       buttons=["download", "fullscreen"], elem_id="bcd-overlay", height=360)
+                gr.Markdown("Grad-CAM: red marks the regions that pushed this image's score most towards "
+                            "malignant, blue those that did little or nothing, relative to the rest of the same "
+                            "image. It is not a lesion outline and does not compare images with each other.")
+                with gr.Accordion("Result as JSON", open=False):
+                    raw = gr.JSON(label="result", elem_id="bcd-json")
+
+        outs = [result, shown, overlay, raw, state, parity, table]
+
+        def respond(outcome: Outcome, data: bytes | None, variant_name: str) -> tuple[Any, ...]:
+            keep = {"data": data, "name": outcome.file} if data is not None else None
+            return (views.result_html(outcome), outcome.image_rgb, outcome.overlay_rgb, outcome.to_json(), keep,
+                    views.parity_markdown(service, variant_name), views.variants_table_markdown(service))
+
+        def fail(message: str, variant_name: str | None, file: str | None = None, keep=None) -> tuple[Any, ...]:
+            return (views.error_html(file, message), None, None, {"file": file, "error": message}, keep,
+                    views.parity_markdown(service, variant_name), views.variants_table_markdown(service))
+
+        def on_upload(file, variant_name):
+            # Runs with preprocess=False: `file` is Gradio's FileData for the upload, already
+            # checked by Gradio to lie in its cache; the bytes are read and the file deleted here.
+            variant_name = variant_name or service.default_variant
+            try:
+                if file is None:
+                    return fail("No file was uploaded.", variant_name)
+                data, name = _take_upload(file, cache)
+            except _UploadGone as err:
+                return fail(str(err), variant_name)
+            except Exception:  # noqa: BLE001 - never an exception dialog
+                log.exception("reading an upload failed")
+                return fail("The upload could not be read on the server. Please try again.", variant_name)
+            return _classify(data, name, variant_name)
+
+        def _classify(data: bytes, name: str, variant_name: str):
+            try:
+                outcome = service.classify_bytes(data, name, variant_name)
+            except Exception as err:  # noqa: BLE001 - the app keeps serving
+                log.exception("classifying %s failed", name)
+                return fail(f"Internal error while classifying ({err.__class__.__name__}).", variant_name, name)
+            return respond(outcome, data, variant_name)
+
+        def on_variant(variant_name, kept):
+            if kept and kept.get("data") is not None:
+                return _classify(kept["data"], kept["name"], variant_name)
+            return (gr.update(), gr.update(), gr.update(), gr.update(), kept,
+                    views.parity_markdown(service, variant_name), views.variants_table_markdown(service))
+
+        def on_clear():
+            return (views.placeholder_html(), None, None, None, None,
+                    gr.update(), views.variants_table_markdown(service))
+
+        def on_upload_then_empty(file, variant_name):
+            # The upload box is emptied once the file is read: the server deleted it, so its
+            # download link would lead nowhere; the result card names the file.
+            return (*on_upload(file, variant_name), None)
+
+        upload.upload(on_upload_then_empty, inputs=[upload, variant], outputs=[*outs, upload], api_name=API_NAME,
+                      preprocess=False,
+                      api_description=f"Classify one image file with the selected variant; returns {outputs_doc}.")
+        upload.clear(on_clear, inputs=None, outputs=outs, api_visibility="private")
+        variant.change(on_variant, inputs=[variant, state], outputs=outs, api_visibility="private")
+
+        if gallery is not None:
+            def on_example(variant_name, evt: gr.SelectData):
+                variant_name = variant_name or service.default_variant
+                try:
+                    data, name = service.read_example(int(evt.index))
+                except (ValueError, OSError, TypeError) as err:
+                    return (*fail(f"That example could not be read ({err}).", variant_name), None)
+                return (*_classify(data, name, variant_name), None)
+
+            gallery.select(on_example, inputs=[variant], outputs=[*outs, upload], api_visibility="private")
+
+    blocks.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
+    return blocks
+
+
+def _gallery_height(n: int) -> int:
+    rows = min(3, (n + 3) // 4)
+    return rows * 130 + 40
+
+
+class _UploadGone(Exception):
+    """The uploaded file is not (or no longer) there; the message is for the user."""
+
+
+def _take_upload(file: Any, cache: Path) -> tuple[bytes, str]:
+    """Read an uploaded file's bytes and delete it (and its folder when empty)."""
+    if isinstance(file, dict):
+        path, orig = file.get("path"), file.get("orig_name")
+    elif isinstance(file, (str, os.PathLike)):
+        path, orig = str(file), None
+    else:
+        path, orig = getattr(file, "path", None), getattr(file, "orig_name", None)
+    if not path:
+        raise _UploadGone("No file was uploaded.")
+    real = Path(path).resolve()
+    roots = {cache.resolve(), Path(gr.utils.get_upload_folder()).resolve()}
+    if not any(root in real.parents for root in roots):
+        # Gradio refuses such paths itself; checked again because the file is deleted below.
+        raise _UploadGone("That file is not an upload to this app.")
+    name = Path(str(orig or real.name)).name
+    try:
+        data = real.read_bytes()
+    except FileNotFoundError:
+        data = _recent.get(str(real))
+        if data is None:
+            raise _UploadGone("The uploaded file is no longer on the server (uploads are deleted as soon as "
+                              "they are read). Please upload it again.") from None
+        return data, name
+    _recent.put(str(real), data)             # before deleting: a twin request may look it up at once
+    try:
+        real.unlink(missing_ok=True)
+        if real.parent not in roots:
+            real.parent.rmdir()              # only if empty
+    except OSError:
+        pass
+    return data, name
+
+
+class _RecentUploads:
+    """Bytes of the uploads read in the last few seconds, in memory only.
+
+    Gradio stores an upload at <cache>/<sha256 of its bytes>/<name>, so when two users
+    upload the same file at the same moment both requests name one path, and the first
+    to be handled deletes it. A path seen again within `ttl` seconds therefore holds
+    exactly these bytes, and the second request is served from here."""
+
+    def __init__(self, ttl: float = 60.0, max_bytes: int = 128 * 1024 ** 2) -> None:
+        self.ttl, self.max_bytes = ttl, max_bytes
+        self._items: dict[str, tuple[float, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def put(self, key: str, data: bytes) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+            self._items[key] = (time.monotonic(), data)
+            self._prune()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            self._prune()
+            item = self._items.get(key)
+            return item[1] if item else None
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        total = sum(len(d) for _, d in self._items.values())
+        for key in list(self._items):          # oldest first (insertion order)
+            stamp, data = self._items[key]
+            if now - stamp <= self.ttl and total <= self.max_bytes:
+                break
+            del self._items[key]
+            total -= len(data)
+
+
+_recent = _RecentUploads()
+
+
+def launch(config: DemoConfig, block: bool = True) -> tuple[gr.Blocks, str]:
+    """Build and serve the app with the safe launch settings; returns (blocks, local URL).
+    With block=True (the CLI) this returns only when the server stops."""
+    blocks = build_app(config)
+    if not config.loopback_only:
+        log.warning("serving on %s: anyone who can reach this computer on port %s can use the demo "
+                    "(there is no login)", config.host, config.port)
+    if config.share:
+        log.warning("--share: creating a public link through gradio.live (needs internet); "
+                    "anyone with the link can upload images")
+    if block:
+        _stop_on_sigterm()
+    settings = dict(
+        server_name=config.host,
+        server_port=config.port or None,
+        share=bool(config.share),
+        max_file_size=config.max_file_size_bytes,
+        allowed_paths=[],
+        show_error=False,
+        quiet=config.quiet,
+        inbrowser=False,
+        prevent_thread_lock=not block,
+        footer_links=["api"],
+        run_history=False,           # results are not stored in the browser
+        enable_monitoring=False,
+        mcp_server=False,
+        ssr_mode=False,              # no Node server
+        pwa=False,
+        strict_cors=True,
+        state_session_capacity=max(config.queue_size, 64),
+        theme=gr.themes.Default(),   # bundled fonts only: nothing is fetched from the internet
+    )
+    # Settings a Gradio 6 release before this one doesn't know are left out (they are
+    # all off by default there or don't exist), rather than failing to start.
+    known = inspect.signature(blocks.launch).parameters
+    skipped = sorted(k for k in settings if k not in known)
+    if skipped:
+        log.info("this Gradio version has no launch setting(s) %s", ", ".join(skipped))
+    _, local_url, _ = blocks.launch(**{k: v for k, v in settings.items() if k in known})
+    return blocks, local_url
+
+
+def _stop_on_sigterm() -> None:
+    """`kill` / a service manager stop like Ctrl-C: the server closes and the private
+    cache is removed (atexit does not run when the process dies of SIGTERM)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)

@@ -1,0 +1,202 @@
+"""The page's text: result card (HTML), variant picker labels and parity panels
+(Markdown). Plain strings, no Gradio, so they are easy to test and to reuse.
+
+Every piece of text that comes from outside (file names, error messages, manifest
+notes) goes through `esc` / `md_cell`: a file named `<img onerror=...>.png` must show
+as text, never run.
+"""
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from demo.service import DemoService, Outcome, Variant
+
+DISCLAIMER = "Research and education only — not a diagnosis."
+
+_ABOVE = "#b3261e"        # red: at or above the threshold (malignant-looking)
+_BELOW = "#1f5fa8"        # blue: below the threshold
+_WARN = "#8a5a00"
+
+
+def esc(text: object) -> str:
+    """HTML-escape, including the characters a JS template string treats specially."""
+    return html.escape(str(text), quote=True).replace("$", "&#36;").replace("`", "&#96;")
+
+
+def md_cell(text: object) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def fmt_prob_pair(p: float, t: float) -> tuple[str, str]:
+    """p and t with enough decimals that the shown numbers agree with the decision
+    (0.409 vs 0.41 must not both read 0.41)."""
+    for digits in (2, 3, 4, 6):
+        ps, ts = f"{p:.{digits}f}", f"{t:.{digits}f}"
+        if (float(ps) >= float(ts)) == (p >= t) and (ps != ts or p >= t):
+            return ps, ts
+    return f"{p:.8f}", f"{t:.8f}"
+
+
+def fmt_ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    ms = seconds * 1000
+    return f"{ms:.0f} ms" if ms >= 100 else f"{ms:.1f} ms"
+
+
+def fmt_size(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    if n >= 1024 ** 2:
+        return f"{n / 1024 ** 2:.1f} MB"
+    return f"{n / 1024:.0f} KB"
+
+
+def _disclaimer_html() -> str:
+    return ('<div class="bcd-disclaimer" style="margin-top:10px;padding:8px 12px;border-radius:6px;'
+            'background:#fff4d6;border:1px solid #e0b44a;color:#5c4300;font-weight:600;">'
+            f'&#9888; {esc(DISCLAIMER)}</div>')
+
+
+def _card(body: str, border: str) -> str:
+    return (f'<div class="bcd-result" style="border:2px solid {border};border-radius:10px;padding:14px 16px;'
+            f'background:#ffffff;color:#1a1a1a;">{body}{_disclaimer_html()}</div>')
+
+
+def placeholder_html() -> str:
+    body = ('<div style="font-size:1.15em;font-weight:600;">No image yet</div>'
+            '<div style="margin-top:6px;">Upload an ultrasound image (PNG, JPEG, BMP, TIFF or DICOM) '
+            'or pick an example. The result appears here, with the Grad-CAM heatmap below.</div>')
+    return _card(body, "#c9c9c9")
+
+
+def error_html(file: str | None, message: str) -> str:
+    title = f"Could not classify {esc(file)}" if file else "Could not classify the upload"
+    body = (f'<div class="bcd-error" style="font-size:1.15em;font-weight:700;color:{_WARN};">&#9888; {title}</div>'
+            f'<div style="margin-top:6px;">{esc(message)}</div>'
+            '<div style="margin-top:6px;color:#555;">Nothing was classified. You can upload another file.</div>')
+    return _card(body, "#e0b44a")
+
+
+def result_html(o: "Outcome") -> str:
+    if not o.ok:
+        return error_html(o.file, o.error or "unknown error")
+    assert o.probability is not None and o.threshold is not None
+    above = bool(o.above)
+    color = _ABOVE if above else _BELOW
+    verdict = f"{o.positive}-looking" if above else f"{o.negative}-looking"
+    ps, ts = fmt_prob_pair(o.probability, o.threshold)
+    side = "above" if above else "below"
+    pct = max(0.0, min(100.0, o.probability * 100))
+    tpct = max(0.0, min(100.0, o.threshold * 100))
+    bar = (
+        '<div style="position:relative;margin:26px 0 4px 0;height:18px;border-radius:9px;background:#e6e6e6;">'
+        f'<div style="position:absolute;left:0;top:0;bottom:0;width:{pct:.2f}%;border-radius:9px;'
+        f'background:{color};"></div>'
+        f'<div title="operating threshold" style="position:absolute;left:calc({tpct:.2f}% - 1px);top:-8px;'
+        'bottom:-8px;width:3px;background:#111;"></div>'
+        f'<div style="position:absolute;left:{tpct:.2f}%;top:-26px;transform:translateX(-50%);font-size:0.85em;'
+        f'white-space:nowrap;color:#111;">threshold {ts}</div>'
+        '</div>'
+        '<div style="display:flex;justify-content:space-between;font-size:0.8em;color:#555;">'
+        '<span>0 (benign-looking)</span><span>probability of malignancy</span><span>1</span></div>'
+    )
+    timing = (f"Inference {fmt_ms(o.seconds)} on this computer ({esc(o.variant)}, "
+              f"{o.threads} thread{'s' if o.threads != 1 else ''}); "
+              f"{fmt_ms(o.total_seconds)} including reading the file and drawing the heatmap.")
+    notes = "".join(f'<div style="margin-top:6px;color:{_WARN};">&#9888; {esc(n)}</div>' for n in o.notes)
+    body = (
+        f'<div style="font-size:0.9em;color:#555;">{esc(o.file)}</div>'
+        f'<div class="bcd-verdict" style="font-size:1.6em;font-weight:800;color:{color};">{esc(verdict.capitalize())}</div>'
+        f'<div class="bcd-probability" style="font-size:1.1em;margin-top:4px;">probability {ps} &mdash; '
+        f'threshold {ts} &rarr; <b>{side}</b>: {esc(verdict)}</div>'
+        f'{bar}'
+        f'<div class="bcd-time" style="margin-top:8px;font-size:0.9em;color:#333;">{timing}</div>'
+        f'{notes}'
+    )
+    return _card(body, color)
+
+
+# ---------------------------------------------------------------------- variants
+
+
+def variant_label(v: "Variant") -> str:
+    kind = f"{v.format.upper()} {v.precision}"
+    if v.servable:
+        return f"{v.name} · {kind} · {fmt_size(v.size_bytes)}"
+    return f"⚠ {v.name} · FAILED export checks (not served)" if v.status == "failed" else \
+        f"⚠ {v.name} · not produced ({v.status})"
+
+
+def variant_choices(service: "DemoService") -> list[tuple[str, str]]:
+    return [(variant_label(v), v.name) for v in service.variants]
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 100:.1f} %"
+
+
+def parity_markdown(service: "DemoService", name: str | None) -> str:
+    v = service.variant(name)
+    if v is None:
+        return "Pick a variant."
+    lines = [f"**{md_cell(v.name)}**: {md_cell(v.format.upper())} {md_cell(v.precision)}, "
+             f"file {fmt_size(v.size_bytes)}", ""]
+    if v.servable:
+        lines.append("Status **ok**: passed the export's checks against the original model.")
+    else:
+        reason = f": {md_cell(v.reason)}" if v.reason else ""
+        lines.append(f"⚠ Status **{md_cell(v.status.upper())}**{reason}. This variant is **not served**: "
+                     "pick one marked ok.")
+    p = v.parity
+    if p is not None:
+        lines += [
+            "",
+            f"Agreement with the original (Keras) model on {p.n} held-out images:",
+            "",
+            "| measure | this variant |",
+            "|---|---|",
+            f"| AUC | {_num(p.auc)} (original {_num(p.auc_original)}, drop {_num(p.auc_drop)}) |",
+            f"| decisions flipped at the threshold | {_pct(p.flip_rate)} |",
+            f"| max &#124;Δp&#124; vs original | {_num(p.max_abs_diff, 4)} |",
+        ]
+        if p.cam_correlation is not None:
+            lines.append(f"| Grad-CAM correlation | {_num(p.cam_correlation)} |")
+        lines.append(f"| file size | {fmt_size(v.size_bytes)} |")
+    elif v.servable:
+        lines += ["", "No parity figures (a lone model file without an export manifest)."]
+    median, n = service.median_ms(v.name)
+    if median is not None:
+        lines += ["", f"Speed here: median inference {median:.1f} ms over the last {n} image(s)."]
+    if v.notes:
+        lines += ["", "Notes: " + "; ".join(md_cell(n) for n in v.notes)]
+    return "\n".join(lines)
+
+
+def variants_table_markdown(service: "DemoService") -> str:
+    rows = ["| variant | status | size | AUC (original) | flips | max &#124;Δp&#124; | median inference here |",
+            "|---|---|---|---|---|---|---|"]
+    for v in service.variants:
+        p = v.parity
+        median, n = service.median_ms(v.name)
+        speed = f"{median:.1f} ms (n={n})" if median is not None else "not run yet"
+        status = "ok" if v.servable else f"⚠ {v.status}"
+        auc = f"{_num(p.auc)} ({_num(p.auc_original)})" if p is not None else "n/a"
+        rows.append(f"| {md_cell(v.name)} | {status} | {fmt_size(v.size_bytes)} | {auc} | "
+                    f"{_pct(p.flip_rate) if p else 'n/a'} | {_num(p.max_abs_diff, 4) if p else 'n/a'} | "
+                    f"{speed if v.servable else '—'} |")
+    return "\n".join(rows)
+
+
+def model_summary_markdown(service: "DemoService") -> str:
+    t = service.threshold_info
+    chosen = f", chosen on the {md_cell(t['chosen_on'])}" if t.get("chosen_on") else ""
+    policy = f" ({md_cell(t['policy'])})" if t.get("policy") else ""
+    return (f"Operating threshold **{service.threshold:.4g}**{chosen}{policy}: a probability at or above it "
+            f"reads as {md_cell(service.positive)}-looking.")

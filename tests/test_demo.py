@@ -1,0 +1,371 @@
+"""The Gradio demo (`demo/`, `bcd demo`): served for real on a loopback port and driven
+with gradio_client and a headless Chromium.
+
+The app runs in this process (prevent_thread_lock); every request goes over HTTP to
+127.0.0.1 only. Bounded: the load test sends exactly 20 x 5 requests with timeouts.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+from demo.config import DemoConfig, parse_size  # noqa: E402  (no gradio import)
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "results"
+CHROMIUM = "/usr/bin/chromium"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+# ---------------------------------------------------------------------- no Gradio needed
+
+
+def test_importing_demo_loads_no_training_stack():
+    code = ("import sys, demo, demo.app, demo.service, demo.views\n"
+            "bad = [m for m in ('tensorflow', 'tf_keras', 'keras', 'sklearn', 'torch') if m in sys.modules]\n"
+            "import os\n"
+            "assert os.environ['GRADIO_ANALYTICS_ENABLED'] == 'False', 'gradio analytics on'\n"
+            "assert os.environ['ORT_DISABLE_TELEMETRY'] == '1', 'onnxruntime telemetry on'\n"
+            "print(bad); sys.exit(1 if bad else 0)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("GRADIO_ANALYTICS_ENABLED", "ORT_DISABLE_TELEMETRY")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_sizes_and_config_validation(tmp_path):
+    assert parse_size("20MB") == 20 * 1024 ** 2
+    assert parse_size("512kb") == 512 * 1024
+    assert parse_size("1.5 GB") == int(1.5 * 1024 ** 3)
+    assert parse_size(1000) == 1000
+    for bad in ("twenty", "-1MB", "0", "5 TB"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+    config = DemoConfig(model=tmp_path)
+    assert (config.host, config.port, config.share, config.concurrency) == ("127.0.0.1", 7860, False, 2)
+    assert config.max_file_size_bytes == 20 * 1024 ** 2 and config.loopback_only
+    assert not DemoConfig(model=tmp_path, host="0.0.0.0").loopback_only
+    with pytest.raises(ValueError):
+        DemoConfig(model=tmp_path, max_file_size="lots")
+    with pytest.raises(ValueError):
+        DemoConfig(model=tmp_path, concurrency=0)
+
+
+def test_views_escape_and_keep_numbers_consistent():
+    from demo import views
+    from demo.service import Outcome
+
+    assert views.fmt_prob_pair(0.409, 0.41) == ("0.409", "0.410")
+    assert views.fmt_prob_pair(0.73, 0.41) == ("0.73", "0.41")
+    assert views.fmt_prob_pair(0.41, 0.41) == ("0.41", "0.41")
+    evil = '<img src=x onerror="alert(1)">${x}`.png'
+    page = views.error_html(evil, f"{evil}: not a readable image")
+    assert "<img src=x" not in page and "${" not in page and "`" not in page
+    ok = Outcome(file=evil, variant="onnx-fp32", label="malignant", probability=0.73, threshold=0.41,
+                 seconds=0.012, total_seconds=0.03, threads=2)
+    card = views.result_html(ok)
+    assert "<img src=x" not in card
+    assert "probability 0.73 &mdash; threshold 0.41 &rarr; <b>above</b>: malignant-looking" in card
+    assert views.DISCLAIMER in card and "Malignant-looking" in card
+    low = Outcome(file="a.png", variant="v", label="benign", probability=0.2, threshold=0.41, seconds=0.01,
+                  total_seconds=0.02, threads=1)
+    assert "<b>below</b>: benign-looking" in views.result_html(low)
+    assert views.DISCLAIMER in views.placeholder_html()
+
+
+def test_examples_stay_inside_their_folder(tmp_path):
+    from demo.service import list_examples
+
+    root = tmp_path / "examples"
+    (root / "sub").mkdir(parents=True)
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"x")
+    for name in ("a.png", "sub/b.jpg", "a_mask.png", "notes.txt"):
+        (root / name).write_bytes(b"x")
+    (root / "link.png").symlink_to(outside)
+    found = [p.relative_to(root).as_posix() for p in list_examples(root)]
+    assert found == ["a.png", "sub/b.jpg"]
+    with pytest.raises(FileNotFoundError):
+        list_examples(tmp_path / "missing")
+
+
+def test_cli_requires_a_model_and_registers_demo(capsys):
+    from bcd import cli
+
+    assert cli.main(["demo"]) == 2
+    assert "--model is required" in capsys.readouterr().err
+    assert cli.main(["demo", "--model", "x", "--max-file-size", "huge"]) == 2
+    assert "not a file size" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- served app
+
+gradio_client = pytest.importorskip("gradio_client")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _images(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.png") if "_mask" not in p.stem)
+
+
+@pytest.fixture(scope="module")
+def images(tiny_dataset) -> list[Path]:
+    found = _images(tiny_dataset)
+    assert len(found) >= 5
+    return found
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_export, images) -> dict[str, float]:
+    """The runtime's own probabilities (onnx-fp32), straight from Classifier."""
+    from runtime.classifier import Classifier
+
+    with Classifier.load(tiny_export, variant="onnx-fp32", threads=1) as clf:
+        return {str(p): clf.predict(str(p)).probability for p in images}
+
+
+@pytest.fixture(scope="module")
+def demo_export(tiny_export, tmp_path_factory) -> Path:
+    """tiny_export with onnx-int8 marked as failing the parity checks (whether the tiny
+    model's int8 variant passes varies), so the page has one servable and one refused
+    variant."""
+    import json
+
+    out = tmp_path_factory.mktemp("demo-export") / "export"
+    shutil.copytree(tiny_export, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for v in manifest["variants"]:
+        if v["name"] == "onnx-int8":
+            v["status"], v["reason"] = "failed", "AUC drop 0.2500 > 0.01 (1.0000 -> 0.7500)"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(demo_export, images, tmp_path_factory):
+    from demo.app import launch
+
+    examples = tmp_path_factory.mktemp("examples")
+    for p in images[:3]:
+        shutil.copy(p, examples / p.name)
+    config = DemoConfig(model=demo_export, port=_free_port(), examples=examples, max_file_size="2MB",
+                        quiet=True)
+    blocks, url = launch(config, block=False)
+    try:
+        yield blocks, url
+    finally:
+        blocks.close()
+
+
+def test_service_reads_16bit_tiff_and_extensionless_dicom_like_the_runtime(demo_export, images, expected):
+    """Uploads reach runtime.images untouched: a 16-bit TIFF of an image gives the
+    runtime's probability for the 8-bit original; a DICOM without a .dcm name is read
+    and its burned-in-annotation warning reaches the page."""
+    import cv2
+    import numpy as np
+
+    from demo.service import DemoService
+    from tests.conftest import dicom_bytes
+
+    service = DemoService(DemoConfig(model=demo_export, threads=1))
+    try:
+        gray = cv2.imread(str(images[0]), cv2.IMREAD_GRAYSCALE)
+        if np.array_equal(cv2.imread(str(images[0])), cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)):
+            ok, tiff = cv2.imencode(".tiff", gray.astype(np.uint16) * 257)
+            assert ok
+            outcome = service.classify_bytes(tiff.tobytes(), "scan16.tif", "onnx-fp32")
+            assert outcome.ok and outcome.probability == pytest.approx(expected[str(images[0])], abs=1e-6)
+        outcome = service.classify_bytes(dicom_bytes(gray, BurnedInAnnotation="YES"), "IM0001", "onnx-fp32")
+        assert outcome.ok, outcome.error
+        assert outcome.overlay_rgb is not None and outcome.image_rgb is not None
+        assert any("BurnedInAnnotation" in n for n in outcome.notes)
+        refused = service.classify_bytes(b"GIF89a", "x.gif", "onnx-fp32")
+        assert not refused.ok and "could not be used" in refused.error
+    finally:
+        service.close()
+
+
+def _client(url: str):
+    return gradio_client.Client(url, verbose=False, download_files=False, analytics_enabled=False)
+
+
+def _classify(client, path: Path, variant: str = "onnx-fp32") -> dict:
+    out = client.predict(gradio_client.handle_file(str(path)), variant, api_name="/classify")
+    assert isinstance(out, (list, tuple)) and len(out) >= 4
+    return out[3]
+
+
+def test_served_on_loopback_with_the_safe_settings(served):
+    blocks, url = served
+    assert url.startswith("http://127.0.0.1:")
+    assert blocks.share is False and not blocks.share_url
+    assert blocks.max_file_size == 2 * 1024 ** 2
+    assert blocks.allowed_paths == []
+    assert blocks.analytics_enabled is False
+    assert blocks.delete_cache == (300, 600)           # result images leave the cache after 10 minutes
+    assert blocks._queue.default_concurrency_limit == 2
+    cache = blocks.bcd_cache_dir
+    assert os.environ["GRADIO_TEMP_DIR"] == str(cache)
+    assert (cache.stat().st_mode & 0o077) == 0          # private to this user
+
+
+def test_client_gets_label_and_probability(served, images, expected):
+    blocks, url = served
+    client = _client(url)
+    image = images[-1]
+    result = _classify(client, image)
+    assert result["error"] is None
+    assert result["label"] in ("benign", "malignant")
+    assert result["probability"] == pytest.approx(expected[str(image)], abs=1e-6)
+    assert result["label"] == ("malignant" if result["probability"] >= result["threshold"] else "benign")
+    assert result["inference_ms"] > 0 and result["variant"] == "onnx-fp32"
+    # the upload is gone from the server once read
+    data = image.read_bytes()
+    left = [p for p in Path(blocks.bcd_cache_dir).rglob("*") if p.is_file() and p.read_bytes() == data]
+    assert left == []
+
+
+def test_bad_uploads_get_a_message_and_the_app_keeps_serving(served, images, expected, tmp_path):
+    _, url = served
+    client = _client(url)
+    text = tmp_path / "notes.png"
+    text.write_bytes(b"this is a text file, not an image\n")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(images[0].read_bytes()[:600])
+    # a 200-byte PNG whose header claims 100000 x 100000 pixels
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr
+                     + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
+    for bad, words in ((text, "not a readable image"), (truncated, "truncated"), (bomb, "pixels")):
+        result = _classify(client, bad)
+        assert result["label"] is None and result["probability"] is None
+        assert words in result["error"], result["error"]
+    html = client.predict(gradio_client.handle_file(str(text)), "onnx-fp32", api_name="/classify")[0]
+    assert "Could not classify notes.png" in html and "Traceback" not in html
+    # over the upload limit: refused by Gradio before our code runs
+    big = tmp_path / "big.png"
+    big.write_bytes(os.urandom(2 * 1024 ** 2 + 10))
+    with pytest.raises(Exception):
+        _classify(client, big)
+    # a variant that failed the export's checks is not served
+    refused = _classify(client, images[0], "onnx-int8")
+    assert refused["probability"] is None and "did not pass the export's checks" in refused["error"]
+    # and the next request is answered normally
+    good = _classify(client, images[1])
+    assert good["error"] is None
+    assert good["probability"] == pytest.approx(expected[str(images[1])], abs=1e-6)
+
+
+def test_load_20_clients_x_5_requests(served, images, expected):
+    _, url = served
+    n_clients, per_client = 20, 5
+    deadline = time.monotonic() + 150
+    errors: list[str] = []
+    answered = []
+    lock = threading.Lock()
+
+    def user(k: int) -> None:
+        client = _client(url)
+        for i in range(per_client):
+            if time.monotonic() > deadline:
+                with lock:
+                    errors.append(f"client {k}: deadline passed")
+                return
+            # 5 distinct images shared by 4 clients each: identical uploads arrive at the same time
+            image = images[(k + i) % 5]
+            try:
+                result = _classify(client, image)
+            except Exception as err:  # noqa: BLE001 - collected, reported below
+                with lock:
+                    errors.append(f"client {k} request {i}: {err.__class__.__name__}: {err}")
+                continue
+            with lock:
+                answered.append(result)
+                if result["error"] is not None:
+                    errors.append(f"client {k}: {result['error']}")
+                elif result["probability"] != pytest.approx(expected[str(image)], abs=1e-6):
+                    errors.append(f"client {k}: {image.name} got {result['probability']}, "
+                                  f"runtime says {expected[str(image)]}")
+                elif result["label"] not in ("benign", "malignant"):
+                    errors.append(f"client {k}: label {result['label']!r}")
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(n_clients) as pool:
+        for future in [pool.submit(user, k) for k in range(n_clients)]:
+            future.result(timeout=180)
+    seconds = time.monotonic() - started
+    assert errors == [], f"{len(errors)} of {n_clients * per_client} requests failed: {errors[:5]}"
+    assert len(answered) == n_clients * per_client
+    print(f"\n{n_clients * per_client} requests from {n_clients} concurrent clients in {seconds:.1f} s")
+
+
+# ---------------------------------------------------------------------- real browser
+
+
+def test_browser_upload_shows_result_heatmap_and_disclaimer(served, images):
+    if not Path(CHROMIUM).exists():
+        if IN_CI:
+            pytest.fail(f"{CHROMIUM} is missing in CI (.ci/run installs Debian's chromium)")
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if IN_CI:
+            raise
+        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
+    _, url = served
+    RESULTS.mkdir(exist_ok=True)
+    shot = RESULTS / "demo.png"
+    outside: list[str] = []
+    image = next(p for p in images if "malignant" in str(p)) if any("malignant" in str(p) for p in images) \
+        else images[0]
+    with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="bcd-chromium-") as profile:
+        browser = pw.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS,
+            viewport={"width": 1400, "height": 1000})
+        try:
+            page = browser.new_page()
+            page.on("request", lambda r: outside.append(r.url)
+                    if not r.url.startswith((url.rstrip("/"), "data:", "blob:")) else None)
+            page.goto(url, wait_until="load", timeout=60_000)
+            page.locator("#bcd-upload input[type=file]").set_input_files(str(image), timeout=60_000)
+            page.locator("#bcd-result .bcd-verdict").wait_for(timeout=60_000)
+            page.locator("#bcd-overlay img").wait_for(timeout=30_000)
+            page.wait_for_timeout(500)
+            card = page.locator("#bcd-result").inner_text()
+            assert "probability" in card and "threshold" in card
+            assert "Research and education only — not a diagnosis." in card
+            assert page.locator("#bcd-input img").is_visible() and page.locator("#bcd-overlay img").is_visible()
+            assert "onnx-int8" in page.locator("#bcd-variant").inner_text()
+            assert "AUC" in page.locator("#bcd-parity").inner_text()
+            page.screenshot(path=str(shot), full_page=True)
+            # the variant that failed the export's checks is labelled and refused with a message
+            page.get_by_text("onnx-int8 · FAILED").click()
+            page.locator("#bcd-result .bcd-error").wait_for(timeout=30_000)
+            assert "not served" in page.locator("#bcd-result").inner_text()
+        finally:
+            browser.close()
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    assert outside == [], f"the page tried to reach other hosts: {outside}"
