@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="export directory from `bcd export`")
     p.add_argument("--data", type=Path, help="labelled folder (class sub-folders) to measure accuracy on "
                    "(default: the run's validation split, on which the threshold was chosen: optimistic)")
+    p.add_argument("--split", choices=["val", "test"], default="val",
+                   help="without --data: which of the run's saved splits to score (default val; test is the "
+                        "held-out one, not used to choose the threshold)")
     p.add_argument("--original", type=Path, metavar="RUN_DIR",
                    help="run directory of the original Keras model (default: found via the manifest's source_model)")
     p.add_argument("--out", type=Path, help="output folder (default EXPORT_DIR/benchmark)")
@@ -42,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def command_from_args(args: argparse.Namespace, prog: str) -> str:
     """The command with every option spelled out, so results say exactly how to rerun them."""
     parts = [*prog.split(), str(args.export_dir)]
-    for flag, value in (("--data", args.data), ("--original", args.original), ("--out", args.out),
+    split = None if args.data is not None else args.split
+    for flag, value in (("--data", args.data), ("--split", split), ("--original", args.original), ("--out", args.out),
                         ("--runs", args.runs), ("--warmup", args.warmup), ("--threads", args.threads),
                         ("--batch", args.batch), ("--throughput-runs", args.throughput_runs),
                         ("--rounds", args.rounds), ("--cold-starts", args.cold_starts),
@@ -59,7 +63,7 @@ def config_from_args(args: argparse.Namespace, prog: str) -> BenchmarkConfig:
     if args.data is not None and not args.data.is_dir():
         raise ValueError(f"--data {args.data}: no such folder")
     return BenchmarkConfig(
-        export_dir=str(args.export_dir), data=str(args.data) if args.data else None,
+        export_dir=str(args.export_dir), data=str(args.data) if args.data else None, split=args.split,
         original=str(args.original) if args.original else None, out=str(args.out) if args.out else None,
         runs=args.runs, warmup=args.warmup, threads=args.threads, batch=args.batch,
         throughput_runs=args.throughput_runs, rounds=args.rounds, cold_starts=args.cold_starts,

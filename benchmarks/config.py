@@ -12,7 +12,8 @@ MIN_IMAGE_SIZE = 32          # VGG16 needs at least 32x32
 @dataclass(frozen=True)
 class BenchmarkConfig:
     export_dir: str                        # export directory from `bcd export` (has manifest.json)
-    data: str | None = None                # labelled folder; None: the run's validation split
+    data: str | None = None                # labelled folder; None: one of the run's splits
+    split: str = "val"                     # which of the run's splits when data is None: val | test
     original: str | None = None            # run directory of the Keras original; None: found via the manifest
     out: str | None = None                 # output folder; None: <export_dir>/benchmark
     runs: int = 30                         # timed batch-1 runs per model
@@ -39,6 +40,8 @@ class BenchmarkConfig:
         positive("rounds", self.rounds)
         positive("cold_starts", self.cold_starts, 0)
         positive("bootstrap", self.bootstrap, 0)
+        if self.split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {self.split!r}")
         if self.threads is not None:
             positive("threads", self.threads)
         if self.throughput_runs is not None:

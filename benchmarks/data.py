@@ -130,14 +130,15 @@ def _read_resized(path: Path, spec: PreprocessSpec) -> np.ndarray:
     return resize(read_image(path), spec)
 
 
-def validation_split(run: OriginalRun, spec: PreprocessSpec) -> BenchData:
+def run_split(run: OriginalRun, spec: PreprocessSpec, name: str = "val") -> BenchData:
+    """The images of one of the run's saved splits ("val" or "test")."""
     split_file = run.root / "split.json"
     if not split_file.is_file():
-        raise FileNotFoundError(f"{run.root}: no split.json, so no validation split; pass --data DIR")
+        raise FileNotFoundError(f"{run.root}: no split.json, so no {name} split; pass --data DIR")
     split = json.loads(split_file.read_text())
-    files = split["files"]["val"]
+    files = split["files"].get(name) or []
     if not files:
-        raise ValueError(f"{run.root}: the validation split is empty; pass --data DIR")
+        raise ValueError(f"{run.root}: the {name} split is empty; pass --data DIR")
     root = Path(split["data_root"])
     if not root.is_dir():
         raise FileNotFoundError(f"the run's data folder {root} is missing (moved?); pass --data DIR")
@@ -145,11 +146,12 @@ def validation_split(run: OriginalRun, spec: PreprocessSpec) -> BenchData:
     try:
         images = np.stack([_read_resized(p, spec) for p in paths])
     except ImageReadError as err:
-        raise ValueError(f"a file of the run's validation split cannot be read: {err}") from None
+        raise ValueError(f"a file of the run's {name} split cannot be read: {err}") from None
     labels = np.array([int(f["label"]) for f in files], dtype=np.int64)
+    kind = "validation split" if name == "val" else f"{name} split"
+    extra = {"note": VALIDATION_NOTE} if name == "val" else {}
     return BenchData(images, labels, paths, _describe(
-        f"validation split of run {run.root.name}", labels, kind="validation split", path=str(root),
-        note=VALIDATION_NOTE))
+        f"{kind} of run {run.root.name}", labels, kind=kind, path=str(root), **extra))
 
 
 def labelled_folder(folder: Path, run: OriginalRun, spec: PreprocessSpec) -> BenchData:
@@ -178,7 +180,7 @@ def labelled_folder(folder: Path, run: OriginalRun, spec: PreprocessSpec) -> Ben
         note="labelled with the run's class map"))
 
 
-def load_data(folder: str | Path | None, run: OriginalRun, spec: PreprocessSpec) -> BenchData:
-    data = labelled_folder(Path(folder), run, spec) if folder else validation_split(run, spec)
+def load_data(folder: str | Path | None, run: OriginalRun, spec: PreprocessSpec, split: str = "val") -> BenchData:
+    data = labelled_folder(Path(folder), run, spec) if folder else run_split(run, spec, split)
     log.info("data: %s", data.text)
     return data

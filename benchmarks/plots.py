@@ -52,9 +52,14 @@ def pareto_plot(rows: list[dict], target, title: str) -> list[str]:
             original = r["role"] == "original"
             ax.errorbar([x], [y], yerr=yerr, fmt="*" if original else "o", markersize=14 if original else 7,
                         color="tab:red" if original else "tab:blue", ecolor="0.6", capsize=3, zorder=3)
-            ax.annotate(r["name"] + (" (baseline)" if original else ""), (x, y), textcoords="offset points",
+            failed = r.get("export_status") not in (None, "ok")
+            ax.annotate(r["name"] + (" (baseline)" if original else " (failed export checks)" if failed else ""),
+                        (x, y), textcoords="offset points",
                         xytext=(6, 6), fontsize=8, color="tab:red" if original else "black")
-        points = [(r["name"], r["latency_ms"]["p50"], r["accuracy"]["auc"]) for r in usable]
+        # Variants that failed the export's parity checks are drawn but never offered
+        # as a choice on the front.
+        points = [(r["name"], r["latency_ms"]["p50"], r["accuracy"]["auc"]) for r in usable
+                  if r.get("export_status") in (None, "ok")]
         front = pareto_front(points)
         by_name = {p[0]: p for p in points}
         fx = [by_name[n][1] for n in front]

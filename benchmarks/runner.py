@@ -129,7 +129,7 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
     original = find_original(manifest, export_dir, config.original)
     log.info("baseline: %s (found by %s)", original.model, original.found_by)
     spec = PreprocessSpec.from_dict(manifest.preprocessing)
-    data = load_data(config.data, original, spec)
+    data = load_data(config.data, original, spec, config.split)
     threshold = manifest.threshold_value
     out_dir = config.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
