@@ -42,7 +42,7 @@ def synthetic_image(rng: np.random.Generator, size: int, malignant: bool) -> np.
     return cv2.cvtColor(img.clip(0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
 
 
-def write_synthetic_dataset(folder: str | Path, per_class: int = 16, size: int = 96, seed: int = 0) -> Path:
+def write_synthetic_dataset(folder: str | Path, per_class: int = 40, size: int = 96, seed: int = 0) -> Path:
     """Write benign/ and malignant/ PNGs below `folder` (skipped if already complete)."""
     folder = Path(folder)
     rng = np.random.default_rng(seed)
