@@ -12,7 +12,6 @@ split, so accuracy there is optimistic; outputs say which data was used.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import numpy as np
 from runtime.dataset import LabelMap, scan_folder
 from runtime.images import ImageReadError, read_image
 from runtime.manifest import Manifest
+from runtime.model_files import sha256_file
 from runtime.preprocessing import PreprocessSpec, resize
 
 log = logging.getLogger(__name__)
@@ -54,14 +54,6 @@ class BenchData:
     def text(self) -> str:
         d = self.description
         return (f"{d['source']} ({d['n']} images: {d['n_malignant']} malignant, {d['n_benign']} benign)")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _candidates(manifest: Manifest, export_dir: Path) -> list[Path]:

@@ -3,7 +3,6 @@ a folder), parity checks (validation split or a folder) and QAT fine-tuning (tra
 split). All images come back resized uint8 BGR, prepared by runtime.preprocessing."""
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,14 +50,6 @@ def open_run(run_dir: str | Path) -> RunInfo:
         raise FileNotFoundError(f"model file not found: {run.model}")
     split = run.read_json(run.split)
     return RunInfo(run, info, split, PreprocessSpec.from_dict(info["preprocessing"]))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def split_images(run: RunInfo, name: str, limit: int | None = None, seed: int = 0) -> ImageSet:

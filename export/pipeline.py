@@ -21,11 +21,12 @@ import numpy as np
 from export import onnx_convert, tflite_convert
 from export.calibration import ImageCalibrationReader, representative_dataset
 from export.config import ExportConfig, VariantSpec
-from export.datasets import ImageSet, RunInfo, calibration_images, open_run, parity_images, sha256_file, split_images
+from export.datasets import ImageSet, RunInfo, calibration_images, open_run, parity_images, split_images
 from export.explain import with_cam_output
 from export.parity import CAM, PROB, Tolerance, auc_or_none, compare, run_file
 from runtime import atomic
 from runtime.manifest import MANIFEST_NAME, ONNX_METADATA_KEY, Manifest, VariantEntry, write_manifest
+from runtime.model_files import sha256_file
 from runtime.preprocessing import prepare_batch
 
 log = logging.getLogger(__name__)
