@@ -47,11 +47,12 @@ def fmt_ms(seconds: float | None) -> str:
 
 
 def fmt_size(n: int | None) -> str:
+    """Decimal units (1 MB = 10**6 bytes), as in the export summary and the benchmarks."""
     if n is None:
         return "n/a"
-    if n >= 1024 ** 2:
-        return f"{n / 1024 ** 2:.1f} MB"
-    return f"{n / 1024:.0f} KB"
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e3:.0f} KB"
 
 
 def _disclaimer_html() -> str:
