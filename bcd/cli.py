@@ -188,6 +188,7 @@ def _cmd_predict(args) -> int:
     from runtime import predict_files
     from runtime.classifier import Classifier
     from runtime.images import DEFAULT_MAX_PIXELS
+    from runtime.progress import Progress
 
     model = args.model or predict_files.default_model_path()
     if model is None:
@@ -204,9 +205,13 @@ def _cmd_predict(args) -> int:
     print(f"model: {classifier.info.file} (variant {classifier.variant}, threshold {classifier.threshold:.4f}, "
           f"{classifier.threads} thread(s))", file=sys.stderr)
 
+    reporter: list[Progress] = []
+
     def progress(done: int, total: int) -> None:
         if total >= _PROGRESS_MIN:
-            print(f"predicted {done}/{total} images", file=sys.stderr, flush=True)
+            if not reporter:
+                reporter.append(Progress(total, "predicted images", every=1))
+            reporter[0].update(done)
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
         # decoder warnings (e.g. DICOM burned-in patient data) stay visible, without source lines

@@ -130,7 +130,7 @@ def test_progress_on_stderr_for_large_folders(tiny_export, tmp_path, capsys):
     code = main(["predict", str(root), "--model", str(tiny_export), "--variant", "onnx-fp32", "--batch-size", "8"])
     captured = capsys.readouterr()
     assert code == 0
-    assert "predicted 8/21 images" in captured.err and "predicted 21/21 images" in captured.err
+    assert "predicted images: 8/21 (" in captured.err and "predicted images: 21/21 (" in captured.err
     assert captured.out.count("img") == 21
 
 

@@ -8,8 +8,6 @@ function the runtime applies at inference.
 from __future__ import annotations
 
 import logging
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 from runtime.dataset import LabelMap, scan_folder
 from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from runtime.preprocessing import PreprocessSpec, normalize, resize
+from runtime.progress import Progress
 from train.dedup import DedupConfig, image_hash
 
 log = logging.getLogger(__name__)
@@ -46,24 +45,6 @@ class LoadedDataset:
             "unlabelled_skipped": self.unlabelled,
             "unreadable_skipped": len(self.unreadable),
         }
-
-
-class Progress:
-    """A one-line progress counter on stderr (a line per step when not a terminal)."""
-
-    def __init__(self, total: int, what: str, every: int = 50):
-        self.total, self.what, self.every = total, what, every
-        self.start = time.monotonic()
-        self.tty = sys.stderr.isatty()
-
-    def update(self, done: int) -> None:
-        if done != self.total and (not self.tty and done % self.every):
-            return
-        msg = f"{self.what}: {done}/{self.total} ({time.monotonic() - self.start:.0f}s)"
-        sys.stderr.write(("\r" + msg) if self.tty else (msg + "\n"))
-        if self.tty and done == self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
 
 
 def load_folder(
