@@ -15,27 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.timing import interleaved, ratio
+from train.cost import count_macs  # one MACs definition for training, slim and benchmarks
 
 log = logging.getLogger(__name__)
 
 NOTE = ("random weights (train.model.build_model, weights='none'): latency only, no accuracy; dense FP32 "
         "convolutions take the same time whatever the weight values")
-
-
-def count_macs(model) -> int:
-    """Multiply-accumulates per image of the Conv2D and Dense layers (what dominates VGG16)."""
-    from train.tf_setup import keras
-
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, h, w, cout = layer.output_shape
-            kh, kw = layer.kernel_size
-            cin = layer.input_shape[-1]
-            total += int(h) * int(w) * kh * kw * int(cin) * int(cout)
-        elif isinstance(layer, keras.layers.Dense):
-            total += int(layer.input_shape[-1]) * int(layer.units)
-    return total
 
 
 def sweep_sizes(sizes: tuple[int, ...], runs: int, warmup: int, rounds: int, threads: int,
