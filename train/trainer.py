@@ -19,6 +19,7 @@ from runtime.dataset import LabelMap
 from runtime.preprocessing import PreprocessSpec
 from train import evaluate
 from train.config import TrainConfig
+from train.cost import model_cost
 from train.data import LoadedDataset, load_folder, make_tf_dataset
 from train.dedup import DedupConfig, group_ids
 from train.metrics import ThresholdPolicy
@@ -139,14 +140,19 @@ def _load_data(config: TrainConfig, run: RunDir, spec: PreprocessSpec) -> Loaded
     return load_folder(data_root, spec, LabelMap(dict(config.class_labels)), dedup)
 
 
+def split_from_doc(doc: dict, data: LoadedDataset) -> dict[str, np.ndarray]:
+    """Indices into `data` of a saved split.json (resume, and `bcd slim` reusing its
+    parent's split)."""
+    index = {p: i for i, p in enumerate(data.relative_paths)}
+    missing = [f["path"] for s in doc["files"].values() for f in s if f["path"] not in index]
+    if missing:
+        raise RunExists(f"{len(missing)} file(s) of the saved split are no longer readable, e.g. {missing[0]}")
+    return {s: np.array([index[f["path"]] for f in doc["files"][s]]) for s in doc["files"]}
+
+
 def _split(config: TrainConfig, run: RunDir, data: LoadedDataset, resume: bool) -> dict[str, np.ndarray]:
     if resume:
-        doc = run.read_json(run.split)
-        index = {p: i for i, p in enumerate(data.relative_paths)}
-        missing = [f["path"] for s in doc["files"].values() for f in s if f["path"] not in index]
-        if missing:
-            raise RunExists(f"{len(missing)} file(s) of the saved split are no longer readable, e.g. {missing[0]}")
-        return {s: np.array([index[f["path"]] for f in doc["files"][s]]) for s in doc["files"]}
+        return split_from_doc(run.read_json(run.split), data)
     groups = group_ids(data.hashes, config.dedup_max_distance)
     split_cfg = SplitConfig(config.val_fraction, config.test_fraction, config.seed)
     indices = split_indices(data.labels, groups, split_cfg)
@@ -194,34 +200,24 @@ def _run_info(config, spec, model_info, data, phases, status, extra=None) -> dic
     return info
 
 
-def train(config: TrainConfig, resume: bool = False) -> RunDir:
-    """Train, evaluate on the test split, and return the run directory."""
-    run = RunDir(Path(config.out))
-    _prepare_run_dir(run, resume)
-    if resume:
-        _check_resume_config(run, config)
-    spec = PreprocessSpec(image_size=config.image_size)
-    data = _load_data(config, run, spec)
-    split = _split(config, run, data, resume)
-    phases = plan_phases(config)
-
-    state = run.read_json(run.state) if resume else {
+def new_state() -> dict:
+    """Training state before the first epoch (checkpoint/state.json)."""
+    return {
         "epochs_done": 0, "phase": None, "best_val_auc": -1.0, "best_epoch": 0, "wait": 0,
         "stopped_early": False, "history": {}, "elapsed_seconds": 0.0,
     }
-    if resume and (state["epochs_done"] >= config.epochs or state.get("stopped_early")):
-        log.info("the run had already finished training; re-evaluating")
-    model_cfg = ModelConfig(config.image_size, config.weights, seed=config.seed)
-    model, model_info = build_model(model_cfg)
-    if resume and run.last_model.is_file():
-        model = keras.models.load_model(run.last_model)
-        log.info("resuming after epoch %d", state["epochs_done"])
-    atomic.write_json(run.run_info, _run_info(config, spec, model_info, data, phases, "training"))
 
+
+def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: LoadedDataset,
+               split: dict[str, np.ndarray], spec: PreprocessSpec, batch_size: int, seed: int,
+               augment, patience: int, resume: bool) -> None:
+    """Train `model` through `phases` on the split's train images, validating on val:
+    class weights, early stopping on val AUC, best model -> run.model, checkpoint every
+    epoch. Shared by `bcd train` and `bcd slim` (which passes a pruned model)."""
     x_train, y_train = data.images[split["train"]], data.labels[split["train"]]
     x_val, y_val = data.images[split["val"]], data.labels[split["val"]]
-    train_ds = make_tf_dataset(x_train, y_train, spec, config.batch_size, True, config.seed, config.augment)
-    val_ds = make_tf_dataset(x_val, y_val, spec, config.batch_size, False)
+    train_ds = make_tf_dataset(x_train, y_train, spec, batch_size, True, seed, augment)
+    val_ds = make_tf_dataset(x_val, y_val, spec, batch_size, False)
     weights = _class_weights(y_train)
     verbose = 1 if _is_tty() else 2
     for phase in phases:
@@ -236,23 +232,54 @@ def train(config: TrainConfig, resume: bool = False) -> RunDir:
                  phase.name, phase.start + 1, phase.end, phase.blocks, phase.learning_rate)
         model.fit(train_ds, validation_data=val_ds, epochs=phase.end,
                   initial_epoch=max(phase.start, state["epochs_done"]), class_weight=weights,
-                  callbacks=[EpochCheckpoint(run, state, phase, config.patience)], verbose=verbose)
+                  callbacks=[EpochCheckpoint(run, state, phase, patience)], verbose=verbose)
 
+
+def finish_training(run: RunDir, state: dict, phases: list[Phase], data: LoadedDataset,
+                    split: dict[str, np.ndarray], spec: PreprocessSpec, policy: ThresholdPolicy,
+                    bootstrap_resamples: int) -> dict:
+    """History and curves, then the best model: threshold on val, metrics on test.
+    Returns the run.json fields that only exist once training is complete."""
     history = dict(state["history"])
     history["phase_boundaries"] = [p.start for p in phases[1:]]
     atomic.write_json(run.history, history)
     plot_history(history, run.plots / "training_curves.png")
 
     best = keras.models.load_model(run.model, compile=False)
+    result = evaluate.evaluate_split_after_training(best, data, split, spec, policy, run, bootstrap_resamples)
+    return {"threshold": result["threshold"], "best_epoch": state["best_epoch"],
+            "best_val_auc": state["best_val_auc"], "epochs_trained": state["epochs_done"],
+            "stopped_early": state.get("stopped_early", False),
+            "training_seconds": round(state["elapsed_seconds"], 1)}
+
+
+def train(config: TrainConfig, resume: bool = False) -> RunDir:
+    """Train, evaluate on the test split, and return the run directory."""
+    run = RunDir(Path(config.out))
+    _prepare_run_dir(run, resume)
+    if resume:
+        _check_resume_config(run, config)
+    spec = PreprocessSpec(image_size=config.image_size)
+    data = _load_data(config, run, spec)
+    split = _split(config, run, data, resume)
+    phases = plan_phases(config)
+
+    state = run.read_json(run.state) if resume else new_state()
+    if resume and (state["epochs_done"] >= config.epochs or state.get("stopped_early")):
+        log.info("the run had already finished training; re-evaluating")
+    model_cfg = ModelConfig(config.image_size, config.weights, seed=config.seed)
+    model, model_info = build_model(model_cfg)
+    model_info["cost"] = model_cost(model)
+    if resume and run.last_model.is_file():
+        model = keras.models.load_model(run.last_model)
+        log.info("resuming after epoch %d", state["epochs_done"])
+    atomic.write_json(run.run_info, _run_info(config, spec, model_info, data, phases, "training"))
+
+    fit_phases(model, run, state, phases, data, split, spec, config.batch_size, config.seed,
+               config.augment, config.patience, resume)
     policy = ThresholdPolicy(config.threshold_method, config.min_sensitivity)
-    result = evaluate.evaluate_split_after_training(best, data, split, spec, policy, run, config.bootstrap_resamples)
-    atomic.write_json(run.run_info, _run_info(
-        config, spec, model_info, data, phases, "complete",
-        {"threshold": result["threshold"], "best_epoch": state["best_epoch"],
-         "best_val_auc": state["best_val_auc"], "epochs_trained": state["epochs_done"],
-         "stopped_early": state.get("stopped_early", False),
-         "training_seconds": round(state["elapsed_seconds"], 1)},
-    ))
+    done = finish_training(run, state, phases, data, split, spec, policy, config.bootstrap_resamples)
+    atomic.write_json(run.run_info, _run_info(config, spec, model_info, data, phases, "complete", done))
     return run
 
 
