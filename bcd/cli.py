@@ -79,6 +79,69 @@ def _cmd_train(args) -> int:
     return 0
 
 
+# ---- slim --------------------------------------------------------------------------
+
+def _macs(text: str) -> float:
+    """'2.5e9', '2500M' or '2.5G' multiply-accumulates per image."""
+    scale = {"K": 1e3, "M": 1e6, "G": 1e9}.get(text[-1:].upper(), 1.0)
+    try:
+        return float(text[:-1] if scale != 1.0 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of MACs: {text!r} (e.g. 2.5e9 or 2.5G)") from None
+
+
+def _add_slim(sub) -> None:
+    p = sub.add_parser("slim", help="prune a finished run's VGG16 to fewer conv filters (faster on CPU), "
+                                    "fine-tune and evaluate it as a new run")
+    p.add_argument("run", type=Path, help="finished run directory from `bcd train` (or `bcd slim`)")
+    p.add_argument("--out", type=Path, required=True, help="new run directory to create")
+    # not an argparse mutually exclusive group: both given is reported like every other usage error
+    p.add_argument("--ratio", type=float, help="share of every conv layer's filters to remove, in (0, 1) "
+                     "(default 0.5: about a quarter of the MACs remain)")
+    p.add_argument("--target-macs", type=_macs, metavar="MACS",
+                     help="instead of --ratio: remove just enough filters (the same share in every layer) to fit "
+                          "this many multiply-accumulates per image, e.g. 1.5G")
+    p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs at most (default 30)")
+    p.add_argument("--patience", type=int, default=8, help="early stopping: epochs without validation AUC gain")
+    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate, Adam (default 1e-4)")
+    p.add_argument("--batch-size", type=int, help="default: the parent run's")
+    p.add_argument("--criterion", choices=["l1"], default="l1", help="filter importance (default l1: L1 norm of "
+                   "the filter's weights)")
+    p.add_argument("--min-filters", type=int, default=8, help="never keep fewer filters in a layer (default 8)")
+    p.add_argument("--data", type=Path, help="where the parent run's dataset lives now, if it moved")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted slim run in --out")
+    p.set_defaults(func=_cmd_slim)
+
+
+def _cmd_slim(args) -> int:
+    try:
+        from train.slim import SlimConfig, open_parent, slim
+        from train.trainer import LOG_NAME
+    except ImportError as err:
+        raise _missing_extra("train", err)
+    if args.ratio is not None and args.target_macs is not None:
+        raise UsageError("give either --ratio or --target-macs, not both")
+    try:
+        config = SlimConfig(
+            parent=str(args.run), out=str(args.out), ratio=args.ratio, target_macs=args.target_macs,
+            criterion=args.criterion, min_filters=args.min_filters, epochs=args.epochs, patience=args.patience,
+            learning_rate=args.lr, batch_size=args.batch_size, data=str(args.data) if args.data else None,
+        )
+        open_parent(args.run)
+    except ValueError as err:   # bad numbers, or RUN is not a finished run
+        raise UsageError(str(err)) from None
+    if args.data is not None and not args.data.is_dir():
+        raise UsageError(f"--data {args.data}: no such folder")
+    if not args.resume and args.out.exists() and any(p.name != LOG_NAME for p in args.out.iterdir()):
+        raise UsageError(f"--out {args.out} already holds files; choose another directory "
+                         "(or --resume to continue a slim run there)")
+    _setup_logging(args.out / LOG_NAME)
+    run = slim(config, resume=args.resume)
+    print(f"\nslim run written to {run.root}: model.keras, split.json, metrics.json, metrics.md, plots/")
+    print((run.root / "metrics.md").read_text())
+    return 0
+
+
 # ---- evaluate ----------------------------------------------------------------------
 
 def _add_evaluate(sub) -> None:
@@ -312,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_export, _add_predict, _add_demo, _add_benchmark):
+    for add in (_add_train, _add_slim, _add_evaluate, _add_export, _add_predict, _add_demo, _add_benchmark):
         add(sub)
     return parser
 
