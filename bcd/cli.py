@@ -145,11 +145,17 @@ def _cmd_slim(args) -> int:
 # ---- evaluate ----------------------------------------------------------------------
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="score a run's test split, or a labelled folder with --data")
-    p.add_argument("model", type=Path, help="run directory (or its model.keras)")
+    p = sub.add_parser("evaluate", help="score a run's or an export's test split, or a labelled folder with --data")
+    p.add_argument("model", type=Path, nargs="?",
+                   help="run directory (or its model.keras), or an export directory (scored through the runtime, "
+                        "as a clinic runs it; default: the shipped reference model)")
     p.add_argument("--data", type=Path, help="score every labelled image in this folder instead of the test split")
+    p.add_argument("--split", choices=["val", "test"], default="test",
+                   help="export directory only: which part of the saved split to score (default test)")
+    p.add_argument("--variant", help="export directory only: variant to score (default as `bcd predict`)")
     p.add_argument("--split-root", type=Path, help="where the run's dataset lives now, if it moved")
-    p.add_argument("--out", type=Path, help="with --data: output folder (default RUN/eval-<folder name>)")
+    p.add_argument("--out", type=Path, help="output folder (default: with --data RUN/eval-<folder name>; for an "
+                   "export EXPORT/eval-<variant>-<split or folder>)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -157,15 +163,30 @@ def _add_evaluate(sub) -> None:
 def _cmd_evaluate(args) -> int:
     try:
         from train import evaluate
+        from train.evaluate_export import evaluate_export_folder, evaluate_export_split, is_export_dir
     except ImportError as err:
         raise _missing_extra("train", err)
+    from runtime.predict_files import default_model_path
+    model = args.model or default_model_path()
+    if model is None:
+        raise UsageError("give a run or export directory to evaluate (no reference model is shipped)")
+    if not Path(model).exists():
+        raise UsageError(f"{model}: no such run or export directory")
+    if args.data is not None and not args.data.is_dir():
+        raise UsageError(f"--data {args.data}: no such folder")
     _setup_logging()
-    if args.data is not None:
-        if not args.data.is_dir():
-            raise UsageError(f"--data {args.data}: no such folder")
-        doc = evaluate.evaluate_folder(args.model, args.data, args.out, args.bootstrap)
+    if is_export_dir(Path(model)):
+        if args.data is not None:
+            doc = evaluate_export_folder(model, args.data, args.variant, args.out, args.bootstrap)
+        else:
+            doc = evaluate_export_split(model, args.variant, args.split_root, args.out, args.split, args.bootstrap)
     else:
-        doc = evaluate.evaluate_run(args.model, args.split_root, args.bootstrap)
+        if args.variant or args.split != "test":
+            raise UsageError("--variant and --split apply to export directories; a run is scored on its test split")
+        if args.data is not None:
+            doc = evaluate.evaluate_folder(model, args.data, args.out, args.bootstrap)
+        else:
+            doc = evaluate.evaluate_run(model, args.split_root, args.bootstrap)
     print(evaluate.metrics_markdown(doc))
     return 0
 
@@ -192,6 +213,11 @@ def _add_export(sub) -> None:
     p.add_argument("--max-flip-rate", type=float, default=0.02,
                    help="tolerated share of changed decisions at the operating threshold (default 0.02)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--sparsity", type=float, default=0.0, metavar="FRACTION",
+                   help="also export magnitude-pruned variants (onnx-fp32-sparseNN, onnx-int8-sparseNN) with this "
+                        "share of zero weights, e.g. 0.5: a smaller COMPRESSED download, NOT faster in ONNX Runtime")
+    p.add_argument("--sparsity-epochs", type=int, default=2,
+                   help="fine-tuning epochs on the training split while pruning (default 2)")
     p.set_defaults(func=_cmd_export)
 
 
@@ -213,7 +239,8 @@ def _cmd_export(args) -> int:
         run_dir=str(args.run), out=str(args.out), calib_data=str(args.calib_data) if args.calib_data else None,
         calib_size=args.calib_size, calib_method=args.calib_method, qat_epochs=args.qat,
         parity_data=str(args.data) if args.data else None, max_auc_drop=args.max_auc_drop,
-        max_flip_rate=args.max_flip_rate, onnx_opset=args.opset, **options,
+        max_flip_rate=args.max_flip_rate, onnx_opset=args.opset, sparsity=args.sparsity,
+        sparsity_epochs=args.sparsity_epochs, **options,
     )
     _setup_logging()
     result = export_run(config)
@@ -232,7 +259,7 @@ def _add_predict(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (searched recursively, lesion masks skipped) or glob patterns")
     p.add_argument("--model", type=Path, help="export directory from `bcd export`, its manifest.json, or an .onnx "
-                   "file with embedded metadata (required for now: no reference model is shipped yet)")
+                   "file with embedded metadata (default: $BCD_MODEL, else the shipped reference model in models/)")
     p.add_argument("--variant", help="variant to run, e.g. onnx-fp32 (default: onnx-int8 if it passed the export "
                    "checks, else onnx-fp32)")
     p.add_argument("--json", type=Path, dest="json_out", metavar="FILE", help="also write the results as JSON")
@@ -255,8 +282,8 @@ def _cmd_predict(args) -> int:
 
     model = args.model or predict_files.default_model_path()
     if model is None:
-        raise UsageError("--model is required: pass an export directory from `bcd export` "
-                         "(no reference model is shipped yet)")
+        raise UsageError("--model is required here: pass an export directory from `bcd export` (the shipped "
+                         "reference model is missing from models/; set BCD_MODEL to use another default)")
     for flag, value in (("--threads", args.threads), ("--max-pixels", args.max_pixels), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1")
@@ -300,8 +327,8 @@ def _cmd_predict(args) -> int:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="serve a local web page (Gradio) to try an exported model on images")
-    p.add_argument("--model", type=Path, help="export directory from `bcd export` (required for now: no reference "
-                   "model is shipped yet)")
+    p.add_argument("--model", type=Path, help="export directory from `bcd export` (default: $BCD_MODEL, else the "
+                   "shipped reference model in models/)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this computer only; 0.0.0.0 opens it to the "
                         "network, without any login)")
@@ -325,8 +352,8 @@ def _cmd_demo(args) -> int:
         raise _missing_extra("demo", err)
     model = args.model or predict_files.default_model_path()
     if model is None:
-        raise UsageError("--model is required: pass an export directory from `bcd export` "
-                         "(no reference model is shipped yet)")
+        raise UsageError("--model is required here: pass an export directory from `bcd export` (the shipped "
+                         "reference model is missing from models/; set BCD_MODEL to use another default)")
     if args.examples is not None and not args.examples.is_dir():
         raise UsageError(f"--examples {args.examples}: no such folder")
     try:

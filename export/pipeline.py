@@ -9,6 +9,7 @@ others go on. The manifest is written last, so a directory with a manifest is co
 """
 from __future__ import annotations
 
+import gzip
 import logging
 import time
 from dataclasses import dataclass, field
@@ -109,6 +110,24 @@ class _Exporter:
                                                c.qat_learning_rate, c.qat_batch_size, c.seed)
         return self.lazy.get("qat", make)
 
+    def sparse(self):
+        def make():
+            from export.sparsity import magnitude_prune
+            c = self.config
+            train = split_images(self.run, "train")
+            log.info("  magnitude pruning to %.0f%% sparsity: %d fine-tuning epoch(s) on %s, learning rate %g",
+                     100 * c.sparsity, c.sparsity_epochs, train.description, c.sparsity_learning_rate)
+            return magnitude_prune(self.model, train.images, train.labels, self.spec, c.sparsity,
+                                   c.sparsity_epochs, c.sparsity_learning_rate, c.qat_batch_size, c.seed)
+        return self.lazy.get("sparse", make)
+
+    def onnx_sparse(self):
+        def make():
+            log.info("  converting the sparse Keras model -> ONNX (tf2onnx, opset %d)", self.config.onnx_opset)
+            return onnx_convert.keras_to_onnx(with_cam_output(self.sparse().model), self.spec.image_size,
+                                              self.config.onnx_opset)
+        return self.lazy.get("onnx_sparse", make)
+
     def _calibration_note(self) -> str:
         calib = self.calibration()
         return f"calibrated on {len(calib.images)} images: {calib.description}"
@@ -117,6 +136,21 @@ class _Exporter:
 
     def build(self, variant: VariantSpec):
         name = variant.name
+        if variant.sparse:
+            import onnx
+            sparse = self.sparse()
+            notes = [f"{100 * sparse.achieved:.1f}% of the Conv2D/Dense kernel weights are zero (target "
+                     f"{100 * sparse.target:.0f}%; schedule {sparse.schedule}; fine-tuned {sparse.epochs} epoch(s) "
+                     f"on {sparse.n_train} training images)"]
+            if variant.precision == "fp32":
+                proto = onnx.ModelProto()
+                proto.CopyFrom(self.onnx_sparse())
+                return proto, notes
+            calib = self.calibration()
+            reader = ImageCalibrationReader(calib.images, self.spec, self.config.calib_batch_size)
+            proto, qnotes = onnx_convert.quantize_int8(self.onnx_sparse(), reader, self.config.calib_method,
+                                                       self.config.int8_reduce_range)
+            return proto, notes + qnotes + [self._calibration_note()]
         if name == "onnx-fp32":
             import onnx
             proto = onnx.ModelProto()
@@ -166,6 +200,9 @@ class _Exporter:
             else:
                 atomic.write_bytes(target, artifact)
             entry.file, entry.size_bytes, entry.sha256 = target.name, target.stat().st_size, sha256_file(target)
+            entry.compressed_bytes = compressed_size(target)
+            if variant.sparse:
+                entry.sparsity = round(self.sparse().achieved, 6)
 
             log.info("  checking %s in %s against the Keras model (%d images)", target.name,
                      "ONNX Runtime" if variant.format == "onnx" else "LiteRT", len(x_parity))
@@ -185,6 +222,12 @@ class _Exporter:
         return entry
 
 
+def compressed_size(path: Path) -> int:
+    """Bytes of the file gzip-compressed (level 6, no timestamp): what a download costs,
+    and where unstructured sparsity shows (zeros compress, the raw file does not shrink)."""
+    return len(gzip.compress(Path(path).read_bytes(), compresslevel=6, mtime=0))
+
+
 def _tool() -> dict[str, str]:
     from train.trainer import tool_version
     return {"name": "breast-cancer-edge", "version": tool_version()}
@@ -197,6 +240,17 @@ def _keras_reference(cam_model, x: np.ndarray, batch_size: int) -> dict[str, np.
         probs.append(np.asarray(prob).reshape(-1))
         cams.append(np.asarray(cam))
     return {PROB: np.concatenate(probs), CAM: np.concatenate(cams)}
+
+
+def _model_cost(model) -> dict | None:
+    from export.model_cost import keras_model_cost
+    try:
+        return dict(keras_model_cost(model),
+                    note="multiply-accumulates per image (Conv2D + Dense) and parameters of the source Keras model; "
+                         "the same for every variant (INT8 and sparse kernels still do the dense arithmetic)")
+    except Exception as err:  # noqa: BLE001 - a cost the counter cannot read must not stop the export
+        log.warning("could not count the model's MACs: %s", err)
+        return None
 
 
 def _qat_summary(exporter: _Exporter, entries: list[VariantEntry]) -> dict | None:
@@ -291,7 +345,10 @@ def export_run(config: ExportConfig) -> ExportResult:
             "calibration": {"source": config.calib_data or "training split", "max_images": config.calib_size,
                             "method": config.calib_method, "int8_reduce_range": config.int8_reduce_range},
             "qat_epochs": config.qat_epochs,
+            **({"sparsity": {"target": config.sparsity, "epochs": config.sparsity_epochs,
+                             "learning_rate": config.sparsity_learning_rate}} if config.sparsity > 0 else {}),
         },
+        model_cost=_model_cost(model),
     )
     essentials = manifest.essentials()
     essentials.pop("qat_summary", None)   # not known yet when the files are written
@@ -310,6 +367,10 @@ def export_run(config: ExportConfig) -> ExportResult:
     if exporter.lazy.has("calibration"):
         manifest.export_settings["calibration"]["images_used"] = int(len(exporter.calibration().images))
     manifest.qat_summary = _qat_summary(exporter, manifest.variants)
+    # The split travels with the export, so `bcd evaluate EXPORT_DIR` can re-score the
+    # exact test images even where the run directory (model.keras) is not shipped.
+    if run.run.split.is_file():
+        atomic.write_bytes(out / run.run.split.name, run.run.split.read_bytes())
     write_manifest(out, manifest)
     result.total_seconds = time.monotonic() - started
     log.info("manifest written: %s (%.0fs in total)", out / MANIFEST_NAME, result.total_seconds)

@@ -32,13 +32,20 @@ _GLOB_CHARS = set("*?[")
 Progress = Callable[[int, int], None]
 
 
-def default_model_path() -> Path | None:
-    """Where a shipped reference model would be found; None until one is shipped.
+MODEL_ENV = "BCD_MODEL"
+SHIPPED_MODEL = "busi-vgg16-128"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
-    The CLI uses this when --model is omitted, so plugging in a default (e.g. an
-    export directory shipped as package data) only needs this function.
-    """
-    return None
+
+def default_model_path() -> Path | None:
+    """The model `bcd predict`, `bcd demo` and `bcd evaluate` use without --model:
+    $BCD_MODEL if set, else the reference model shipped in the checkout's models/
+    folder (present in a git clone installed with `pip install -e`); None if neither."""
+    override = os.environ.get(MODEL_ENV)
+    if override:
+        return Path(override)
+    shipped = MODELS_DIR / SHIPPED_MODEL
+    return shipped if (shipped / "manifest.json").is_file() else None
 
 
 # ---------------------------------------------------------------------- inputs

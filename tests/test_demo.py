@@ -105,9 +105,12 @@ def test_examples_stay_inside_their_folder(tmp_path):
         list_examples(tmp_path / "missing")
 
 
-def test_cli_requires_a_model_and_registers_demo(capsys):
+def test_cli_requires_a_model_when_none_is_shipped(capsys, monkeypatch, tmp_path):
     from bcd import cli
+    from runtime import predict_files
 
+    monkeypatch.delenv("BCD_MODEL", raising=False)
+    monkeypatch.setattr(predict_files, "MODELS_DIR", tmp_path)   # a checkout without models/
     assert cli.main(["demo"]) == 2
     assert "--model is required" in capsys.readouterr().err
     assert cli.main(["demo", "--model", "x", "--max-file-size", "huge"]) == 2

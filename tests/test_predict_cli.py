@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -43,9 +44,9 @@ def folder(tiny_dataset, tmp_path) -> Path:
     return root
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bcd.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
 def test_cli_folder_with_a_corrupt_file(tiny_export, folder, tmp_path):
@@ -109,8 +110,8 @@ def test_cli_globs_and_missing_inputs(tiny_export, folder, tmp_path, capsys):
 
 
 def test_cli_usage_errors_are_one_line(tiny_run, tiny_export, folder, tmp_path):
-    proc = run_cli("predict", str(folder))
-    assert proc.returncode == 2 and "--model is required" in proc.stderr
+    proc = run_cli("predict", str(folder), env={"BCD_MODEL": str(tmp_path / "moved")})
+    assert proc.returncode == 2 and "model not found" in proc.stderr and "moved" in proc.stderr
     proc = run_cli("predict", str(folder), "--model", str(tiny_run / "model.keras"))
     assert proc.returncode == 2 and "refusing to load a Keras model" in proc.stderr
     proc = run_cli("predict", str(folder), "--model", str(tmp_path / "nope"))

@@ -42,5 +42,6 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    # Settings that may change when resuming (e.g. train longer); the rest must match.
-    RESUMABLE_CHANGES = ("epochs", "patience", "bootstrap_resamples")
+    # Settings that may change when resuming (train longer, or a run directory that was
+    # copied or moved); the rest must match.
+    RESUMABLE_CHANGES = ("out", "epochs", "patience", "bootstrap_resamples")

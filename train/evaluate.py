@@ -93,11 +93,11 @@ def evaluate_split_after_training(model, data: LoadedDataset, split: dict, spec:
     p_test = predict_probabilities(model, data.images[test], spec)
     paths = [data.relative_paths[i] for i in test]
     doc = score(data.labels[test], p_test, threshold, run.root, "test split", "model.keras", n_resamples, paths)
-    _log_headline(doc)
+    log_headline(doc)
     return doc
 
 
-def _log_headline(doc: dict) -> None:
+def log_headline(doc: dict) -> None:
     m = doc["at_operating_threshold"]
     log.info("%s: AUC %s, sensitivity %s, specificity %s at threshold %.4f (n=%d)",
              doc["evaluated_on"], _fmt(m["roc_auc"]), _fmt(m["sensitivity"]),
@@ -132,7 +132,7 @@ def evaluate_run(run_path: Path, split_root: Path | None = None, n_resamples: in
     p = predict_probabilities(_load_keras(run.model), images, spec)
     doc = score(y, p, info["threshold"], run.root, "test split", run.model.name, n_resamples,
                 [f["path"] for f in files])
-    _log_headline(doc)
+    log_headline(doc)
     return doc
 
 
@@ -146,5 +146,5 @@ def evaluate_folder(model_path: Path, data: Path, out: Path | None = None, n_res
     out = Path(out or run.root / f"eval-{Path(data).resolve().name}")
     doc = score(loaded.labels, p, info["threshold"], out, f"external folder {data}",
                 model_file.name, n_resamples, loaded.relative_paths)
-    _log_headline(doc)
+    log_headline(doc)
     return doc
