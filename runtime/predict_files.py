@@ -48,6 +48,15 @@ def default_model_path() -> Path | None:
     return shipped if (shipped / "manifest.json").is_file() else None
 
 
+def shipped_models() -> list[Path]:
+    """Every export directory shipped in models/, the reference model first (the demo
+    offers them all, e.g. the full model and its slim variant)."""
+    if not MODELS_DIR.is_dir():
+        return []
+    found = sorted(p.parent for p in MODELS_DIR.glob("*/manifest.json"))
+    return sorted(found, key=lambda p: p.name != SHIPPED_MODEL)
+
+
 # ---------------------------------------------------------------------- inputs
 
 
