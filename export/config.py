@@ -16,6 +16,7 @@ class VariantSpec:
     outputs: tuple[str, ...]
     qat: bool = False
     notes: tuple[str, ...] = ()
+    sparse: bool = False   # built from the magnitude-pruned model (--sparsity)
 
     @property
     def file_name(self) -> str:
@@ -51,6 +52,22 @@ DEFAULT_FORMATS = tuple(name for name, v in VARIANTS.items() if not v.qat)
 QAT_FORMATS = tuple(name for name, v in VARIANTS.items() if v.qat)
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
+SPARSE_NOTE = ("unstructured magnitude pruning (tensorflow-model-optimization): smaller COMPRESSED file only; "
+               "ONNX Runtime's dense CPU kernels multiply the zeros, so it is NOT faster and its raw file is "
+               "as large as the dense one's")
+
+
+def sparse_variants(sparsity: float) -> list[VariantSpec]:
+    """The variants of the magnitude-pruned model, named after the sparsity in percent
+    (0.5 -> onnx-fp32-sparse50, onnx-int8-sparse50)."""
+    pct = round(sparsity * 100)
+    return [
+        VariantSpec(f"onnx-fp32-sparse{pct}", "onnx", "fp32", CAM_OUTPUTS, sparse=True, notes=(SPARSE_NOTE,)),
+        VariantSpec(f"onnx-int8-sparse{pct}", "onnx", "int8", CAM_OUTPUTS, sparse=True,
+                    notes=(SPARSE_NOTE, "static post-training quantization of the sparse model, like onnx-int8 "
+                           "(zero weights stay zero)")),
+    ]
+
 
 @dataclass(frozen=True)
 class ExportConfig:
@@ -73,6 +90,9 @@ class ExportConfig:
     calib_batch_size: int = 8
     batch_size: int = 16                   # inference batch for parity checks
     seed: int = 0
+    sparsity: float = 0.0                  # > 0: also export magnitude-pruned variants with this share of zeros
+    sparsity_epochs: int = 2               # fine-tuning epochs while pruning
+    sparsity_learning_rate: float = 1e-5
 
     def __post_init__(self) -> None:
         formats = tuple(dict.fromkeys(self.formats))  # de-duplicate, keep order
@@ -95,10 +115,17 @@ class ExportConfig:
             raise ValueError("calibration size and batch sizes must be at least 1")
         if not (0 <= self.max_auc_drop <= 1 and 0 <= self.max_flip_rate <= 1):
             raise ValueError("--max-auc-drop and --max-flip-rate must lie in 0..1")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"--sparsity must lie in 0..1 (0: off; e.g. 0.5), got {self.sparsity}")
+        if 0.0 < self.sparsity < 0.01:
+            raise ValueError(f"--sparsity {self.sparsity} is below 1%: give a fraction such as 0.5")
+        if self.sparsity > 0 and self.sparsity_epochs < 1:
+            raise ValueError("--sparsity-epochs must be at least 1")
 
     @property
     def variants(self) -> list[VariantSpec]:
-        return [VARIANTS[f] for f in self.formats]
+        extra = sparse_variants(self.sparsity) if self.sparsity > 0 else []
+        return [VARIANTS[f] for f in self.formats] + extra
 
     def to_dict(self) -> dict:
         d = asdict(self)

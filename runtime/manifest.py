@@ -119,6 +119,11 @@ class VariantEntry:
     reason: str | None = None            # why failed / error
     parity: Parity | None = None
     notes: list[str] = field(default_factory=list)
+    # Optional (older manifests lack them): the file's gzip-compressed size (what a
+    # download costs), and for magnitude-pruned variants the share of zero weights in
+    # the Conv2D/Dense kernels.
+    compressed_bytes: int | None = None
+    sparsity: float | None = None
 
     @property
     def usable(self) -> bool:
@@ -144,6 +149,12 @@ class VariantEntry:
             raise _fail(f"{where}.outputs", "must include 'malignancy'")
         parity = _get(d, "parity", where, dict, optional=True)
         notes = _get(d, "notes", where, list, optional=True) or []
+        compressed = _get(d, "compressed_bytes", where, int, optional=True)
+        if compressed is not None and compressed < 0:
+            raise _fail(f"{where}.compressed_bytes", "must not be negative")
+        sparsity = _opt_float(_get(d, "sparsity", where, _NUM, optional=True))
+        if sparsity is not None and not 0.0 <= sparsity <= 1.0:
+            raise _fail(f"{where}.sparsity", f"{sparsity} is not a fraction in 0..1")
         return cls(
             name=name,
             format=_choice(_get(d, "format", where, str), FORMATS, f"{where}.format"),
@@ -156,6 +167,8 @@ class VariantEntry:
             reason=_get(d, "reason", where, str, optional=True),
             parity=Parity.from_dict(parity, f"{where}.parity") if parity is not None else None,
             notes=[str(n) for n in notes],
+            compressed_bytes=compressed,
+            sparsity=sparsity,
         )
 
 
@@ -175,6 +188,10 @@ class Manifest:
     variants: list[VariantEntry] = field(default_factory=list)
     qat_summary: dict[str, Any] | None = None
     export_settings: dict[str, Any] = field(default_factory=dict)  # calibration, tolerances, opset
+    # Optional (older manifests lack it): arithmetic of the source Keras model,
+    # {"macs": multiply-accumulates per image (Conv2D + Dense), "params": parameter count}.
+    # Quantization and unstructured sparsity do not change it (dense kernels still multiply zeros).
+    model_cost: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     # ---- access
@@ -214,6 +231,7 @@ class Manifest:
             "baseline": dict(self.baseline),
             "export_settings": dict(self.export_settings),
             "qat_summary": self.qat_summary,
+            **({"model_cost": dict(self.model_cost)} if self.model_cost is not None else {}),
             "variants": [v.to_dict() for v in self.variants],
         }
 
@@ -274,7 +292,19 @@ class Manifest:
             variants=entries,
             qat_summary=_get(d, "qat_summary", "", dict, optional=True),
             export_settings=dict(_get(d, "export_settings", "", dict, optional=True) or {}),
+            model_cost=_model_cost(d),
         )
+
+
+def _model_cost(d: dict[str, Any]) -> dict[str, Any] | None:
+    cost = _get(d, "model_cost", "", dict, optional=True)
+    if cost is None:
+        return None
+    for key in ("macs", "params"):
+        value = _get(cost, key, "model_cost", int)
+        if value < 0:
+            raise _fail(f"model_cost.{key}", "must not be negative")
+    return dict(cost)
 
 
 def manifest_path(path_or_dir: str | os.PathLike) -> Path:
