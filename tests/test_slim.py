@@ -199,3 +199,30 @@ def test_slim_refuses_a_non_run_and_a_used_out_dir(graded_run, tmp_path, capsys)
     assert main(["slim", str(graded_run), "--out", str(used)]) == 2
     assert "already holds files" in capsys.readouterr().err
     assert (used / "model.keras").read_text() == "x"
+
+
+def test_target_macs_picks_a_ratio_that_fits():
+    from train.cost import count_macs
+    from train.model import ModelConfig, build_model
+    from train.slim import SlimConfig, _choose_ratio
+
+    model, _ = build_model(ModelConfig(image_size=32))
+    target = 0.3 * count_macs(model)
+    ratio = _choose_ratio(SlimConfig(parent="p", out="o", target_macs=target), model)
+    thin = prune.prune_model(model, prune.plan_keep(model, ratio))
+    assert count_macs(thin) <= target
+    looser = prune.prune_model(model, prune.plan_keep(model, ratio - 0.01))
+    assert count_macs(looser) > target        # the least pruning that fits, not just any
+
+
+def test_slim_resume_continues_with_the_pruned_model(graded_run, tmp_path):
+    out = tmp_path / "slim"
+    assert main(["slim", str(graded_run), "--out", str(out), "--ratio", "0.75", "--epochs", "1"]) == 0
+    first = json.loads((out / "run.json").read_text())
+    assert main(["slim", str(graded_run), "--out", str(out), "--ratio", "0.75", "--epochs", "2", "--resume"]) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["epochs_trained"] == 2 and info["status"] == "complete"
+    assert info["pruning"] == first["pruning"]
+    assert info["pruning"]["filters"]["block1_conv1"] == [64, 16]
+    # resuming with another pruning setting is refused
+    assert main(["slim", str(graded_run), "--out", str(out), "--ratio", "0.5", "--resume"]) == 2
