@@ -47,6 +47,9 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--patience", type=int, default=8, help="early stopping: epochs without validation AUC gain")
+    p.add_argument("--lr-decay-patience", type=int, default=4,
+                   help="multiply the learning rate by 0.3 after this many epochs without validation AUC gain "
+                        "(default 4; 0 turns it off)")
     p.add_argument("--labels", default=None, help="class folder to label map, e.g. 'benign=0,normal=0,malignant=1' (default)")
     p.add_argument("--threshold", choices=["sensitivity", "youden"], default="sensitivity",
                    help="operating threshold chosen on validation: best specificity at sensitivity >= "
@@ -67,7 +70,8 @@ def _cmd_train(args) -> int:
     config = TrainConfig(
         out=str(args.out), data=str(args.data) if args.data else None, image_size=args.image_size,
         epochs=args.epochs, weights=args.weights, seed=args.seed, batch_size=args.batch_size,
-        patience=args.patience, threshold_method=args.threshold, min_sensitivity=args.min_sensitivity,
+        patience=args.patience, lr_decay_patience=args.lr_decay_patience,
+        threshold_method=args.threshold, min_sensitivity=args.min_sensitivity,
         **({"class_labels": labels} if labels else {}),
     )
     if args.data is not None and not args.data.is_dir():
@@ -392,6 +396,27 @@ def _cmd_benchmark(args) -> int:
     return execute(config)
 
 
+# ---- pick --------------------------------------------------------------------------
+
+def _add_pick(sub) -> None:
+    p = sub.add_parser("pick", help="from a benchmark's results.json: the fastest variant whose AUC is within a "
+                                    "budget of the original's")
+    p.add_argument("results", type=Path, metavar="RESULTS_JSON",
+                   help="results.json written by `bcd benchmark` (or its folder); measure on --split val")
+    p.add_argument("--budget", type=float, default=0.01, help="largest tolerated AUC drop vs the original (default 0.01)")
+    p.set_defaults(func=_cmd_pick)
+
+
+def _cmd_pick(args) -> int:
+    from benchmarks.pick import load_results, pick, pick_text
+    choice = pick(load_results(args.results), args.budget)
+    for warning in choice.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(pick_text(choice))
+    print(f"\n{DISCLAIMER}")
+    return 0
+
+
 # ---- main --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -402,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_slim, _add_evaluate, _add_export, _add_predict, _add_demo, _add_benchmark):
+    for add in (_add_train, _add_slim, _add_evaluate, _add_export, _add_predict, _add_demo, _add_benchmark, _add_pick):
         add(sub)
     return parser
 

@@ -165,3 +165,28 @@ def test_pretrained_runs_have_head_then_finetune_phases():
     phases = plan_phases(TrainConfig(out="x", weights="imagenet", epochs=8, head_epochs=3))
     assert [(p.name, p.start, p.end, p.blocks) for p in phases] == [("head", 0, 3, "none"), ("finetune", 3, 8, "last")]
     assert plan_phases(TrainConfig(out="x", epochs=4))[0].blocks == "all"
+
+
+def test_learning_rate_decays_on_a_validation_plateau(tmp_path):
+    # A real optimizer: the callback must lower its rate after `patience` epochs
+    # without a validation AUC gain, record it, and never go below min_lr.
+    from train.run_dir import RunDir
+    from train.tf_setup import keras
+    from train.trainer import EpochCheckpoint, LrDecay, Phase, new_state
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    run = RunDir(tmp_path)
+    run.checkpoint_dir.mkdir(parents=True)
+    state = new_state()
+    cb = EpochCheckpoint(run, state, Phase("full", 0, 10, "all", 1e-3), patience=99,
+                         decay=LrDecay(patience=2, factor=0.1, min_lr=2e-5))
+    cb.set_model(model)
+    cb.set_params({"epochs": 10})
+    aucs = [0.7, 0.6, 0.65, 0.8, 0.5, 0.5, 0.5, 0.5]
+    for epoch, auc in enumerate(aucs):
+        cb.on_epoch_end(epoch, {"val_auc": auc, "loss": 0.5, "auc": 0.9, "val_loss": 0.6})
+    lrs = state["history"]["learning_rate"]
+    # wait: 0,1,2(decay),0 (gain),1,2(decay),3,4(decay, clipped at min_lr)
+    np.testing.assert_allclose(lrs, [1e-3, 1e-3, 1e-4, 1e-4, 1e-4, 1e-5 * 2, 2e-5, 2e-5], rtol=1e-5)
+    assert state["best_epoch"] == 4

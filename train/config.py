@@ -22,6 +22,8 @@ class TrainConfig:
     lr_head: float = 1e-3
     lr_finetune: float = 1e-5
     patience: int = 8                # early stopping on validation AUC
+    lr_decay_patience: int = 4       # learning rate x lr_decay_factor after this many epochs without gain (0: off)
+    lr_decay_factor: float = 0.3
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     class_labels: dict = field(default_factory=lambda: dict(DEFAULT_CLASS_LABELS))
@@ -34,6 +36,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch size must be at least 1")
+        if self.lr_decay_patience < 0 or not 0 < self.lr_decay_factor <= 1:
+            raise ValueError("learning-rate decay: patience must be >= 0 and the factor in (0, 1]")
         if self.image_size < 32:
             raise ValueError("image size must be at least 32 (VGG16 needs 32x32 inputs)")
         if self.threshold_method not in ("sensitivity", "youden"):
@@ -44,4 +48,5 @@ class TrainConfig:
 
     # Settings that may change when resuming (train longer, or a run directory that was
     # copied or moved); the rest must match.
-    RESUMABLE_CHANGES = ("out", "epochs", "patience", "bootstrap_resamples")
+    RESUMABLE_CHANGES = ("out", "epochs", "patience", "lr_decay_patience", "lr_decay_factor",
+                         "bootstrap_resamples")
