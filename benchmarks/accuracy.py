@@ -12,10 +12,12 @@ METRICS = {"auc": "roc_auc", "sensitivity": "sensitivity", "specificity": "speci
 
 
 def accuracy_block(labels: np.ndarray, probs: np.ndarray, threshold: float, reference: np.ndarray | None,
-                   n_bootstrap: int, seed: int = 0) -> dict:
+                   n_bootstrap: int, seed: int = 0, reference_threshold: float | None = None) -> dict:
     """{auc, sensitivity, specificity, accuracy, ci95: {metric: {low, high}}, flip_rate,
     flips, max_abs_diff, n, n_malignant, n_benign, threshold}. `reference`: the original's
-    probabilities on the same images (None for the original itself: flip rate 0)."""
+    probabilities on the same images (None for the original itself: flip rate 0), whose
+    decisions are taken at `reference_threshold` (default: `threshold`; differs for a model
+    of another run, e.g. a slim one, whose own threshold was chosen on its validation split)."""
     probs = np.asarray(probs, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
     if probs.shape != labels.shape:
@@ -33,7 +35,8 @@ def accuracy_block(labels: np.ndarray, probs: np.ndarray, threshold: float, refe
         flips, max_diff = 0, 0.0
     else:
         reference = np.asarray(reference, dtype=np.float64).reshape(-1)
-        flips = int(np.sum((probs >= threshold) != (reference >= threshold)))
+        ref_threshold = threshold if reference_threshold is None else reference_threshold
+        flips = int(np.sum((probs >= threshold) != (reference >= ref_threshold)))
         max_diff = float(np.max(np.abs(probs - reference))) if len(probs) else 0.0
     n = int(len(labels))
     out.update(flip_rate=flips / n if n else 0.0, flips=flips, max_abs_diff=max_diff, n=n,

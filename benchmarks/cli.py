@@ -24,6 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["val", "test"], default="val",
                    help="without --data: which of the run's saved splits to score (default val; test is the "
                         "held-out one, not used to choose the threshold)")
+    p.add_argument("--also", type=Path, action="append", default=[], metavar="EXPORT_DIR",
+                   help="another export (e.g. of a `bcd slim` run) to measure in the same run against the SAME "
+                        "original; repeatable; its rows are named <export folder>/<variant>")
+    p.add_argument("--no-also-keras", dest="also_keras", action="store_false",
+                   help="do not time the Keras original of each --also export (default: timed when found)")
     p.add_argument("--original", type=Path, metavar="RUN_DIR",
                    help="run directory of the original Keras model (default: found via the manifest's source_model)")
     p.add_argument("--out", type=Path, help="output folder (default EXPORT_DIR/benchmark)")
@@ -45,6 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def command_from_args(args: argparse.Namespace, prog: str) -> str:
     """The command with every option spelled out, so results say exactly how to rerun them."""
     parts = [*prog.split(), str(args.export_dir)]
+    for extra in args.also:
+        parts += ["--also", str(extra)]
+    if not args.also_keras:
+        parts.append("--no-also-keras")
     split = None if args.data is not None else args.split
     for flag, value in (("--data", args.data), ("--split", split), ("--original", args.original), ("--out", args.out),
                         ("--runs", args.runs), ("--warmup", args.warmup), ("--threads", args.threads),
@@ -62,6 +71,9 @@ def config_from_args(args: argparse.Namespace, prog: str) -> BenchmarkConfig:
         raise ValueError(f"{args.export_dir}: no such export directory")
     if args.data is not None and not args.data.is_dir():
         raise ValueError(f"--data {args.data}: no such folder")
+    for extra in args.also:
+        if not extra.is_dir():
+            raise ValueError(f"--also {extra}: no such export directory")
     return BenchmarkConfig(
         export_dir=str(args.export_dir), data=str(args.data) if args.data else None, split=args.split,
         original=str(args.original) if args.original else None, out=str(args.out) if args.out else None,
@@ -69,6 +81,7 @@ def config_from_args(args: argparse.Namespace, prog: str) -> BenchmarkConfig:
         throughput_runs=args.throughput_runs, rounds=args.rounds, cold_starts=args.cold_starts,
         variants=parse_list(args.variants), sweep_sizes=parse_sizes(args.sweep_sizes),
         bootstrap=args.bootstrap, seed=args.seed, command=command_from_args(args, prog),
+        also=tuple(str(a) for a in args.also), also_keras=args.also_keras,
     )
 
 
@@ -79,13 +92,16 @@ def summary(result) -> str:
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    header = ("model", "status", "p50 ms", "speed-up", "img/s", "cold s", "RSS MiB", "size", "AUC", "flips")
+    header = ("model", "status", "p50 ms", "speed-up", "img/s", "cold s", "RSS MiB", "size", "zip MB", "GMACs",
+              "AUC", "flips")
     rows = []
     for r in sorted_rows(result.doc["variants"]):
         acc = r.get("accuracy") or {}
         rows.append((r["name"], r["status"], f(r["latency_ms"]["p50"], ".1f"), f(r["speedup_p50"], ".2f"),
                      f(r["throughput_ips"], ".1f"), f(r["cold_start_s"], ".2f"), f(r["peak_rss_mb"], ".0f"),
-                     f(r["size_ratio"], ".2f"), f(acc.get("auc"), ".3f"),
+                     f(r["size_ratio"], ".2f"),
+                     f(r["compressed_bytes"] / 1e6 if r.get("compressed_bytes") else None, ".1f"),
+                     f(r["macs"] / 1e9 if r.get("macs") else None, ".3f"), f(acc.get("auc"), ".3f"),
                      f"{acc['flips']}/{acc['n']}" if acc else "-"))
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     line = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731

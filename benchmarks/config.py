@@ -28,6 +28,8 @@ class BenchmarkConfig:
     bootstrap: int = 1000                  # bootstrap resamples for the 95% CIs (0: no CIs)
     seed: int = 0                          # bootstrap seed
     command: str | None = None             # the exact command line, recorded in the outputs
+    also: tuple[str, ...] = ()             # more export directories measured against the same original
+    also_keras: bool = True                # also time each extra export's own Keras original (if found)
 
     def __post_init__(self) -> None:
         def positive(name: str, value, minimum: int = 1) -> None:
@@ -51,6 +53,10 @@ class BenchmarkConfig:
             if not names:
                 raise ValueError("variants: give at least one variant name (or leave it out for all)")
             object.__setattr__(self, "variants", names)
+        also = tuple(dict.fromkeys(str(a) for a in self.also))
+        if str(self.export_dir) in also:
+            raise ValueError(f"--also {self.export_dir}: that is the main export already")
+        object.__setattr__(self, "also", also)
         sizes = tuple(dict.fromkeys(self.sweep_sizes))
         for s in sizes:
             positive("sweep size", s, MIN_IMAGE_SIZE)
@@ -72,6 +78,7 @@ class BenchmarkConfig:
         d = asdict(self)
         d["variants"] = list(self.variants) if self.variants is not None else None
         d["sweep_sizes"] = list(self.sweep_sizes)
+        d["also"] = list(self.also)
         d["throughput_runs"] = self.timed_batches
         return d
 

@@ -33,16 +33,55 @@ def _save(fig, target) -> None:
     plt.close(fig)
 
 
+_COLOURS = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+
+
+def _marker(r: dict) -> str:
+    if r["role"] in ("original", "extra-original"):
+        return "*"
+    if r.get("sparsity") is not None:
+        return "X"
+    if r["format"] == "tflite":
+        return "^"
+    return {"fp32": "o", "int8": "s", "fp16": "D", "dynamic-int8": "v"}.get(r["precision"], "o")
+
+
+def _label_offsets(points: list[tuple[float, float]], xs_log_span: float, y_span: float) -> list[int]:
+    """How many labels already sit near each point (same place on the plot within ~2% of
+    the axes), so coinciding points get their labels stacked instead of drawn over each other."""
+    import math
+    placed: list[tuple[float, float]] = []
+    out = []
+    for x, y in points:
+        lx = math.log10(x) if x > 0 else 0.0
+        k = sum(1 for px, py in placed
+                if abs(px - lx) <= 0.02 * max(xs_log_span, 1e-9) and abs(py - y) <= 0.02 * max(y_span, 1e-9))
+        placed.append((lx, y))
+        out.append(k)
+    return out
+
+
 def pareto_plot(rows: list[dict], target, title: str) -> list[str]:
     """One labelled point per benchmarked model: x = batch-1 p50 latency (log scale),
     y = AUC with its bootstrap 95% CI as an error bar; the original is highlighted and the
-    Pareto front (lower latency, higher AUC) drawn. Returns the front's names."""
+    Pareto front (lower latency, higher AUC) drawn. Colour: the export a row belongs to
+    (several with `--also`); marker: star Keras, circle FP32, square INT8, X sparse,
+    triangle TFLite. Labels of points at the same place are stacked, not overdrawn.
+    Returns the front's names."""
+    import math
+
     usable = [r for r in rows if r["status"] == "ok" and r["latency_ms"]["p50"] is not None
               and r["accuracy"] and r["accuracy"].get("auc") is not None]
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(9, 6))
     front: list[str] = []
     if usable:
-        for r in usable:
+        groups = list(dict.fromkeys(r.get("export") for r in usable))
+        colour = {g: _COLOURS[i % len(_COLOURS)] for i, g in enumerate(groups)}
+        xs = [r["latency_ms"]["p50"] for r in usable]
+        ys = [r["accuracy"]["auc"] for r in usable]
+        x_span = math.log10(max(xs) / min(xs)) if min(xs) > 0 else 1.0
+        stack = _label_offsets(list(zip(xs, ys)), x_span, max(ys) - min(ys))
+        for r, k in zip(usable, stack):
             acc = r["accuracy"]
             x, y = r["latency_ms"]["p50"], acc["auc"]
             ci = acc.get("ci95", {}).get("auc") or {}
@@ -50,12 +89,13 @@ def pareto_plot(rows: list[dict], target, title: str) -> list[str]:
             if ci.get("low") is not None and ci.get("high") is not None:
                 yerr = [[max(0.0, y - ci["low"])], [max(0.0, ci["high"] - y)]]
             original = r["role"] == "original"
-            ax.errorbar([x], [y], yerr=yerr, fmt="*" if original else "o", markersize=14 if original else 7,
-                        color="tab:red" if original else "tab:blue", ecolor="0.6", capsize=3, zorder=3)
+            c = "tab:red" if original else colour[r.get("export")]
+            ax.errorbar([x], [y], yerr=yerr, fmt=_marker(r), markersize=14 if original else 8,
+                        color=c, ecolor="0.6", capsize=3, zorder=3, alpha=0.9)
             failed = r.get("export_status") not in (None, "ok")
             ax.annotate(r["name"] + (" (baseline)" if original else " (failed export checks)" if failed else ""),
                         (x, y), textcoords="offset points",
-                        xytext=(6, 6), fontsize=8, color="tab:red" if original else "black")
+                        xytext=(7, 6 + 10 * k), fontsize=7.5, color="tab:red" if original else c)
         # Variants that failed the export's parity checks are drawn but never offered
         # as a choice on the front.
         points = [(r["name"], r["latency_ms"]["p50"], r["accuracy"]["auc"]) for r in usable
@@ -67,12 +107,18 @@ def pareto_plot(rows: list[dict], target, title: str) -> list[str]:
         ax.step(fx, fy, where="post", color="tab:green", linewidth=1.5, alpha=0.8, zorder=2)
         ax.scatter(fx, fy, s=260, facecolors="none", edgecolors="tab:green", linewidths=1.5, zorder=4,
                    label="Pareto front (nothing both faster and more accurate)")
+        if len(groups) > 1:
+            for g in groups:
+                ax.scatter([], [], marker="o", color=colour[g], label=f"export {g}")
+        for marker, text in (("*", "Keras"), ("o", "FP32"), ("s", "INT8"), ("X", "sparse"), ("^", "TFLite")):
+            if any(_marker(r) == marker for r in usable):
+                ax.scatter([], [], marker=marker, color="0.4", label=text)
         ax.set_xscale("log")
         plain = FuncFormatter(lambda v, _: f"{v:g}")
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_formatter(plain)
         ax.tick_params(axis="x", which="minor", labelsize=7)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="lower right", fontsize=7.5)
     else:
         ax.text(0.5, 0.5, "no model has both a latency and an AUC\n(e.g. the data hold one class only)",
                 ha="center", va="center", transform=ax.transAxes)

@@ -17,6 +17,20 @@ def _size(n: int | None) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} kB"
 
 
+def _gmacs(r: dict) -> str:
+    return "-" if r.get("macs") is None else f"{r['macs'] / 1e9:.3g}"
+
+
+def _mparams(r: dict) -> str:
+    return "-" if r.get("params") is None else f"{r['params'] / 1e6:.3g}"
+
+
+SPARSE_NOTE = ("Sparse (magnitude-pruned) variants: unstructured sparsity shrinks the COMPRESSED download ('zip size') "
+               "but does NOT make ONNX Runtime faster, and the raw file is as large as the dense one: the CPU kernels "
+               "are dense and multiply the zeros. Their MACs are those of the dense model. For speed, remove whole "
+               "filters (`bcd slim`).")
+
+
 def _ci(acc: dict, key: str) -> str:
     value = acc.get(key)
     ci = (acc.get("ci95") or {}).get(key) or {}
@@ -36,9 +50,25 @@ def sorted_rows(rows: list[dict]) -> list[dict]:
 
 def _label(r: dict) -> str:
     name = f"**{r['name']}** (baseline)" if r["role"] == "original" else r["name"]
+    if r.get("sparsity") is not None:
+        name += f" ({r['sparsity']:.0%} zeros)"
     if r.get("export_status") not in (None, "ok"):
         name += f" [export: {r['export_status']}]"
     return name
+
+
+def _exports_lines(doc: dict) -> list[str]:
+    extra = [e for e in doc.get("exports", []) if not e.get("primary")]
+    if not extra:
+        return []
+    out = [f"- Also measured, against the same baseline and images (rows named `<export>/<variant>`, sensitivity "
+           "and specificity at each export's own threshold, flips against the baseline's decisions):"]
+    for e in extra:
+        keras = (f"its Keras original `{e['original']}` as `{e['label']}/keras-original`" if e.get("original")
+                 else f"its Keras original not measured ({e.get('original_error') or 'not requested'})")
+        out.append(f"  - `{e['label']}`: export `{e['export_dir']}` of `{e['source_model']['path']}`, threshold "
+                   f"{e['threshold']['value']:.4f}; {keras}")
+    return out
 
 
 def results_markdown(doc: dict) -> str:
@@ -63,26 +93,29 @@ def results_markdown(doc: dict) -> str:
         f"- Timing: batch-1 latency over {s['runs']} timed runs after {s['warmup']} warm-up run(s), interleaved over "
         f"{s['rounds']} round(s); throughput at batch {s['batch']} over {s['throughput_runs']} timed batches; "
         f"{s['threads']} thread(s) for every engine; cold start = median of {s['cold_starts']} fresh process(es).",
+        *_exports_lines(doc),
         "",
         f"**INT8 and this CPU.** {int8_note(m['flags'])}",
         "",
         "## Speed and footprint (sorted by median batch-1 latency)",
         "",
         "| model | format | precision | p50 ms | p95 ms | speed-up (p50) | throughput img/s | throughput ratio | "
-        "cold start s | peak RSS MiB | file | size ratio | size / FP32 weights |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "cold start s | peak RSS MiB | file | size ratio | size / FP32 weights | zip size | GMACs | params (M) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {_label(r)} | {r['format']} | {r['precision']} | FAILED | | | | | | | "
-                         f"{_size(r['file_bytes'])} | {_f(r['size_ratio'], '.2f', 'x')} | |")
+                         f"{_size(r['file_bytes'])} | {_f(r['size_ratio'], '.2f', 'x')} | | "
+                         f"{_size(r.get('compressed_bytes'))} | {_gmacs(r)} | {_mparams(r)} |")
             continue
         lat = r["latency_ms"]
         lines.append(
             f"| {_label(r)} | {r['format']} | {r['precision']} | {_f(lat['p50'])} | {_f(lat['p95'])} | "
             f"{_f(r['speedup_p50'], '.2f', 'x')} | {_f(r['throughput_ips'])} | {_f(r['throughput_ratio'], '.2f', 'x')} | "
             f"{_f(r['cold_start_s'], '.2f')} | {_f(r['peak_rss_mb'], '.0f')} | {_size(r['file_bytes'])} | "
-            f"{_f(r['size_ratio'], '.2f', 'x')} | {_f(r['size_ratio_fp32_weights'], '.2f', 'x')} |")
+            f"{_f(r['size_ratio'], '.2f', 'x')} | {_f(r['size_ratio_fp32_weights'], '.2f', 'x')} | "
+            f"{_size(r.get('compressed_bytes'))} | {_gmacs(r)} | {_mparams(r)} |")
     lines += [
         "",
         f"## Accuracy at the operating threshold {threshold['value']:.4f} ({threshold.get('policy', '')}, chosen on "
@@ -126,7 +159,12 @@ def results_markdown(doc: dict) -> str:
         "(interpreter and libraries included). Files were in the OS cache (just read), so disk speed is not included.",
         "- Accuracy and flip rate come from the same images for every model; variants run through "
         "`runtime.Classifier`, the original through `train.evaluate.predict_probabilities`.",
+        "- GMACs: multiply-accumulates per image (Conv2D + Dense), params: parameters, of the Keras model a row "
+        "comes from; INT8 and sparse variants do the same arithmetic as their FP32 model. zip size: the file "
+        "gzip-compressed (what a download costs).",
     ]
+    if any(r.get("sparsity") is not None for r in rows):
+        lines.append(f"- {SPARSE_NOTE}")
     if base and base.get("size_ratio_fp32_weights") and base["size_ratio_fp32_weights"] > 1.5:
         lines.append(f"- model.keras ({_size(base['file_bytes'])}) also stores the optimizer state, about "
                      f"{base['size_ratio_fp32_weights']:.1f}x the FP32 weights ({_size(doc['model']['fp32_weight_bytes'])}); "

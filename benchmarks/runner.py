@@ -10,6 +10,14 @@
 5. Cold start + peak RSS: fresh probe processes (probe.py), round-robin across models.
 6. Ratios against the original, optional input-size sweep, then the outputs, each
    written atomically: pareto.png, [sizes.json, sizes.png], results.md, results.json.
+
+`--also EXPORT` adds the variants of more exports (e.g. of a `bcd slim` run), and by
+default their own Keras originals, to every phase: same images, same timing rounds,
+ratios against the ONE original of the main export. Their rows are named
+"<label>/<variant>" (label: the export folder's name). They must take the same
+preprocessed input (same preprocessing spec) and the same labels as the main export.
+Every row also gets the model's arithmetic (MACs per image, parameters: the same for
+FP32, INT8 and sparse variants of one Keras model) and the file's gzip size.
 """
 from __future__ import annotations
 
@@ -28,11 +36,11 @@ from benchmarks.machine import load_average, machine_info
 from benchmarks.plots import pareto_plot, sizes_plot
 from benchmarks.probe import probe_command, run_probe
 from benchmarks.report import results_markdown
-from benchmarks.sweep import count_macs, sweep_sizes
-from benchmarks.targets import KerasOriginal, RuntimeVariant, Target, configure_tf_threads
+from benchmarks.sweep import sweep_sizes
+from benchmarks.targets import ORIGINAL_NAME, KerasOriginal, RuntimeVariant, Target, configure_tf_threads
 from benchmarks.timing import interleaved, ratio, settle, stats_ms
 from runtime import atomic
-from runtime.manifest import read_manifest
+from runtime.manifest import Manifest, read_manifest
 from runtime.preprocessing import PreprocessSpec, prepare_batch
 from runtime.session import resolve_threads
 
@@ -45,6 +53,83 @@ RESULTS_JSON, RESULTS_MD, PARETO_PNG, SIZES_JSON, SIZES_PNG = (
 
 class BaselineError(RuntimeError):
     """The original Keras model cannot be loaded or run: no baseline, no benchmark."""
+
+
+@dataclass
+class ExportGroup:
+    """One export being benchmarked: the main one, or an --also one."""
+    label: str
+    export_dir: Path
+    manifest: Manifest
+    entries: list
+    primary: bool
+    original: object = None          # data.OriginalRun of its Keras model (None: not found / not wanted)
+    original_error: str | None = None
+
+    @property
+    def source_run(self) -> str:
+        return Path(self.manifest.source_model["path"]).parent.name or self.export_dir.name
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "export_dir": str(self.export_dir), "primary": self.primary,
+                "source_model": dict(self.manifest.source_model), "threshold": dict(self.manifest.threshold),
+                "model_cost": self.manifest.model_cost,
+                "original": str(self.original.model) if self.original is not None else None,
+                "original_error": self.original_error,
+                "variants": [e.name for e in self.entries]}
+
+
+def _extra_groups(config: BenchmarkConfig, main: ExportGroup) -> list[ExportGroup]:
+    groups: list[ExportGroup] = []
+    used = {main.label}
+    for folder in config.also:
+        export_dir = Path(folder)
+        manifest = read_manifest(export_dir)
+        differ = sorted(k for k in set(manifest.preprocessing) | set(main.manifest.preprocessing)
+                        if manifest.preprocessing.get(k) != main.manifest.preprocessing.get(k))
+        if "image_size" in differ:
+            raise ValueError(f"--also {folder}: input size {manifest.preprocessing['image_size']} differs from "
+                             f"the main export's {main.manifest.preprocessing['image_size']}; every export of one "
+                             "benchmark must take the same input (export the runs at one size, or benchmark "
+                             "them separately)")
+        if differ:
+            raise ValueError(f"--also {folder}: preprocessing differs from the main export's ({', '.join(differ)}); "
+                             "every export of one benchmark must take the same preprocessed input")
+        if manifest.labels != main.manifest.labels:
+            raise ValueError(f"--also {folder}: labels {manifest.labels} differ from the main export's "
+                             f"{main.manifest.labels}")
+        label = export_dir.resolve().name
+        if label in used:
+            label = Path(manifest.source_model["path"]).parent.name or label
+        base, k = label, 2
+        while label in used:
+            label, k = f"{base}-{k}", k + 1
+        used.add(label)
+        if config.variants is None:
+            entries = list(manifest.variants)
+        else:
+            entries = [v for v in manifest.variants if v.name in config.variants]
+        group = ExportGroup(label, export_dir, manifest, entries, primary=False)
+        if config.also_keras:
+            try:
+                group.original = find_original(manifest, export_dir, None)
+            except (FileNotFoundError, ValueError) as err:
+                group.original_error = str(err)
+                log.warning("--also %s: its Keras original is not measured: %s", folder, err)
+        groups.append(group)
+    return groups
+
+
+def _file_gzip_bytes(path: Path | None) -> int | None:
+    from export.pipeline import compressed_size
+    if path is None or not Path(path).is_file():
+        return None
+    return compressed_size(path)
+
+
+def _keras_cost(model) -> dict:
+    from export.model_cost import keras_model_cost
+    return keras_model_cost(model)
 
 
 @dataclass
@@ -76,11 +161,16 @@ def _new_row(t: Target, export_dir: Path) -> dict:
     file = t.file
     if file is not None:
         try:
-            file = file.relative_to(export_dir)
+            file = file.relative_to(t.export_dir if t.export_dir is not None else export_dir)
         except ValueError:
             pass
     return {
-        "name": t.name, "role": t.role, "format": t.format, "precision": t.precision, "engine": t.engine,
+        "name": t.name, "role": t.role, "export": t.group,
+        "export_dir": str(t.export_dir) if t.export_dir is not None else None,
+        "variant": entry.name if entry is not None else None,
+        "macs": None, "params": None, "cost_source": None,
+        "compressed_bytes": entry.compressed_bytes if entry is not None else None,
+        "sparsity": entry.sparsity if entry is not None else None, "format": t.format, "precision": t.precision, "engine": t.engine,
         "file": str(file) if file is not None else None, "file_bytes": t.file_bytes,
         "size_ratio": None, "size_ratio_fp32_weights": None,
         "latency_ms": stats_ms([]), "speedup_p50": None,
@@ -120,6 +210,51 @@ def _command(config: BenchmarkConfig) -> str:
     return "run_benchmark(" + ", ".join(f"{k}={v!r}" for k, v in config.to_dict().items() if k != "command") + ")"
 
 
+def _fill_costs(targets, rows, group_of, keras_target, base_cost) -> None:
+    """MACs and parameters per row: Keras rows count their loaded model; a variant takes
+    its manifest's model_cost (recorded at export) or else counts its export's Keras
+    original (quantization and sparsity leave the dense arithmetic unchanged)."""
+    from train.tf_setup import keras
+
+    counted: dict[str, tuple[dict | None, str]] = {}
+
+    def group_cost(group) -> tuple[dict | None, str]:
+        if group.label in counted:
+            return counted[group.label]
+        mc = group.manifest.model_cost
+        if mc is not None:
+            found = ({"macs": int(mc["macs"]), "params": int(mc["params"])}, "manifest model_cost")
+        elif group.primary:
+            found = (base_cost, "the original Keras model")
+        else:
+            found = (None, "unknown")
+            try:
+                run = group.original or find_original(group.manifest, group.export_dir, None)
+                model = keras.models.load_model(run.model, compile=False)
+                found = (_keras_cost(model), "the export's Keras original")
+                del model
+            except Exception as err:  # noqa: BLE001 - a missing cost is a dash in the table, not a failure
+                log.warning("%s: cannot count MACs (no model_cost in its manifest, no Keras original: %s)",
+                            group.label, _error_text(err))
+        counted[group.label] = found
+        return found
+
+    for t in targets:
+        row = rows[t.name]
+        if isinstance(t, KerasOriginal):
+            if t is keras_target:
+                cost = base_cost
+            elif getattr(t, "model", None) is not None:
+                cost = _keras_cost(t.model)
+            else:
+                continue
+            row["macs"], row["params"], row["cost_source"] = cost["macs"], cost["params"], "counted from the model"
+        else:
+            cost, source = group_cost(group_of[t.name])
+            if cost is not None:
+                row["macs"], row["params"], row["cost_source"] = cost["macs"], cost["params"], source
+
+
 def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
     started = time.monotonic()
     export_dir = Path(config.export_dir)
@@ -129,6 +264,8 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
     original = find_original(manifest, export_dir, config.original)
     log.info("baseline: %s (found by %s)", original.model, original.found_by)
     spec = PreprocessSpec.from_dict(manifest.preprocessing)
+    main_group = ExportGroup(export_dir.resolve().name, export_dir, manifest, entries, primary=True, original=original)
+    groups = [main_group, *_extra_groups(config, main_group)]
     data = load_data(config.data, original, spec, config.split)
     threshold = manifest.threshold_value
     out_dir = config.out_dir
@@ -136,9 +273,30 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
     machine = machine_info(threads)
     tf_threads = configure_tf_threads(threads)
 
-    keras_target = KerasOriginal(original.model, spec)
-    keras_target.engine += f", intra-op {tf_threads['intra_op']} / inter-op {tf_threads['inter_op']} thread(s)"
-    targets: list[Target] = [keras_target] + [RuntimeVariant(export_dir, e, threads) for e in entries]
+    tf_engine = f", intra-op {tf_threads['intra_op']} / inter-op {tf_threads['inter_op']} thread(s)"
+    keras_target = KerasOriginal(original.model, spec, original.root)
+    keras_target.engine += tf_engine
+    keras_target.group, keras_target.export_dir = main_group.label, None
+    targets: list[Target] = [keras_target]
+    group_of: dict[str, ExportGroup] = {keras_target.name: main_group}
+    for group in groups:
+        group_targets: list[Target] = []
+        if not group.primary and group.original is not None:
+            k = KerasOriginal(group.original.model, spec, group.original.root)
+            k.name, k.role = f"{group.label}/{ORIGINAL_NAME}", "extra-original"
+            k.engine += tf_engine
+            group_targets.append(k)
+        for e in group.entries:
+            v = RuntimeVariant(group.export_dir, e, threads)
+            if not group.primary:
+                v.name = f"{group.label}/{e.name}"
+            group_targets.append(v)
+        for t in group_targets:
+            t.group = group.label
+            if isinstance(t, RuntimeVariant):
+                t.export_dir = group.export_dir
+            group_of[t.name] = group
+        targets += group_targets
     rows = {t.name: _new_row(t, export_dir) for t in targets}
     alive = lambda: [t for t in targets if rows[t.name]["status"] == "ok"]  # noqa: E731
 
@@ -152,9 +310,11 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
             if t is keras_target:
                 raise BaselineError(f"the original Keras model {original.model} cannot be loaded: {_error_text(err)}") from err
             _fail(rows[t.name], "load", _error_text(err))
+    base_cost = _keras_cost(keras_target.model)
     model_info = {"image_size": spec.image_size, "params": int(keras_target.model.count_params()),
                   "fp32_weight_bytes": int(keras_target.model.count_params()) * 4,
-                  "gmac_per_image": count_macs(keras_target.model) / 1e9}
+                  "gmac_per_image": base_cost["macs"] / 1e9}
+    _fill_costs(targets, rows, group_of, keras_target, base_cost)
 
     # ---- 3. accuracy
     log.info("accuracy: %s on %s", keras_target.name, data.text)
@@ -168,8 +328,10 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
         log.info("accuracy: %s", t.name)
         try:
             probs = t.predict(data.images, config.batch)
-            rows[t.name]["accuracy"] = accuracy_block(data.labels, probs, threshold, reference,
-                                                      config.bootstrap, config.seed)
+            # each export's own operating threshold (a slim run chose its own on its validation split)
+            rows[t.name]["accuracy"] = accuracy_block(data.labels, probs, group_of[t.name].manifest.threshold_value,
+                                                      reference, config.bootstrap, config.seed,
+                                                      reference_threshold=threshold)
         except Exception as err:  # noqa: BLE001
             _fail(rows[t.name], "accuracy", _error_text(err))
 
@@ -207,10 +369,7 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
         for t in current[shift:] + current[:shift]:
             log.info("cold start %d/%d: %s", rep + 1, config.cold_starts, t.name)
             settle()
-            if t is keras_target:
-                cmd = probe_command(probe_image, threads, keras_run=original.root)
-            else:
-                cmd = probe_command(probe_image, threads, export_dir=export_dir, variant=t.name)
+            cmd = probe_command(probe_image, threads, **t.probe_args())
             result = run_probe(cmd)
             if not result["ok"]:
                 if t is keras_target:
@@ -232,6 +391,10 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
 
     # ---- 6. ratios against the original (same run)
     base = rows[keras_target.name]
+    for t in targets:
+        row = rows[t.name]
+        if row["compressed_bytes"] is None and row["file_bytes"] is not None:
+            row["compressed_bytes"] = _file_gzip_bytes(t.file)
     for row in rows.values():
         row["size_ratio"] = ratio(row["file_bytes"], base["file_bytes"])
         row["size_ratio_fp32_weights"] = ratio(row["file_bytes"], model_info["fp32_weight_bytes"])
@@ -255,6 +418,7 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
                      "export_settings": manifest.export_settings},
         "original": {"run_dir": str(original.root), "model": str(original.model), "found_by": original.found_by},
         "threshold": dict(manifest.threshold),
+        "exports": [g.to_dict() for g in groups],
         "model": model_info,
         "machine": machine,
         "settings": {
@@ -264,6 +428,7 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
             "batch": config.batch, "throughput_runs": config.timed_batches, "cold_starts": config.cold_starts,
             "threads": threads, "tf_threads": tf_threads, "bootstrap": config.bootstrap, "seed": config.seed,
             "variants_requested": list(config.variants) if config.variants else None,
+            "also": list(config.also), "also_keras": config.also_keras,
             "data": data.description, "probe_image": str(probe_image),
             "seconds": None,
         },
@@ -275,7 +440,7 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
     }
 
     # ---- outputs (each file atomic; results.json last)
-    title = (f"{export_dir.name}: latency vs AUC on {data.description['n']} images "
+    title = (f"{' + '.join(g.label for g in groups)}: latency vs AUC on {data.description['n']} images "
              f"({data.description.get('kind', 'data')}), {threads} thread(s)")
     doc["pareto_front"] = pareto_plot(doc["variants"], out_dir / PARETO_PNG, title)
     if sweep is not None:

@@ -61,6 +61,12 @@ class Target:
     def __init__(self) -> None:
         self.file: Path | None = None
         self.notes: list[str] = []
+        self.group: str | None = None          # label of the export this row belongs to
+        self.export_dir: Path | None = None
+
+    def probe_args(self) -> dict:
+        """Keyword arguments of benchmarks.probe.probe_command for this model."""
+        raise NotImplementedError
 
     @property
     def file_bytes(self) -> int | None:
@@ -88,11 +94,15 @@ class KerasOriginal(Target):
     engine = "TensorFlow (tf-keras), model(x, training=False)"
     role = "original"
 
-    def __init__(self, model_file: Path, spec: PreprocessSpec) -> None:
+    def __init__(self, model_file: Path, spec: PreprocessSpec, run_dir: Path | None = None) -> None:
         super().__init__()
         self.file = Path(model_file)
         self.spec = spec
+        self.run_dir = Path(run_dir) if run_dir is not None else self.file.parent
         self.model = None
+
+    def probe_args(self) -> dict:
+        return {"keras_run": self.run_dir}
 
     def load(self) -> None:
         from train.tf_setup import keras
@@ -124,8 +134,11 @@ class RuntimeVariant(Target):
         from runtime.classifier import Classifier
         if self.entry.status == "error":
             raise RuntimeError(f"the export could not produce this variant: {self.entry.reason or 'no reason given'}")
-        self.classifier = Classifier.load(self.export_dir, variant=self.name, threads=self.threads, force=True)
+        self.classifier = Classifier.load(self.export_dir, variant=self.entry.name, threads=self.threads, force=True)
         self.engine += f", {self.classifier.threads} thread(s)"
+
+    def probe_args(self) -> dict:
+        return {"export_dir": self.export_dir, "variant": self.entry.name}
 
     def infer(self, x):
         return self.classifier.backend.run(x, False)
