@@ -46,19 +46,25 @@ def _marker(r: dict) -> str:
     return {"fp32": "o", "int8": "s", "fp16": "D", "dynamic-int8": "v"}.get(r["precision"], "o")
 
 
-def _label_offsets(points: list[tuple[float, float]], xs_log_span: float, y_span: float) -> list[int]:
-    """How many labels already sit near each point (same place on the plot within ~2% of
-    the axes), so coinciding points get their labels stacked instead of drawn over each other."""
-    import math
-    placed: list[tuple[float, float]] = []
-    out = []
-    for x, y in points:
-        lx = math.log10(x) if x > 0 else 0.0
-        k = sum(1 for px, py in placed
-                if abs(px - lx) <= 0.02 * max(xs_log_span, 1e-9) and abs(py - y) <= 0.02 * max(y_span, 1e-9))
-        placed.append((lx, y))
-        out.append(k)
-    return out
+def _place_labels(ax, fig, points: list[tuple[float, float, str]], fontsize: float) -> list[float]:
+    """Vertical offsets (points) for labels drawn to the right of each point, chosen greedily
+    so that no two labels' boxes overlap (in display space): points at the same or nearby
+    coordinates get their labels stacked instead of drawn over each other."""
+    scale = 72.0 / fig.dpi
+    height, char = fontsize * 1.3, fontsize * 0.58
+    placed: list[tuple[float, float, float, float]] = []
+    offsets = []
+    for x, y, text in points:
+        px, py = (v * scale for v in ax.transData.transform((x, y)))
+        x0, x1 = px + 7, px + 7 + char * len(text)
+        for k in range(40):
+            dy = 6 + (k + 1) // 2 * height * (1 if k % 2 else -1) if k else 6
+            y0, y1 = py + dy, py + dy + height
+            if all(x1 <= a0 or x0 >= a1 or y1 <= b0 or y0 >= b1 for a0, a1, b0, b1 in placed):
+                break
+        placed.append((x0, x1, y0, y1))
+        offsets.append(dy)
+    return offsets
 
 
 def pareto_plot(rows: list[dict], target, title: str) -> list[str]:
@@ -68,8 +74,6 @@ def pareto_plot(rows: list[dict], target, title: str) -> list[str]:
     (several with `--also`); marker: star Keras, circle FP32, square INT8, X sparse,
     triangle TFLite. Labels of points at the same place are stacked, not overdrawn.
     Returns the front's names."""
-    import math
-
     usable = [r for r in rows if r["status"] == "ok" and r["latency_ms"]["p50"] is not None
               and r["accuracy"] and r["accuracy"].get("auc") is not None]
     fig, ax = plt.subplots(figsize=(9, 6))
@@ -77,11 +81,8 @@ def pareto_plot(rows: list[dict], target, title: str) -> list[str]:
     if usable:
         groups = list(dict.fromkeys(r.get("export") for r in usable))
         colour = {g: _COLOURS[i % len(_COLOURS)] for i, g in enumerate(groups)}
-        xs = [r["latency_ms"]["p50"] for r in usable]
-        ys = [r["accuracy"]["auc"] for r in usable]
-        x_span = math.log10(max(xs) / min(xs)) if min(xs) > 0 else 1.0
-        stack = _label_offsets(list(zip(xs, ys)), x_span, max(ys) - min(ys))
-        for r, k in zip(usable, stack):
+        labels = []
+        for r in usable:
             acc = r["accuracy"]
             x, y = r["latency_ms"]["p50"], acc["auc"]
             ci = acc.get("ci95", {}).get("auc") or {}
@@ -93,9 +94,13 @@ def pareto_plot(rows: list[dict], target, title: str) -> list[str]:
             ax.errorbar([x], [y], yerr=yerr, fmt=_marker(r), markersize=14 if original else 8,
                         color=c, ecolor="0.6", capsize=3, zorder=3, alpha=0.9)
             failed = r.get("export_status") not in (None, "ok")
-            ax.annotate(r["name"] + (" (baseline)" if original else " (failed export checks)" if failed else ""),
-                        (x, y), textcoords="offset points",
-                        xytext=(7, 6 + 10 * k), fontsize=7.5, color="tab:red" if original else c)
+            labels.append((x, y, r["name"] + (" (baseline)" if original else " (failed export checks)" if failed
+                                               else ""), "tab:red" if original else c))
+        ax.set_xscale("log")
+        ax.autoscale_view()
+        offsets = _place_labels(ax, fig, [(x, y, t) for x, y, t, _ in labels], 7.5)
+        for (x, y, text, c), dy in zip(labels, offsets):
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, dy), fontsize=7.5, color=c)
         # Variants that failed the export's parity checks are drawn but never offered
         # as a choice on the front.
         points = [(r["name"], r["latency_ms"]["p50"], r["accuracy"]["auc"]) for r in usable
