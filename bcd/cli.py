@@ -331,8 +331,10 @@ def _cmd_predict(args) -> int:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="serve a local web page (Gradio) to try an exported model on images")
-    p.add_argument("--model", type=Path, help="export directory from `bcd export` (default: $BCD_MODEL, else the "
-                   "shipped reference model in models/)")
+    p.add_argument("--model", type=Path, action="append",
+                   help="export directory from `bcd export`; repeat it to offer several models side by side "
+                        "(e.g. the full model and its slim version), each with its own threshold (default: "
+                        "$BCD_MODEL, else every model shipped in models/, the reference model first)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this computer only; 0.0.0.0 opens it to the "
                         "network, without any login)")
@@ -342,7 +344,8 @@ def _add_demo(sub) -> None:
                    help="also create a public gradio.live link (needs internet; anyone with the link can use it)")
     p.add_argument("--max-file-size", default="20MB", help="largest upload accepted (default 20MB)")
     p.add_argument("--threads", type=int, help="CPU threads per model (default: physical cores)")
-    p.add_argument("--variant", help="variant selected when the page opens (default: the runtime's default)")
+    p.add_argument("--variant", help="variant selected when the page opens (default: the runtime's default of "
+                   "the first model; with several models 'MODEL · VARIANT' picks another model's)")
     p.add_argument("--concurrency", type=int, default=2, help="requests processed at once (default 2)")
     p.set_defaults(func=_cmd_demo)
 
@@ -354,22 +357,37 @@ def _cmd_demo(args) -> int:
         from demo.app import DemoConfig, launch
     except ImportError as err:
         raise _missing_extra("demo", err)
-    model = args.model or predict_files.default_model_path()
-    if model is None:
+    models = args.model or _default_demo_models(predict_files)
+    if not models:
         raise UsageError("--model is required here: pass an export directory from `bcd export` (the shipped "
                          "reference model is missing from models/; set BCD_MODEL to use another default)")
     if args.examples is not None and not args.examples.is_dir():
         raise UsageError(f"--examples {args.examples}: no such folder")
     try:
-        config = DemoConfig(model=model, host=args.host, port=args.port, examples=args.examples, share=args.share,
+        config = DemoConfig(model=models, host=args.host, port=args.port, examples=args.examples, share=args.share,
                             max_file_size=args.max_file_size, threads=args.threads, variant=args.variant,
                             concurrency=args.concurrency)
     except ValueError as err:
         raise UsageError(str(err)) from None
     _setup_logging()
     print(DISCLAIMER, file=sys.stderr)
+    print("serving " + ", ".join(str(m) for m in config.models), file=sys.stderr)
     launch(config)
     return 0
+
+
+def _default_demo_models(predict_files) -> list[Path]:
+    """$BCD_MODEL when set (as for predict and evaluate), else every export shipped in
+    models/ (reference first), else the default model if any."""
+    import os
+
+    if os.environ.get(predict_files.MODEL_ENV):
+        return [predict_files.default_model_path()]
+    shipped = predict_files.shipped_models()
+    if shipped:
+        return shipped
+    fallback = predict_files.default_model_path()
+    return [fallback] if fallback is not None else []
 
 
 # ---- benchmark ---------------------------------------------------------------------

@@ -5,6 +5,10 @@ variant's agreement with the original model.
     from demo.app import DemoConfig, build_app, launch
     launch(DemoConfig(model="exports/busi-224"))                 # blocks; Ctrl-C stops it
     blocks = build_app(DemoConfig(model="exports/busi-224"))     # a gr.Blocks to launch yourself
+    launch(DemoConfig(model=["models/busi-vgg16-128", "models/busi-vgg16-128-slim"]))  # compare models
+
+With several models the picker lists every variant of each as "MODEL · VARIANT", and
+the threshold, parity figures and baseline shown are the selected model's.
 
 Only `runtime` and Gradio are imported (no TensorFlow). Safety defaults: loopback only,
 no share link, upload size limit, a queue with 2 workers, no extra file access
@@ -43,6 +47,7 @@ __all__ = ["DemoConfig", "build_app", "launch", "private_cache_dir"]
 log = logging.getLogger("bcd.demo")
 
 API_NAME = "classify"            # gradio_client: client.predict(handle_file(path), variant, api_name="/classify")
+                                 # variant: a picker value or label ("MODEL · VARIANT" with several models)
 
 _cache_lock = threading.Lock()
 _private_cache: Path | None = None
@@ -96,16 +101,19 @@ def build_app(config: DemoConfig, service: DemoService | None = None) -> gr.Bloc
                                          columns=4, height=_gallery_height(len(service.examples)),
                                          allow_preview=False, interactive=False,
                                          format="png", buttons=[], elem_id="bcd-examples")
+                info = ("Smaller/quantized variants are faster; the figures below show how closely each one "
+                        "agrees with the original model.")
+                if service.multi:
+                    info = ("Variants of several models (e.g. the full model and its slim version); each "
+                            "uses its own model's threshold. " + info)
                 variant = gr.Radio(views.variant_choices(service), value=service.default_variant,
-                                   label="Model variant", elem_id="bcd-variant",
-                                   info="Smaller/quantized variants are faster; the figures below show how "
-                                        "closely each one agrees with the original model.")
+                                   label="Model variant", elem_id="bcd-variant", info=info)
                 parity = gr.Markdown(views.parity_markdown(service, service.default_variant), label="variant details",
                                      elem_id="bcd-parity")
                 with gr.Accordion("All variants", open=False):
                     table = gr.Markdown(views.variants_table_markdown(service), label="all variants",
                                         elem_id="bcd-variants-table")
-                gr.Markdown(views.model_summary_markdown(service))
+                gr.Markdown(views.model_summary_markdown(service), elem_id="bcd-models")
             with gr.Column(scale=3, min_width=360):
                 result = gr.HTML(views.placeholder_html(), label="result card", elem_id="bcd-result")
                 with gr.Row():
@@ -124,7 +132,8 @@ def build_app(config: DemoConfig, service: DemoService | None = None) -> gr.Bloc
         def respond(outcome: Outcome, data: bytes | None, variant_name: str) -> tuple[Any, ...]:
             keep = {"data": data, "name": outcome.file} if data is not None else None
             return (views.result_html(outcome), outcome.image_rgb, outcome.overlay_rgb, outcome.to_json(), keep,
-                    views.parity_markdown(service, variant_name), views.variants_table_markdown(service))
+                    views.parity_markdown(service, outcome.variant or variant_name),
+                    views.variants_table_markdown(service))
 
         def fail(message: str, variant_name: str | None, file: str | None = None, keep=None) -> tuple[Any, ...]:
             return (views.error_html(file, message), None, None, {"file": file, "error": message}, keep,
@@ -225,11 +234,41 @@ def _take_upload(file: Any, cache: Path) -> tuple[bytes, str]:
     _recent.put(str(real), data)             # before deleting: a twin request may look it up at once
     try:
         real.unlink(missing_ok=True)
-        if real.parent not in roots:
-            real.parent.rmdir()              # only if empty
     except OSError:
         pass
+    # The upload's folder (<cache>/<sha256>/) is not removed now: Gradio may be storing a
+    # second upload of the same file in it at this moment (its mkdir(exist_ok) then fails
+    # with a 500). Empty folders are swept once they have been untouched for a minute.
+    _sweep_empty_folders(roots)
     return data, name
+
+
+_EMPTY_FOLDER_AGE = 60.0                     # seconds an empty cache folder is left alone
+_SWEEP_EVERY = 30.0
+_sweep_lock = threading.Lock()
+_last_sweep = [0.0]
+
+
+def _sweep_empty_folders(roots: set[Path], age: float = _EMPTY_FOLDER_AGE) -> None:
+    """Remove the empty folders directly inside the cache roots (uploads read and
+    deleted, result images deleted by Gradio) that were last changed `age` seconds ago."""
+    now = time.monotonic()
+    with _sweep_lock:
+        if now - _last_sweep[0] < _SWEEP_EVERY:
+            return
+        _last_sweep[0] = now
+    cutoff = time.time() - age
+    for root in roots:
+        try:
+            folders = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink()]
+        except OSError:
+            continue
+        for folder in folders:
+            try:
+                if folder.stat().st_mtime < cutoff:
+                    folder.rmdir()           # fails (and is skipped) unless empty
+            except OSError:
+                pass
 
 
 class _RecentUploads:

@@ -1,9 +1,11 @@
 """Settings of the demo app (no Gradio import here, so the CLI can check them first)."""
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence, Union
 
 from runtime.images import DEFAULT_MAX_PIXELS
 
@@ -39,19 +41,27 @@ def parse_size(text: str | int) -> int:
     return value
 
 
+ModelPaths = Union[str, Path, Sequence[Union[str, Path]]]
+
+
 @dataclass
 class DemoConfig:
     """Everything `bcd demo` can set. Defaults are the safe ones: loopback only, no
     share link, 20 MB uploads, two requests at a time."""
 
-    model: str | Path                       # export directory (or manifest.json / .onnx) from `bcd export`
+    # export directory (or manifest.json / .onnx) from `bcd export`, or a list of them: the
+    # page then offers every variant of every model (e.g. the reference model and its slim
+    # version side by side), each with its own threshold and parity figures
+    model: ModelPaths
     host: str = DEFAULT_HOST                # 0.0.0.0 makes the page reachable from the network (no login!)
     port: int = DEFAULT_PORT                # 0: the first free port from 7860 on
     examples: str | Path | None = None      # folder of example images offered on the page
     share: bool = False                     # a public gradio.live link (needs internet); off by default
     max_file_size: str | int = DEFAULT_MAX_FILE_SIZE
     threads: int | None = None              # inference threads per model (default: physical cores)
-    variant: str | None = None              # variant selected first (default: the runtime's default)
+    variant: str | None = None              # variant selected first (default: the runtime's default of the
+                                            # first model); with several models "MODEL · VARIANT" or a variant
+                                            # name of the first model
     concurrency: int = DEFAULT_CONCURRENCY  # requests processed at the same time
     queue_size: int = DEFAULT_QUEUE_SIZE
     max_pixels: int = DEFAULT_MAX_PIXELS    # decompression-bomb guard for uploads
@@ -60,7 +70,13 @@ class DemoConfig:
     quiet: bool = False
 
     def __post_init__(self) -> None:
-        self.model = Path(self.model)
+        if isinstance(self.model, (str, os.PathLike)):
+            self.model = Path(self.model)
+        else:
+            paths = [Path(p) for p in self.model]
+            if not paths:
+                raise ValueError("model: at least one export directory is needed")
+            self.model = paths[0] if len(paths) == 1 else paths
         if self.examples is not None:
             self.examples = Path(self.examples)
         if self.temp_dir is not None:
@@ -73,6 +89,11 @@ class DemoConfig:
         if not 0 <= int(self.port) <= 65535:
             raise ValueError(f"port {self.port} is not a TCP port")
         self.max_file_size_bytes  # validates the size
+
+    @property
+    def models(self) -> list[Path]:
+        """The model paths, in the order given (one or more)."""
+        return [self.model] if isinstance(self.model, Path) else list(self.model)
 
     @property
     def max_file_size_bytes(self) -> int:

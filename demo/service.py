@@ -37,11 +37,14 @@ _TIMING_WINDOW = 50
 SUPPORTED = "PNG, JPEG, BMP, TIFF or DICOM"
 
 
+SEP = " · "                      # between a model's name and a variant's in the picker
+
+
 @dataclass
 class Variant:
     """One row of the variant picker."""
 
-    name: str
+    name: str                            # the variant's name in its manifest, e.g. "onnx-int8"
     status: str                          # "ok" | "failed" | "error"
     format: str
     precision: str
@@ -50,6 +53,11 @@ class Variant:
     parity: Parity | None = None
     notes: list[str] = field(default_factory=list)
     has_cam: bool = True
+    model: str = ""                      # the name of the model (export) it belongs to
+    key: str = ""                        # the picker's value: the name with one model, "MODEL · NAME" with several
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.name
 
     @property
     def servable(self) -> bool:
@@ -62,11 +70,28 @@ class Variant:
 
 
 @dataclass
+class Model:
+    """One export served by the page, with the settings its variants share."""
+
+    name: str                            # the export folder's name, e.g. "busi-vgg16-128-slim"
+    path: Path
+    threshold: float                     # this model's operating threshold
+    positive: str
+    negative: str
+    threshold_info: dict[str, Any] = field(default_factory=dict)   # manifest "threshold": value, chosen_on, policy
+    baseline: dict[str, Any] = field(default_factory=dict)         # the Keras model on the parity data
+    cost: dict[str, Any] | None = None   # {"macs", "params"} of the source Keras model, when recorded
+    source: Path | None = None           # the manifest other variants are loaded from (None: a lone .onnx)
+    default_variant: str = ""            # key of the variant loaded first
+
+
+@dataclass
 class Outcome:
     """The result of one request, ready to show."""
 
     file: str                            # the file's base name (for display only)
-    variant: str
+    variant: str                         # the picker's value (with several models "MODEL · VARIANT")
+    model: str | None = None             # the model (export) the variant belongs to
     error: str | None = None
     label: str | None = None
     probability: float | None = None
@@ -95,6 +120,7 @@ class Outcome:
         return {
             "file": self.file,
             "variant": self.variant,
+            "model": self.model,
             "label": self.label,
             "probability": self.probability,
             "threshold": self.threshold,
@@ -108,81 +134,144 @@ class Outcome:
 
 
 class DemoService:
-    """Loads the export once, keeps one Classifier per variant, classifies image bytes."""
+    """Loads one or several exports once, keeps one Classifier per variant, classifies
+    image bytes. Every model keeps its own threshold, labels, baseline and parity figures;
+    a variant is named by its picker key (`Variant.key`)."""
 
     def __init__(self, config: DemoConfig) -> None:
         self.config = config
-        first = Classifier.load(config.model, variant=config.variant, threads=config.threads,
-                                max_pixels=config.max_pixels)
-        self.default_variant = first.variant
-        self.threshold = first.threshold
-        self.positive, self.negative = first.positive, first.negative
+        paths = _unique_paths(config.models)
+        names = _model_names(paths)
+        self.multi = len(paths) > 1
+        target, wanted = self._wanted(config.variant, names)
+        self.models: list[Model] = []
+        self._classifiers: dict[str, Classifier] = {}
+        variants: list[Variant] = []
+        try:
+            for i, (path, name) in enumerate(zip(paths, names)):
+                first = Classifier.load(path, variant=wanted if i == target else None, threads=config.threads,
+                                        max_pixels=config.max_pixels)
+                model, found = self._describe(name, path, first)
+                self.models.append(model)
+                variants += found
+                self._classifiers[model.default_variant] = first
+        except Exception:
+            self.close()
+            raise
+        # status ok first (models in the order given, variants in manifest order), then those that can't be served
+        self.variants: list[Variant] = sorted(variants, key=lambda v: not v.servable)
+        self.default_variant = self.models[target].default_variant
+        self._load_errors: dict[str, str] = {}
+        self._load_lock = threading.Lock()
+        self._timings: dict[str, deque[float]] = {v.key: deque(maxlen=_TIMING_WINDOW) for v in self.variants}
+        self._timing_lock = threading.Lock()
+        self.examples: list[Path] = list_examples(config.examples) if config.examples is not None else []
+
+    def _wanted(self, variant: str | None, names: list[str]) -> tuple[int, str | None]:
+        """(index of the model, variant name) that config.variant asks to be selected first."""
+        if variant is None or not self.multi:
+            return 0, variant
+        for i, name in enumerate(names):
+            if variant.startswith(name + SEP):
+                return i, variant[len(name + SEP):].split(SEP)[0]
+        return 0, variant
+
+    def _describe(self, name: str, path: Path, first: Classifier) -> tuple[Model, list[Variant]]:
         manifest = first.manifest
         # Other variants are loaded from the manifest next to the served file (when there is one).
-        self._source: Path | None = (first.info.file.parent / MANIFEST_NAME
-                                     if first.info.source == "manifest" else None)
-        entries = manifest.variants if (manifest is not None and self._source is not None) else []
+        source = first.info.file.parent / MANIFEST_NAME if first.info.source == "manifest" else None
+        entries = manifest.variants if (manifest is not None and source is not None) else []
         if entries:
             variants = [Variant.from_entry(e) for e in entries]
         else:  # a lone .onnx file with embedded metadata: one variant, no parity figures
             info = first.info
             size = info.file.stat().st_size if info.file.is_file() else None
             variants = [Variant(info.variant, "ok", info.format, info.precision, size, has_cam=first.has_cam)]
-        # status ok first (in manifest order), then the ones that can't be served
-        self.variants: list[Variant] = sorted(variants, key=lambda v: not v.servable)
-        self.baseline: dict[str, Any] = dict(manifest.baseline) if manifest is not None else {}
-        self.threshold_info: dict[str, Any] = dict(manifest.threshold) if manifest is not None else {}
-        self._classifiers: dict[str, Classifier] = {first.variant: first}
-        self._load_errors: dict[str, str] = {}
-        self._load_lock = threading.Lock()
-        self._timings: dict[str, deque[float]] = {v.name: deque(maxlen=_TIMING_WINDOW) for v in self.variants}
-        self._timing_lock = threading.Lock()
-        self.examples: list[Path] = list_examples(config.examples) if config.examples is not None else []
+        for v in variants:
+            v.model = name
+            v.key = f"{name}{SEP}{v.name}" if self.multi else v.name
+        cost = getattr(manifest, "model_cost", None) if manifest is not None else None
+        model = Model(name=name, path=path, threshold=first.threshold, positive=first.positive,
+                      negative=first.negative,
+                      threshold_info=dict(manifest.threshold) if manifest is not None else {},
+                      baseline=dict(manifest.baseline) if manifest is not None else {},
+                      cost=dict(cost) if isinstance(cost, dict) else None, source=source,
+                      default_variant=f"{name}{SEP}{first.variant}" if self.multi else first.variant)
+        return model, variants
 
     # ------------------------------------------------------------------ variants
 
     def variant(self, name: str | None) -> Variant | None:
+        """The variant a picker value, a label shown in the picker or (for old API clients)
+        a bare variant name of the first model that has it refers to; None if none."""
+        if not name:
+            return None
+        name = str(name).strip()
         for v in self.variants:
-            if v.name == name:
+            if v.key == name:
                 return v
+        from demo.views import variant_label   # plain strings, no Gradio
+
+        for v in self.variants:
+            if variant_label(v, self.multi) == name:
+                return v
+        for model in self.models:               # the reference model (listed first) wins
+            for v in self.variants:
+                if v.model == model.name and v.name == name:
+                    return v
         return None
+
+    def model_of(self, name: str | None) -> Model:
+        """The model a variant belongs to (the first model for an unknown name)."""
+        v = self.variant(name)
+        if v is not None:
+            for model in self.models:
+                if model.name == v.model:
+                    return model
+        return self.models[0]
 
     def classifier(self, name: str) -> Classifier:
         """The cached Classifier of a servable variant (loaded on first use). Raises
         ValueError with a user-facing reason when it can't be served."""
         variant = self.variant(name)
         if variant is None:
-            raise ValueError(f"there is no variant {name!r} in this export")
+            where = "among the models served here" if self.multi else "in this export"
+            raise ValueError(f"there is no variant {name!r} {where}")
+        key, model = variant.key, self.model_of(variant.key)
         if not variant.servable:
             why = f" ({variant.reason})" if variant.reason else ""
-            raise ValueError(f"variant {name} did not pass the export's checks against the original model{why}, "
+            raise ValueError(f"variant {key} did not pass the export's checks against the original model{why}, "
                              "so it is not served. Pick a variant marked ok.")
-        cached = self._classifiers.get(name)     # loaded ones never wait for another variant's load
+        cached = self._classifiers.get(key)      # loaded ones never wait for another variant's load
         if cached is not None:
             return cached
         with self._load_lock:
-            if name in self._classifiers:
-                return self._classifiers[name]
-            if name in self._load_errors:
-                raise ValueError(self._load_errors[name])
+            if key in self._classifiers:
+                return self._classifiers[key]
+            if key in self._load_errors:
+                raise ValueError(self._load_errors[key])
             try:
-                clf = Classifier.load(self._source, variant=name, threads=self.config.threads,
+                if model.source is None:
+                    raise ValueError("a lone model file has no other variants")
+                clf = Classifier.load(model.source, variant=variant.name, threads=self.config.threads,
                                       max_pixels=self.config.max_pixels)
             except Exception as err:  # noqa: BLE001 - shown on the page, the app keeps serving
-                log.warning("variant %s could not be loaded: %s", name, err)
-                self._load_errors[name] = f"variant {name} could not be loaded: {err}"
-                raise ValueError(self._load_errors[name]) from None
-            self._classifiers[name] = clf
+                log.warning("variant %s could not be loaded: %s", key, err)
+                self._load_errors[key] = f"variant {key} could not be loaded: {err}"
+                raise ValueError(self._load_errors[key]) from None
+            self._classifiers[key] = clf
             return clf
 
     def median_ms(self, name: str) -> tuple[float | None, int]:
         """Median inference time of the recent requests on this machine, and how many."""
+        v = self.variant(name)
         with self._timing_lock:
-            times = list(self._timings.get(name, ()))
+            times = list(self._timings.get(v.key if v is not None else name, ()))
         return (statistics.median(times) * 1000 if times else None), len(times)
 
     def close(self) -> None:
-        with self._load_lock:
+        lock = getattr(self, "_load_lock", None) or threading.Lock()
+        with lock:
             for clf in self._classifiers.values():
                 clf.close()
             self._classifiers.clear()
@@ -192,10 +281,12 @@ class DemoService:
     def classify_bytes(self, data: bytes, name: str, variant: str | None = None) -> Outcome:
         """Decode and classify one uploaded file; never raises for bad input."""
         started = time.perf_counter()
-        variant = variant or self.default_variant
+        chosen = self.variant(variant or self.default_variant)
+        variant = chosen.key if chosen is not None else str(variant)
+        model = self.model_of(variant)
         name = Path(str(name or "image")).name or "image"
-        outcome = Outcome(file=name, variant=variant, threshold=self.threshold, positive=self.positive,
-                          negative=self.negative)
+        outcome = Outcome(file=name, variant=variant, model=model.name if chosen is not None else None,
+                          threshold=model.threshold, positive=model.positive, negative=model.negative)
         try:
             clf = self.classifier(variant)
         except ValueError as err:
@@ -263,6 +354,37 @@ class DemoService:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _unique_paths(paths: list[Path]) -> list[Path]:
+    """The paths in order, each export once (the same folder named twice is served once)."""
+    seen: set[Path] = set()
+    out = []
+    for p in paths:
+        real = p.resolve()
+        real = real.parent if real.name == MANIFEST_NAME else real
+        if real not in seen:
+            seen.add(real)
+            out.append(p)
+    return out
+
+
+def _model_names(paths: list[Path]) -> list[str]:
+    """A short, unique name per model: its export folder's name (a lone .onnx file: its stem)."""
+    names = []
+    for p in paths:
+        if p.is_dir():
+            base = p.resolve().name
+        elif p.name == MANIFEST_NAME or (p.parent / MANIFEST_NAME).is_file():
+            base = p.resolve().parent.name
+        else:
+            base = p.stem
+        base = base.replace(SEP.strip(), "-") or "model"
+        name, n = base, 2
+        while name in names:
+            name, n = f"{base}-{n}", n + 1
+        names.append(name)
+    return names
 
 
 def list_examples(folder: str | Path, limit: int = MAX_EXAMPLES) -> list[Path]:

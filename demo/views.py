@@ -11,7 +11,7 @@ import html
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from demo.service import DemoService, Outcome, Variant
+    from demo.service import DemoService, Model, Outcome, Variant
 
 DISCLAIMER = "Research and education only — not a diagnosis."
 
@@ -44,6 +44,17 @@ def fmt_ms(seconds: float | None) -> str:
         return "n/a"
     ms = seconds * 1000
     return f"{ms:.0f} ms" if ms >= 100 else f"{ms:.1f} ms"
+
+
+def fmt_count(n: int | float | None) -> str:
+    """12_345_678 -> '12.3 M' (MACs, parameters)."""
+    if n is None:
+        return "n/a"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            value = n / div
+            return f"{value:.{2 if abs(value) < 10 else 1 if abs(value) < 100 else 0}f} {unit}"
+    return f"{n:.0f}"
 
 
 def fmt_size(n: int | None) -> str:
@@ -123,16 +134,19 @@ def result_html(o: "Outcome") -> str:
 # ---------------------------------------------------------------------- variants
 
 
-def variant_label(v: "Variant") -> str:
+def variant_label(v: "Variant", with_model: bool = False) -> str:
+    """The picker's text for a variant; with several models it starts with the model's
+    name ("busi-vgg16-128-slim · onnx-int8 · ONNX int8 · 1.2 MB")."""
+    name = v.key if with_model else v.name
     kind = f"{v.format.upper()} {v.precision}"
     if v.servable:
-        return f"{v.name} · {kind} · {fmt_size(v.size_bytes)}"
-    return f"⚠ {v.name} · FAILED export checks (not served)" if v.status == "failed" else \
-        f"⚠ {v.name} · not produced ({v.status})"
+        return f"{name} · {kind} · {fmt_size(v.size_bytes)}"
+    return f"⚠ {name} · FAILED export checks (not served)" if v.status == "failed" else \
+        f"⚠ {name} · not produced ({v.status})"
 
 
 def variant_choices(service: "DemoService") -> list[tuple[str, str]]:
-    return [(variant_label(v), v.name) for v in service.variants]
+    return [(variant_label(v, service.multi), v.key) for v in service.variants]
 
 
 def _num(x: float | None, digits: int = 3) -> str:
@@ -143,12 +157,37 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 100:.1f} %"
 
 
+def _cost(model: "Model") -> str:
+    c = model.cost or {}
+    parts = [f"{fmt_count(c['macs'])} MACs per image" if c.get("macs") is not None else "",
+             f"{fmt_count(c['params'])} parameters" if c.get("params") is not None else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def threshold_sentence(model: "Model") -> str:
+    t = model.threshold_info
+    chosen = f", chosen on the {md_cell(t['chosen_on'])}" if t.get("chosen_on") else ""
+    policy = f" ({md_cell(t['policy'])})" if t.get("policy") else ""
+    return (f"Operating threshold **{model.threshold:.4g}**{chosen}{policy}: a probability at or above it "
+            f"reads as {md_cell(model.positive)}-looking.")
+
+
 def parity_markdown(service: "DemoService", name: str | None) -> str:
     v = service.variant(name)
     if v is None:
         return "Pick a variant."
-    lines = [f"**{md_cell(v.name)}**: {md_cell(v.format.upper())} {md_cell(v.precision)}, "
+    lines = [f"**{md_cell(v.key)}**: {md_cell(v.format.upper())} {md_cell(v.precision)}, "
              f"file {fmt_size(v.size_bytes)}", ""]
+    if service.multi:
+        model = service.model_of(v.key)
+        cost = _cost(model)
+        lines += [f"Model **{md_cell(model.name)}**{f' ({cost})' if cost else ''}. "
+                  + threshold_sentence(model), ""]
+        b = model.baseline
+        if b.get("auc") is not None:
+            on = (f" on the {md_cell(b['data'])}" if b.get("data")
+                  else f" on {b['n']} images" if b.get("n") is not None else "")
+            lines += [f"Its original Keras model: AUC {_num(b['auc'])}{on}.", ""]
     if v.servable:
         lines.append("Status **ok**: passed the export's checks against the original model.")
     else:
@@ -157,9 +196,10 @@ def parity_markdown(service: "DemoService", name: str | None) -> str:
                      "pick one marked ok.")
     p = v.parity
     if p is not None:
+        original = f"original (Keras) model {md_cell(v.model)}" if service.multi else "original (Keras) model"
         lines += [
             "",
-            f"Agreement with the original (Keras) model on {p.n} held-out images:",
+            f"Agreement with the {original} on {p.n} held-out images:",
             "",
             "| measure | this variant |",
             "|---|---|",
@@ -172,7 +212,7 @@ def parity_markdown(service: "DemoService", name: str | None) -> str:
         lines.append(f"| file size | {fmt_size(v.size_bytes)} |")
     elif v.servable:
         lines += ["", "No parity figures (a lone model file without an export manifest)."]
-    median, n = service.median_ms(v.name)
+    median, n = service.median_ms(v.key)
     if median is not None:
         lines += ["", f"Speed here: median inference {median:.1f} ms over the last {n} image(s)."]
     if v.notes:
@@ -181,23 +221,38 @@ def parity_markdown(service: "DemoService", name: str | None) -> str:
 
 
 def variants_table_markdown(service: "DemoService") -> str:
-    rows = ["| variant | status | size | AUC (original) | flips | max &#124;Δp&#124; | median inference here |",
-            "|---|---|---|---|---|---|---|"]
+    multi = service.multi
+    head = "| model " if multi else ""
+    rows = [f"{head}| variant | status | size | AUC (original) | flips | max &#124;Δp&#124; | median inference here |",
+            f"{'|---' if multi else ''}|---|---|---|---|---|---|---|"]
     for v in service.variants:
         p = v.parity
-        median, n = service.median_ms(v.name)
+        median, n = service.median_ms(v.key)
         speed = f"{median:.1f} ms (n={n})" if median is not None else "not run yet"
         status = "ok" if v.servable else f"⚠ {v.status}"
         auc = f"{_num(p.auc)} ({_num(p.auc_original)})" if p is not None else "n/a"
-        rows.append(f"| {md_cell(v.name)} | {status} | {fmt_size(v.size_bytes)} | {auc} | "
+        model = f"| {md_cell(v.model)} " if multi else ""
+        rows.append(f"{model}| {md_cell(v.name)} | {status} | {fmt_size(v.size_bytes)} | {auc} | "
                     f"{_pct(p.flip_rate) if p else 'n/a'} | {_num(p.max_abs_diff, 4) if p else 'n/a'} | "
                     f"{speed if v.servable else '—'} |")
     return "\n".join(rows)
 
 
 def model_summary_markdown(service: "DemoService") -> str:
-    t = service.threshold_info
-    chosen = f", chosen on the {md_cell(t['chosen_on'])}" if t.get("chosen_on") else ""
-    policy = f" ({md_cell(t['policy'])})" if t.get("policy") else ""
-    return (f"Operating threshold **{service.threshold:.4g}**{chosen}{policy}: a probability at or above it "
-            f"reads as {md_cell(service.positive)}-looking.")
+    """One model: its threshold. Several: one row per model (threshold, the original
+    Keras model's AUC, arithmetic per image when recorded)."""
+    if not service.multi:
+        return threshold_sentence(service.models[0])
+    has_cost = any(m.cost for m in service.models)
+    rows = ["Models served (each variant uses its own model's threshold):", "",
+            "| model | threshold | original AUC (n) |" + (" MACs / params |" if has_cost else ""),
+            "|---|---|---|" + ("---|" if has_cost else "")]
+    for m in service.models:
+        b = m.baseline
+        auc = f"{_num(b.get('auc'))} ({b['n']})" if b.get("n") is not None else _num(b.get("auc"))
+        cost = ""
+        if has_cost:
+            c = m.cost or {}
+            cost = f" {fmt_count(c.get('macs'))} / {fmt_count(c.get('params'))} |"
+        rows.append(f"| {md_cell(m.name)} | {m.threshold:.4g} | {auc} |{cost}")
+    return "\n".join(rows)

@@ -117,6 +117,27 @@ def test_cli_requires_a_model_when_none_is_shipped(capsys, monkeypatch, tmp_path
     assert "not a file size" in capsys.readouterr().err
 
 
+def test_cli_serves_every_shipped_model_or_each_model_given(monkeypatch, tmp_path):
+    from bcd import cli
+    from runtime import predict_files
+
+    args = cli.build_parser().parse_args(["demo", "--model", "full", "--model", "slim"])
+    assert args.model == [Path("full"), Path("slim")]
+    assert DemoConfig(model=args.model).models == [Path("full"), Path("slim")]
+    assert DemoConfig(model=[tmp_path]).model == tmp_path          # a list of one is one path
+    with pytest.raises(ValueError):
+        DemoConfig(model=[])
+    for name in ("a-other", predict_files.SHIPPED_MODEL, predict_files.SHIPPED_MODEL + "-slim"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text("{}")
+    monkeypatch.setattr(predict_files, "MODELS_DIR", tmp_path)
+    monkeypatch.delenv("BCD_MODEL", raising=False)
+    assert [p.name for p in cli._default_demo_models(predict_files)] == [
+        predict_files.SHIPPED_MODEL, "a-other", predict_files.SHIPPED_MODEL + "-slim"]
+    monkeypatch.setenv("BCD_MODEL", str(tmp_path / "a-other"))
+    assert cli._default_demo_models(predict_files) == [tmp_path / "a-other"]
+
+
 # ---------------------------------------------------------------------- served app
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -205,6 +226,77 @@ def test_service_reads_16bit_tiff_and_extensionless_dicom_like_the_runtime(demo_
         assert any("BurnedInAnnotation" in n for n in outcome.notes)
         refused = service.classify_bytes(b"GIF89a", "x.gif", "onnx-fp32")
         assert not refused.ok and "could not be used" in refused.error
+    finally:
+        service.close()
+
+
+@pytest.fixture(scope="module")
+def strict_export(tiny_export, images, expected, tmp_path_factory) -> Path:
+    """A second model: tiny_export with another operating threshold in its manifest.json
+    (what Classifier uses for an export directory; the copy embedded in the .onnx files
+    only serves a lone .onnx), chosen so that images[0] gets the opposite call."""
+    import json
+
+    out = tmp_path_factory.mktemp("demo-pair") / "tiny-strict"
+    shutil.copytree(tiny_export, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    p, t = expected[str(images[0])], manifest["threshold"]["value"]
+    manifest["threshold"]["value"] = (p + 1) / 2 if p >= t else p / 2
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def _threshold(export: Path) -> float:
+    import json
+
+    return json.loads((export / "manifest.json").read_text())["threshold"]["value"]
+
+
+def test_service_serves_several_models_each_with_its_own_threshold(demo_export, strict_export, images, expected):
+    from demo import views
+    from demo.service import DemoService
+
+    single = DemoService(DemoConfig(model=demo_export, threads=1))
+    try:   # one model: the picker as before, bare variant names
+        assert not single.multi
+        assert [value for _, value in views.variant_choices(single)] == ["onnx-fp32", "onnx-int8"]
+        assert views.variant_choices(single)[0][0].startswith("onnx-fp32 · ONNX fp32 · ")
+    finally:
+        single.close()
+    loose, strict = _threshold(demo_export), _threshold(strict_export)
+    service = DemoService(DemoConfig(model=[demo_export, strict_export], threads=1))
+    try:
+        assert service.multi and [m.name for m in service.models] == ["export", "tiny-strict"]
+        choices = views.variant_choices(service)
+        values = [value for _, value in choices]
+        assert values[:2] == ["export · onnx-fp32", "tiny-strict · onnx-fp32"]
+        ok = [v.servable for v in service.variants]
+        assert ok == sorted(ok, reverse=True) and not service.variant("export · onnx-int8").servable  # failed: last
+        labels = dict((value, label) for label, value in choices)
+        assert labels["tiny-strict · onnx-fp32"].startswith("tiny-strict · onnx-fp32 · ONNX fp32 · ")
+        assert labels["export · onnx-int8"] == "⚠ export · onnx-int8 · FAILED export checks (not served)"
+        data, p = images[0].read_bytes(), expected[str(images[0])]
+        calls = {}
+        for key, threshold in (("export · onnx-fp32", loose), ("tiny-strict · onnx-fp32", strict)):
+            for asked in (key, labels[key]):                         # the picker's value or its label
+                outcome = service.classify_bytes(data, images[0].name, asked)
+                assert outcome.ok, outcome.error
+                assert outcome.variant == key and outcome.model == key.split(" · ")[0]
+                assert outcome.probability == pytest.approx(p, abs=1e-6)
+                assert outcome.threshold == pytest.approx(threshold)
+                assert outcome.label == ("malignant" if p >= threshold else "benign")
+                calls[key] = outcome.label
+            assert views.fmt_prob_pair(p, threshold)[1] in views.result_html(outcome)
+            assert f"Operating threshold **{threshold:.4g}**" in views.parity_markdown(service, key)
+        assert calls["export · onnx-fp32"] != calls["tiny-strict · onnx-fp32"]
+        bare = service.classify_bytes(data, "x.png", "onnx-fp32")     # old API clients: the first model
+        assert bare.variant == "export · onnx-fp32" and bare.threshold == pytest.approx(loose)
+        refused = service.classify_bytes(data, "x.png", "export · onnx-int8")
+        assert not refused.ok and "did not pass the export's checks" in refused.error
+        summary = views.model_summary_markdown(service)
+        assert f"| tiny-strict | {strict:.4g} |" in summary and f"| export | {loose:.4g} |" in summary
+        assert "| model | variant |" in views.variants_table_markdown(service)
+        assert "original Keras model: AUC" in views.parity_markdown(service, "tiny-strict · onnx-fp32")
     finally:
         service.close()
 
@@ -322,6 +414,25 @@ def test_load_20_clients_x_5_requests(served, images, expected):
     assert errors == [], f"{len(errors)} of {n_clients * per_client} requests failed: {errors[:5]}"
     assert len(answered) == n_clients * per_client
     print(f"\n{n_clients * per_client} requests from {n_clients} concurrent clients in {seconds:.1f} s")
+
+
+def test_api_serves_the_selected_models_threshold(demo_export, strict_export, images, expected):
+    from demo.app import launch
+
+    blocks, url = launch(DemoConfig(model=[demo_export, strict_export], port=_free_port(), threads=1, quiet=True),
+                         block=False)
+    try:
+        client = _client(url)
+        p = expected[str(images[0])]
+        for key, threshold in (("export · onnx-fp32", _threshold(demo_export)),
+                               ("tiny-strict · onnx-fp32", _threshold(strict_export))):
+            result = _classify(client, images[0], key)
+            assert result["error"] is None and result["variant"] == key
+            assert result["probability"] == pytest.approx(p, abs=1e-6)
+            assert result["threshold"] == pytest.approx(threshold)
+            assert result["label"] == ("malignant" if p >= threshold else "benign")
+    finally:
+        blocks.close()
 
 
 # ---------------------------------------------------------------------- real browser
