@@ -108,9 +108,13 @@ def _add_slim(sub) -> None:
     p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs at most (default 30)")
     p.add_argument("--patience", type=int, default=8, help="early stopping: epochs without validation AUC gain")
     p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate, Adam (default 1e-4)")
+    p.add_argument("--lr-decay-patience", type=int, default=3,
+                   help="multiply the learning rate by 0.3 after this many epochs without validation AUC gain "
+                        "(default 3; 0 turns it off)")
     p.add_argument("--batch-size", type=int, help="default: the parent run's")
-    p.add_argument("--criterion", choices=["l1"], default="l1", help="filter importance (default l1: L1 norm of "
-                   "the filter's weights)")
+    p.add_argument("--criterion", choices=["l1", "activation"], default="l1",
+                   help="filter importance: l1 (default), the L1 norm of the filter's weights; activation, its mean "
+                        "output on 128 training images")
     p.add_argument("--min-filters", type=int, default=8, help="never keep fewer filters in a layer (default 8)")
     p.add_argument("--data", type=Path, help="where the parent run's dataset lives now, if it moved")
     p.add_argument("--resume", action="store_true", help="continue an interrupted slim run in --out")
@@ -129,7 +133,8 @@ def _cmd_slim(args) -> int:
         config = SlimConfig(
             parent=str(args.run), out=str(args.out), ratio=args.ratio, target_macs=args.target_macs,
             criterion=args.criterion, min_filters=args.min_filters, epochs=args.epochs, patience=args.patience,
-            learning_rate=args.lr, batch_size=args.batch_size, data=str(args.data) if args.data else None,
+            learning_rate=args.lr, lr_decay_patience=args.lr_decay_patience, batch_size=args.batch_size,
+            data=str(args.data) if args.data else None,
         )
         open_parent(args.run)
     except ValueError as err:   # bad numbers, or RUN is not a finished run

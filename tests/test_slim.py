@@ -226,3 +226,29 @@ def test_slim_resume_continues_with_the_pruned_model(graded_run, tmp_path):
     assert info["pruning"]["filters"]["block1_conv1"] == [64, 16]
     # resuming with another pruning setting is refused
     assert main(["slim", str(graded_run), "--out", str(out), "--ratio", "0.5", "--resume"]) == 2
+
+
+def test_activation_criterion_prunes_filters_that_never_fire():
+    # Filters whose bias is hugely negative output 0 after ReLU on every image: the
+    # activation criterion must drop exactly those first, whatever their kernel norms.
+    from train.tf_setup import keras
+
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="block1_conv1")(inp)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="block1_conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inp, keras.layers.Dense(1, activation="sigmoid", name="malignancy")(x))
+    dead = [1, 4, 6]
+    for name in ("block1_conv1", "block1_conv2"):
+        layer = model.get_layer(name)
+        kernel, bias = layer.get_weights()
+        kernel[..., dead] *= 10.0            # the largest L1 norms: l1 would keep them
+        bias[dead] = -1e6
+        layer.set_weights([kernel, bias])
+    images = np.random.default_rng(0).normal(0, 50, (12, 16, 16, 3)).astype(np.float32)
+    keep = prune.plan_keep(model, 3 / 8, "activation", min_filters=1, images=images)
+    for name in ("block1_conv1", "block1_conv2"):
+        assert list(keep[name]) == [0, 2, 3, 5, 7]
+    assert set(dead) <= set(prune.plan_keep(model, 3 / 8, "l1", min_filters=1)["block1_conv1"])
+    with pytest.raises(ValueError, match="needs images"):
+        prune.plan_keep(model, 0.5, "activation")

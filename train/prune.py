@@ -23,14 +23,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CRITERIA = ("l1",)
+CRITERIA = ("l1", "activation")
 MIN_FILTERS = 8     # below this a layer becomes a bottleneck for little further saving
 
 
 # ---- importance and keep counts (pure numpy) ----------------------------------------
 
 def filter_importance(kernel: np.ndarray, criterion: str = "l1") -> np.ndarray:
-    """One score per output filter of a conv kernel (kh, kw, cin, cout)."""
+    """One score per output filter of a conv kernel (kh, kw, cin, cout), from the
+    weights alone (the "activation" criterion needs images: activation_importance)."""
     if criterion != "l1":
         raise ValueError(f"unknown pruning criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
     return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
@@ -48,8 +49,11 @@ def keep_count(n_filters: int, ratio: float, min_filters: int = MIN_FILTERS) -> 
 def kept_filters(kernel: np.ndarray, n_keep: int, criterion: str = "l1") -> np.ndarray:
     """Indices of the n_keep most important filters, in their original order (so the
     thin network is a strict sub-network of the full one)."""
-    scores = filter_importance(kernel, criterion)
-    best = np.argsort(-scores, kind="stable")[:n_keep]
+    return top_filters(filter_importance(kernel, criterion), n_keep)
+
+
+def top_filters(scores: np.ndarray, n_keep: int) -> np.ndarray:
+    best = np.argsort(-np.asarray(scores), kind="stable")[:n_keep]
     return np.sort(best)
 
 
@@ -146,13 +150,36 @@ def first_dense_after_convs(model):
     return dense[0]
 
 
-def plan_keep(model, ratio: float, criterion: str = "l1", min_filters: int = MIN_FILTERS) -> dict[str, np.ndarray]:
+def activation_importance(model, images: np.ndarray, batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Mean post-ReLU output of every conv filter over `images` (model input, already
+    preprocessed). A from-scratch network's kernels keep norms close to their random
+    start, so L1 says little there; what a filter actually fires on data says more."""
+    from train.tf_setup import keras
+
+    names = conv_layer_names(model)
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    sums = {n: np.zeros(model.get_layer(n).filters) for n in names}
+    for start in range(0, len(images), batch_size):
+        outputs = probe(images[start:start + batch_size], training=False)
+        for name, out in zip(names, outputs):
+            sums[name] += np.asarray(out, dtype=np.float64).mean(axis=(1, 2)).sum(axis=0)
+    return {n: s / max(len(images), 1) for n, s in sums.items()}
+
+
+def plan_keep(model, ratio: float, criterion: str = "l1", min_filters: int = MIN_FILTERS,
+              images: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Kept filter indices per conv layer name: the same ratio in every layer, the most
-    important filters (by `criterion`) within each layer."""
+    important filters (by `criterion`) within each layer. "activation" needs `images`."""
+    if criterion == "activation":
+        if images is None or len(images) == 0:
+            raise ValueError("the activation criterion needs images to measure filters on")
+        scores = activation_importance(model, images)
     plan = {}
     for name in conv_layer_names(model):
         kernel = model.get_layer(name).get_weights()[0]
-        plan[name] = kept_filters(kernel, keep_count(kernel.shape[-1], ratio, min_filters), criterion)
+        n_keep = keep_count(kernel.shape[-1], ratio, min_filters)
+        plan[name] = (top_filters(scores[name], n_keep) if criterion == "activation"
+                      else kept_filters(kernel, n_keep, criterion))
     return plan
 
 

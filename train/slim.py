@@ -23,7 +23,7 @@ from runtime.preprocessing import PreprocessSpec
 from train import prune, trainer
 from train.config import TrainConfig
 from train.cost import count_macs, model_cost
-from train.data import AugmentConfig, LoadedDataset, load_folder
+from train.data import AugmentConfig, LoadedDataset, load_folder, to_model_input
 from train.dedup import DedupConfig
 from train.evaluate import predict_probabilities
 from train.metrics import ThresholdPolicy, binary_metrics
@@ -50,13 +50,14 @@ class SlimConfig:
     epochs: int = 30
     patience: int = 8                # early stopping on validation AUC
     learning_rate: float = 1e-4      # Adam; below the scratch 3e-4, above the 1e-5 block-5 fine-tune
+    lr_decay_patience: int = 3       # learning rate x0.3 after this many epochs without val AUC gain (0: off)
     batch_size: int | None = None    # None: the parent's
     data: str | None = None          # where the parent's dataset lives now (default: split.json data_root)
     bootstrap_resamples: int = 1000
 
     DEFAULT_RATIO = 0.5
     # may differ when resuming (train longer, or a run directory that was moved)
-    RESUMABLE_CHANGES = ("out", "epochs", "patience", "data", "bootstrap_resamples")
+    RESUMABLE_CHANGES = ("out", "epochs", "patience", "lr_decay_patience", "data", "bootstrap_resamples")
 
     def __post_init__(self) -> None:
         if self.ratio is not None and self.target_macs is not None:
@@ -67,6 +68,8 @@ class SlimConfig:
             raise ValueError(f"MACs target must be positive, got {self.target_macs}")
         if self.criterion not in prune.CRITERIA:
             raise ValueError(f"unknown pruning criterion {self.criterion!r}; choose from {', '.join(prune.CRITERIA)}")
+        if self.lr_decay_patience < 0:
+            raise ValueError("learning-rate decay patience must be >= 0")
         if self.epochs < 1 or self.patience < 1 or self.min_filters < 1:
             raise ValueError("epochs, patience and min filters must be at least 1")
         if self.batch_size is not None and self.batch_size < 1:
@@ -138,12 +141,26 @@ def _val_auc(model, data: LoadedDataset, split: dict, spec: PreprocessSpec) -> f
     return binary_metrics(data.labels[val], predict_probabilities(model, data.images[val], spec), 0.5)["roc_auc"]
 
 
+IMPORTANCE_IMAGES = 128   # training images the activation criterion is measured on
+
+
+def _importance_images(config: SlimConfig, data: LoadedDataset, split: dict, spec: PreprocessSpec):
+    """Training images (never validation: the pruning choice must not see it)."""
+    if config.criterion != "activation":
+        return None
+    rng = np.random.default_rng(0)
+    train = np.asarray(split["train"])
+    picked = np.sort(rng.choice(train, size=min(IMPORTANCE_IMAGES, len(train)), replace=False))
+    return to_model_input(data.images[picked], spec)
+
+
 def _prune_parent(config: SlimConfig, parent: RunDir, parent_info: dict, data: LoadedDataset,
                   split: dict, spec: PreprocessSpec):
     """The pruned model and the run.json "pruning" record."""
     full = keras.models.load_model(parent.model, compile=False)
     ratio = _choose_ratio(config, full)
-    keep = prune.plan_keep(full, ratio, config.criterion, config.min_filters)
+    keep = prune.plan_keep(full, ratio, config.criterion, config.min_filters,
+                           _importance_images(config, data, split, spec))
     thin = prune.prune_model(full, keep)
     before, after = model_cost(full), model_cost(thin)
     filters = {name: [int(full.get_layer(name).filters), int(len(idx))] for name, idx in keep.items()}
@@ -221,7 +238,7 @@ def slim(config: SlimConfig, resume: bool = False) -> RunDir:
     atomic.write_json(run.run_info, trainer._run_info(train_cfg, spec, model_info, data, phases, "training", extra))
 
     trainer.fit_phases(model, run, state, phases, data, split, spec, train_cfg.batch_size, train_cfg.seed,
-                       train_cfg.augment, config.patience, resume)
+                       train_cfg.augment, config.patience, resume, trainer.LrDecay(config.lr_decay_patience))
     policy = ThresholdPolicy(train_cfg.threshold_method, train_cfg.min_sensitivity)
     done = trainer.finish_training(run, state, phases, data, split, spec, policy, config.bootstrap_resamples)
     atomic.write_json(run.run_info, trainer._run_info(train_cfg, spec, model_info, data, phases, "complete",
