@@ -1,0 +1,78 @@
+"""The reference model shipped in models/ (issue #7): small, loads on the light runtime,
+is the default of `bcd predict`, and its model card's numbers are what `bcd evaluate`
+measures on the committed split."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.classifier import Classifier
+from runtime.manifest import read_manifest
+from runtime.model_files import sha256_file
+from runtime.predict_files import SHIPPED_MODEL, default_model_path, shipped_models
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = REPO / "models" / SHIPPED_MODEL
+BUSI = REPO.parent / "shared" / "data" / "busi"
+CARD_ROWS = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "sensitivity": "sensitivity", "specificity": "specificity",
+             "brier": "Brier score", "ece": "expected calibration error"}
+MAX_SHIPPED_BYTES = 25 * 1000 ** 2
+
+
+def _shipped_split() -> dict:
+    return json.loads((MODEL / "split.json").read_text())
+
+
+def test_every_shipped_export_is_complete_and_small():
+    assert shipped_models()[0] == MODEL
+    total = 0
+    for export in shipped_models():
+        manifest = read_manifest(export / "manifest.json")
+        files = {p.name for p in export.iterdir() if p.is_file()}
+        for v in manifest.usable_variants():
+            assert v.file in files, f"{export.name}: {v.file} listed but not shipped"
+            assert sha256_file(export / v.file) == v.sha256
+        assert "MODEL_CARD.md" in files and "split.json" in files
+        total += sum(p.stat().st_size for p in export.rglob("*") if p.is_file())
+    assert total <= MAX_SHIPPED_BYTES, f"models/ holds {total / 1e6:.1f} MB"
+
+
+def test_predict_uses_the_shipped_model_without_model_flag(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "BCD_MODEL"}
+    assert default_model_path() == MODEL or "BCD_MODEL" in os.environ
+    image = tmp_path / "scan.png"
+    import cv2
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(image), rng.integers(0, 255, (180, 220), dtype=np.uint8))
+    proc = subprocess.run([sys.executable, "-m", "bcd.cli", "predict", str(image)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"models/{SHIPPED_MODEL}/onnx-int8.onnx" in proc.stderr and "variant onnx-int8" in proc.stderr
+    assert "not a diagnosis" in proc.stdout
+    with Classifier.load(MODEL) as clf:
+        expected = clf.predict(str(image)).probability
+    assert f"{expected:.4f}" in proc.stdout
+
+
+@pytest.mark.skipif(not BUSI.is_dir(), reason="the BUSI development folder is not here")
+def test_model_card_numbers_are_what_evaluate_measures(tmp_path):
+    from train.evaluate_export import evaluate_export_split
+
+    doc = evaluate_export_split(MODEL, split_root=BUSI, out=tmp_path / "eval")
+    committed = json.loads((MODEL / "eval-onnx-int8-test" / "metrics.json").read_text())
+    fresh, saved = doc["at_operating_threshold"], committed["at_operating_threshold"]
+    card = (MODEL / "MODEL_CARD.md").read_text()
+    for key, label in CARD_ROWS.items():
+        # INT8 kernels differ slightly between CPUs; the card's three decimals must hold.
+        assert abs(fresh[key] - saved[key]) < 5e-4, key
+        assert f"| {label} | {saved[key]:.3f}" in card, f"card row {label!r} does not show {saved[key]:.3f}"
+    assert fresh["confusion_matrix"] == saved["confusion_matrix"]
+    assert f"threshold {doc['threshold']['value']:.4f}" in card
+    n = len(_shipped_split()["files"]["test"])
+    assert fresh["n"] == n and f"n = {n}" in card
