@@ -25,10 +25,6 @@ CARD_ROWS = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "sensitivity": "sensitivi
 MAX_SHIPPED_BYTES = 25 * 1000 ** 2
 
 
-def _shipped_split() -> dict:
-    return json.loads((MODEL / "split.json").read_text())
-
-
 def test_every_shipped_export_is_complete_and_small():
     assert shipped_models()[0] == MODEL
     total = 0
@@ -61,18 +57,20 @@ def test_predict_uses_the_shipped_model_without_model_flag(tmp_path):
 
 
 @pytest.mark.skipif(not BUSI.is_dir(), reason="the BUSI development folder is not here")
-def test_model_card_numbers_are_what_evaluate_measures(tmp_path):
+@pytest.mark.parametrize("export", shipped_models(), ids=lambda p: p.name)
+def test_model_card_numbers_are_what_evaluate_measures(export, tmp_path):
     from train.evaluate_export import evaluate_export_split
 
-    doc = evaluate_export_split(MODEL, split_root=BUSI, out=tmp_path / "eval")
-    committed = json.loads((MODEL / "eval-onnx-int8-test" / "metrics.json").read_text())
+    doc = evaluate_export_split(export, split_root=BUSI, out=tmp_path / "eval")
+    variant = doc["model"].split("/")[-1]
+    committed = json.loads((export / f"eval-{variant}-test" / "metrics.json").read_text())
     fresh, saved = doc["at_operating_threshold"], committed["at_operating_threshold"]
-    card = (MODEL / "MODEL_CARD.md").read_text()
+    card = (export / "MODEL_CARD.md").read_text()
     for key, label in CARD_ROWS.items():
         # INT8 kernels differ slightly between CPUs; the card's three decimals must hold.
         assert abs(fresh[key] - saved[key]) < 5e-4, key
         assert f"| {label} | {saved[key]:.3f}" in card, f"card row {label!r} does not show {saved[key]:.3f}"
     assert fresh["confusion_matrix"] == saved["confusion_matrix"]
     assert f"threshold {doc['threshold']['value']:.4f}" in card
-    n = len(_shipped_split()["files"]["test"])
+    n = len(json.loads((export / "split.json").read_text())["files"]["test"])
     assert fresh["n"] == n and f"n = {n}" in card
