@@ -451,7 +451,7 @@ def test_browser_upload_shows_result_heatmap_and_disclaimer(served, images):
         pytest.skip("playwright is not installed (pip install -e '.[dev]')")
     _, url = served
     RESULTS.mkdir(exist_ok=True)
-    shot = RESULTS / "demo.png"
+    shot = RESULTS / "demo-tiny.png"
     outside: list[str] = []
     image = next(p for p in images if "malignant" in str(p)) if any("malignant" in str(p) for p in images) \
         else images[0]
@@ -483,3 +483,52 @@ def test_browser_upload_shows_result_heatmap_and_disclaimer(served, images):
             browser.close()
     assert shot.is_file() and shot.stat().st_size > 10_000
     assert outside == [], f"the page tried to reach other hosts: {outside}"
+
+
+SHIPPED_BUSI = REPO.parent / "shared" / "data" / "busi"
+
+
+def test_browser_with_the_shipped_models_on_a_real_image(tmp_path):
+    """results/demo.png: what a newcomer sees after `bcd demo`, the shipped reference
+    model(s) on a malignant image of the shipped split's held-out test part."""
+    import json
+
+    from demo.app import launch
+    from runtime.predict_files import shipped_models
+
+    models = shipped_models()
+    if not models or not SHIPPED_BUSI.is_dir() or not Path(CHROMIUM).exists():
+        if IN_CI:
+            pytest.fail("CI must have the shipped model, the BUSI folder and chromium")
+        pytest.skip("needs models/, ../shared/data/busi and chromium")
+    from playwright.sync_api import sync_playwright
+
+    split = json.loads((models[0] / "split.json").read_text())
+    name = next(f["path"] for f in split["files"]["test"] if f["class"] == "malignant")
+    image = tmp_path / Path(name).name.replace(" ", "_")
+    shutil.copy(SHIPPED_BUSI / name, image)
+    blocks, url = launch(DemoConfig(model=models, port=_free_port(), quiet=True), block=False)
+    RESULTS.mkdir(exist_ok=True)
+    shot = RESULTS / "demo.png"
+    try:
+        with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="bcd-chromium-") as profile:
+            browser = pw.chromium.launch_persistent_context(
+                profile, executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS,
+                viewport={"width": 1400, "height": 1000})
+            try:
+                page = browser.new_page()
+                page.goto(url, wait_until="load", timeout=60_000)
+                page.locator("#bcd-upload input[type=file]").set_input_files(str(image), timeout=60_000)
+                page.locator("#bcd-result .bcd-verdict").wait_for(timeout=60_000)
+                page.locator("#bcd-overlay img").wait_for(timeout=30_000)
+                page.wait_for_timeout(500)
+                card = page.locator("#bcd-result").inner_text()
+                assert "probability" in card and "not a diagnosis" in card
+                picked = page.locator("#bcd-variant").inner_text()
+                assert "onnx-int8" in picked and (len(models) == 1 or models[0].name in picked)
+                page.screenshot(path=str(shot), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        blocks.close()
+    assert shot.stat().st_size > 10_000
