@@ -6,6 +6,7 @@ The app runs in this process (prevent_thread_lock); every request goes over HTTP
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -438,13 +439,37 @@ def test_api_serves_the_selected_models_threshold(demo_export, strict_export, im
 # ---------------------------------------------------------------------- real browser
 
 
+@contextlib.contextmanager
+def _chromium_page():
+    """A page in Debian's headless Chromium, driven by Playwright, with a throwaway profile."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="bcd-chromium-") as profile:
+        browser = pw.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS,
+            viewport={"width": 1400, "height": 1000})
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+
+
+def _upload_and_wait(page, url: str, image: Path) -> None:
+    """Open the demo, upload one image, wait for the verdict and the Grad-CAM overlay."""
+    page.goto(url, wait_until="load", timeout=60_000)
+    page.locator("#bcd-upload input[type=file]").set_input_files(str(image), timeout=60_000)
+    page.locator("#bcd-result .bcd-verdict").wait_for(timeout=60_000)
+    page.locator("#bcd-overlay img").wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+
+
 def test_browser_upload_shows_result_heatmap_and_disclaimer(served, images):
     if not Path(CHROMIUM).exists():
         if IN_CI:
             pytest.fail(f"{CHROMIUM} is missing in CI (.ci/run installs Debian's chromium)")
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         if IN_CI:
             raise
@@ -455,32 +480,21 @@ def test_browser_upload_shows_result_heatmap_and_disclaimer(served, images):
     outside: list[str] = []
     image = next(p for p in images if "malignant" in str(p)) if any("malignant" in str(p) for p in images) \
         else images[0]
-    with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="bcd-chromium-") as profile:
-        browser = pw.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS,
-            viewport={"width": 1400, "height": 1000})
-        try:
-            page = browser.new_page()
-            page.on("request", lambda r: outside.append(r.url)
-                    if not r.url.startswith((url.rstrip("/"), "data:", "blob:")) else None)
-            page.goto(url, wait_until="load", timeout=60_000)
-            page.locator("#bcd-upload input[type=file]").set_input_files(str(image), timeout=60_000)
-            page.locator("#bcd-result .bcd-verdict").wait_for(timeout=60_000)
-            page.locator("#bcd-overlay img").wait_for(timeout=30_000)
-            page.wait_for_timeout(500)
-            card = page.locator("#bcd-result").inner_text()
-            assert "probability" in card and "threshold" in card
-            assert "Research and education only — not a diagnosis." in card
-            assert page.locator("#bcd-input img").is_visible() and page.locator("#bcd-overlay img").is_visible()
-            assert "onnx-int8" in page.locator("#bcd-variant").inner_text()
-            assert "AUC" in page.locator("#bcd-parity").inner_text()
-            page.screenshot(path=str(shot), full_page=True)
-            # the variant that failed the export's checks is labelled and refused with a message
-            page.get_by_text("onnx-int8 · FAILED").click()
-            page.locator("#bcd-result .bcd-error").wait_for(timeout=30_000)
-            assert "not served" in page.locator("#bcd-result").inner_text()
-        finally:
-            browser.close()
+    with _chromium_page() as page:
+        page.on("request", lambda r: outside.append(r.url)
+                if not r.url.startswith((url.rstrip("/"), "data:", "blob:")) else None)
+        _upload_and_wait(page, url, image)
+        card = page.locator("#bcd-result").inner_text()
+        assert "probability" in card and "threshold" in card
+        assert "Research and education only — not a diagnosis." in card
+        assert page.locator("#bcd-input img").is_visible() and page.locator("#bcd-overlay img").is_visible()
+        assert "onnx-int8" in page.locator("#bcd-variant").inner_text()
+        assert "AUC" in page.locator("#bcd-parity").inner_text()
+        page.screenshot(path=str(shot), full_page=True)
+        # the variant that failed the export's checks is labelled and refused with a message
+        page.get_by_text("onnx-int8 · FAILED").click()
+        page.locator("#bcd-result .bcd-error").wait_for(timeout=30_000)
+        assert "not served" in page.locator("#bcd-result").inner_text()
     assert shot.is_file() and shot.stat().st_size > 10_000
     assert outside == [], f"the page tried to reach other hosts: {outside}"
 
@@ -501,7 +515,6 @@ def test_browser_with_the_shipped_models_on_a_real_image(tmp_path):
         if IN_CI:
             pytest.fail("CI must have the shipped model, the BUSI folder and chromium")
         pytest.skip("needs models/, ../shared/data/busi and chromium")
-    from playwright.sync_api import sync_playwright
 
     split = json.loads((models[0] / "split.json").read_text())
     name = next(f["path"] for f in split["files"]["test"] if f["class"] == "malignant")
@@ -511,24 +524,13 @@ def test_browser_with_the_shipped_models_on_a_real_image(tmp_path):
     RESULTS.mkdir(exist_ok=True)
     shot = RESULTS / "demo.png"
     try:
-        with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="bcd-chromium-") as profile:
-            browser = pw.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS,
-                viewport={"width": 1400, "height": 1000})
-            try:
-                page = browser.new_page()
-                page.goto(url, wait_until="load", timeout=60_000)
-                page.locator("#bcd-upload input[type=file]").set_input_files(str(image), timeout=60_000)
-                page.locator("#bcd-result .bcd-verdict").wait_for(timeout=60_000)
-                page.locator("#bcd-overlay img").wait_for(timeout=30_000)
-                page.wait_for_timeout(500)
-                card = page.locator("#bcd-result").inner_text()
-                assert "probability" in card and "not a diagnosis" in card
-                picked = page.locator("#bcd-variant").inner_text()
-                assert "onnx-int8" in picked and (len(models) == 1 or models[0].name in picked)
-                page.screenshot(path=str(shot), full_page=True)
-            finally:
-                browser.close()
+        with _chromium_page() as page:
+            _upload_and_wait(page, url, image)
+            card = page.locator("#bcd-result").inner_text()
+            assert "probability" in card and "not a diagnosis" in card
+            picked = page.locator("#bcd-variant").inner_text()
+            assert "onnx-int8" in picked and (len(models) == 1 or models[0].name in picked)
+            page.screenshot(path=str(shot), full_page=True)
     finally:
         blocks.close()
     assert shot.stat().st_size > 10_000
