@@ -252,3 +252,23 @@ def test_activation_criterion_prunes_filters_that_never_fire():
     assert set(dead) <= set(prune.plan_keep(model, 3 / 8, "l1", min_filters=1)["block1_conv1"])
     with pytest.raises(ValueError, match="needs images"):
         prune.plan_keep(model, 0.5, "activation")
+
+
+def test_fine_tuning_must_beat_the_pruned_model(graded_run, tmp_path):
+    # A learning rate of 50 wrecks the network in one epoch; the kept model must then be
+    # the pruned model itself (epoch 0), weight for weight, not the wrecked one.
+    from train.tf_setup import keras
+
+    out = tmp_path / "slim"
+    assert main(["slim", str(graded_run), "--out", str(out), "--ratio", "0.25", "--epochs", "1",
+                 "--lr", "50", "--lr-decay-patience", "0"]) == 0
+    info = json.loads((out / "run.json").read_text())
+    full = keras.models.load_model(graded_run / "model.keras", compile=False)
+    keep = {name: np.array(idx) for name, idx in info["pruning"]["kept_filter_indices"].items()}
+    pruned = prune.prune_model(full, keep)
+    kept = keras.models.load_model(out / "model.keras", compile=False)
+    if info["best_epoch"] == 0:
+        for a, b in zip(pruned.get_weights(), kept.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    else:   # the wrecked epoch somehow scored higher on validation: then it was kept on merit
+        assert info["best_val_auc"] > info["pruning"]["val_auc_pruned_before_finetune"]

@@ -204,6 +204,17 @@ def _check_resume(run: RunDir, config: SlimConfig) -> dict:
     return saved
 
 
+def _pruned_model_is_epoch_zero(model, run: RunDir, state: dict, val_auc: float | None) -> None:
+    """The pruned model, before any fine-tuning, is the first candidate: fine-tuning must
+    beat its validation AUC to replace it (a gentle pruning step can already be within
+    budget, and the first fine-tuning epochs can make it worse)."""
+    if val_auc is None:
+        return
+    with atomic.atomic_path(run.model) as tmp:
+        model.save(tmp)
+    state.update(best_val_auc=float(val_auc), best_epoch=0)
+
+
 def slim(config: SlimConfig, resume: bool = False) -> RunDir:
     """Prune the parent run's model, fine-tune it, evaluate it; return the new run."""
     parent, parent_info, split_doc = open_parent(config.parent)
@@ -234,6 +245,7 @@ def slim(config: SlimConfig, resume: bool = False) -> RunDir:
         model_info = {**parent_info.get("model", {}), "cost": model_cost(model),
                       "pruned": f"{pruning['ratio']:.3f} of the filters of every conv layer removed "
                                 f"({config.criterion} criterion), then fine-tuned"}
+        _pruned_model_is_epoch_zero(model, run, state, pruning["val_auc_pruned_before_finetune"])
     extra = {"slim": config.to_dict(), "pruning": pruning}
     atomic.write_json(run.run_info, trainer._run_info(train_cfg, spec, model_info, data, phases, "training", extra))
 
