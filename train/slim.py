@@ -141,6 +141,16 @@ def _val_auc(model, data: LoadedDataset, split: dict, spec: PreprocessSpec) -> f
     return binary_metrics(data.labels[val], predict_probabilities(model, data.images[val], spec), 0.5)["roc_auc"]
 
 
+def _keras_val_auc(model, data: LoadedDataset, split: dict, spec: PreprocessSpec) -> float:
+    """Validation AUC as the training loop measures it (Keras' AUC metric, 200 thresholds),
+    so the pruned model is compared with the fine-tuned epochs on the same scale; the
+    exact (rank) AUC in the run record can differ from it by a few thousandths."""
+    val = split["val"]
+    metric = keras.metrics.AUC()
+    metric.update_state(data.labels[val], predict_probabilities(model, data.images[val], spec))
+    return float(metric.result())
+
+
 IMPORTANCE_IMAGES = 128   # training images the activation criterion is measured on
 
 
@@ -213,6 +223,7 @@ def _pruned_model_is_epoch_zero(model, run: RunDir, state: dict, val_auc: float 
     with atomic.atomic_path(run.model) as tmp:
         model.save(tmp)
     state.update(best_val_auc=float(val_auc), best_epoch=0)
+    log.info("epoch 0 (pruned, before fine-tuning): val_auc %.4f (saved; fine-tuning must beat it)", val_auc)
 
 
 def slim(config: SlimConfig, resume: bool = False) -> RunDir:
@@ -245,7 +256,7 @@ def slim(config: SlimConfig, resume: bool = False) -> RunDir:
         model_info = {**parent_info.get("model", {}), "cost": model_cost(model),
                       "pruned": f"{pruning['ratio']:.3f} of the filters of every conv layer removed "
                                 f"({config.criterion} criterion), then fine-tuned"}
-        _pruned_model_is_epoch_zero(model, run, state, pruning["val_auc_pruned_before_finetune"])
+        _pruned_model_is_epoch_zero(model, run, state, _keras_val_auc(model, data, split, spec))
     extra = {"slim": config.to_dict(), "pruning": pruning}
     atomic.write_json(run.run_info, trainer._run_info(train_cfg, spec, model_info, data, phases, "training", extra))
 
