@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export.qat import _balanced_weights
+from export.finetune import fine_tune, weight_copy
 from runtime.preprocessing import PreprocessSpec
-from train.data import make_tf_dataset
 from train.tf_setup import keras
 
 log = logging.getLogger(__name__)
@@ -79,11 +78,9 @@ def magnitude_prune(model, images_uint8: np.ndarray, labels: np.ndarray, spec: P
     if epochs < 1:
         raise ValueError("magnitude pruning needs at least one fine-tuning epoch")
     start = time.monotonic()
-    keras.utils.set_random_seed(seed)
     # Work on a copy: the wrappers below reuse the layers they wrap, and the dense model
     # must stay as it is for the other variants.
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    copy = weight_copy(model, seed)
     steps = math.ceil(len(labels) / batch_size) * epochs
     schedule, text = _schedule(tfmot, sparsity, steps)
     prune = tfmot.sparsity.keras.prune_low_magnitude
@@ -92,14 +89,8 @@ def magnitude_prune(model, images_uint8: np.ndarray, labels: np.ndarray, spec: P
         return prune(layer, pruning_schedule=schedule) if prunable(layer) else layer
 
     pruned = keras.models.clone_model(copy, clone_function=wrap)
-    pruned.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy",
-                   metrics=[keras.metrics.AUC(name="auc")])
-    data = make_tf_dataset(images_uint8, labels, spec, batch_size, training=True, seed=seed)
-    history = pruned.fit(data, epochs=epochs, class_weight=_balanced_weights(labels), verbose=0,
-                         callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
-    for epoch in range(epochs):
-        log.info("pruning fine-tune epoch %d/%d: loss %.4f, AUC %.3f", epoch + 1, epochs,
-                 history.history["loss"][epoch], history.history.get("auc", [float("nan")] * epochs)[epoch])
+    history = fine_tune(pruned, images_uint8, labels, spec, epochs, learning_rate, batch_size, seed,
+                        "pruning fine-tune", callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     # The optimizer's last step may have moved masked weights; apply the masks once more.
     for layer in pruned.layers:
         if hasattr(layer, "pruning_vars"):         # the prune_low_magnitude wrappers
@@ -115,4 +106,4 @@ def magnitude_prune(model, images_uint8: np.ndarray, labels: np.ndarray, spec: P
     log.info("magnitude pruning: %.1f%% of the Conv2D/Dense kernels are zero (target %.0f%%)",
              100 * achieved, 100 * sparsity)
     return SparseResult(stripped, sparsity, achieved, text, epochs, learning_rate, int(len(labels)),
-                        time.monotonic() - start, {k: [float(v) for v in vals] for k, vals in history.history.items()})
+                        time.monotonic() - start, history)
