@@ -8,7 +8,7 @@ import logging
 import numpy as np
 
 from runtime.preprocessing import PreprocessSpec
-from train.data import make_tf_dataset
+from train.data import balanced_class_weights, make_tf_dataset
 from train.tf_setup import keras
 
 log = logging.getLogger(__name__)
@@ -22,20 +22,13 @@ def weight_copy(model, seed: int):
     return copy
 
 
-def balanced_weights(labels: np.ndarray) -> dict[int, float] | None:
-    counts = np.bincount(labels.astype(int), minlength=2)
-    if counts.min() == 0:
-        return None
-    return {c: float(len(labels) / (2 * counts[c])) for c in (0, 1)}
-
-
 def fine_tune(model, images_uint8: np.ndarray, labels: np.ndarray, spec: PreprocessSpec, epochs: int,
               learning_rate: float, batch_size: int, seed: int, what: str, callbacks=()) -> dict:
     """Compile and fit `model` in place; returns its history (floats), one log line per epoch."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy",
                   metrics=[keras.metrics.AUC(name="auc")])
     data = make_tf_dataset(images_uint8, labels, spec, batch_size, training=True, seed=seed)
-    history = model.fit(data, epochs=epochs, class_weight=balanced_weights(labels), verbose=0,
+    history = model.fit(data, epochs=epochs, class_weight=balanced_class_weights(labels), verbose=0,
                         callbacks=list(callbacks)).history
     for epoch in range(epochs):
         log.info("%s epoch %d/%d: loss %.4f, AUC %.3f", what, epoch + 1, epochs,

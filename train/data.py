@@ -161,3 +161,12 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
 def to_model_input(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8 resized images -> normalized float32 batch (no augmentation)."""
     return normalize(images.astype(np.float32), spec).astype(np.float32)
+
+
+def balanced_class_weights(labels: np.ndarray) -> dict[int, float] | None:
+    """Keras class weights that give both classes equal total weight; None when a class
+    is missing (no weighting can balance it)."""
+    counts = np.bincount(np.asarray(labels).astype(int), minlength=2)
+    if counts.min() == 0:
+        return None
+    return {c: float(len(labels) / (2 * counts[c])) for c in (0, 1)}

@@ -20,7 +20,7 @@ from runtime.preprocessing import PreprocessSpec
 from train import evaluate
 from train.config import TrainConfig
 from train.cost import model_cost
-from train.data import LoadedDataset, load_folder, make_tf_dataset
+from train.data import LoadedDataset, balanced_class_weights, load_folder, make_tf_dataset
 from train.dedup import DedupConfig, group_ids
 from train.metrics import ThresholdPolicy
 from train.model import ModelConfig, build_model, set_trainable_blocks
@@ -190,10 +190,10 @@ def _split(config: TrainConfig, run: RunDir, data: LoadedDataset, resume: bool) 
 
 
 def _class_weights(labels: np.ndarray) -> dict[int, float]:
-    counts = np.bincount(labels, minlength=2)
-    if counts.min() == 0:
+    weights = balanced_class_weights(labels)
+    if weights is None:
         raise ValueError("the training split lacks one of the classes; add images or change the split")
-    return {c: float(len(labels) / (2 * counts[c])) for c in (0, 1)}
+    return weights
 
 
 def _compile(model, learning_rate: float) -> None:
