@@ -99,11 +99,15 @@ class _Exporter:
             return images
         return self.lazy.get("calibration", make)
 
+    def train_images(self):
+        """The training split, read once for QAT and magnitude pruning alike."""
+        return self.lazy.get("train_images", lambda: split_images(self.run, "train"))
+
     def qat(self):
         def make():
             from export.qat import quantization_aware_finetune
             c = self.config
-            train = split_images(self.run, "train")
+            train = self.train_images()
             log.info("  quantization-aware fine-tuning: %d epoch(s) on %s, learning rate %g",
                      c.qat_epochs, train.description, c.qat_learning_rate)
             return quantization_aware_finetune(self.model, train.images, train.labels, self.spec, c.qat_epochs,
@@ -114,7 +118,7 @@ class _Exporter:
         def make():
             from export.sparsity import magnitude_prune
             c = self.config
-            train = split_images(self.run, "train")
+            train = self.train_images()
             log.info("  magnitude pruning to %.0f%% sparsity: %d fine-tuning epoch(s) on %s, learning rate %g",
                      100 * c.sparsity, c.sparsity_epochs, train.description, c.sparsity_learning_rate)
             return magnitude_prune(self.model, train.images, train.labels, self.spec, c.sparsity,
