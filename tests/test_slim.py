@@ -254,21 +254,38 @@ def test_activation_criterion_prunes_filters_that_never_fire():
         prune.plan_keep(model, 0.5, "activation")
 
 
-def test_fine_tuning_must_beat_the_pruned_model(graded_run, tmp_path):
-    # A learning rate of 50 wrecks the network in one epoch; the kept model must then be
-    # the pruned model itself (epoch 0), weight for weight, not the wrecked one.
+def test_fine_tuning_must_beat_the_pruned_model(tmp_path):
+    # The pruned model is saved as epoch 0; a worse fine-tuning epoch must leave it in
+    # place, weight for weight, and only a better one may replace it.
+    from train.run_dir import RunDir
+    from train.slim import _pruned_model_is_epoch_zero
     from train.tf_setup import keras
+    from train.trainer import EpochCheckpoint, Phase, new_state
 
-    out = tmp_path / "slim"
-    assert main(["slim", str(graded_run), "--out", str(out), "--ratio", "0.25", "--epochs", "1",
-                 "--lr", "50", "--lr-decay-patience", "0"]) == 0
-    info = json.loads((out / "run.json").read_text())
-    full = keras.models.load_model(graded_run / "model.keras", compile=False)
-    keep = {name: np.array(idx) for name, idx in info["pruning"]["kept_filter_indices"].items()}
-    pruned = prune.prune_model(full, keep)
-    kept = keras.models.load_model(out / "model.keras", compile=False)
-    if info["best_epoch"] == 0:
-        for a, b in zip(pruned.get_weights(), kept.get_weights()):
-            np.testing.assert_array_equal(a, b)
-    else:   # the wrecked epoch somehow scored higher on validation: then it was kept on merit
-        assert info["best_val_auc"] > info["pruning"]["val_auc_pruned_before_finetune"]
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    run = RunDir(tmp_path)
+    run.checkpoint_dir.mkdir(parents=True)
+    state = new_state()
+    pruned = [w.copy() for w in model.get_weights()]
+    _pruned_model_is_epoch_zero(model, run, state, 0.8)
+    assert (state["best_val_auc"], state["best_epoch"]) == (0.8, 0)
+    cb = EpochCheckpoint(run, state, Phase("slim", 0, 5, "all", 1e-3), patience=5)
+    cb.set_model(model)
+    cb.set_params({"epochs": 5})
+    logs = {"loss": 0.5, "auc": 0.9, "val_loss": 0.6}
+
+    model.set_weights([w + 1.0 for w in pruned])            # a worse epoch
+    cb.on_epoch_end(0, {**logs, "val_auc": 0.7})
+    kept = keras.models.load_model(run.model, compile=False).get_weights()
+    for a, b in zip(pruned, kept):
+        np.testing.assert_array_equal(a, b)
+    assert state["best_epoch"] == 0
+
+    better = [w + 2.0 for w in pruned]                     # a better one
+    model.set_weights(better)
+    cb.on_epoch_end(1, {**logs, "val_auc": 0.85})
+    kept = keras.models.load_model(run.model, compile=False).get_weights()
+    for a, b in zip(better, kept):
+        np.testing.assert_array_equal(a, b)
+    assert (state["best_epoch"], state["best_val_auc"]) == (2, 0.85)
