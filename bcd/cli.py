@@ -34,23 +34,94 @@ def _missing_extra(extra: str, err: ImportError) -> UsageError:
                       f"pip install 'breast-cancer-edge[{extra}]'")
 
 
+# ---- datasets ----------------------------------------------------------------------
+
+_CSV_MAP_HELP = ("how a CSV index's columns map to image path, label, group (patient) and lesion mask; applies to "
+                 "the --data given just before it. BUS-BRA's bus_data.csv: "
+                 "'path=Images/{ID}.png,label=Pathology,group=Case,mask=Masks/mask_{ID#bus_}.png' "
+                 "({COL#PREFIX} drops PREFIX from the value). Default: the columns path,label[,group][,mask]")
+
+
+class _DataAction(argparse.Action):
+    """--data PATH or NAME=PATH, repeatable; a following --csv-map attaches to it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, self.dest, None) or [])
+        items.append({"text": values, "mapping": None})
+        setattr(namespace, self.dest, items)
+        namespace._last_data = (self.dest, len(items) - 1)
+
+
+class _CsvMapAction(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        last = getattr(namespace, "_last_data", None)
+        if last is None:
+            parser.error("--csv-map must follow the --data (CSV file) it describes")
+        dest, index = last
+        getattr(namespace, dest)[index]["mapping"] = values
+
+
+def _add_data_options(p, dest: str = "data", flag: str = "--data", help_text: str = "", multiple: bool = True) -> None:
+    p.add_argument(flag, dest=dest, action=_DataAction, metavar="[NAME=]PATH",
+                   help=help_text + (" (repeat it for several datasets)" if multiple else ""))
+    if not any(a.dest == "_csv_map" for a in p._actions):
+        p.add_argument("--csv-map", dest="_csv_map", action=_CsvMapAction, metavar="MAPPING", help=_CSV_MAP_HELP)
+
+
+def _sources(items, labels=None, single: str | None = None):
+    """DataSource objects for the --data items (errors become usage errors)."""
+    from runtime.dataset import CsvMapping, DatasetError, DataSource
+    if not items:
+        return []
+    if single and len(items) > 1:
+        raise UsageError(f"{single} takes one dataset")
+    try:
+        return [DataSource.parse(i["text"], CsvMapping.parse(i["mapping"]) if i["mapping"] else None, labels)
+                for i in items]
+    except DatasetError as err:
+        raise UsageError(str(err)) from None
+
+
 # ---- train -------------------------------------------------------------------------
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="fine-tune VGG16 on a folder-per-class dataset and evaluate it")
-    p.add_argument("--data", type=Path, help="dataset folder (class folders benign/, malignant/, normal/ ...); "
-                   "omitted: a small built-in synthetic set, to check the pipeline")
+    p = sub.add_parser("train", help="train VGG16 on one or more datasets (class folders or CSV indexes) and evaluate it")
+    _add_data_options(p, help_text="dataset: a folder of class folders (benign/, malignant/, normal/ ...) or a CSV "
+                      "index; NAME= names the source (default: the folder's name, or the CSV's folder's); "
+                      "omitted: a small built-in synthetic set, to check the pipeline")
     p.add_argument("--out", type=Path, required=True, help="run directory to create")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--weights", default="none", help="imagenet | none | PATH to a no-top VGG16 .h5 file")
+    p.add_argument("--weights", default="none",
+                   help="imagenet | none | PATH to a no-top VGG16 .h5 file | an earlier RUN directory or .keras model "
+                        "of the same architecture (fine-tuning from it, offline)")
+    p.add_argument("--arch", choices=["vgg16", "vgg16-bn"], default="vgg16",
+                   help="vgg16 (plain, default; the only one ImageNet weights fit) or vgg16-bn (batch norm after every "
+                        "conv, from scratch; folded into the convs in the saved model)")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="share of VGG16's filters per conv layer, e.g. 0.5 (from scratch; default 1)")
+    p.add_argument("--augment", choices=["basic", "ultrasound"], default="basic",
+                   help="augmentation preset: basic (flips, rotation, zoom, gain, contrast; default) or ultrasound "
+                        "(adds gamma, speckle, blur, aspect-ratio crops and pasted burned-in marks)")
+    p.add_argument("--lesion-weight", type=float, default=0.0,
+                   help="> 0: train an auxiliary lesion head on the lesion masks (where a source has them) with this "
+                        "loss weight, e.g. 0.5, to pull the features toward the lesion (default 0: off)")
+    p.add_argument("--val-source", metavar="NAME",
+                   help="hold this source out entirely as the validation split (early stopping, threshold): an honest "
+                        "estimate of a hospital the model has not seen")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="auto (default): mixed bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX), "
+                        "else float32. The saved model is float32 either way")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--patience", type=int, default=8, help="early stopping: epochs without validation AUC gain")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate from scratch (Adam; default 3e-4, or 1e-3 with --arch vgg16-bn)")
     p.add_argument("--lr-decay-patience", type=int, default=4,
                    help="multiply the learning rate by 0.3 after this many epochs without validation AUC gain "
                         "(default 4; 0 turns it off)")
-    p.add_argument("--labels", default=None, help="class folder to label map, e.g. 'benign=0,normal=0,malignant=1' (default)")
+    p.add_argument("--labels", default=None, help="class folder / label value to label map, e.g. "
+                   "'benign=0,normal=0,malignant=1' (default)")
     p.add_argument("--threshold", choices=["sensitivity", "youden"], default="sensitivity",
                    help="operating threshold chosen on validation: best specificity at sensitivity >= "
                         "--min-sensitivity (default), or Youden's J")
@@ -62,20 +133,31 @@ def _add_train(sub) -> None:
 def _cmd_train(args) -> int:
     try:
         from runtime.dataset import LabelMap
+        from train.augment import AugmentConfig
         from train.config import TrainConfig
         from train.trainer import LOG_NAME, train
     except ImportError as err:
         raise _missing_extra("train", err)
-    labels = LabelMap.parse(args.labels).to_dict() if args.labels else None
-    config = TrainConfig(
-        out=str(args.out), data=str(args.data) if args.data else None, image_size=args.image_size,
-        epochs=args.epochs, weights=args.weights, seed=args.seed, batch_size=args.batch_size,
-        patience=args.patience, lr_decay_patience=args.lr_decay_patience,
-        threshold_method=args.threshold, min_sensitivity=args.min_sensitivity,
-        **({"class_labels": labels} if labels else {}),
-    )
-    if args.data is not None and not args.data.is_dir():
-        raise UsageError(f"--data {args.data}: no such folder")
+    labels = LabelMap.parse(args.labels) if args.labels else None
+    sources = _sources(args.data, labels)
+    bn = args.arch == "vgg16-bn"
+    try:
+        config = TrainConfig(
+            out=str(args.out), image_size=args.image_size, epochs=args.epochs, weights=args.weights, seed=args.seed,
+            batch_size=args.batch_size, patience=args.patience, lr_decay_patience=args.lr_decay_patience,
+            threshold_method=args.threshold, min_sensitivity=args.min_sensitivity,
+            data=tuple({"path": str(s.path), "name": s.name, "mapping": s.mapping.to_dict() if s.mapping else None}
+                       for s in sources) or None,
+            val_source=args.val_source, precision=args.precision, batch_norm=bn, width=args.width,
+            lesion_weight=args.lesion_weight, augment=AugmentConfig.preset(args.augment),
+            lr_scratch=args.lr if args.lr is not None else (1e-3 if bn else 3e-4),
+            **({"class_labels": labels.to_dict()} if labels else {}),
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if args.val_source and args.val_source not in {s.name for s in sources}:
+        raise UsageError(f"--val-source {args.val_source}: not one of the sources "
+                         f"({', '.join(s.name for s in sources) or 'none given'})")
     _setup_logging(args.out / LOG_NAME)
     run = train(config, resume=args.resume)
     print(f"\nrun written to {run.root}: model.keras, split.json, metrics.json, metrics.md, plots/")
@@ -158,7 +240,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("model", type=Path, nargs="?",
                    help="run directory (or its model.keras), or an export directory (scored through the runtime, "
                         "as a clinic runs it; default: the shipped reference model)")
-    p.add_argument("--data", type=Path, help="score every labelled image in this folder instead of the test split")
+    _add_data_options(p, help_text="score every labelled image of this dataset (class folders or a CSV index) "
+                      "instead of the test split")
     p.add_argument("--split", choices=["val", "test"], default="test",
                    help="export directory only: which part of the saved split to score (default test)")
     p.add_argument("--variant", help="export directory only: variant to score (default as `bcd predict`)")
@@ -172,7 +255,7 @@ def _add_evaluate(sub) -> None:
 def _cmd_evaluate(args) -> int:
     try:
         from train import evaluate
-        from train.evaluate_export import evaluate_export_folder, evaluate_export_split, is_export_dir
+        from train.evaluate_export import evaluate_export_data, evaluate_export_split, is_export_dir
     except ImportError as err:
         raise _missing_extra("train", err)
     from runtime.predict_files import default_model_path
@@ -181,19 +264,18 @@ def _cmd_evaluate(args) -> int:
         raise UsageError("give a run or export directory to evaluate (no reference model is shipped)")
     if not Path(model).exists():
         raise UsageError(f"{model}: no such run or export directory")
-    if args.data is not None and not args.data.is_dir():
-        raise UsageError(f"--data {args.data}: no such folder")
+    sources = _sources(args.data)
     _setup_logging()
     if is_export_dir(Path(model)):
-        if args.data is not None:
-            doc = evaluate_export_folder(model, args.data, args.variant, args.out, args.bootstrap)
+        if sources:
+            doc = evaluate_export_data(model, sources, args.variant, args.out, args.bootstrap)
         else:
             doc = evaluate_export_split(model, args.variant, args.split_root, args.out, args.split, args.bootstrap)
     else:
         if args.variant or args.split != "test":
             raise UsageError("--variant and --split apply to export directories; a run is scored on its test split")
-        if args.data is not None:
-            doc = evaluate.evaluate_folder(model, args.data, args.out, args.bootstrap)
+        if sources:
+            doc = evaluate.evaluate_folder(model, sources, args.out, args.bootstrap)
         else:
             doc = evaluate.evaluate_run(model, args.split_root, args.bootstrap)
     print(evaluate.metrics_markdown(doc))
@@ -211,13 +293,16 @@ def _add_export(sub) -> None:
                    help="comma-separated variants (default: all but QAT): onnx-fp32, onnx-int8, onnx-fp16, "
                         "tflite-fp32, tflite-fp16, tflite-dynamic, tflite-int8; with --qat also onnx-int8-qat, "
                         "tflite-int8-qat")
-    p.add_argument("--calib-data", type=Path, help="labelled folder of calibration images (default: the run's training split)")
+    _add_data_options(p, dest="calib_data", flag="--calib-data", multiple=False,
+                      help_text="labelled dataset (class folders or CSV index) of calibration images (default: the "
+                                "run's training split)")
     p.add_argument("--calib-size", type=int, default=200, help="calibration images, at most (default 200)")
     p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax",
                    help="ONNX Runtime calibration method for onnx-int8 (default minmax)")
     p.add_argument("--qat", type=int, default=0, metavar="EPOCHS",
                    help="also export quantization-aware-trained INT8 variants, fine-tuned EPOCHS epochs")
-    p.add_argument("--data", type=Path, help="labelled folder for the parity checks (default: the run's validation split)")
+    _add_data_options(p, multiple=False, help_text="labelled dataset (class folders or CSV index) for the parity "
+                      "checks (default: the run's validation split)")
     p.add_argument("--max-auc-drop", type=float, default=0.01, help="tolerated AUC drop vs Keras (default 0.01)")
     p.add_argument("--max-flip-rate", type=float, default=0.02,
                    help="tolerated share of changed decisions at the operating threshold (default 0.02)")
@@ -238,16 +323,15 @@ def _cmd_export(args) -> int:
         raise _missing_extra("export", err)
     if not args.run.is_dir():
         raise UsageError(f"{args.run}: no such run directory")
-    for flag, folder in (("--calib-data", args.calib_data), ("--data", args.data)):
-        if folder is not None and not folder.is_dir():
-            raise UsageError(f"{flag} {folder}: no such folder")
+    calib = (_sources(args.calib_data, single="--calib-data") or [None])[0]
+    parity = (_sources(args.data, single="--data") or [None])[0]
     options = {}
     if args.formats:
         options["formats"] = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     config = ExportConfig(
-        run_dir=str(args.run), out=str(args.out), calib_data=str(args.calib_data) if args.calib_data else None,
+        run_dir=str(args.run), out=str(args.out), calib_data=calib,
         calib_size=args.calib_size, calib_method=args.calib_method, qat_epochs=args.qat,
-        parity_data=str(args.data) if args.data else None, max_auc_drop=args.max_auc_drop,
+        parity_data=parity, max_auc_drop=args.max_auc_drop,
         max_flip_rate=args.max_flip_rate, onnx_opset=args.opset, sparsity=args.sparsity,
         sparsity_epochs=args.sparsity_epochs, **options,
     )

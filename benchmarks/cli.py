@@ -19,7 +19,7 @@ HELP = "latency, throughput, cold start, memory and accuracy of every exported v
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("export_dir", type=Path, metavar="EXPORT_DIR", help="export directory from `bcd export`")
-    p.add_argument("--data", type=Path, help="labelled folder (class sub-folders) to measure accuracy on "
+    p.add_argument("--data", type=Path, help="labelled folder (class sub-folders) or CSV index (path,label columns) to measure accuracy on "
                    "(default: the run's validation split, on which the threshold was chosen: optimistic)")
     p.add_argument("--split", choices=["val", "test"], default="val",
                    help="without --data: which of the run's saved splits to score (default val; test is the "
@@ -69,8 +69,8 @@ def command_from_args(args: argparse.Namespace, prog: str) -> str:
 def config_from_args(args: argparse.Namespace, prog: str) -> BenchmarkConfig:
     if not args.export_dir.is_dir():
         raise ValueError(f"{args.export_dir}: no such export directory")
-    if args.data is not None and not args.data.is_dir():
-        raise ValueError(f"--data {args.data}: no such folder")
+    if args.data is not None and not args.data.exists():
+        raise ValueError(f"--data {args.data}: no such folder or CSV index")
     for extra in args.also:
         if not extra.is_dir():
             raise ValueError(f"--also {extra}: no such export directory")

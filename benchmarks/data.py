@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from runtime.dataset import LabelMap, scan_folder
+from runtime.dataset import DataSource, DatasetError, LabelMap, read_source, samples_of_split
 from runtime.images import ImageReadError, read_image
 from runtime.manifest import Manifest
 from runtime.model_files import sha256_file
@@ -128,51 +128,50 @@ def run_split(run: OriginalRun, spec: PreprocessSpec, name: str = "val") -> Benc
     if not split_file.is_file():
         raise FileNotFoundError(f"{run.root}: no split.json, so no {name} split; pass --data DIR")
     split = json.loads(split_file.read_text())
-    files = split["files"].get(name) or []
-    if not files:
+    if not split["files"].get(name):
         raise ValueError(f"{run.root}: the {name} split is empty; pass --data DIR")
-    root = Path(split["data_root"])
-    if not root.is_dir():
-        raise FileNotFoundError(f"the run's data folder {root} is missing (moved?); pass --data DIR")
-    paths = [root / f["path"] for f in files]
     try:
-        images = np.stack([_read_resized(p, spec) for p in paths])
-    except ImageReadError as err:
-        raise ValueError(f"a file of the run's {name} split cannot be read: {err}") from None
-    labels = np.array([int(f["label"]) for f in files], dtype=np.int64)
+        samples = samples_of_split(split, name)
+    except DatasetError as err:
+        raise FileNotFoundError(f"{err}; pass --data DIR") from None
     kind = "validation split" if name == "val" else f"{name} split"
     extra = {"note": VALIDATION_NOTE} if name == "val" else {}
-    return BenchData(images, labels, paths, _describe(
-        f"{kind} of run {run.root.name}", labels, kind=kind, path=str(root), **extra))
+    return _read_samples(samples, spec, f"{kind} of run {run.root.name}", kind=kind,
+                         path=", ".join(sorted({str(s.path.parent) for s in samples[:1]})), **extra)
 
 
-def labelled_folder(folder: Path, run: OriginalRun, spec: PreprocessSpec) -> BenchData:
-    scan = scan_folder(folder, run.label_map)
-    entries = scan.labelled
-    if not entries:
-        raise ValueError(f"--data {folder}: no labelled images (expected class folders "
-                         f"{', '.join(sorted(run.label_map.classes))})")
+def _read_samples(samples: list, spec: PreprocessSpec, source: str, **extra) -> BenchData:
     images, labels, paths, unreadable = [], [], [], []
-    for entry in entries:
+    for sample in samples:
         try:
-            images.append(_read_resized(entry.path, spec))
+            images.append(_read_resized(sample.path, spec))
         except ImageReadError as err:
             unreadable.append(str(err))
             continue
-        labels.append(int(entry.label))
-        paths.append(entry.path)
+        labels.append(int(sample.label))
+        paths.append(sample.path)
     if unreadable:
-        log.warning("skipped %d unreadable file(s) in %s:\n  %s", len(unreadable), folder, "\n  ".join(unreadable))
+        log.warning("skipped %d unreadable file(s):\n  %s", len(unreadable), "\n  ".join(unreadable))
     if not images:
-        raise ValueError(f"--data {folder}: none of the {len(entries)} images could be read")
+        raise ValueError(f"{source}: none of the {len(samples)} images could be read")
     labels_arr = np.array(labels, dtype=np.int64)
-    return BenchData(np.stack(images), labels_arr, paths, _describe(
-        f"folder {folder}", labels_arr, kind="folder", path=str(Path(folder).resolve()),
-        unreadable_skipped=len(unreadable), masks_skipped=scan.masks_skipped,
-        note="labelled with the run's class map"))
+    return BenchData(np.stack(images), labels_arr, paths,
+                     _describe(source, labels_arr, unreadable_skipped=len(unreadable), **extra))
 
 
-def load_data(folder: str | Path | None, run: OriginalRun, spec: PreprocessSpec, split: str = "val") -> BenchData:
-    data = labelled_folder(Path(folder), run, spec) if folder else run_split(run, spec, split)
+def labelled_folder(folder: Path | DataSource, run: OriginalRun, spec: PreprocessSpec) -> BenchData:
+    """A labelled dataset (class folders or a CSV index), labelled with the run's class map."""
+    source = folder if isinstance(folder, DataSource) else DataSource.parse(str(folder))
+    scan = read_source(replace(source, labels=run.label_map))
+    if not scan.labelled:
+        raise ValueError(f"--data {source.path}: no labelled images (expected class folders "
+                         f"{', '.join(sorted(run.label_map.classes))} or a CSV index)")
+    return _read_samples(scan.labelled, spec, f"dataset {source.name} ({source.path})", kind="folder",
+                         path=str(Path(source.path).resolve()), masks_skipped=scan.masks_skipped,
+                         note="labelled with the run's class map")
+
+
+def load_data(folder: str | Path | DataSource | None, run: OriginalRun, spec: PreprocessSpec, split: str = "val") -> BenchData:
+    data = labelled_folder(folder, run, spec) if folder else run_split(run, spec, split)
     log.info("data: %s", data.text)
     return data

@@ -74,13 +74,13 @@ class ExportConfig:
     run_dir: str
     out: str
     formats: tuple[str, ...] = DEFAULT_FORMATS
-    calib_data: str | None = None          # labelled folder; None: the run's training split
+    calib_data: object = None              # labelled dataset (path or runtime.dataset.DataSource); None: the run's training split
     calib_size: int = 200                  # calibration images (at most)
     calib_method: str = "minmax"
     qat_epochs: int = 0                    # > 0: also export the QAT variants
     qat_learning_rate: float = 1e-5
     qat_batch_size: int = 16
-    parity_data: str | None = None         # labelled folder; None: the run's validation split
+    parity_data: object = None             # labelled dataset (path or DataSource); None: the run's validation split
     max_auc_drop: float = 0.01
     max_flip_rate: float = 0.02
     onnx_opset: int = 17
@@ -130,4 +130,7 @@ class ExportConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["formats"] = list(self.formats)
+        for key in ("calib_data", "parity_data"):
+            value = getattr(self, key)
+            d[key] = value.to_dict() if hasattr(value, "to_dict") else (str(value) if value is not None else None)
         return d

@@ -4,12 +4,12 @@ split). All images come back resized uint8 BGR, prepared by runtime.preprocessin
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from runtime.dataset import LabelMap
+from runtime.dataset import DataSource, LabelMap
 from runtime.preprocessing import PreprocessSpec
 from train.run_dir import RunDir
 
@@ -52,39 +52,37 @@ def open_run(run_dir: str | Path) -> RunInfo:
     return RunInfo(run, info, split, PreprocessSpec.from_dict(info["preprocessing"]))
 
 
-def split_images(run: RunInfo, name: str, limit: int | None = None, seed: int = 0) -> ImageSet:
-    """Images of one split of the run; with `limit`, a seeded random subset (sorted)."""
-    from train.data import load_files
-
-    files = run.split["files"][name]
-    if not files:
-        raise ValueError(f"the run's {name} split is empty")
-    if limit is not None and len(files) > limit:
-        keep = np.sort(np.random.default_rng(seed).choice(len(files), size=limit, replace=False))
-        files = [files[i] for i in keep]
-    root = Path(run.split["data_root"])
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"the run's data folder {root} is missing (moved?): pass --calib-data / --data folders instead"
-        )
-    images = load_files(root, [f["path"] for f in files], run.spec)
-    labels = np.array([int(f["label"]) for f in files], dtype=np.int64)
-    return ImageSet(images, labels, f"{name} split of run {run.run.root.name} ({len(files)} images)")
-
-
-def folder_images(run: RunInfo, folder: str | Path, limit: int | None = None, seed: int = 0) -> ImageSet:
-    """A labelled folder (class sub-folders), labelled with the run's class map."""
-    from train.data import load_folder
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no such folder: {folder}")
-    loaded = load_folder(folder, run.spec, run.label_map)
-    images, labels = loaded.images, loaded.labels
+def _limit(images: np.ndarray, labels: np.ndarray, limit: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if limit is not None and len(labels) > limit:
         keep = np.sort(np.random.default_rng(seed).choice(len(labels), size=limit, replace=False))
-        images, labels = images[keep], labels[keep]
-    return ImageSet(images, labels, f"folder {folder} ({len(labels)} images)")
+        return images[keep], labels[keep]
+    return images, labels
+
+
+def split_images(run: RunInfo, name: str, limit: int | None = None, seed: int = 0) -> ImageSet:
+    """Images of one split of the run; with `limit`, a seeded random subset (sorted)."""
+    from train.data import load_saved_split
+
+    if not run.split["files"].get(name):
+        raise ValueError(f"the run's {name} split is empty")
+    try:
+        data, idx = load_saved_split(run.split, run.spec, class_labels=run.info["labels"]["class_labels"])
+    except (FileNotFoundError, ValueError) as err:
+        raise FileNotFoundError(
+            f"the run's data cannot be read ({err}): pass --calib-data / --data datasets instead") from None
+    images, labels = _limit(data.images[idx[name]], data.labels[idx[name]], limit, seed)
+    return ImageSet(images, labels, f"{name} split of run {run.run.root.name} ({len(labels)} images)")
+
+
+def folder_images(run: RunInfo, folder, limit: int | None = None, seed: int = 0) -> ImageSet:
+    """A labelled dataset (class folders, or a CSV index: a path or a DataSource),
+    labelled with the run's class map."""
+    from train.data import load_sources
+
+    source = folder if isinstance(folder, DataSource) else DataSource.parse(str(folder))
+    loaded = load_sources([replace(source, labels=run.label_map)], run.spec)
+    images, labels = _limit(loaded.images, loaded.labels, limit, seed)
+    return ImageSet(images, labels, f"dataset {source.name} ({len(labels)} images)")
 
 
 def calibration_images(run: RunInfo, folder: str | None, size: int, seed: int) -> ImageSet:

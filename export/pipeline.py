@@ -346,7 +346,7 @@ def export_run(config: ExportConfig) -> ExportResult:
         export_settings={
             "formats": list(config.formats), "onnx_opset": config.onnx_opset,
             "tolerance": {"max_auc_drop": config.max_auc_drop, "max_flip_rate": config.max_flip_rate},
-            "calibration": {"source": config.calib_data or "training split", "max_images": config.calib_size,
+            "calibration": {"source": getattr(config.calib_data, "name", config.calib_data) or "training split", "max_images": config.calib_size,
                             "method": config.calib_method, "int8_reduce_range": config.int8_reduce_range},
             "qat_epochs": config.qat_epochs,
             **({"sparsity": {"target": config.sparsity, "epochs": config.sparsity_epochs,

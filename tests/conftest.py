@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ import pytest
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# decoded-dataset cache of the test session: never the user's ~/.cache
+os.environ.setdefault("BCD_CACHE_DIR", tempfile.mkdtemp(prefix="bcd-test-cache-"))
 
 REPO = Path(__file__).resolve().parent.parent
 BUSI = REPO.parent / "shared" / "data" / "busi"

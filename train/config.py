@@ -4,14 +4,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from runtime.dataset import DEFAULT_CLASS_LABELS
-from train.data import AugmentConfig
+from train.augment import AugmentConfig
 from train.dedup import DEFAULT_MAX_DISTANCE
+
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     out: str
-    data: str | None = None          # None: the built-in synthetic dataset
+    data: tuple | None = None        # DataSource dicts (name, path, mapping); None: the built-in synthetic set
     image_size: int = 224
     epochs: int = 30
     weights: str = "none"            # imagenet | none | path to a no-top .h5 file
@@ -32,8 +34,22 @@ class TrainConfig:
     dedup_max_distance: int = DEFAULT_MAX_DISTANCE
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     bootstrap_resamples: int = 1000
+    val_source: str | None = None    # hold this source out entirely as the validation split
+    precision: str = "auto"          # auto: mixed bfloat16 where the CPU has native bf16
+    batch_norm: bool = False
+    width: float = 1.0
+    lesion_weight: float = 0.0       # > 0: auxiliary lesion head trained on the masks, loss weight
 
     def __post_init__(self) -> None:
+        self._check()
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.lesion_weight < 0:
+            raise ValueError("the lesion loss weight must be >= 0")
+        if self.data is not None and isinstance(self.data, (str, dict)):
+            object.__setattr__(self, "data", _as_sources(self.data))
+
+    def _check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch size must be at least 1")
         if self.lr_decay_patience < 0 or not 0 < self.lr_decay_factor <= 1:
@@ -44,9 +60,34 @@ class TrainConfig:
             raise ValueError("threshold method must be 'sensitivity' or 'youden'")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["data"] = list(self.data) if self.data is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, **changes) -> "TrainConfig":
+        """From run.json's "config" (older runs stored `data` as one folder path)."""
+        values = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if isinstance(values.get("augment"), dict):
+            known = AugmentConfig.__dataclass_fields__
+            values["augment"] = AugmentConfig(**{k: v for k, v in values["augment"].items() if k in known})
+        if values.get("data") is not None:
+            values["data"] = _as_sources(values["data"])
+        values.update(changes)
+        return cls(**values)
 
     # Settings that may change when resuming (train longer, or a run directory that was
     # copied or moved); the rest must match.
     RESUMABLE_CHANGES = ("out", "epochs", "patience", "lr_decay_patience", "lr_decay_factor",
                          "bootstrap_resamples")
+
+
+def _as_sources(data) -> tuple:
+    """Normalise `data` to a tuple of source dicts {"path", "name", "mapping"}."""
+    items = [data] if isinstance(data, (str, dict)) else list(data)
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            item = {"path": item, "name": None, "mapping": None}
+        out.append({"path": str(item["path"]), "name": item.get("name"), "mapping": item.get("mapping")})
+    return tuple(out)

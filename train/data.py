@@ -1,22 +1,29 @@
-"""Load a labelled image folder into memory and feed it to Keras.
+"""Load labelled datasets (class folders or CSV indexes) into memory and feed them to Keras.
 
 Images are decoded once (runtime.images), hashed for near-duplicate grouping at full
-resolution, then resized with the shared preprocessing and kept as uint8. Augmentation
+resolution, then resized with the shared preprocessing and kept as uint8, with their
+lesion masks where the source has them. The result of decoding a source is cached per
+source and image size (train.cache), so --resume, `bcd slim` and `bcd export` do not
+decode thousands of images again. Augmentation
 runs on 0..255 pixels in tf.data; `runtime.preprocessing.normalize` runs last, the same
 function the runtime applies at inference.
 """
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from runtime.dataset import LabelMap, scan_folder
+from runtime.dataset import DataSource, DatasetError, LabelMap, SourceScan, read_source, sources_of_split, unique_names
 from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from runtime.preprocessing import PreprocessSpec, normalize, resize
 from runtime.progress import Progress
+from train.augment import AugmentConfig, build_augment
+from train.cache import DecodeCache
 from train.dedup import DedupConfig, image_hash
 
 log = logging.getLogger(__name__)
@@ -24,72 +31,188 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedDataset:
-    root: Path
-    relative_paths: list[str]
+    """Every readable labelled image of one or more sources, decoded and resized."""
+
+    sources: list[DataSource]
+    source_names: np.ndarray      # (n,) str: which source each image came from
+    relative_paths: list[str]     # relative to its source's root
     class_names: list[str]
     labels: np.ndarray            # (n,) int 0/1
     images: np.ndarray            # (n, size, size, 3) uint8 BGR, already resized
     hashes: np.ndarray            # (n, bits) bool perceptual hashes of the full images
-    unreadable: list[dict] = field(default_factory=list)   # {"path", "reason"}
+    patients: list[str | None]    # patient/study id within its source, if the source has one
+    masks: np.ndarray             # (n, size, size) uint8 0/1 lesion masks (zeros where none)
+    has_mask: np.ndarray          # (n,) bool
+    unreadable: list[dict] = field(default_factory=list)   # {"source", "path", "reason"}
+    bad_rows: list[dict] = field(default_factory=list)     # {"source", "row", "path", "reason"}
     masks_skipped: int = 0
     unlabelled: int = 0
 
+    @property
+    def root(self) -> Path:
+        """The single source's root (older code paths and messages)."""
+        return self.sources[0].root
+
+    def source(self, name: str) -> DataSource:
+        return next(s for s in self.sources if s.name == name)
+
+    def keys(self) -> list[tuple[str, str]]:
+        """(source, relative path) per image: how split.json names an image."""
+        return list(zip(self.source_names.tolist(), self.relative_paths))
+
     def summary(self) -> dict:
+        per_source = {}
+        for src in self.sources:
+            sel = self.source_names == src.name
+            per_source[src.name] = {
+                "path": str(Path(src.path).resolve()), "images": int(sel.sum()),
+                "benign": int((self.labels[sel] == 0).sum()), "malignant": int((self.labels[sel] == 1).sum()),
+                "with_mask": int(self.has_mask[sel].sum()),
+                "patients": len({p for p, ok in zip(self.patients, sel) if ok and p is not None}) or None,
+            }
         return {
-            "root": str(self.root),
-            "images": len(self.labels),
-            "benign": int((self.labels == 0).sum()),
-            "malignant": int((self.labels == 1).sum()),
+            "root": str(self.root), "images": len(self.labels),
+            "benign": int((self.labels == 0).sum()), "malignant": int((self.labels == 1).sum()),
             "per_class_folder": {c: self.class_names.count(c) for c in sorted(set(self.class_names))},
-            "masks_skipped": self.masks_skipped,
-            "unlabelled_skipped": self.unlabelled,
-            "unreadable_skipped": len(self.unreadable),
+            "per_source": per_source,
+            "masks_skipped": self.masks_skipped, "unlabelled_skipped": self.unlabelled,
+            "unreadable_skipped": len(self.unreadable), "bad_rows_skipped": len(self.bad_rows),
         }
 
+    def subset(self, index: np.ndarray) -> "LoadedDataset":
+        idx = np.asarray(index, dtype=int)
+        pick = idx.tolist()
+        return replace(self, source_names=self.source_names[idx],
+                       relative_paths=[self.relative_paths[i] for i in pick],
+                       class_names=[self.class_names[i] for i in pick], labels=self.labels[idx],
+                       images=self.images[idx], hashes=self.hashes[idx],
+                       patients=[self.patients[i] for i in pick], masks=self.masks[idx],
+                       has_mask=self.has_mask[idx])
 
-def load_folder(
-    root: str | Path,
-    spec: PreprocessSpec,
-    label_map: LabelMap | None = None,
-    dedup: DedupConfig = DedupConfig(),
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> LoadedDataset:
-    """Read every labelled image below `root`; unreadable files are skipped and listed."""
-    root = Path(root)
-    scan = scan_folder(root, label_map)
-    entries = scan.labelled
-    if not entries:
-        raise ValueError(
-            f"no labelled images found in {root}: expected class folders such as "
-            f"{', '.join(sorted((label_map or LabelMap()).classes))}"
-        )
-    paths, classes, labels, images, hashes, unreadable = [], [], [], [], [], []
-    progress = Progress(len(entries), f"reading images from {root}")
-    for i, entry in enumerate(entries, 1):
+
+def _read_mask(path: Path, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """A lesion mask resized to the model input: 1 inside the lesion, 0 outside."""
+    mask = read_image(path, max_pixels=max_pixels)[..., 0]
+    return (cv2.resize(mask, size, interpolation=cv2.INTER_AREA) >= 128).astype(np.uint8)
+
+
+def _decode_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig, max_pixels: int) -> dict:
+    """Decode, hash and resize every sample of one source (the expensive part)."""
+    out = {k: [] for k in ("relative", "classes", "labels", "images", "hashes", "patients", "masks", "has_mask")}
+    unreadable = []
+    samples = scan.labelled
+    size = (spec.image_size, spec.image_size)
+    progress = Progress(len(samples), f"reading {scan.source.name} ({scan.source.path})")
+    for i, sample in enumerate(samples, 1):
         try:
-            full = read_image(entry.path, max_pixels=max_pixels)
+            full = read_image(sample.path, max_pixels=max_pixels)
         except ImageReadError as err:
-            unreadable.append({"path": entry.path.relative_to(root).as_posix(), "reason": str(err)})
+            unreadable.append({"source": scan.source.name, "path": sample.relative, "reason": str(err)})
         else:
-            paths.append(entry.path.relative_to(root).as_posix())
-            classes.append(entry.class_name)
-            labels.append(entry.label)
-            images.append(resize(full, spec))
-            hashes.append(image_hash(full, dedup))
+            mask, has = np.zeros(size, np.uint8), False
+            if sample.mask is not None:
+                try:
+                    mask, has = _read_mask(sample.mask, size, max_pixels), True
+                except ImageReadError as err:
+                    log.warning("lesion mask ignored: %s", err)
+            for key, value in (("relative", sample.relative), ("classes", sample.class_name),
+                               ("labels", sample.label), ("images", resize(full, spec)),
+                               ("hashes", image_hash(full, dedup)), ("patients", sample.group),
+                               ("masks", mask), ("has_mask", has)):
+                out[key].append(value)
         progress.update(i)
+    out["unreadable"] = unreadable
+    return out
+
+
+def _as_arrays(decoded: dict, spec: PreprocessSpec, dedup: DedupConfig) -> dict:
+    n, size = len(decoded["labels"]), spec.image_size
+    return {
+        "relative": np.array(decoded["relative"], dtype=str), "classes": np.array(decoded["classes"], dtype=str),
+        "labels": np.array(decoded["labels"], dtype=np.int64),
+        "images": np.stack(decoded["images"]) if n else np.zeros((0, size, size, 3), np.uint8),
+        "hashes": np.stack(decoded["hashes"]) if n else np.zeros((0, dedup.hash_size ** 2), bool),
+        "patients": np.array(["" if p is None else p for p in decoded["patients"]], dtype=str),
+        "masks": np.stack(decoded["masks"]) if n else np.zeros((0, size, size), np.uint8),
+        "has_mask": np.array(decoded["has_mask"], dtype=bool),
+        "unreadable": np.array(json.dumps(decoded["unreadable"])),
+    }
+
+
+def load_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig = DedupConfig(),
+                max_pixels: int = DEFAULT_MAX_PIXELS, cache: DecodeCache | None = None) -> dict:
+    """Arrays of one source, from the decode cache when its files have not changed."""
+    cache = cache if cache is not None else DecodeCache.default()
+    key = cache.key(scan, {"spec": spec.to_dict(), "dedup": asdict(dedup), "max_pixels": max_pixels})
+    arrays = cache.get(key)
+    if arrays is None:
+        arrays = _as_arrays(_decode_source(scan, spec, dedup, max_pixels), spec, dedup)
+        cache.put(key, arrays)
+    else:
+        log.info("%s: %d decoded images from the cache", scan.source.name, len(arrays["labels"]))
+    return arrays
+
+
+def load_sources(sources: list[DataSource], spec: PreprocessSpec, dedup: DedupConfig = DedupConfig(),
+                 max_pixels: int = DEFAULT_MAX_PIXELS, cache: DecodeCache | None = None) -> LoadedDataset:
+    """Read every labelled image of every source; unreadable files and bad CSV rows are
+    skipped and listed."""
+    sources = unique_names(list(sources))
+    parts, bad_rows, masks_skipped, unlabelled = [], [], 0, 0
+    for source in sources:
+        scan = read_source(source)
+        bad_rows += [{"source": source.name, **row} for row in scan.bad_rows]
+        masks_skipped += scan.masks_skipped
+        unlabelled += scan.unlabelled
+        if not scan.labelled:
+            raise DatasetError(
+                f"no labelled images found in {source.path}: expected class folders such as "
+                f"{', '.join(sorted(source.labels.classes))}" if not source.is_csv else
+                f"no usable rows in {source.path} ({len(scan.bad_rows)} bad rows)")
+        arrays = load_source(scan, spec, dedup, max_pixels, cache)
+        if len(arrays["labels"]) == 0:
+            raise DatasetError(f"none of the {len(scan.labelled)} images of {source.path} could be read")
+        parts.append((source, arrays))
+    unreadable = [u for _, a in parts for u in json.loads(str(a["unreadable"]))]
     if unreadable:
-        log.warning(
-            "skipped %d unreadable file(s):\n%s", len(unreadable),
-            "\n".join(f"  {u['path']}: {u['reason']}" for u in unreadable),
-        )
-    if not paths:
-        raise ValueError(f"none of the {len(entries)} images in {root} could be read")
+        log.warning("skipped %d unreadable file(s):\n%s", len(unreadable),
+                    "\n".join(f"  {u['source']}: {u['path']}: {u['reason']}" for u in unreadable[:20]))
+    cat = lambda key: np.concatenate([a[key] for _, a in parts])  # noqa: E731
     return LoadedDataset(
-        root=root, relative_paths=paths, class_names=classes,
-        labels=np.array(labels, dtype=np.int64), images=np.stack(images),
-        hashes=np.stack(hashes), unreadable=unreadable,
-        masks_skipped=scan.masks_skipped, unlabelled=len(scan.unlabelled),
+        sources=sources,
+        source_names=np.concatenate([np.full(len(a["labels"]), s.name, dtype=object) for s, a in parts]).astype(str),
+        relative_paths=cat("relative").tolist(), class_names=cat("classes").tolist(), labels=cat("labels"),
+        images=cat("images"), hashes=cat("hashes"),
+        patients=[p or None for p in cat("patients").tolist()], masks=cat("masks"), has_mask=cat("has_mask"),
+        unreadable=unreadable, bad_rows=bad_rows, masks_skipped=masks_skipped, unlabelled=unlabelled,
     )
+
+
+def load_folder(root: str | Path, spec: PreprocessSpec, label_map: LabelMap | None = None,
+                dedup: DedupConfig = DedupConfig(), max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedDataset:
+    """One folder-per-class dataset (or a CSV index with the canonical columns)."""
+    source = DataSource.parse(str(root), labels=label_map)
+    return load_sources([source], spec, dedup, max_pixels)
+
+
+def split_from_doc(doc: dict, data: LoadedDataset) -> dict[str, np.ndarray]:
+    """Indices into `data` of a saved split.json (resume, and `bcd slim` reusing its
+    parent's split)."""
+    single = data.sources[0].name if len(data.sources) == 1 else None
+    index = {key: i for i, key in enumerate(data.keys())}
+    key = lambda f: (f.get("source", single), f["path"])  # noqa: E731
+    missing = [f["path"] for s in doc["files"].values() for f in s if key(f) not in index]
+    if missing:
+        raise ValueError(f"{len(missing)} file(s) of the saved split are no longer readable, e.g. {missing[0]}")
+    return {s: np.array([index[key(f)] for f in doc["files"][s]], dtype=int) for s in doc["files"]}
+
+
+def load_saved_split(doc: dict, spec: PreprocessSpec, data_override: str | None = None,
+                     class_labels: dict | None = None, dedup: DedupConfig = DedupConfig()) -> tuple[LoadedDataset, dict]:
+    """The data of a saved split.json (from the decode cache when possible) and its
+    indices per split."""
+    data = load_sources(sources_of_split(doc, data_override, class_labels), spec, dedup)
+    return data, split_from_doc(doc, data)
 
 
 def load_files(root: Path, relative_paths: list[str], spec: PreprocessSpec,
@@ -98,7 +221,7 @@ def load_files(root: Path, relative_paths: list[str], spec: PreprocessSpec,
     progress = Progress(len(relative_paths), "reading images")
     out = []
     for i, rel in enumerate(relative_paths, 1):
-        path = root / rel
+        path = Path(root) / rel
         try:
             out.append(resize(read_image(path, max_pixels=max_pixels), spec))
         except ImageReadError as err:
@@ -107,55 +230,52 @@ def load_files(root: Path, relative_paths: list[str], spec: PreprocessSpec,
     return np.stack(out)
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Ultrasound-plausible augmentation: the probe sits at the top of the image, so
-    only left-right flips; small rotations and zoom; gain (brightness) and contrast,
-    which vary between scanners and operators."""
-
-    flip: bool = True
-    rotation_degrees: float = 10.0
-    zoom: float = 0.10
-    brightness: float = 0.10
-    contrast: float = 0.20
-
-
-def augmenter(config: AugmentConfig, seed: int):
-    from train.tf_setup import keras
-
-    layers = []
-    if config.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if config.rotation_degrees:
-        layers.append(keras.layers.RandomRotation(config.rotation_degrees / 360, fill_mode="reflect", seed=seed + 1))
-    if config.zoom:
-        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="reflect", seed=seed + 2))
-    if config.brightness:
-        layers.append(keras.layers.RandomBrightness(config.brightness, value_range=(0, 255), seed=seed + 3))
-    if config.contrast:
-        layers.append(keras.layers.RandomContrast(config.contrast, seed=seed + 4))
-    return keras.Sequential(layers, name="augment")
-
-
 def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec,
                     batch_size: int, training: bool, seed: int = 0,
-                    augment: AugmentConfig | None = None):
-    """A batched tf.data pipeline of (normalized float32 images, float32 labels)."""
+                    augment: AugmentConfig | None = None, lesion: LesionTargets | None = None):
+    """A batched tf.data pipeline of (normalized float32 images, float32 labels).
+
+    With `lesion` (the lesion head is on) it yields (images, {"malignancy": labels,
+    "lesion": lesion maps}, {"malignancy": class weight, "lesion": 1 where a mask is
+    known, else 0}); masks follow every geometric augmentation."""
     from train.tf_setup import tf
 
-    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32)))
+    n = len(images)
+    if lesion is None:
+        masks, known = np.zeros((n, 1, 1), np.uint8), np.zeros(n, np.float32)
+    else:
+        masks, known = lesion.masks, lesion.has_mask.astype(np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32), masks, known))
     if training:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    aug = augmenter(augment or AugmentConfig(), seed) if training else None
+    aug = build_augment(augment or AugmentConfig(), spec.image_size, seed) if training else None
 
-    def to_input(x, y):
+    def to_input(x, y, m, k):
         x = tf.cast(x, tf.float32)
+        m = tf.cast(m, tf.float32)[..., None]
         if aug is not None:
-            x = tf.clip_by_value(aug(x, training=True), 0.0, 255.0)
-        return normalize(x, spec), y
+            x, m = aug(x, m if lesion is not None else tf.zeros_like(x[..., :1]))
+        x = normalize(x, spec)
+        if lesion is None:
+            return x, y
+        target = tf.nn.avg_pool2d(m, lesion.cell, lesion.cell, "VALID")  # lesion share of each map cell
+        w = tf.where(y > 0.5, lesion.class_weights[1], lesion.class_weights[0])
+        return x, {"malignancy": y, "lesion": target}, {"malignancy": w, "lesion": k[:, None, None]}
 
     return ds.map(to_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+@dataclass
+class LesionTargets:
+    """Masks for the auxiliary lesion head: (n, size, size) 0/1 and whether each image's
+    mask is known (an image without a lesion, such as BUSI's normal class, has a known
+    empty mask). `cell`: input pixels per lesion-map cell (16 for VGG16's block5)."""
+
+    masks: np.ndarray
+    has_mask: np.ndarray
+    class_weights: dict[int, float]
+    cell: int = 16
 
 
 def to_model_input(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

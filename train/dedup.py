@@ -45,9 +45,9 @@ def pairwise_distances(hashes: np.ndarray) -> np.ndarray:
     return hashes.shape[1] - same
 
 
-def group_ids(hashes: np.ndarray, max_distance: int) -> np.ndarray:
-    """Connected components of the 'within max_distance' graph, numbered 0..k-1 in order."""
-    n = len(hashes)
+def connected_components(n: int, pairs) -> np.ndarray:
+    """Component id (0..k-1, in order of first appearance) of n nodes linked by `pairs`
+    (union-find)."""
     parent = np.arange(n)
 
     def find(i: int) -> int:
@@ -56,14 +56,33 @@ def group_ids(hashes: np.ndarray, max_distance: int) -> np.ndarray:
             i = parent[i]
         return i
 
-    close_i, close_j = np.nonzero(np.triu(pairwise_distances(hashes) <= max_distance, k=1))
-    for i, j in zip(close_i, close_j):
+    for i, j in pairs:
         ri, rj = find(i), find(j)
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
     roots = [find(i) for i in range(n)]
     renumber = {root: k for k, root in enumerate(dict.fromkeys(roots))}
-    return np.array([renumber[r] for r in roots])
+    return np.array([renumber[r] for r in roots], dtype=int)
+
+
+def group_ids(hashes: np.ndarray, max_distance: int) -> np.ndarray:
+    """Connected components of the 'within max_distance' graph, numbered 0..k-1 in order."""
+    close_i, close_j = np.nonzero(np.triu(pairwise_distances(hashes) <= max_distance, k=1))
+    return connected_components(len(hashes), zip(close_i, close_j))
+
+
+def split_groups(hashes: np.ndarray, max_distance: int, patients: list | None = None) -> np.ndarray:
+    """Groups that a split must keep whole: near-duplicates (across every source, since
+    the same image may sit in two datasets) joined with images of the same patient.
+    `patients` holds a hashable patient key per image (e.g. (source, case id)), or None
+    where unknown."""
+    close_i, close_j = np.nonzero(np.triu(pairwise_distances(hashes) <= max_distance, k=1))
+    pairs = list(zip(close_i.tolist(), close_j.tolist()))
+    first: dict = {}
+    for i, key in enumerate(patients or []):
+        if key is not None:
+            pairs.append((first.setdefault(key, i), i))
+    return connected_components(len(hashes), pairs)
 
 
 def find_groups(

@@ -6,16 +6,18 @@ and applied unchanged to the test split and to any external folder.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from runtime import atomic
-from runtime.dataset import LabelMap
+from runtime.dataset import DataSource, LabelMap
+from runtime.localisation import localisation_summary
 from runtime.preprocessing import PreprocessSpec
-from train.data import LoadedDataset, load_files, load_folder, to_model_input
+from train.data import LoadedDataset, load_saved_split, load_sources, to_model_input
 from train.metrics import ThresholdPolicy, binary_metrics, choose_threshold, evaluate_predictions
-from train.plots import write_evaluation_plots
+from train.plots import plot_roc_per_source, write_evaluation_plots
 from train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -53,28 +55,78 @@ def metrics_markdown(doc: dict) -> str:
         ci = m.get("ci95", {}).get(key)
         ci_text = f"{_fmt(ci['low'])} – {_fmt(ci['high'])}" if ci else ""
         lines.append(f"| {key} | {_fmt(m.get(key))} | {ci_text} |")
-    lines += [
-        "",
-        f"Confusion matrix: TP {cm['tp']}, FN {cm['fn']}, FP {cm['fp']}, TN {cm['tn']}.",
-        "",
-        "Research and education only: not a diagnosis.",
-    ]
+    lines += ["", f"Confusion matrix: TP {cm['tp']}, FN {cm['fn']}, FP {cm['fp']}, TN {cm['tn']}."]
+    lines += _per_source_markdown(doc.get("per_source"))
+    lines += _localisation_markdown(doc.get("localisation"))
+    lines += ["", "Research and education only: not a diagnosis."]
     return "\n".join(lines) + "\n"
 
 
+def _with_ci(m: dict, key: str) -> str:
+    ci = m.get("ci95", {}).get(key)
+    return f"{_fmt(m.get(key))} [{_fmt(ci['low'])}–{_fmt(ci['high'])}]" if ci else _fmt(m.get(key))
+
+
+def _per_source_markdown(per_source: dict | None) -> list[str]:
+    if not per_source:
+        return []
+    lines = ["", "Per source, at the same threshold (95% bootstrap CI):", "",
+             "| source | n (malignant) | AUC | sensitivity | specificity | PR-AUC |", "|---|---|---|---|---|---|"]
+    for name, block in per_source.items():
+        m = block["at_operating_threshold"]
+        lines.append(f"| {name} | {m['n']} ({m['n_positive']}) | {_with_ci(m, 'roc_auc')} | "
+                     f"{_with_ci(m, 'sensitivity')} | {_with_ci(m, 'specificity')} | {_fmt(m.get('pr_auc'))} |")
+    return lines
+
+
+def _localisation_markdown(loc: dict | None) -> list[str]:
+    if not loc:
+        return []
+    lines = ["", "Where the model looks (Grad-CAM vs lesion masks, images with a mask):", "",
+             "| images of | n | Grad-CAM maximum inside the lesion | mean share of Grad-CAM mass inside |",
+             "|---|---|---|---|"]
+    for part, per_source in loc.items():          # {"val"|"test"|"external": {"all"|source: figures}}
+        for name, f in per_source.items():
+            label = f"{part} split, {'all sources' if name == 'all' else name}" if part in ("val", "test") else \
+                f"{'all' if name == 'all' else name}"
+            lines.append(f"| {label} | {f['n']} | {f['pointing_game']:.3f} | {f['mass_inside']:.3f} |")
+    return lines
+
+
+def per_source_metrics(y: np.ndarray, p: np.ndarray, sources, threshold: float, n_resamples: int) -> dict | None:
+    """metrics per source (hospital) at the shared threshold, when there is more than one."""
+    sources = np.asarray(sources)
+    names = sorted(set(sources.tolist()))
+    if len(names) < 2:
+        return None
+    return {name: evaluate_predictions(y[sources == name], p[sources == name], threshold,
+                                       n_resamples=n_resamples) for name in names}
+
+
 def score(y: np.ndarray, p: np.ndarray, threshold: dict, out_dir: Path, evaluated_on: str,
-          model_name: str, n_resamples: int, paths: list[str]) -> dict:
-    """Compute the metrics, write metrics.json + metrics.md + plots into out_dir."""
+          model_name: str, n_resamples: int, paths: list[str], sources=None,
+          localisation: dict | None = None, extra_columns: dict | None = None) -> dict:
+    """Compute the metrics (pooled, and per source when there are several), write
+    metrics.json + metrics.md + plots + predictions.json into out_dir."""
     doc = evaluate_predictions(y, p, threshold["value"], n_resamples=n_resamples)
     doc.update(evaluated_on=evaluated_on, model=model_name, threshold=threshold)
     doc["n_per_class"] = {"benign": int((y == 0).sum()), "malignant": int((y == 1).sum())}
+    per_source = per_source_metrics(y, p, sources, threshold["value"], n_resamples) if sources is not None else None
+    if per_source:
+        doc["per_source"] = per_source
+        plot_roc_per_source(y, p, sources, out_dir / "plots" / "roc_per_source.png", threshold["value"])
+    if localisation:
+        doc["localisation"] = localisation
     write_evaluation_plots(y, p, threshold["value"], doc["at_operating_threshold"], out_dir / "plots")
     atomic.write_json(out_dir / "metrics.json", doc)
     atomic.write_text(out_dir / "metrics.md", metrics_markdown(doc))
-    atomic.write_json(out_dir / "predictions.json", [
-        {"path": path, "label": int(label), "probability": float(prob)}
-        for path, label, prob in zip(paths, y, p)
-    ])
+    rows = [{"path": path, "label": int(label), "probability": float(prob)} for path, label, prob in zip(paths, y, p)]
+    for i, row in enumerate(rows):
+        if sources is not None:
+            row["source"] = str(sources[i])
+        for key, values in (extra_columns or {}).items():
+            row[key] = values[i]
+    atomic.write_json(out_dir / "predictions.json", rows)
     return doc
 
 
@@ -90,11 +142,31 @@ def evaluate_split_after_training(model, data: LoadedDataset, split: dict, spec:
                    if policy.method == "sensitivity" else "Youden's J"),
         "validation": binary_metrics(data.labels[val], p_val, t),
     }
+    if len(data.sources) > 1:
+        threshold["validation_per_source"] = {
+            name: binary_metrics(data.labels[val][data.source_names[val] == name],
+                                 p_val[data.source_names[val] == name], t)
+            for name in sorted(set(data.source_names[val].tolist()))}
     p_test = predict_probabilities(model, data.images[test], spec)
     paths = [data.relative_paths[i] for i in test]
-    doc = score(data.labels[test], p_test, threshold, run.root, "test split", "model.keras", n_resamples, paths)
+    localisation = {split: keras_localisation(model, data, idx, spec) for split, idx in (("val", val), ("test", test))}
+    localisation = {k: v for k, v in localisation.items() if v}
+    doc = score(data.labels[test], p_test, threshold, run.root, "test split", "model.keras", n_resamples, paths,
+                sources=data.source_names[test], localisation=localisation or None)
     log_headline(doc)
     return doc
+
+
+def keras_localisation(model, data: LoadedDataset, idx: np.ndarray, spec: PreprocessSpec) -> dict:
+    """Pointing game and Grad-CAM mass inside the lesion, per source, for the images of
+    `idx` that have a lesion mask ({} when none has)."""
+    idx = np.asarray(idx, dtype=int)
+    idx = idx[data.has_mask[idx] & (data.masks[idx].reshape(len(idx), -1).max(axis=1) > 0)] if len(idx) else idx
+    if len(idx) == 0:
+        return {}
+    from train.localisation import keras_cams
+    cams = keras_cams(model, data.images[idx], spec)
+    return localisation_summary(cams, data.masks[idx], data.source_names[idx])
 
 
 def log_headline(doc: dict) -> None:
@@ -123,28 +195,37 @@ def _load_keras(path: Path):
 def evaluate_run(run_path: Path, split_root: Path | None = None, n_resamples: int = 1000) -> dict:
     """Re-score a run's saved test split (rewrites the run's metrics files)."""
     run, info = _open_run(Path(run_path))
-    split = run.read_json(run.split)
-    root = Path(split_root or split["data_root"])
     spec = PreprocessSpec.from_dict(info["preprocessing"])
-    files = split["files"]["test"]
-    images = load_files(root, [f["path"] for f in files], spec)
-    y = np.array([f["label"] for f in files])
-    p = predict_probabilities(_load_keras(run.model), images, spec)
-    doc = score(y, p, info["threshold"], run.root, "test split", run.model.name, n_resamples,
-                [f["path"] for f in files])
+    data, split = load_saved_split(run.read_json(run.split), spec, str(split_root) if split_root else None,
+                                   info["labels"]["class_labels"])
+    model = _load_keras(run.model)
+    test = split["test"]
+    p = predict_probabilities(model, data.images[test], spec)
+    localisation = {k: v for k, v in (("test", keras_localisation(model, data, test, spec)),) if v}
+    doc = score(data.labels[test], p, info["threshold"], run.root, "test split", run.model.name, n_resamples,
+                [data.relative_paths[i] for i in test], sources=data.source_names[test],
+                localisation=localisation or None)
     log_headline(doc)
     return doc
 
 
-def evaluate_folder(model_path: Path, data: Path, out: Path | None = None, n_resamples: int = 1000) -> dict:
-    """Score every labelled image in an external folder at the run's frozen threshold."""
+def evaluate_folder(model_path: Path, sources: list[DataSource], out: Path | None = None,
+                    n_resamples: int = 1000) -> dict:
+    """Score every labelled image of external datasets (folders or CSV indexes) at the
+    run's frozen threshold, per source, with localisation figures where masks exist."""
     run, info = _open_run(Path(model_path))
     spec = PreprocessSpec.from_dict(info["preprocessing"])
-    loaded = load_folder(data, spec, LabelMap(info["labels"]["class_labels"]))
+    labels = LabelMap(info["labels"]["class_labels"])
+    data = load_sources([replace(s, labels=labels) for s in sources], spec)
     model_file = Path(model_path) if Path(model_path).is_file() else run.model
-    p = predict_probabilities(_load_keras(model_file), loaded.images, spec)
-    out = Path(out or run.root / f"eval-{Path(data).resolve().name}")
-    doc = score(loaded.labels, p, info["threshold"], out, f"external folder {data}",
-                model_file.name, n_resamples, loaded.relative_paths)
+    model = _load_keras(model_file)
+    p = predict_probabilities(model, data.images, spec)
+    everything = np.arange(len(data.labels))
+    localisation = keras_localisation(model, data, everything, spec)
+    names = "+".join(s.name for s in data.sources)
+    out = Path(out or run.root / f"eval-{names}")
+    doc = score(data.labels, p, info["threshold"], out, f"external data {names}", model_file.name, n_resamples,
+                data.relative_paths, sources=data.source_names,
+                localisation={"external": localisation} if localisation else None)
     log_headline(doc)
     return doc

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from runtime.classifier import Classifier
-from runtime.dataset import DEFAULT_CLASS_LABELS, LabelMap, scan_folder
+from runtime.dataset import DEFAULT_CLASS_LABELS, DataSource, LabelMap, Sample, read_source, samples_of_split
+from runtime.images import read_image
+from runtime.localisation import localisation_summary
 from runtime.manifest import MANIFEST_NAME, read_manifest
 from runtime.progress import Progress
 from train.evaluate import log_headline, score
@@ -42,16 +45,24 @@ def _split_file(export_dir: Path) -> Path:
                             "score a labelled folder instead with --data")
 
 
-def _probabilities(classifier: Classifier, files: list[Path]) -> np.ndarray:
-    progress = Progress(len(files), f"classifying with {classifier.variant}")
-    probs = []
-    for start in range(0, len(files), BATCH):
-        for pred in classifier.predict(files[start:start + BATCH], batch_size=BATCH):
+def _classify(classifier: Classifier, samples: list[Sample]) -> tuple[np.ndarray, dict]:
+    """Probabilities for the samples and, for those with a lesion mask, the localisation
+    figures of the runtime's own Grad-CAM (per source)."""
+    progress = Progress(len(samples), f"classifying with {classifier.variant}")
+    probs, cams, masks, groups = [], [], [], []
+    for start in range(0, len(samples), BATCH):
+        chunk = samples[start:start + BATCH]
+        want_cam = classifier.has_cam and any(s.mask is not None for s in chunk)
+        for sample, pred in zip(chunk, classifier.predict([s.path for s in chunk], with_cam=want_cam, batch_size=BATCH)):
             if not pred.ok:
                 raise ValueError(f"cannot score: {pred.error}")
             probs.append(pred.probability)
-        progress.update(min(start + BATCH, len(files)))
-    return np.asarray(probs, dtype=np.float64)
+            if sample.mask is not None and pred.cam is not None:
+                cams.append(pred.cam)
+                masks.append(read_image(sample.mask)[..., 0] >= 128)
+                groups.append(sample.source)
+        progress.update(min(start + BATCH, len(samples)))
+    return np.asarray(probs, dtype=np.float64), localisation_summary(cams, masks, groups)
 
 
 def _threshold(classifier: Classifier) -> dict:
@@ -60,51 +71,51 @@ def _threshold(classifier: Classifier) -> dict:
     return t
 
 
+def _score_samples(export_dir: Path, samples: list[Sample], variant: str | None, out: Path | None,
+                   evaluated_on: str, out_suffix: str, n_resamples: int, loc_key: str) -> dict:
+    with Classifier.load(export_dir, variant=variant) as classifier:
+        p, localisation = _classify(classifier, samples)
+        name = classifier.variant
+        threshold = _threshold(classifier)
+    y = np.array([s.label for s in samples])
+    out = Path(out or export_dir / f"eval-{name}-{out_suffix}")
+    sources = np.array([s.source for s in samples])
+    result = score(y, p, threshold, out, evaluated_on, f"{export_dir.name}/{name}", n_resamples,
+                   [s.relative for s in samples], sources=sources,
+                   localisation={loc_key: localisation} if localisation else None)
+    log_headline(result)
+    return result
+
+
 def evaluate_export_split(export_dir: Path, variant: str | None = None, split_root: Path | None = None,
                           out: Path | None = None, split: str = "test", n_resamples: int = 1000) -> dict:
     """Score one variant of an export on a split of its training run."""
     export_dir = Path(export_dir)
-    doc = _read_json(_split_file(export_dir))
-    if split not in doc["files"]:
-        raise ValueError(f"the saved split has no {split!r} part (has: {', '.join(doc['files'])})")
-    root = Path(split_root or doc["data_root"])
-    if not root.is_dir():
-        raise FileNotFoundError(f"the dataset of the saved split is not at {root}; pass --split-root")
-    entries = doc["files"][split]
-    missing = [e["path"] for e in entries if not (root / e["path"]).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} file(s) of the saved split are missing under {root}, "
-                                f"e.g. {missing[0]}")
-    with Classifier.load(export_dir, variant=variant) as classifier:
-        p = _probabilities(classifier, [root / e["path"] for e in entries])
-        name = classifier.variant
-        threshold = _threshold(classifier)
-    y = np.array([e["label"] for e in entries])
-    out = Path(out or export_dir / f"eval-{name}-{split}")
-    result = score(y, p, threshold, out, f"{split} split", f"{export_dir.name}/{name}", n_resamples,
-                   [e["path"] for e in entries])
-    log_headline(result)
-    return result
+    samples = samples_of_split(_read_json(_split_file(export_dir)), split, str(split_root) if split_root else None)
+    return _score_samples(export_dir, samples, variant, out, f"{split} split", split, n_resamples, split)
+
+
+def evaluate_export_data(export_dir: Path, sources: list[DataSource], variant: str | None = None,
+                         out: Path | None = None, n_resamples: int = 1000, labels: dict | None = None) -> dict:
+    """Score one variant on every labelled image of external datasets (folders or CSV
+    indexes), per source, with localisation figures where masks exist."""
+    label_map = LabelMap(dict(labels or DEFAULT_CLASS_LABELS))
+    samples = []
+    for source in sources:
+        scan = read_source(replace(source, labels=label_map))
+        if not scan.labelled:
+            raise ValueError(f"{source.path}: no labelled images (class folders benign/, malignant/, normal/ "
+                             "or a CSV index)")
+        samples += scan.labelled
+    names = "+".join(s.name for s in sources)
+    return _score_samples(Path(export_dir), samples, variant, out, f"external data {names}", names, n_resamples,
+                          "external")
 
 
 def evaluate_export_folder(export_dir: Path, data: Path, variant: str | None = None, out: Path | None = None,
                            n_resamples: int = 1000, labels: dict | None = None) -> dict:
-    """Score one variant on every labelled image of an external folder."""
-    scan = scan_folder(data, LabelMap(dict(labels or DEFAULT_CLASS_LABELS)))
-    entries = scan.labelled
-    if not entries:
-        raise ValueError(f"{data}: no labelled images (class folders benign/, malignant/, normal/ ...)")
-    with Classifier.load(export_dir, variant=variant) as classifier:
-        p = _probabilities(classifier, [e.path for e in entries])
-        name = classifier.variant
-        threshold = _threshold(classifier)
-    y = np.array([e.label for e in entries])
-    out = Path(out or Path(export_dir) / f"eval-{name}-{Path(data).resolve().name}")
-    rel = [e.path.relative_to(data).as_posix() for e in entries]
-    result = score(y, p, threshold, out, f"external folder {data}", f"{Path(export_dir).name}/{name}",
-                   n_resamples, rel)
-    log_headline(result)
-    return result
+    """One external folder (or CSV index with the canonical columns)."""
+    return evaluate_export_data(export_dir, [DataSource.parse(str(data))], variant, out, n_resamples, labels)
 
 
 def _read_json(path: Path) -> dict:

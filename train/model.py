@@ -23,17 +23,56 @@ class WeightsUnavailable(RuntimeError):
     """ImageNet weights could not be downloaded or a local weights file does not fit."""
 
 
+VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))   # (convs, filters) per block
+LESION_OUTPUT = "lesion"
+BN_EPSILON = 1e-3
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     image_size: int = 224
-    weights: str = "none"          # "imagenet", "none", or a path to a no-top .h5 file
+    weights: str = "none"          # "imagenet", "none", a no-top .h5 file, or a run directory / .keras model
     dense_units: int = 256
     dropout: float = 0.5
     seed: int = 42
+    batch_norm: bool = False       # BatchNormalization after every conv (from scratch only)
+    width: float = 1.0             # share of VGG16's filters per conv layer (from scratch or a run)
+    lesion_head: bool = False      # auxiliary lesion-segmentation output, trained where masks exist
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.width <= 1.0:
+            raise ValueError("width must be between 0.05 and 1 (the share of VGG16's filters kept)")
+        if self.uses_keras_vgg16_weights and (self.batch_norm or self.width != 1.0):
+            raise ValueError("ImageNet (.h5) weights fit only plain VGG16: use --arch vgg16 --width 1")
 
     @property
     def pretrained(self) -> bool:
         return self.weights != "none"
+
+    @property
+    def uses_keras_vgg16_weights(self) -> bool:
+        return self.weights == "imagenet" or self.weights.lower().endswith((".h5", ".hdf5"))
+
+    def filters(self) -> list[int]:
+        """Filters of each conv layer, in order."""
+        return [max(8, round(f * self.width)) for n, f in VGG16_BLOCKS for _ in range(n)]
+
+
+def _own_vgg16(config: ModelConfig, inputs, batch_norm: bool):
+    """VGG16's topology with the same layer names as Keras' (block1_conv1 ... block5_pool),
+    optionally narrower and with batch normalisation. Returns the last pooling output."""
+    x, widths = inputs, iter(config.filters())
+    for b, (n_convs, _) in enumerate(VGG16_BLOCKS, 1):
+        for c in range(1, n_convs + 1):
+            name = f"block{b}_conv{c}"
+            if batch_norm:
+                x = keras.layers.Conv2D(next(widths), 3, padding="same", use_bias=False, name=name)(x)
+                x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+                x = keras.layers.ReLU(name=f"{name}_relu")(x)
+            else:
+                x = keras.layers.Conv2D(next(widths), 3, padding="same", activation="relu", name=name)(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
+    return x
 
 
 def _vgg16_base(config: ModelConfig, inputs):
@@ -72,28 +111,70 @@ def _he_initialise(model, seed: int) -> None:
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
-            kernel, bias = layer.get_weights()
+            kernel, *bias = layer.get_weights()     # no bias before a batch norm
             fan_in = np.prod(kernel.shape[:-1])
             kernel = rng.normal(0.0, np.sqrt(2.0 / fan_in), kernel.shape).astype(np.float32)
-            layer.set_weights([kernel, np.zeros_like(bias)])
+            layer.set_weights([kernel] + [np.zeros_like(b) for b in bias])
+
+
+def _features(config: ModelConfig, inputs, batch_norm: bool):
+    if config.uses_keras_vgg16_weights or (config.width == 1.0 and not batch_norm and config.weights == "none"):
+        return _vgg16_base(config, inputs).output
+    return _own_vgg16(config, inputs, batch_norm)
+
+
+def _classifier(config: ModelConfig, batch_norm: bool, lesion_head: bool):
+    inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
+    pooled = _features(config, inputs, batch_norm)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(pooled)
+    x = keras.layers.Dense(config.dense_units, activation="relu", kernel_initializer="he_normal", name="head_dense")(x)
+    x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
+    # float32 outputs: under mixed bfloat16 the loss and the probabilities stay exact
+    outputs = [keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="malignancy")(x)]
+    if lesion_head:
+        last = f"{LAST_CONV_LAYER}_relu" if batch_norm else LAST_CONV_LAYER
+        activations = [layer for layer in _layers_of(pooled) if layer.name == last][0].output
+        outputs.append(keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32",
+                                           name=LESION_OUTPUT)(activations))
+    return keras.Model(inputs, outputs if lesion_head else outputs[0], name="vgg16_breast")
+
+
+def _layers_of(tensor):
+    """Every layer between the model input and `tensor` (to find a named layer)."""
+    seen, todo = [], [tensor._keras_history.layer]
+    while todo:
+        layer = todo.pop()
+        if layer in seen:
+            continue
+        seen.append(layer)
+        for node in layer._inbound_nodes:
+            todo.extend(node.inbound_layers if isinstance(node.inbound_layers, list) else [node.inbound_layers])
+    return seen
 
 
 def build_model(config: ModelConfig):
-    """Return (model, info) where info records the build for run.json."""
+    """Return (model, info) where info records the build for run.json. The model trains;
+    `inference_model` turns it into the plain float32 classifier that is saved."""
     keras.utils.set_random_seed(config.seed)
-    inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
-    base = _vgg16_base(config, inputs)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(base.output)
-    x = keras.layers.Dense(config.dense_units, activation="relu", kernel_initializer="he_normal", name="head_dense")(x)
-    x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="malignancy")(x)
-    model = keras.Model(inputs, outputs, name="vgg16_breast")
-    if not config.pretrained:
+    model = _classifier(config, config.batch_norm, config.lesion_head)
+    from_run = config.pretrained and not config.uses_keras_vgg16_weights
+    if not config.pretrained or from_run:
         _he_initialise(model, config.seed)
+    if from_run:
+        copied = init_from_run(model, Path(config.weights))
+    arch = "VGG16" + (f" at {config.width:g}x width" if config.width != 1.0 else "")
     info = {
-        "architecture": "VGG16 (include_top=False, no batch norm) + GAP + Dense(relu) + Dropout + Dense(sigmoid)",
+        "architecture": f"{arch} (include_top=False, {'batch norm after every conv' if config.batch_norm else 'no batch norm'})"
+                        " + GAP + Dense(relu) + Dropout + Dense(sigmoid)"
+                        + (" + auxiliary lesion head (training only)" if config.lesion_head else ""),
         "weights": config.weights if config.weights in ("imagenet", "none") else f"local file {Path(config.weights).name}",
-        "initialisation": "he_normal conv kernels, zero biases" if not config.pretrained else "pretrained conv base",
+        "initialisation": ("he_normal conv kernels, zero biases" if not config.pretrained else
+                           f"from an earlier run ({copied} layers copied)" if from_run else "pretrained conv base"),
+        "batch_norm": config.batch_norm,
+        "batch_norm_note": "folded into the convolutions in model.keras" if config.batch_norm else None,
+        "width": config.width,
+        "filters": config.filters(),
+        "lesion_head": config.lesion_head,
         "last_conv_layer": LAST_CONV_LAYER,
         "dense_units": config.dense_units,
         "dropout": config.dropout,
@@ -101,7 +182,66 @@ def build_model(config: ModelConfig):
     return model, info
 
 
-def set_trainable_blocks(model, blocks: str) -> None:
+def inference_model(model, config: ModelConfig):
+    """The plain float32 classifier that is saved as model.keras: batch norms folded into
+    the convolutions, the lesion head dropped, every layer float32. Export, Grad-CAM and
+    `bcd slim` then see the same plain VGG16 topology whatever the training recipe."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        plain = _classifier(config, batch_norm=False, lesion_head=False)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    for layer in plain.layers:
+        if isinstance(layer, keras.layers.Conv2D) and config.batch_norm:
+            layer.set_weights(_folded(model.get_layer(layer.name), model.get_layer(f"{layer.name}_bn")))
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return plain
+
+
+def _folded(conv, bn) -> list[np.ndarray]:
+    """Conv (no bias) followed by inference-mode batch norm, as one conv with a bias."""
+    gamma, beta, mean, var = bn.get_weights()
+    scale = gamma / np.sqrt(var + bn.epsilon)
+    kernel = conv.get_weights()[0] * scale
+    return [kernel.astype(np.float32), (beta - mean * scale).astype(np.float32)]
+
+
+def init_from_run(model, source: Path) -> int:
+    """Initialise `model` from an earlier run's model.keras (or a .keras file): every
+    layer whose name and weight shapes fit is copied; into a batch-norm model, a plain
+    conv's kernel is copied and its bias becomes the batch norm's offset. Returns the
+    number of layers copied."""
+    path = source / "model.keras" if source.is_dir() else source
+    if not path.is_file():
+        raise WeightsUnavailable(f"--weights {source}: no model.keras there (a run directory or a .keras file)")
+    try:
+        donor = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as err:
+        raise WeightsUnavailable(f"--weights {source}: cannot load {path.name} ({err.__class__.__name__}: {err})") from None
+    donor_layers = {layer.name: layer for layer in donor.layers}
+    copied = 0
+    for layer in model.layers:
+        d = donor_layers.get(layer.name)
+        if d is None or not layer.weights:
+            continue
+        theirs, mine = d.get_weights(), layer.get_weights()
+        if [w.shape for w in theirs] == [w.shape for w in mine]:
+            layer.set_weights(theirs)
+            copied += 1
+        elif isinstance(layer, keras.layers.Conv2D) and len(theirs) == 2 and theirs[0].shape == mine[0].shape:
+            layer.set_weights([theirs[0]])                  # conv without bias: the bias goes to the batch norm
+            bn = model.get_layer(f"{layer.name}_bn")
+            gamma, _, mean, var = bn.get_weights()
+            bn.set_weights([np.ones_like(gamma), theirs[1], np.zeros_like(mean), np.ones_like(var) - bn.epsilon])
+            copied += 1
+    if copied == 0:
+        raise WeightsUnavailable(f"--weights {source}: no layer of that model fits this architecture")
+    return copied
+
+
+def set_trainable_blocks(model, blocks: str) -> None:  # noqa: D401
     """'none': freeze the whole VGG16 base; 'last': only block5 trains; 'all': everything."""
     for layer in model.layers:
         if layer.name.startswith("block"):

@@ -88,6 +88,34 @@ def plot_roc(
     return _save(fig, path)
 
 
+def plot_roc_per_source(y_true: Any, y_prob: Any, sources: Sequence[str], path: str | os.PathLike,
+                        threshold: float, title: str = "ROC per source") -> Path:
+    """One ROC curve per source (hospital) with its operating point at the shared
+    threshold: a threshold that travels badly shows as points far apart."""
+    y, p = _validate(y_true, y_prob)
+    sources = np.asarray(sources)
+    fig, ax = plt.subplots(figsize=(5.6, 5.4))
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="Chance")
+    for k, name in enumerate(sorted(set(sources.tolist()))):
+        sel = sources == name
+        m = binary_metrics(y[sel], p[sel], threshold)
+        if m["roc_auc"] is None:
+            continue
+        fpr, tpr, _ = roc_curve(y[sel], p[sel])
+        color = plt.cm.tab10(k % 10)
+        ax.plot(fpr, tpr, lw=2, color=color, label=f"{name} (AUC {m['roc_auc']:.3f}; {_n_text(y[sel])})")
+        ax.plot(1 - m["specificity"], m["sensitivity"], "o", ms=8, color=color, mec="k", zorder=5)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("1 − specificity (false positive rate)")
+    ax.set_ylabel("Sensitivity (true positive rate)")
+    ax.set_title(f"{title} (dots: threshold {threshold:.3f})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
 # ------------------------------------------------------------------------------ PR
 
 

@@ -23,7 +23,7 @@ from runtime.preprocessing import PreprocessSpec
 from train import prune, trainer
 from train.config import TrainConfig
 from train.cost import count_macs, model_cost
-from train.data import AugmentConfig, LoadedDataset, load_folder, to_model_input
+from train.data import LoadedDataset, load_saved_split, to_model_input
 from train.dedup import DedupConfig
 from train.evaluate import predict_probabilities
 from train.metrics import ThresholdPolicy, binary_metrics
@@ -105,23 +105,18 @@ def open_parent(path: str | Path) -> tuple[RunDir, dict, dict]:
 def train_config_from_dict(doc: dict, **changes) -> TrainConfig:
     """The TrainConfig saved in a run.json (keys a newer tool added are left at their
     defaults, so older runs still load)."""
-    known = {f.name for f in fields(TrainConfig)}
-    values = {k: v for k, v in doc.items() if k in known}
-    if isinstance(values.get("augment"), dict):
-        values["augment"] = AugmentConfig(**values["augment"])
-    return replace(TrainConfig(**values), **changes)
+    return TrainConfig.from_dict(doc, **changes)
 
 
 def _load_parent_data(config: SlimConfig, train_cfg: TrainConfig, info: dict, split_doc: dict,
                       spec: PreprocessSpec) -> tuple[LoadedDataset, dict[str, np.ndarray]]:
-    # The trainer's way (the whole folder, then the saved split by path) so the data
-    # summary in run.json and the split indices match the parent exactly.
-    root = Path(config.data or split_doc["data_root"])
-    if not root.is_dir():
-        raise FileNotFoundError(f"the parent run's data folder {root} is missing (moved?): pass --data DIR")
-    data = load_folder(root, spec, LabelMap(dict(info["labels"]["class_labels"])),
-                       DedupConfig(max_distance=train_cfg.dedup_max_distance))
-    return data, trainer.split_from_doc(split_doc, data)
+    # The trainer's way (every source, then the saved split by source and path) so the
+    # data summary in run.json and the split indices match the parent exactly.
+    try:
+        return load_saved_split(split_doc, spec, config.data, info["labels"]["class_labels"],
+                                DedupConfig(max_distance=train_cfg.dedup_max_distance))
+    except (FileNotFoundError, ValueError) as err:
+        raise FileNotFoundError(f"the parent run's data cannot be read ({err}): pass --data DIR if it moved") from None
 
 
 def _choose_ratio(config: SlimConfig, model) -> float:

@@ -15,16 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from runtime import atomic
-from runtime.dataset import LabelMap
+from runtime.dataset import CsvMapping, DataSource, LabelMap
 from runtime.preprocessing import PreprocessSpec
 from train import evaluate
 from train.config import TrainConfig
 from train.cost import model_cost
-from train.data import LoadedDataset, balanced_class_weights, load_folder, make_tf_dataset
-from train.dedup import DedupConfig, group_ids
+from train.data import (LesionTargets, LoadedDataset, balanced_class_weights, load_sources, make_tf_dataset,
+                        split_from_doc)
+from train.dedup import DedupConfig, split_groups
 from train.metrics import ThresholdPolicy
-from train.model import ModelConfig, build_model, set_trainable_blocks
+from train.model import LESION_OUTPUT, ModelConfig, build_model, inference_model, set_trainable_blocks
 from train.plots import plot_history
+from train.precision import apply_precision, resolve_precision
 from train.run_dir import RunDir
 from train.split import SplitConfig, describe_split, save_split, split_indices
 from train.tf_setup import keras, tf
@@ -54,7 +56,11 @@ def plan_phases(config: TrainConfig) -> list[Phase]:
     head = min(config.head_epochs, config.epochs)
     phases = [Phase("head", 0, head, "none", config.lr_head)]
     if config.epochs > head:
-        phases.append(Phase("finetune", head, config.epochs, "last", config.lr_finetune))
+        # ImageNet features are generic: only block 5 adapts. A model trained on breast
+        # ultrasound elsewhere adapts as a whole, gently, to the new site's scanners.
+        from_run = not ModelConfig(config.image_size, config.weights, width=config.width).uses_keras_vgg16_weights
+        phases.append(Phase("finetune", head, config.epochs, "all" if from_run else "last",
+                            config.lr_scratch * 0.3 if from_run else config.lr_finetune))
     return phases
 
 
@@ -81,9 +87,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
     lower the learning rate on a plateau (LrDecay), and stop early when validation AUC
     has not improved for `patience` epochs."""
 
-    def __init__(self, run: RunDir, state: dict, phase: Phase, patience: int, decay: LrDecay = LrDecay()):
+    def __init__(self, run: RunDir, state: dict, phase: Phase, patience: int, decay: LrDecay = LrDecay(),
+                 to_saved=None):
         super().__init__()
         self.run, self.state, self.phase, self.patience, self.decay = run, state, phase, patience, decay
+        self.to_saved = to_saved or (lambda model: model)   # the trained model -> what model.keras holds
         self.epoch_start = time.monotonic()
 
     def _maybe_decay(self) -> None:
@@ -103,15 +111,17 @@ class EpochCheckpoint(keras.callbacks.Callback):
         logs = logs or {}
         seconds = time.monotonic() - self.epoch_start
         state, history = self.state, self.state["history"]
-        for key in ("loss", "auc", "val_loss", "val_auc"):
-            history.setdefault(key, []).append(float(logs.get(key, float("nan"))))
+        logs = _classifier_logs(logs)
+        for key in ("loss", "auc", "val_loss", "val_auc", "lesion_loss", "val_lesion_loss"):
+            if key in logs or key in history:
+                history.setdefault(key, []).append(float(logs.get(key, float("nan"))))
         history.setdefault("seconds", []).append(round(seconds, 1))
         val_auc = float(logs.get("val_auc", 0.0))
         improved = val_auc > state["best_val_auc"] + 1e-6
         if improved:
             state.update(best_val_auc=val_auc, best_epoch=epoch + 1, wait=0)
             with atomic.atomic_path(self.run.model) as tmp:
-                self.model.save(tmp)
+                self.to_saved(self.model).save(tmp)
         else:
             state["wait"] += 1
             self._maybe_decay()
@@ -153,40 +163,52 @@ def _check_resume_config(run: RunDir, config: TrainConfig) -> None:
         raise RunExists(f"--resume with settings that differ from the original run: {', '.join(diff)}")
 
 
+def _classifier_logs(logs: dict) -> dict:
+    """Keras names the classifier's metrics malignancy_auc when the lesion head is on."""
+    out = dict(logs)
+    for key in ("auc", "val_auc"):
+        prefixed = key.replace("auc", "malignancy_auc")
+        if key not in out and prefixed in out:
+            out[key] = out[prefixed]
+    return out
+
+
+def data_sources(config: TrainConfig) -> list[DataSource]:
+    labels = LabelMap(dict(config.class_labels))
+    return [DataSource.parse(d["path"], CsvMapping(**d["mapping"]) if d.get("mapping") else None, labels)
+            if not d.get("name") else
+            DataSource(Path(d["path"]), d["name"], CsvMapping(**d["mapping"]) if d.get("mapping") else None, labels)
+            for d in config.data]
+
+
 def _load_data(config: TrainConfig, run: RunDir, spec: PreprocessSpec) -> LoadedDataset:
-    data_root = config.data
-    if data_root is None:
+    if config.data is None:
         from train.synthetic import write_synthetic_dataset
-        data_root = write_synthetic_dataset(run.root / "synthetic-data")
+        root = write_synthetic_dataset(run.root / "synthetic-data")
         log.warning("no --data given: training on the built-in synthetic images in %s "
-                    "(a pipeline check; its numbers mean nothing clinically)", data_root)
-    dedup = DedupConfig(max_distance=config.dedup_max_distance)
-    return load_folder(data_root, spec, LabelMap(dict(config.class_labels)), dedup)
-
-
-def split_from_doc(doc: dict, data: LoadedDataset) -> dict[str, np.ndarray]:
-    """Indices into `data` of a saved split.json (resume, and `bcd slim` reusing its
-    parent's split)."""
-    index = {p: i for i, p in enumerate(data.relative_paths)}
-    missing = [f["path"] for s in doc["files"].values() for f in s if f["path"] not in index]
-    if missing:
-        raise RunExists(f"{len(missing)} file(s) of the saved split are no longer readable, e.g. {missing[0]}")
-    return {s: np.array([index[f["path"]] for f in doc["files"][s]]) for s in doc["files"]}
+                    "(a pipeline check; its numbers mean nothing clinically)", root)
+        sources = [DataSource.parse(str(root), labels=LabelMap(dict(config.class_labels)))]
+    else:
+        sources = data_sources(config)
+    return load_sources(sources, spec, DedupConfig(max_distance=config.dedup_max_distance))
 
 
 def _split(config: TrainConfig, run: RunDir, data: LoadedDataset, resume: bool) -> dict[str, np.ndarray]:
     if resume:
         return split_from_doc(run.read_json(run.split), data)
-    groups = group_ids(data.hashes, config.dedup_max_distance)
-    split_cfg = SplitConfig(config.val_fraction, config.test_fraction, config.seed)
-    indices = split_indices(data.labels, groups, split_cfg)
-    doc = describe_split(data.relative_paths, data.labels, groups, data.class_names, indices,
-                         split_cfg, DedupConfig(config.dedup_max_distance))
+    patients = [(src, p) if p is not None else None for src, p in zip(data.source_names.tolist(), data.patients)]
+    groups = split_groups(data.hashes, config.dedup_max_distance, patients)
+    split_cfg = SplitConfig(config.val_fraction, config.test_fraction, config.seed, config.val_source)
+    indices = split_indices(data.labels, groups, split_cfg, sources=data.source_names)
+    doc = describe_split(data, groups, indices, split_cfg, DedupConfig(config.dedup_max_distance))
     doc["data_root"] = str(Path(data.root).resolve())
     doc["unreadable_skipped"] = data.unreadable
+    doc["bad_rows_skipped"] = data.bad_rows
     save_split(doc, run.split)
-    log.info("split (images): %s; %d near-duplicate groups", doc["counts"], len(doc["duplicate_groups"]))
-    return {s: np.array(v) for s, v in indices.items()}
+    log.info("split (images): %s; %d near-duplicate/patient groups", doc["counts"], len(doc["duplicate_groups"]))
+    if len(data.sources) > 1:
+        log.info("per source: %s", doc["counts_per_source"])
+    return {s: np.array(v, dtype=int) for s, v in indices.items()}
 
 
 def _class_weights(labels: np.ndarray) -> dict[int, float]:
@@ -196,12 +218,15 @@ def _class_weights(labels: np.ndarray) -> dict[int, float]:
     return weights
 
 
-def _compile(model, learning_rate: float) -> None:
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="binary_crossentropy",
-        metrics=[keras.metrics.AUC(name="auc")],
-    )
+def _compile(model, learning_rate: float, lesion_weight: float = 0.0) -> None:
+    optimizer = keras.optimizers.Adam(learning_rate)
+    if lesion_weight > 0:
+        model.compile(optimizer=optimizer,
+                      loss={"malignancy": "binary_crossentropy", LESION_OUTPUT: "binary_crossentropy"},
+                      loss_weights={"malignancy": 1.0, LESION_OUTPUT: lesion_weight},
+                      metrics={"malignancy": [keras.metrics.AUC(name="auc")]})
+        return
+    model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
 
 
 def _run_info(config, spec, model_info, data, phases, status, extra=None) -> dict:
@@ -234,29 +259,40 @@ def new_state() -> dict:
 
 def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: LoadedDataset,
                split: dict[str, np.ndarray], spec: PreprocessSpec, batch_size: int, seed: int,
-               augment, patience: int, resume: bool, decay: LrDecay = LrDecay()) -> None:
+               augment, patience: int, resume: bool, decay: LrDecay = LrDecay(),
+               lesion_weight: float = 0.0, to_saved=None) -> None:
     """Train `model` through `phases` on the split's train images, validating on val:
-    class weights, early stopping on val AUC, best model -> run.model, checkpoint every
-    epoch. Shared by `bcd train` and `bcd slim` (which passes a pruned model)."""
-    x_train, y_train = data.images[split["train"]], data.labels[split["train"]]
-    x_val, y_val = data.images[split["val"]], data.labels[split["val"]]
-    train_ds = make_tf_dataset(x_train, y_train, spec, batch_size, True, seed, augment)
-    val_ds = make_tf_dataset(x_val, y_val, spec, batch_size, False)
-    weights = _class_weights(y_train)
+    class weights, early stopping on val AUC, best model -> run.model (through
+    `to_saved`), checkpoint every epoch. Shared by `bcd train` and `bcd slim` (which
+    passes a pruned model). With lesion_weight > 0 the model's lesion head learns the
+    masks of the images that have one."""
+    tr, va = split["train"], split["val"]
+    weights = _class_weights(data.labels[tr])
+    lesion = (lambda idx: _lesion_targets(data, idx, weights)) if lesion_weight > 0 else (lambda idx: None)
+    train_ds = make_tf_dataset(data.images[tr], data.labels[tr], spec, batch_size, True, seed, augment, lesion(tr))
+    val_ds = make_tf_dataset(data.images[va], data.labels[va], spec, batch_size, False, lesion=lesion(va))
     verbose = 1 if _is_tty() else 2
     for phase in phases:
         if state.get("stopped_early") or state["epochs_done"] >= phase.end:
             continue
         if state["phase"] != phase.name or not resume:
             set_trainable_blocks(model, phase.blocks)
-            _compile(model, phase.learning_rate)
+            _compile(model, phase.learning_rate, lesion_weight)
             state["wait"] = 0   # each phase gets its own patience
         resume = False  # later phases start fresh
         log.info("phase %s: epochs %d-%d, VGG16 blocks training: %s, learning rate %g",
                  phase.name, phase.start + 1, phase.end, phase.blocks, phase.learning_rate)
         model.fit(train_ds, validation_data=val_ds, epochs=phase.end,
-                  initial_epoch=max(phase.start, state["epochs_done"]), class_weight=weights,
-                  callbacks=[EpochCheckpoint(run, state, phase, patience, decay)], verbose=verbose)
+                  initial_epoch=max(phase.start, state["epochs_done"]),
+                  class_weight=None if lesion_weight > 0 else weights,   # sample weights carry them then
+                  callbacks=[EpochCheckpoint(run, state, phase, patience, decay, to_saved)], verbose=verbose)
+
+
+def _lesion_targets(data: LoadedDataset, idx: np.ndarray, class_weights: dict) -> LesionTargets:
+    """Masks where known: a source's lesion masks, and the empty mask of a 'normal'
+    image (no lesion to find)."""
+    normal = np.array([c == "normal" for c in data.class_names])[idx]
+    return LesionTargets(data.masks[idx], data.has_mask[idx] | normal, class_weights)
 
 
 def finish_training(run: RunDir, state: dict, phases: list[Phase], data: LoadedDataset,
@@ -291,17 +327,24 @@ def train(config: TrainConfig, resume: bool = False) -> RunDir:
     state = run.read_json(run.state) if resume else new_state()
     if resume and (state["epochs_done"] >= config.epochs or state.get("stopped_early")):
         log.info("the run had already finished training; re-evaluating")
-    model_cfg = ModelConfig(config.image_size, config.weights, seed=config.seed)
+    precision = resolve_precision(config.precision)
+    apply_precision(precision)
+    model_cfg = ModelConfig(config.image_size, config.weights, seed=config.seed, batch_norm=config.batch_norm,
+                            width=config.width, lesion_head=config.lesion_weight > 0)
     model, model_info = build_model(model_cfg)
-    model_info["cost"] = model_cost(model)
+    model_info["cost"] = model_cost(inference_model(model, model_cfg))
+    model_info["precision"] = {"requested": config.precision, "used": precision}
     if resume and run.last_model.is_file():
         model = keras.models.load_model(run.last_model)
         log.info("resuming after epoch %d", state["epochs_done"])
     atomic.write_json(run.run_info, _run_info(config, spec, model_info, data, phases, "training"))
 
+    log.info("training in %s on %s", precision, ", ".join(f"{s.name} ({s.path})" for s in data.sources))
     fit_phases(model, run, state, phases, data, split, spec, config.batch_size, config.seed,
                config.augment, config.patience, resume,
-               LrDecay(config.lr_decay_patience, config.lr_decay_factor))
+               LrDecay(config.lr_decay_patience, config.lr_decay_factor),
+               lesion_weight=config.lesion_weight, to_saved=lambda m: inference_model(m, model_cfg))
+    apply_precision("float32")
     policy = ThresholdPolicy(config.threshold_method, config.min_sensitivity)
     done = finish_training(run, state, phases, data, split, spec, policy, config.bootstrap_resamples)
     atomic.write_json(run.run_info, _run_info(config, spec, model_info, data, phases, "complete", done))
