@@ -243,7 +243,11 @@ def _add_evaluate(sub) -> None:
     _add_data_options(p, help_text="score every labelled image of this dataset (class folders or a CSV index) "
                       "instead of the test split")
     p.add_argument("--split", choices=["val", "test"], default="test",
-                   help="export directory only: which part of the saved split to score (default test)")
+                   help="which part of the saved split to score (default test; a run's other splits and flip "
+                        "averaging are written to RUN/eval-<split>[-flip]/)")
+    p.add_argument("--flip-tta", action="store_true",
+                   help="run directory only: average each probability with the left-right mirrored image's "
+                        "(test-time augmentation; measure it on --split val)")
     p.add_argument("--variant", help="export directory only: variant to score (default as `bcd predict`)")
     p.add_argument("--split-root", type=Path, help="where the run's dataset lives now, if it moved")
     p.add_argument("--out", type=Path, help="output folder (default: with --data RUN/eval-<folder name>; for an "
@@ -267,17 +271,19 @@ def _cmd_evaluate(args) -> int:
     sources = _sources(args.data)
     _setup_logging()
     if is_export_dir(Path(model)):
+        if args.flip_tta:
+            raise UsageError("--flip-tta applies to a run directory (the Keras model)")
         if sources:
             doc = evaluate_export_data(model, sources, args.variant, args.out, args.bootstrap)
         else:
             doc = evaluate_export_split(model, args.variant, args.split_root, args.out, args.split, args.bootstrap)
     else:
-        if args.variant or args.split != "test":
-            raise UsageError("--variant and --split apply to export directories; a run is scored on its test split")
+        if args.variant:
+            raise UsageError("--variant applies to export directories; a run has one Keras model")
         if sources:
             doc = evaluate.evaluate_folder(model, sources, args.out, args.bootstrap)
         else:
-            doc = evaluate.evaluate_run(model, args.split_root, args.bootstrap)
+            doc = evaluate.evaluate_run(model, args.split_root, args.bootstrap, args.split, args.flip_tta, args.out)
     print(evaluate.metrics_markdown(doc))
     return 0
 

@@ -358,12 +358,34 @@ def _row_sample(source: DataSource, mapping: CsvMapping, row: dict, has_group: b
 
 def sources_of_split(doc: dict, data_override: str | None = None, class_labels: dict | None = None) -> list[DataSource]:
     """The sources a split.json was made from (older files name one folder, data_root).
-    `data_override`: where a single-source dataset lives now, if it moved."""
-    if doc.get("sources"):
-        if data_override and len(doc["sources"]) > 1:
-            raise DatasetError("--data can relocate a single-source run only; this run has several sources")
-        return [DataSource.from_dict(d, data_override) for d in doc["sources"]]
-    return [DataSource.parse(str(data_override or doc["data_root"]), labels=LabelMap(dict(class_labels or {})) if class_labels else None)]
+
+    `data_override` says where the data lives now, if it moved: for one source, the
+    folder (or CSV) itself; for several, a folder holding each source's folder under its
+    original name (e.g. a copy of data/ with busi/ and busbra/bus_data.csv in it)."""
+    if not doc.get("sources"):
+        labels = LabelMap(dict(class_labels)) if class_labels else None
+        return [DataSource.parse(str(data_override or doc["data_root"]), labels=labels)]
+    if data_override is None:
+        return [DataSource.from_dict(d) for d in doc["sources"]]
+    return [DataSource.from_dict(d, _relocated(d, Path(data_override), len(doc["sources"]) == 1))
+            for d in doc["sources"]]
+
+
+def _relocated(d: dict, base: Path, single: bool) -> Path:
+    """Where a source recorded in split.json is found under `base`."""
+    recorded = Path(d["path"])
+    csv_name = recorded.name if d.get("kind") == "csv" else None
+    folder = recorded.parent if csv_name else recorded
+    candidates = [base / folder.name]
+    if single:
+        candidates.insert(0, base)
+    if csv_name:
+        candidates = [c / csv_name for c in candidates] + ([base] if single and base.is_file() else [])
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    raise DatasetError(f"source {d['name']!r} is not under {base} (looked for "
+                       f"{', '.join(str(c) for c in candidates)})")
 
 
 def samples_of_split(doc: dict, split: str, root_override: str | None = None) -> list[Sample]:

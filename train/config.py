@@ -1,6 +1,7 @@
 """Training configuration: one dataclass, saved into run.json."""
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 from runtime.dataset import DEFAULT_CLASS_LABELS
@@ -46,7 +47,7 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
         if self.lesion_weight < 0:
             raise ValueError("the lesion loss weight must be >= 0")
-        if self.data is not None and isinstance(self.data, (str, dict)):
+        if self.data is not None:
             object.__setattr__(self, "data", _as_sources(self.data))
 
     def _check(self) -> None:
@@ -84,10 +85,10 @@ class TrainConfig:
 
 def _as_sources(data) -> tuple:
     """Normalise `data` to a tuple of source dicts {"path", "name", "mapping"}."""
-    items = [data] if isinstance(data, (str, dict)) else list(data)
+    items = [data] if isinstance(data, (str, dict, os.PathLike)) else list(data)
     out = []
     for item in items:
-        if isinstance(item, str):
-            item = {"path": item, "name": None, "mapping": None}
+        if not isinstance(item, dict):
+            item = {"path": str(item), "name": None, "mapping": None}
         out.append({"path": str(item["path"]), "name": item.get("name"), "mapping": item.get("mapping")})
     return tuple(out)

@@ -192,19 +192,25 @@ def _load_keras(path: Path):
     return keras.models.load_model(path, compile=False)
 
 
-def evaluate_run(run_path: Path, split_root: Path | None = None, n_resamples: int = 1000) -> dict:
-    """Re-score a run's saved test split (rewrites the run's metrics files)."""
+def evaluate_run(run_path: Path, split_root: Path | None = None, n_resamples: int = 1000, split: str = "test",
+                 flip_tta: bool = False, out: Path | None = None) -> dict:
+    """Re-score a run's saved test split (rewrites the run's metrics files), or another
+    split and/or with flip averaging (written to RUN/eval-<split>[-flip]/ instead)."""
     run, info = _open_run(Path(run_path))
     spec = PreprocessSpec.from_dict(info["preprocessing"])
-    data, split = load_saved_split(run.read_json(run.split), spec, str(split_root) if split_root else None,
+    data, parts = load_saved_split(run.read_json(run.split), spec, str(split_root) if split_root else None,
                                    info["labels"]["class_labels"])
     model = _load_keras(run.model)
-    test = split["test"]
-    p = predict_probabilities(model, data.images[test], spec)
-    localisation = {k: v for k, v in (("test", keras_localisation(model, data, test, spec)),) if v}
-    doc = score(data.labels[test], p, info["threshold"], run.root, "test split", run.model.name, n_resamples,
-                [data.relative_paths[i] for i in test], sources=data.source_names[test],
-                localisation=localisation or None)
+    idx = parts[split]
+    p = predict_probabilities(model, data.images[idx], spec)
+    if flip_tta:   # the mean with the left-right mirror image (a plausible second view of the scan)
+        p = (p + predict_probabilities(model, data.images[idx][:, :, ::-1], spec)) / 2
+    own = split == "test" and not flip_tta
+    out = Path(out) if out else run.root if own else run.root / f"eval-{split}{'-flip' if flip_tta else ''}"
+    localisation = {k: v for k, v in ((split, keras_localisation(model, data, idx, spec)),) if v}
+    doc = score(data.labels[idx], p, info["threshold"], out, f"{split} split" + (" (flip-averaged)" if flip_tta else ""),
+                run.model.name, n_resamples, [data.relative_paths[i] for i in idx],
+                sources=data.source_names[idx], localisation=localisation or None)
     log_headline(doc)
     return doc
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.classifier import Classifier
-from runtime.dataset import DEFAULT_CLASS_LABELS, DataSource, LabelMap, Sample, read_source, samples_of_split
+from runtime.dataset import DEFAULT_CLASS_LABELS, DatasetError, DataSource, LabelMap, Sample, read_source, samples_of_split
 from runtime.images import read_image
 from runtime.localisation import localisation_summary
 from runtime.manifest import MANIFEST_NAME, read_manifest
@@ -91,7 +91,10 @@ def evaluate_export_split(export_dir: Path, variant: str | None = None, split_ro
                           out: Path | None = None, split: str = "test", n_resamples: int = 1000) -> dict:
     """Score one variant of an export on a split of its training run."""
     export_dir = Path(export_dir)
-    samples = samples_of_split(_read_json(_split_file(export_dir)), split, str(split_root) if split_root else None)
+    try:
+        samples = samples_of_split(_read_json(_split_file(export_dir)), split, str(split_root) if split_root else None)
+    except DatasetError as err:
+        raise FileNotFoundError(f"{err}; pass --split-root with where the data lives now") from None
     return _score_samples(export_dir, samples, variant, out, f"{split} split", split, n_resamples, split)
 
 

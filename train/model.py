@@ -221,7 +221,7 @@ def init_from_run(model, source: Path) -> int:
     except Exception as err:
         raise WeightsUnavailable(f"--weights {source}: cannot load {path.name} ({err.__class__.__name__}: {err})") from None
     donor_layers = {layer.name: layer for layer in donor.layers}
-    copied = 0
+    copied, fitted = 0, set()
     for layer in model.layers:
         d = donor_layers.get(layer.name)
         if d is None or not layer.weights:
@@ -230,14 +230,19 @@ def init_from_run(model, source: Path) -> int:
         if [w.shape for w in theirs] == [w.shape for w in mine]:
             layer.set_weights(theirs)
             copied += 1
+            fitted.add(layer.name)
         elif isinstance(layer, keras.layers.Conv2D) and len(theirs) == 2 and theirs[0].shape == mine[0].shape:
             layer.set_weights([theirs[0]])                  # conv without bias: the bias goes to the batch norm
             bn = model.get_layer(f"{layer.name}_bn")
             gamma, _, mean, var = bn.get_weights()
             bn.set_weights([np.ones_like(gamma), theirs[1], np.zeros_like(mean), np.ones_like(var) - bn.epsilon])
             copied += 1
-    if copied == 0:
-        raise WeightsUnavailable(f"--weights {source}: no layer of that model fits this architecture")
+            fitted.add(layer.name)
+    convs = [layer for layer in model.layers if layer.name.startswith("block") and isinstance(layer, keras.layers.Conv2D)]
+    misfits = [layer.name for layer in convs if layer.name not in fitted]
+    if misfits:
+        raise WeightsUnavailable(f"--weights {source}: its conv base does not fit this architecture ({len(misfits)} "
+                                 f"of {len(convs)} conv layers differ, e.g. {misfits[0]}); use the same --width")
     return copied
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -174,11 +174,14 @@ def _classifier_logs(logs: dict) -> dict:
 
 
 def data_sources(config: TrainConfig) -> list[DataSource]:
+    """The run's datasets (config.data holds what `--data` and `--csv-map` said)."""
     labels = LabelMap(dict(config.class_labels))
-    return [DataSource.parse(d["path"], CsvMapping(**d["mapping"]) if d.get("mapping") else None, labels)
-            if not d.get("name") else
-            DataSource(Path(d["path"]), d["name"], CsvMapping(**d["mapping"]) if d.get("mapping") else None, labels)
-            for d in config.data]
+    sources = []
+    for d in config.data:
+        mapping = CsvMapping(**d["mapping"]) if d.get("mapping") else None
+        source = DataSource.parse(d["path"], mapping, labels)
+        sources.append(replace(source, name=d["name"]) if d.get("name") else source)
+    return sources
 
 
 def _load_data(config: TrainConfig, run: RunDir, spec: PreprocessSpec) -> LoadedDataset:
