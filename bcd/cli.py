@@ -104,8 +104,11 @@ def _add_train(sub) -> None:
                    help="augmentation preset: basic (flips, rotation, zoom, gain, contrast; default) or ultrasound "
                         "(adds gamma, speckle, blur, aspect-ratio crops and pasted burned-in marks)")
     p.add_argument("--lesion-weight", type=float, default=0.0,
-                   help="> 0: train an auxiliary lesion head on the lesion masks (where a source has them) with this "
-                        "loss weight, e.g. 0.5, to pull the features toward the lesion (default 0: off)")
+                   help="> 0: a loss on the lesion masks (where a source has them) with this weight, e.g. 0.5, so "
+                        "that the model looks at the lesion (default 0: off; see --lesion-loss)")
+    p.add_argument("--lesion-loss", choices=["cam", "head"], default="cam",
+                   help="with --lesion-weight: cam (default) pulls the model's own Grad-CAM map toward the lesion; "
+                        "head trains an auxiliary segmentation head instead")
     p.add_argument("--val-source", metavar="NAME",
                    help="hold this source out entirely as the validation split (early stopping, threshold): an honest "
                         "estimate of a hospital the model has not seen")
@@ -149,7 +152,7 @@ def _cmd_train(args) -> int:
             data=tuple({"path": str(s.path), "name": s.name, "mapping": s.mapping.to_dict() if s.mapping else None}
                        for s in sources) or None,
             val_source=args.val_source, precision=args.precision, batch_norm=bn, width=args.width,
-            lesion_weight=args.lesion_weight, augment=AugmentConfig.preset(args.augment),
+            lesion_weight=args.lesion_weight, lesion_loss=args.lesion_loss, augment=AugmentConfig.preset(args.augment),
             lr_scratch=args.lr if args.lr is not None else (1e-3 if bn else 3e-4),
             **({"class_labels": labels.to_dict()} if labels else {}),
         )

@@ -262,7 +262,7 @@ def test_evaluate_external_csv_with_masks(two_site_run, two_sites, tmp_path):
 
 def test_batch_norm_folds_exactly_into_the_convs():
     from train.model import ModelConfig, build_model, inference_model
-    config = ModelConfig(32, "none", batch_norm=True, width=0.25, lesion_head=True)
+    config = ModelConfig(32, "none", batch_norm=True, width=0.25, lesion="head")
     model, _ = build_model(config)
     rng = np.random.default_rng(0)
     for layer in model.layers:
@@ -296,3 +296,30 @@ def test_masks_follow_the_geometric_augmentation():
     agree = (bright == inside).mean()
     assert agree > 0.9, agree     # marks, noise and interpolation edges account for the rest
     assert not np.allclose(np.asarray(out_masks), masks)   # something moved
+
+
+def test_grad_cam_lesion_loss_pulls_toward_the_lesion():
+    from train.tf_setup import tf
+    from train.trainer import cam_lesion_loss
+    target = np.zeros((3, 4, 4, 1), np.float32)
+    target[:, 1:3, 1:3] = 1.0
+    on_lesion = np.where(target > 0, 5.0, -5.0).astype(np.float32)
+    elsewhere = -on_lesion
+    loss = lambda logits, t=target: np.asarray(cam_lesion_loss(tf.constant(t), tf.constant(logits)))  # noqa: E731
+    # the least it can be is the entropy of the target (4 equal cells: log 4)
+    assert np.allclose(loss(on_lesion), np.log(4), atol=0.01) and (loss(elsewhere) > np.log(4) + 5).all()
+    empty = np.zeros_like(target)
+    assert (loss(elsewhere, empty) == 0).all()      # no lesion to point at: no loss
+
+
+def test_training_cam_branch_is_the_models_grad_cam():
+    from train.localisation import keras_cams
+    from train.model import ModelConfig, build_model, inference_model
+    config = ModelConfig(64, "none", batch_norm=True, width=0.25, lesion="cam")
+    model, _ = build_model(config)
+    images = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    spec = PreprocessSpec(image_size=64)
+    from train.data import to_model_input
+    _, cam_logits = model(to_model_input(images, spec), training=False)
+    expected = keras_cams(inference_model(model, config), images, spec)   # the saved model's Grad-CAM
+    np.testing.assert_allclose(np.maximum(np.asarray(cam_logits)[..., 0], 0), expected, rtol=1e-3, atol=1e-4)

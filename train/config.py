@@ -39,7 +39,8 @@ class TrainConfig:
     precision: str = "auto"          # auto: mixed bfloat16 where the CPU has native bf16
     batch_norm: bool = False
     width: float = 1.0
-    lesion_weight: float = 0.0       # > 0: auxiliary lesion head trained on the masks, loss weight
+    lesion_weight: float = 0.0       # > 0: a lesion-mask loss with this weight (where masks exist)
+    lesion_loss: str = "cam"         # cam: on the Grad-CAM map itself; head: an auxiliary segmentation head
 
     def __post_init__(self) -> None:
         self._check()
@@ -47,6 +48,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
         if self.lesion_weight < 0:
             raise ValueError("the lesion loss weight must be >= 0")
+        if self.lesion_loss not in ("cam", "head"):
+            raise ValueError("the lesion loss must be 'cam' or 'head'")
         if self.data is not None:
             object.__setattr__(self, "data", _as_sources(self.data))
 

@@ -261,7 +261,8 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
             return x, y
         target = tf.nn.avg_pool2d(m, lesion.cell, lesion.cell, "VALID")  # lesion share of each map cell
         w = tf.where(y > 0.5, lesion.class_weights[1], lesion.class_weights[0])
-        return x, {"malignancy": y, "lesion": target}, {"malignancy": w, "lesion": k[:, None, None]}
+        k = k if lesion.per_sample_weight else k[:, None, None]   # a per-image loss, or one per map cell
+        return x, {"malignancy": y, "lesion": target}, {"malignancy": w, "lesion": k}
 
     return ds.map(to_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -276,6 +277,7 @@ class LesionTargets:
     has_mask: np.ndarray
     class_weights: dict[int, float]
     cell: int = 16
+    per_sample_weight: bool = False     # the lesion loss gives one value per image (Grad-CAM loss)
 
 
 def to_model_input(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -25,6 +25,7 @@ class WeightsUnavailable(RuntimeError):
 
 VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))   # (convs, filters) per block
 LESION_OUTPUT = "lesion"
+LESION_LOSSES = ("none", "head", "cam")
 BN_EPSILON = 1e-3
 
 
@@ -37,11 +38,14 @@ class ModelConfig:
     seed: int = 42
     batch_norm: bool = False       # BatchNormalization after every conv (from scratch only)
     width: float = 1.0             # share of VGG16's filters per conv layer (from scratch or a run)
-    lesion_head: bool = False      # auxiliary lesion-segmentation output, trained where masks exist
+    lesion: str = "none"           # lesion-mask loss (training only): none | head (auxiliary segmentation
+                                   # head on block 5) | cam (the Grad-CAM map itself, pulled toward the lesion)
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.width <= 1.0:
             raise ValueError("width must be between 0.05 and 1 (the share of VGG16's filters kept)")
+        if self.lesion not in LESION_LOSSES:
+            raise ValueError(f"lesion loss must be one of {', '.join(LESION_LOSSES)}")
         if self.uses_keras_vgg16_weights and (self.batch_norm or self.width != 1.0):
             raise ValueError("ImageNet (.h5) weights fit only plain VGG16: use --arch vgg16 --width 1")
 
@@ -123,7 +127,7 @@ def _features(config: ModelConfig, inputs, batch_norm: bool):
     return _own_vgg16(config, inputs, batch_norm)
 
 
-def _classifier(config: ModelConfig, batch_norm: bool, lesion_head: bool):
+def _classifier(config: ModelConfig, batch_norm: bool, lesion: str):
     inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
     pooled = _features(config, inputs, batch_norm)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(pooled)
@@ -131,32 +135,59 @@ def _classifier(config: ModelConfig, batch_norm: bool, lesion_head: bool):
     x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
     # float32 outputs: under mixed bfloat16 the loss and the probabilities stay exact
     outputs = [keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="malignancy")(x)]
-    if lesion_head:
-        last = f"{LAST_CONV_LAYER}_relu" if batch_norm else LAST_CONV_LAYER
-        activations = [layer for layer in _layers_of(pooled) if layer.name == last][0].output
+    model = keras.Model(inputs, outputs[0], name="vgg16_breast")
+    if lesion == "head":
+        activations = model.get_layer(last_activation_layer(batch_norm)).output
         outputs.append(keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32",
                                            name=LESION_OUTPUT)(activations))
-    return keras.Model(inputs, outputs if lesion_head else outputs[0], name="vgg16_breast")
+        return keras.Model(inputs, outputs, name="vgg16_breast")
+    if lesion == "cam":
+        return with_lesion_cam(model, batch_norm)
+    return model
 
 
-def _layers_of(tensor):
-    """Every layer between the model input and `tensor` (to find a named layer)."""
-    seen, todo = [], [tensor._keras_history.layer]
-    while todo:
-        layer = todo.pop()
-        if layer in seen:
-            continue
-        seen.append(layer)
-        for node in layer._inbound_nodes:
-            todo.extend(node.inbound_layers if isinstance(node.inbound_layers, list) else [node.inbound_layers])
-    return seen
+def last_activation_layer(batch_norm: bool) -> str:
+    """The layer whose output Grad-CAM reads (block5_conv3 after its ReLU)."""
+    return f"{LAST_CONV_LAYER}_relu" if batch_norm else LAST_CONV_LAYER
+
+
+class CamLogits(keras.layers.Layer):
+    """sum_k g_k A_k with g = W1 (step(h) * w2): the model's Grad-CAM map before its ReLU
+    (derivation in export/explain.py), computed with the head's live kernels so that a
+    loss on it moves the features and the head together. Training only: it owns no
+    weights, and checkpoints hold the model without it (`without_lesion_cam`)."""
+
+    def __init__(self, dense, output, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        self._layers_used = (dense, output)
+
+    def call(self, inputs):
+        from train.tf_setup import tf
+        activations, hidden = (tf.cast(t, tf.float32) for t in inputs)
+        dense, output = self._layers_used
+        weighted = tf.cast(hidden > 0.0, tf.float32) * tf.reshape(tf.cast(output.kernel, tf.float32), [1, -1])
+        g = tf.matmul(weighted, tf.cast(dense.kernel, tf.float32), transpose_b=True)
+        return tf.reduce_sum(activations * g[:, None, None, :], axis=-1, keepdims=True)
+
+
+def with_lesion_cam(model, batch_norm: bool):
+    """The classifier with a second output: its Grad-CAM logits (N, h, w, 1)."""
+    activations = model.get_layer(last_activation_layer(batch_norm)).output
+    hidden = model.get_layer("head_dense").output
+    cam = CamLogits(model.get_layer("head_dense"), model.get_layer("malignancy"), name=LESION_OUTPUT)([activations, hidden])
+    return keras.Model(model.inputs, [model.outputs[0], cam], name=model.name)
+
+
+def without_lesion_cam(model):
+    """What a checkpoint holds: the classifier alone (same layers and weights)."""
+    return keras.Model(model.inputs, model.outputs[0], name=model.name) if len(model.outputs) > 1 else model
 
 
 def build_model(config: ModelConfig):
     """Return (model, info) where info records the build for run.json. The model trains;
     `inference_model` turns it into the plain float32 classifier that is saved."""
     keras.utils.set_random_seed(config.seed)
-    model = _classifier(config, config.batch_norm, config.lesion_head)
+    model = _classifier(config, config.batch_norm, config.lesion)
     from_run = config.pretrained and not config.uses_keras_vgg16_weights
     if not config.pretrained or from_run:
         _he_initialise(model, config.seed)
@@ -166,7 +197,8 @@ def build_model(config: ModelConfig):
     info = {
         "architecture": f"{arch} (include_top=False, {'batch norm after every conv' if config.batch_norm else 'no batch norm'})"
                         " + GAP + Dense(relu) + Dropout + Dense(sigmoid)"
-                        + (" + auxiliary lesion head (training only)" if config.lesion_head else ""),
+                        + {"none": "", "head": " + auxiliary lesion head (training only)",
+                           "cam": " + Grad-CAM lesion loss (training only)"}[config.lesion],
         "weights": config.weights if config.weights in ("imagenet", "none") else f"local file {Path(config.weights).name}",
         "initialisation": ("he_normal conv kernels, zero biases" if not config.pretrained else
                            f"from an earlier run ({copied} layers copied)" if from_run else "pretrained conv base"),
@@ -174,7 +206,7 @@ def build_model(config: ModelConfig):
         "batch_norm_note": "folded into the convolutions in model.keras" if config.batch_norm else None,
         "width": config.width,
         "filters": config.filters(),
-        "lesion_head": config.lesion_head,
+        "lesion_loss": config.lesion,
         "last_conv_layer": LAST_CONV_LAYER,
         "dense_units": config.dense_units,
         "dropout": config.dropout,
@@ -189,7 +221,7 @@ def inference_model(model, config: ModelConfig):
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        plain = _classifier(config, batch_norm=False, lesion_head=False)
+        plain = _classifier(config, batch_norm=False, lesion="none")
     finally:
         keras.mixed_precision.set_global_policy(policy)
     for layer in plain.layers:

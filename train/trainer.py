@@ -24,7 +24,8 @@ from train.data import (LesionTargets, LoadedDataset, balanced_class_weights, lo
                         split_from_doc)
 from train.dedup import DedupConfig, split_groups
 from train.metrics import ThresholdPolicy
-from train.model import LESION_OUTPUT, ModelConfig, build_model, inference_model, set_trainable_blocks
+from train.model import (LESION_OUTPUT, ModelConfig, build_model, inference_model, set_trainable_blocks,
+                         with_lesion_cam, without_lesion_cam)
 from train.plots import plot_history
 from train.precision import apply_precision, resolve_precision
 from train.run_dir import RunDir
@@ -133,7 +134,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
             state["stopped_early"] = True
             self.model.stop_training = True
         with atomic.atomic_path(self.run.last_model) as tmp:
-            self.model.save(tmp)
+            without_lesion_cam(self.model).save(tmp)   # the CAM branch has no weights of its own
         atomic.write_json(self.run.state, state)
         log.info(
             "epoch %d/%d [%s] %.0fs  loss %.4f  val_loss %.4f  val_auc %.4f%s",
@@ -221,15 +222,28 @@ def _class_weights(labels: np.ndarray) -> dict[int, float]:
     return weights
 
 
-def _compile(model, learning_rate: float, lesion_weight: float = 0.0) -> None:
+def _compile(model, learning_rate: float, lesion_weight: float = 0.0, lesion_loss: str = "head") -> None:
     optimizer = keras.optimizers.Adam(learning_rate)
     if lesion_weight > 0:
         model.compile(optimizer=optimizer,
-                      loss={"malignancy": "binary_crossentropy", LESION_OUTPUT: "binary_crossentropy"},
+                      loss={"malignancy": "binary_crossentropy",
+                            LESION_OUTPUT: cam_lesion_loss if lesion_loss == "cam" else "binary_crossentropy"},
                       loss_weights={"malignancy": 1.0, LESION_OUTPUT: lesion_weight},
                       metrics={"malignancy": [keras.metrics.AUC(name="auc")]})
         return
     model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
+
+
+def cam_lesion_loss(y_true, y_pred):
+    """Cross-entropy between the lesion's share of each map cell (normalised to sum 1)
+    and the spatial softmax of the Grad-CAM logits: low when the map's mass sits on the
+    lesion. 0 for an image whose lesion map is empty (nothing to point at)."""
+    n = tf.shape(y_pred)[0]
+    target = tf.reshape(tf.cast(y_true, tf.float32), [n, -1])
+    logits = tf.reshape(tf.cast(y_pred, tf.float32), [n, -1])
+    total = tf.reduce_sum(target, axis=1, keepdims=True)
+    ce = -tf.reduce_sum(target / tf.maximum(total, 1e-6) * tf.nn.log_softmax(logits, axis=1), axis=1)
+    return tf.where(total[:, 0] > 0, ce, tf.zeros_like(ce))
 
 
 def _run_info(config, spec, model_info, data, phases, status, extra=None) -> dict:
@@ -263,7 +277,7 @@ def new_state() -> dict:
 def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: LoadedDataset,
                split: dict[str, np.ndarray], spec: PreprocessSpec, batch_size: int, seed: int,
                augment, patience: int, resume: bool, decay: LrDecay = LrDecay(),
-               lesion_weight: float = 0.0, to_saved=None) -> None:
+               lesion_weight: float = 0.0, to_saved=None, lesion_loss: str = "head") -> None:
     """Train `model` through `phases` on the split's train images, validating on val:
     class weights, early stopping on val AUC, best model -> run.model (through
     `to_saved`), checkpoint every epoch. Shared by `bcd train` and `bcd slim` (which
@@ -271,7 +285,8 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
     masks of the images that have one."""
     tr, va = split["train"], split["val"]
     weights = _class_weights(data.labels[tr])
-    lesion = (lambda idx: _lesion_targets(data, idx, weights)) if lesion_weight > 0 else (lambda idx: None)
+    per_sample = lesion_loss == "cam"
+    lesion = (lambda idx: _lesion_targets(data, idx, weights, per_sample)) if lesion_weight > 0 else (lambda idx: None)
     train_ds = make_tf_dataset(data.images[tr], data.labels[tr], spec, batch_size, True, seed, augment, lesion(tr))
     val_ds = make_tf_dataset(data.images[va], data.labels[va], spec, batch_size, False, lesion=lesion(va))
     verbose = 1 if _is_tty() else 2
@@ -280,8 +295,12 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
             continue
         if state["phase"] != phase.name or not resume:
             set_trainable_blocks(model, phase.blocks)
-            _compile(model, phase.learning_rate, lesion_weight)
+            _compile(model, phase.learning_rate, lesion_weight, lesion_loss)
             state["wait"] = 0   # each phase gets its own patience
+        elif model.optimizer is None:   # a checkpoint saved without its optimizer (Grad-CAM lesion loss)
+            set_trainable_blocks(model, phase.blocks)
+            _compile(model, (state["history"].get("learning_rate") or [phase.learning_rate])[-1],
+                     lesion_weight, lesion_loss)
         resume = False  # later phases start fresh
         log.info("phase %s: epochs %d-%d, VGG16 blocks training: %s, learning rate %g",
                  phase.name, phase.start + 1, phase.end, phase.blocks, phase.learning_rate)
@@ -291,11 +310,11 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
                   callbacks=[EpochCheckpoint(run, state, phase, patience, decay, to_saved)], verbose=verbose)
 
 
-def _lesion_targets(data: LoadedDataset, idx: np.ndarray, class_weights: dict) -> LesionTargets:
+def _lesion_targets(data: LoadedDataset, idx: np.ndarray, class_weights: dict, per_sample: bool) -> LesionTargets:
     """Masks where known: a source's lesion masks, and the empty mask of a 'normal'
     image (no lesion to find)."""
     normal = np.array([c == "normal" for c in data.class_names])[idx]
-    return LesionTargets(data.masks[idx], data.has_mask[idx] | normal, class_weights)
+    return LesionTargets(data.masks[idx], data.has_mask[idx] | normal, class_weights, per_sample_weight=per_sample)
 
 
 def finish_training(run: RunDir, state: dict, phases: list[Phase], data: LoadedDataset,
@@ -333,12 +352,14 @@ def train(config: TrainConfig, resume: bool = False) -> RunDir:
     precision = resolve_precision(config.precision)
     apply_precision(precision)
     model_cfg = ModelConfig(config.image_size, config.weights, seed=config.seed, batch_norm=config.batch_norm,
-                            width=config.width, lesion_head=config.lesion_weight > 0)
+                            width=config.width, lesion=config.lesion_loss if config.lesion_weight > 0 else "none")
     model, model_info = build_model(model_cfg)
     model_info["cost"] = model_cost(inference_model(model, model_cfg))
     model_info["precision"] = {"requested": config.precision, "used": precision}
     if resume and run.last_model.is_file():
         model = keras.models.load_model(run.last_model)
+        if model_cfg.lesion == "cam":
+            model = with_lesion_cam(model, model_cfg.batch_norm)
         log.info("resuming after epoch %d", state["epochs_done"])
     atomic.write_json(run.run_info, _run_info(config, spec, model_info, data, phases, "training"))
 
@@ -346,7 +367,8 @@ def train(config: TrainConfig, resume: bool = False) -> RunDir:
     fit_phases(model, run, state, phases, data, split, spec, config.batch_size, config.seed,
                config.augment, config.patience, resume,
                LrDecay(config.lr_decay_patience, config.lr_decay_factor),
-               lesion_weight=config.lesion_weight, to_saved=lambda m: inference_model(m, model_cfg))
+               lesion_weight=config.lesion_weight, to_saved=lambda m: inference_model(m, model_cfg),
+               lesion_loss=config.lesion_loss)
     apply_precision("float32")
     policy = ThresholdPolicy(config.threshold_method, config.min_sensitivity)
     done = finish_training(run, state, phases, data, split, spec, policy, config.bootstrap_resamples)
