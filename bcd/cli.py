@@ -565,6 +565,8 @@ def _cmd_demo(args) -> int:
     _setup_logging()
     print(DISCLAIMER, file=sys.stderr)
     print("serving " + ", ".join(str(m) for m in config.models), file=sys.stderr)
+    if config.site is not None:
+        print(f"site profile: {config.site} (applies to the model file it was calibrated on)", file=sys.stderr)
     launch(config)
     return 0
 

@@ -311,3 +311,42 @@ def test_busbra_patient_split_keeps_patients_apart(shipped):
     assert not {case[p.stem] for p in a.pool} & {case[p.stem] for p in a.test}
     assert abs(len(a.pool) - len(a.test)) < 0.1 * len(a.pool)
     assert abs(a.pool_y.mean() - a.test_y.mean()) < 0.05
+
+
+# ------------------------------------------------------------------------ the demo
+
+
+def test_demo_uses_and_names_the_site_profile(shipped, other_export, tmp_path):
+    from demo import views
+    from demo.config import DemoConfig
+    from demo.service import DemoService
+
+    path = tmp_path / "ward-b.json"
+    write_profile(path, _profile_for(other_export / "onnx-int8.onnx", name="ward-b", threshold=0.999,
+                                     data={"n": 60, "n_malignant": 20, "n_benign": 40}))
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), gray_noise(11))
+    with pytest.raises(ValueError, match="none of the models served here has that model file"):
+        DemoService(DemoConfig(model=shipped, threads=1, site=path))
+    service = DemoService(DemoConfig(model=[shipped, other_export], threads=1, site=path))
+    try:
+        calibrated, plain = "other-export · onnx-int8", f"{SHIPPED_MODEL} · onnx-int8"
+        assert service.default_variant == calibrated          # the page opens on the calibrated model
+        labels = dict((value, label) for label, value in views.variant_choices(service))
+        assert labels[calibrated].endswith(" · site profile ward-b") and "site" not in labels[plain]
+        site_call = service.classify_bytes(image.read_bytes(), "x.png", calibrated)
+        export_call = service.classify_bytes(image.read_bytes(), "x.png", plain)
+        assert site_call.ok and export_call.ok
+        assert site_call.threshold == 0.999 and site_call.site == "ward-b"
+        assert site_call.to_json()["site_profile"] == "ward-b"
+        assert "site profile <b>ward-b</b>" in views.result_html(site_call)
+        assert export_call.site is None and export_call.threshold == pytest.approx(
+            json.loads((shipped / "manifest.json").read_text())["threshold"]["value"])
+        assert "site profile" not in views.result_html(export_call)
+        assert "Operating point: site profile **ward-b**: threshold **0.999**" in views.parity_markdown(
+            service, calibrated)
+        assert "fitted on 60 images" in views.parity_markdown(service, calibrated)
+        assert "applies to other-export · onnx-int8 only" in views.parity_markdown(service, plain)
+        assert "site profile **ward-b**" in views.model_summary_markdown(service)
+    finally:
+        service.close()
