@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def _threshold(classifier: Classifier) -> dict:
 
 
 def _out_name(variant: str, what: str, classifier: Classifier) -> str:
-    site = f"-site-{classifier.site.name}" if classifier.site is not None else ""
+    # the profile's name may be anything a user typed: keep it one safe path component
+    site = f"-site-{re.sub(r'[^A-Za-z0-9._-]+', '-', classifier.site.name).strip('.-') or 'profile'}" \
+        if classifier.site is not None else ""
     return f"eval-{variant}-{what}{site}"
 
 
