@@ -304,8 +304,8 @@ def _add_calibrate(sub) -> None:
                                          "writes a site profile for --site (the model file is not changed)")
     p.add_argument("model", type=Path, nargs="?", metavar="EXPORT_DIR",
                    help="export directory (default: $BCD_MODEL, else the shipped reference model)")
-    p.add_argument("--data", type=Path, required=True, metavar="SITE_DATA",
-                   help="the site's labelled images: a folder with benign/, malignant/ (normal/) sub-folders")
+    _add_data_options(p, multiple=False, help_text="SITE_DATA (required): the site's labelled images, a folder "
+                      "with benign/, malignant/ (normal/) sub-folders or a CSV index")
     p.add_argument("--out", type=Path, required=True, metavar="SITE_PROFILE",
                    help="site profile to write (JSON; a Markdown report is written beside it)")
     target = p.add_mutually_exclusive_group()
@@ -337,8 +337,9 @@ def _cmd_calibrate(args) -> int:
     model = args.model or default_model_path()
     if model is None or not Path(model).is_dir():
         raise UsageError(f"{model or 'EXPORT_DIR'}: give an export directory from `bcd export` to calibrate")
-    if not args.data.exists():
-        raise UsageError(f"--data {args.data}: no such folder")
+    if not args.data:
+        raise UsageError("--data SITE_DATA is required: the site's labelled images (class folders or a CSV index)")
+    source = _sources(args.data, single="--data")[0]
     if args.out.exists():
         raise UsageError(f"--out {args.out} already exists; choose another name (or delete it first)")
     if args.target_specificity is not None:
@@ -354,7 +355,7 @@ def _cmd_calibrate(args) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     _setup_logging()
-    result = calibrate_export(model, args.data, args.out, config, variant=args.variant)
+    result = calibrate_export(model, source, args.out, config, variant=args.variant)
     print(result.report)
     print(f"site profile written to {result.profile_path} (report: {result.report_path.name}); "
           f"use it with --site {result.profile_path} or BCD_SITE={result.profile_path}")

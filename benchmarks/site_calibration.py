@@ -24,7 +24,6 @@ as the plain threshold fitted on the same images (only the probability shown cha
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import sys
@@ -37,8 +36,9 @@ import numpy as np
 from runtime import atomic
 from runtime.classifier import Classifier
 from runtime.manifest import read_manifest
-from train.calibrate import CalibrationConfig, fit
-from train.evaluate_export import _probabilities, _split_file
+from runtime.dataset import CsvMapping, DataSource, Sample, read_source, samples_of_split
+from train.calibrate import CalibrationConfig, fit, probabilities
+from train.evaluate_export import _split_file
 from train.metrics import binary_metrics, bootstrap_ci
 
 log = logging.getLogger("benchmarks.site_calibration")
@@ -47,67 +47,66 @@ DEFAULT_SIZES = ("50", "100", "all")
 DEFAULT_DRAWS = 200
 
 
+BUSBRA_MAPPING = "path=Images/{ID}.png,label=Pathology,group=Case"
+
+
 @dataclass
 class Site:
     name: str
-    pool: list[Path]
-    pool_y: np.ndarray
-    test: list[Path]
-    test_y: np.ndarray
+    pool: list[Sample]
+    test: list[Sample]
     how: str
+
+    @property
+    def pool_y(self) -> np.ndarray:
+        return np.array([s.label for s in self.pool], dtype=np.int8)
+
+    @property
+    def test_y(self) -> np.ndarray:
+        return np.array([s.label for s in self.test], dtype=np.int8)
 
 
 # ------------------------------------------------------------------------ the sites
 
 
-def _split_entries(export_dir: Path) -> dict[str, list[tuple[Path, int]]]:
-    """The export's split.json as (absolute image path, label) per part (train/val/test).
-    The one place that reads the split's format."""
+def _split(export_dir: Path, part: str) -> list[Sample]:
+    """One part (train/val/test) of the export's split.json, read by the shared reader
+    (old single-folder splits and multi-source ones alike)."""
     doc = json.loads(_split_file(Path(export_dir)).read_text())
-    root = Path(doc.get("data_root", ""))
-    return {part: [(root / e["path"], int(e["label"])) for e in entries] for part, entries in doc["files"].items()}
+    return samples_of_split(doc, part) if part in doc["files"] else []
 
 
 def busi_site(export_dir: Path, busi: Path) -> Site:
-    parts = _split_entries(export_dir)
     busi = busi.resolve()
-
-    def of_busi(part: str) -> tuple[list[Path], np.ndarray]:
-        keep = [(p, y) for p, y in parts.get(part, []) if _inside(p.resolve(), busi)]
-        return [p for p, _ in keep], np.array([y for _, y in keep], dtype=np.int8)
-
-    pool, pool_y = of_busi("val")
-    test, test_y = of_busi("test")
+    pool, test = ([s for s in _split(export_dir, part) if _inside(s.path.resolve(), busi)] for part in ("val", "test"))
     if not pool or not test:
         raise ValueError(f"the export's split.json lists no BUSI validation/test images under {busi}")
-    return Site("BUSI", pool, pool_y, test, test_y,
-                "the export's split.json: validation images = pool, test images = test set")
+    return Site("BUSI", pool, test, "the export's split.json: validation images = pool, test images = test set")
 
 
 def busbra_site(export_dir: Path, busbra: Path, seed: int = 0) -> Site:
-    rows = list(csv.DictReader((busbra / "bus_data.csv").open(newline="")))
-    trained = {p.stem for p, _ in _split_entries(export_dir).get("train", [])}
-    cases: dict[str, list[dict]] = {}
-    for r in rows:
-        cases.setdefault(r["Case"], []).append(r)
-    eligible = sorted((c for c, rs in cases.items() if not any(r["ID"] in trained for r in rs)), key=int)
-    malignant = {c for c in eligible if any(r["Pathology"] == "malignant" for r in cases[c])}
+    source = DataSource.parse(str(busbra / "bus_data.csv"), CsvMapping.parse(BUSBRA_MAPPING))
+    samples = read_source(source).labelled
+    trained = {s.path.resolve() for s in _split(export_dir, "train")}
+    cases: dict[str, list[Sample]] = {}
+    for s in samples:
+        cases.setdefault(str(s.group), []).append(s)
+    eligible = sorted((c for c, ss in cases.items() if not any(s.path.resolve() in trained for s in ss)), key=_num)
+    malignant = {c for c in eligible if any(s.label == 1 for s in cases[c])}
     rng = np.random.default_rng(seed)
     pool_cases: set[str] = set()
-    for stratum in (sorted(malignant, key=int), sorted(set(eligible) - malignant, key=int)):
+    for stratum in (sorted(malignant, key=_num), sorted(set(eligible) - malignant, key=_num)):
         order = rng.permutation(len(stratum))
         pool_cases |= {stratum[i] for i in order[: len(stratum) // 2]}
-
-    def images(chosen) -> tuple[list[Path], np.ndarray]:
-        rs = [r for c in eligible if c in chosen for r in cases[c]]
-        return ([busbra / "Images" / f"{r['ID']}.png" for r in rs],
-                np.array([r["Pathology"] == "malignant" for r in rs], dtype=np.int8))
-
-    pool, pool_y = images(pool_cases)
-    test, test_y = images(set(eligible) - pool_cases)
+    pool = [s for c in eligible if c in pool_cases for s in cases[c]]
+    test = [s for c in eligible if c not in pool_cases for s in cases[c]]
     how = (f"{len(eligible)} of {len(cases)} patients (none in the export's training split), halved by patient "
            f"(Case), seed {seed}, stratified by malignant/benign patient")
-    return Site("BUS-BRA", pool, pool_y, test, test_y, how)
+    return Site("BUS-BRA", pool, test, how)
+
+
+def _num(case: str):
+    return (0, int(case), "") if case.isdigit() else (1, 0, case)
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -134,12 +133,13 @@ def _summary(values: list[float]) -> dict:
 
 def measure_site(site: Site, p_pool: np.ndarray, p_test: np.ndarray, export_threshold: float, targets, sizes,
                  methods, draws: int, seed: int) -> dict:
-    sens, spec = _rates(site.test_y, p_test, export_threshold)
-    ci = bootstrap_ci(site.test_y, p_test, export_threshold, metrics=("sensitivity", "specificity"))
+    pool_y, test_y = site.pool_y, site.test_y
+    sens, spec = _rates(test_y, p_test, export_threshold)
+    ci = bootstrap_ci(test_y, p_test, export_threshold, metrics=("sensitivity", "specificity"))
     out = {"site": site.name, "how": site.how,
-           "pool": {"n": len(site.pool), "n_malignant": int(site.pool_y.sum())},
-           "test": {"n": len(site.test), "n_malignant": int(site.test_y.sum()),
-                    "auc": binary_metrics(site.test_y, p_test, 0.5)["roc_auc"]},
+           "pool": {"n": len(site.pool), "n_malignant": int(pool_y.sum())},
+           "test": {"n": len(site.test), "n_malignant": int(test_y.sum()),
+                    "auc": binary_metrics(test_y, p_test, 0.5)["roc_auc"]},
            "export_threshold": {"value": export_threshold, "sensitivity": sens, "specificity": spec, "ci95": ci},
            "calibrated": []}
     rng = np.random.default_rng(seed)
@@ -153,12 +153,12 @@ def measure_site(site: Site, p_pool: np.ndarray, p_test: np.ndarray, export_thre
                 rows = {"sensitivity": [], "specificity": [], "threshold": [], "refused": 0, "one_class": 0,
                         "n_malignant": []}
                 for idx in picks:
-                    y = site.pool_y[idx]
+                    y = pool_y[idx]
                     if y.min() == y.max():
                         rows["one_class"] += 1
                         continue
                     f = fit(y, p_pool[idx], config)
-                    s, c = _rates(site.test_y, f.recalibration.apply(p_test), f.threshold)
+                    s, c = _rates(test_y, f.recalibration.apply(p_test), f.threshold)
                     rows["sensitivity"].append(s)
                     rows["specificity"].append(c)
                     rows["threshold"].append(f.threshold)
@@ -284,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         variant, threshold = clf.variant, clf.threshold
         for site in sites:
             log.info("%s: scoring %d pool + %d test images", site.name, len(site.pool), len(site.test))
-            p_pool = _probabilities(clf, site.pool)
-            p_test = _probabilities(clf, site.test)
+            p_pool = probabilities(clf, site.pool)
+            p_test = probabilities(clf, site.test)
             results.append(measure_site(site, p_pool, p_test, threshold, args.targets, sizes, methods,
                                         args.draws, args.seed))
     doc = {"export": Path(args.export).resolve().name, "export_dir": str(args.export), "variant": variant,

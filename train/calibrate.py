@@ -23,14 +23,14 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from runtime import atomic
 from runtime.classifier import Classifier
-from runtime.dataset import DEFAULT_CLASS_LABELS, LabelMap, scan_folder
+from runtime.dataset import DataSource, LabelMap, Sample, read_source
 from runtime.model_files import sha256_file
 from runtime.site_profile import METHODS, Recalibration, SiteProfile, file_list_sha256, write_profile
 from train.metrics import ThresholdPolicy, binary_metrics, bootstrap_ci, choose_threshold
@@ -92,25 +92,26 @@ class CalibrationConfig:
 
 @dataclass
 class SiteData:
-    files: list[Path]
+    samples: list[Sample]
     labels: np.ndarray                   # 0 benign, 1 malignant
-    names: list[str]                     # relative names (what the file-list hash covers)
-    source: str
+    source: DataSource
     per_class: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def names(self) -> list[str]:
+        """Relative names (what the file-list hash covers)."""
+        return [s.relative for s in self.samples]
 
-def read_site_data(data: str | Path, labels: dict | None = None) -> SiteData:
-    """Every labelled image of SITE_DATA. The one place calibration reads data.
 
-    A folder with class sub-folders (runtime.dataset.scan_folder, as `bcd evaluate --data`)."""
-    root = Path(data)
-    if root.is_file() and root.suffix.lower() == ".csv":
-        raise ValueError(f"{root}: CSV-indexed site data is not readable by this version yet; "
-                         "give a folder with benign/ and malignant/ sub-folders")
-    entries = scan_folder(root, LabelMap(dict(labels or DEFAULT_CLASS_LABELS))).labelled
-    return SiteData(files=[e.path for e in entries], labels=np.array([e.label for e in entries], dtype=np.int8),
-                    names=[e.path.relative_to(root).as_posix() for e in entries], source=str(data),
-                    per_class=dict(Counter(e.class_name for e in entries)))
+def read_site_data(data: DataSource | str | Path, labels: dict | None = None) -> SiteData:
+    """Every labelled image of SITE_DATA: a folder of class folders or a CSV index, read
+    by the one dataset reader (runtime.dataset.read_source), as for every command."""
+    source = data if isinstance(data, DataSource) else DataSource.parse(str(data))
+    if labels:
+        source = replace(source, labels=LabelMap(dict(labels)))
+    samples = read_source(source).labelled
+    return SiteData(samples=samples, labels=np.array([s.label for s in samples], dtype=np.int8), source=source,
+                    per_class=dict(Counter(s.class_name for s in samples)))
 
 
 # ------------------------------------------------------------------------ fitting
@@ -210,21 +211,20 @@ class CalibrationResult:
     report: str                          # Markdown
 
 
-def calibrate_export(export_dir: str | Path, data: str | Path, out: str | Path, config: CalibrationConfig,
+def calibrate_export(export_dir: str | Path, data: DataSource | str | Path, out: str | Path, config: CalibrationConfig,
                      variant: str | None = None, labels: dict | None = None) -> CalibrationResult:
     """Score SITE_DATA with the export, fit, check and write OUT (+ OUT.md report).
 
     Raises CalibrationError (one class), CalibrationRefused (too small, unless
     config.force), ValueError / FileNotFoundError for bad input."""
-    from train.evaluate_export import _probabilities   # one scoring loop for evaluate and calibrate
-
     out = Path(out)
     site = read_site_data(data, labels)
-    if not site.files:
-        raise ValueError(f"{data}: no labelled images (class folders benign/, malignant/, normal/ ...)")
+    if not site.samples:
+        raise ValueError(f"{site.source.path}: no labelled images (class folders benign/, malignant/, normal/ "
+                         "or a CSV index)")
     check_classes(site.labels)   # before spending time on inference
     with Classifier.load(export_dir, variant=variant) as clf:
-        p = _probabilities(clf, site.files)
+        p = probabilities(clf, site.samples)
         model = {"export": Path(export_dir).resolve().name, "variant": clf.variant, "file": clf.info.file.name,
                  "sha256": sha256_file(clf.info.file)}
         export_threshold = clf.threshold
@@ -240,7 +240,8 @@ def calibrate_export(export_dir: str | Path, data: str | Path, out: str | Path, 
         name=config.name or out.stem, model=model, threshold=result.threshold, policy=config.policy.describe(),
         recalibration=result.recalibration,
         target={"metric": config.target, "value": None if config.target == "youden" else config.target_value},
-        data={"source": site.source, "n": int(site.labels.size), "n_malignant": int(site.labels.sum()),
+        data={"source": {k: v for k, v in site.source.to_dict().items() if k != "class_labels"},
+              "n": int(site.labels.size), "n_malignant": int(site.labels.sum()),
               "n_benign": int((site.labels == 0).sum()), "per_class_folder": site.per_class,
               "files_sha256": file_list_sha256(site.names, site.labels)},
         achieved={**result.achieved, "export_threshold": {
@@ -260,6 +261,14 @@ def calibrate_export(export_dir: str | Path, data: str | Path, out: str | Path, 
     return CalibrationResult(profile, out, report_path, report)
 
 
+def probabilities(classifier: Classifier, samples: list[Sample]) -> np.ndarray:
+    """The export's raw probabilities for the samples, with `bcd evaluate`'s scoring loop
+    (no Grad-CAM: lesion masks are left aside)."""
+    from train.evaluate_export import _classify
+
+    return _classify(classifier, [replace(s, mask=None) for s in samples])[0]
+
+
 def _tool() -> dict:
     try:
         from importlib.metadata import version
@@ -276,6 +285,10 @@ def _ci(ci: dict | None) -> str:
     return "" if not ci or ci.get("low") is None else f"{ci['low']:.3f} – {ci['high']:.3f}"
 
 
+def _source_text(source) -> str:
+    return source.get("path", "?") if isinstance(source, dict) else str(source)
+
+
 def report_markdown(profile: SiteProfile) -> str:
     a, d, c = profile.achieved, profile.data, profile.checks
     e = a.get("export_threshold", {})
@@ -286,7 +299,7 @@ def report_markdown(profile: SiteProfile) -> str:
         "",
         f"Model: `{profile.model.get('export')}` variant `{profile.model.get('variant')}` "
         f"(file sha256 `{profile.model['sha256'][:16]}…`); the profile is refused by any other model file.",
-        f"Calibration data: `{d.get('source')}`, n = {d.get('n')} ({d.get('n_malignant')} malignant, "
+        f"Calibration data: `{_source_text(d.get('source'))}`, n = {d.get('n')} ({d.get('n_malignant')} malignant, "
         f"{d.get('n_benign')} benign); file list sha256 `{str(d.get('files_sha256'))[:16]}…`.",
         f"Operating point: threshold **{profile.threshold:.4f}** ({profile.policy})"
         + (f" on the {recal}-recalibrated probability." if recal != "none" else " on the model's probability."),
