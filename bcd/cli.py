@@ -256,6 +256,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", type=Path, help="output folder (default: with --data RUN/eval-<folder name>; for an "
                    "export EXPORT/eval-<variant>-<split or folder>)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    _add_site_flags(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -276,19 +277,105 @@ def _cmd_evaluate(args) -> int:
     if is_export_dir(Path(model)):
         if args.flip_tta:
             raise UsageError("--flip-tta applies to a run directory (the Keras model)")
+        site = _site(args)
         if sources:
-            doc = evaluate_export_data(model, sources, args.variant, args.out, args.bootstrap)
+            doc = evaluate_export_data(model, sources, args.variant, args.out, args.bootstrap, site=site)
         else:
-            doc = evaluate_export_split(model, args.variant, args.split_root, args.out, args.split, args.bootstrap)
+            doc = evaluate_export_split(model, args.variant, args.split_root, args.out, args.split, args.bootstrap,
+                                        site=site)
     else:
         if args.variant:
             raise UsageError("--variant applies to export directories; a run has one Keras model")
+        if args.site:
+            raise UsageError("--site applies to export directories (a site profile belongs to an exported model "
+                             "file); a run is scored at its own threshold")
         if sources:
             doc = evaluate.evaluate_folder(model, sources, args.out, args.bootstrap)
         else:
             doc = evaluate.evaluate_run(model, args.split_root, args.bootstrap, args.split, args.flip_tta, args.out)
     print(evaluate.metrics_markdown(doc))
     return 0
+
+
+# ---- calibrate ---------------------------------------------------------------------
+
+def _add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="set a site's own operating point for an export on its labelled images: "
+                                         "writes a site profile for --site (the model file is not changed)")
+    p.add_argument("model", type=Path, nargs="?", metavar="EXPORT_DIR",
+                   help="export directory (default: $BCD_MODEL, else the shipped reference model)")
+    _add_data_options(p, multiple=False, help_text="SITE_DATA (required): the site's labelled images, a folder "
+                      "with benign/, malignant/ (normal/) sub-folders or a CSV index")
+    p.add_argument("--out", type=Path, required=True, metavar="SITE_PROFILE",
+                   help="site profile to write (JSON; a Markdown report is written beside it)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target-sensitivity", type=float, metavar="S",
+                        help="best specificity at sensitivity >= S (default: 0.90)")
+    target.add_argument("--target-specificity", type=float, metavar="S", help="best sensitivity at specificity >= S")
+    target.add_argument("--youden", action="store_true", help="maximise sensitivity + specificity - 1")
+    p.add_argument("--method", choices=["threshold", "platt", "isotonic"], default="threshold",
+                   help="threshold only (default), or also recalibrate the probabilities first: platt (2 numbers) "
+                        "or isotonic (a lookup table)")
+    p.add_argument("--variant", help="variant to calibrate (default as `bcd predict`); the profile applies to it only")
+    p.add_argument("--name", help="the profile's name shown in reports and the demo (default: the file's stem)")
+    p.add_argument("--min-per-class", type=int, default=20,
+                   help="refuse with fewer malignant or benign images than this (default 20)")
+    p.add_argument("--max-ci-width", type=float, default=0.30,
+                   help="refuse when the 95%% CI of the target metric is wider than this (default 0.30)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--force", action="store_true",
+                   help="write the profile even when the data is too small for the target (recorded in it)")
+    p.set_defaults(func=_cmd_calibrate)
+
+
+def _cmd_calibrate(args) -> int:
+    try:
+        from train.calibrate import CalibrationConfig, calibrate_export
+    except ImportError as err:
+        raise _missing_extra("train", err)
+    from runtime.predict_files import default_model_path
+    model = args.model or default_model_path()
+    if model is None or not Path(model).is_dir():
+        raise UsageError(f"{model or 'EXPORT_DIR'}: give an export directory from `bcd export` to calibrate")
+    if not args.data:
+        raise UsageError("--data SITE_DATA is required: the site's labelled images (class folders or a CSV index)")
+    source = _sources(args.data, single="--data")[0]
+    if args.out.exists():
+        raise UsageError(f"--out {args.out} already exists; choose another name (or delete it first)")
+    if args.target_specificity is not None:
+        target, value = "specificity", args.target_specificity
+    elif args.youden:
+        target, value = "youden", 0.90
+    else:
+        target, value = "sensitivity", args.target_sensitivity if args.target_sensitivity is not None else 0.90
+    try:
+        config = CalibrationConfig(target=target, target_value=value, method=args.method,
+                                   min_per_class=args.min_per_class, max_ci_width=args.max_ci_width,
+                                   n_resamples=args.bootstrap, force=args.force, name=args.name)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    _setup_logging()
+    result = calibrate_export(model, source, args.out, config, variant=args.variant)
+    print(result.report)
+    print(f"site profile written to {result.profile_path} (report: {result.report_path.name}); "
+          f"use it with --site {result.profile_path} or BCD_SITE={result.profile_path}")
+    return 0
+
+
+# ---- site profiles (predict, evaluate, demo) -------------------------------------------
+
+def _add_site_flags(p) -> None:
+    p.add_argument("--site", type=Path, metavar="SITE_PROFILE",
+                   help="use a site profile from `bcd calibrate`: the site's own threshold (and recalibration) "
+                        "instead of the export's (default: $BCD_SITE if set)")
+    p.add_argument("--no-site", action="store_true", help="ignore $BCD_SITE: use the export's own threshold")
+
+
+def _site(args) -> Path | None:
+    from runtime.site_profile import site_path
+    if args.site and args.no_site:
+        raise UsageError("give either --site or --no-site, not both")
+    return site_path(args.site, args.no_site)
 
 
 # ---- export ------------------------------------------------------------------------
@@ -373,6 +460,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default 8)")
     p.add_argument("--force", action="store_true",
                    help="run a variant that failed the export's checks against the original model (investigation only)")
+    _add_site_flags(p)
     p.set_defaults(func=_cmd_predict)
 
 
@@ -381,6 +469,7 @@ def _cmd_predict(args) -> int:
     from runtime.classifier import Classifier
     from runtime.images import DEFAULT_MAX_PIXELS
     from runtime.progress import Progress
+    from runtime.site_profile import load_for
 
     model = args.model or predict_files.default_model_path()
     if model is None:
@@ -391,11 +480,14 @@ def _cmd_predict(args) -> int:
             raise UsageError(f"{flag} must be at least 1")
     classifier = Classifier.load(model, variant=args.variant, threads=args.threads, force=args.force,
                                  max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
+    site = load_for(classifier, _site(args))
     if args.heatmap is not None and not classifier.has_cam:
         raise UsageError(f"variant {classifier.variant} has no Grad-CAM output; use --variant onnx-fp32 or onnx-int8 "
                          "for --heatmap")
     print(f"model: {classifier.info.file} (variant {classifier.variant}, threshold {classifier.threshold:.4f}, "
           f"{classifier.threads} thread(s))", file=sys.stderr)
+    if site is not None:
+        print(f"operating point: {site.describe()}", file=sys.stderr)
 
     reporter: list[Progress] = []
 
@@ -414,11 +506,14 @@ def _cmd_predict(args) -> int:
         results = predict_files.predict_paths(classifier, [str(i) for i in args.inputs], heatmap_dir=args.heatmap,
                                               batch_size=args.batch_size, progress=progress)
     print(predict_files.format_table(results))
+    if site is not None:
+        print(f"\nLabels at the operating point of site profile '{site.name}' ({site.path}), not the export's.")
     print(f"\n{DISCLAIMER}")
+    site_name = site.name if site is not None else None
     if args.json_out is not None:
-        predict_files.write_json(args.json_out, results)
+        predict_files.write_json(args.json_out, results, site=site_name)
     if args.csv_out is not None:
-        predict_files.write_csv(args.csv_out, results)
+        predict_files.write_csv(args.csv_out, results, site=site_name)
     failed = sum(not r.ok for r in results)
     if failed:
         print(f"{failed} of {len(results)} input(s) could not be classified (see the ERROR rows)", file=sys.stderr)
@@ -445,6 +540,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--variant", help="variant selected when the page opens (default: the runtime's default of "
                    "the first model; with several models 'MODEL · VARIANT' picks another model's)")
     p.add_argument("--concurrency", type=int, default=2, help="requests processed at once (default 2)")
+    _add_site_flags(p)
     p.set_defaults(func=_cmd_demo)
 
 
@@ -464,12 +560,14 @@ def _cmd_demo(args) -> int:
     try:
         config = DemoConfig(model=models, host=args.host, port=args.port, examples=args.examples, share=args.share,
                             max_file_size=args.max_file_size, threads=args.threads, variant=args.variant,
-                            concurrency=args.concurrency)
+                            concurrency=args.concurrency, site=_site(args))
     except ValueError as err:
         raise UsageError(str(err)) from None
     _setup_logging()
     print(DISCLAIMER, file=sys.stderr)
     print("serving " + ", ".join(str(m) for m in config.models), file=sys.stderr)
+    if config.site is not None:
+        print(f"site profile: {config.site} (applies to the model file it was calibrated on)", file=sys.stderr)
     launch(config)
     return 0
 
@@ -543,7 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_slim, _add_evaluate, _add_export, _add_predict, _add_demo, _add_benchmark, _add_pick):
+    for add in (_add_train, _add_slim, _add_evaluate, _add_calibrate, _add_export, _add_predict, _add_demo,
+                _add_benchmark, _add_pick):
         add(sub)
     return parser
 

@@ -68,6 +68,8 @@ class DemoConfig:
     cache_seconds: int = DEFAULT_CACHE_SECONDS
     temp_dir: str | Path | None = None      # Gradio's upload/result cache (default: a private temp dir removed at exit)
     quiet: bool = False
+    site: str | Path | None = None          # site profile from `bcd calibrate`: its model file's variant uses the
+                                            # site's threshold (and recalibration), and the page names it
 
     def __post_init__(self) -> None:
         if isinstance(self.model, (str, os.PathLike)):
@@ -79,6 +81,8 @@ class DemoConfig:
             self.model = paths[0] if len(paths) == 1 else paths
         if self.examples is not None:
             self.examples = Path(self.examples)
+        if self.site is not None:
+            self.site = Path(self.site)
         if self.temp_dir is not None:
             self.temp_dir = Path(self.temp_dir)
         for name in ("concurrency", "queue_size", "max_pixels", "cache_seconds"):

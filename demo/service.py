@@ -24,7 +24,9 @@ from runtime import heatmap
 from runtime.classifier import Classifier
 from runtime.dataset import is_mask
 from runtime.images import IMAGE_EXTENSIONS, ImageReadError, decode_image
-from runtime.manifest import MANIFEST_NAME, Parity, VariantEntry
+from runtime.manifest import MANIFEST_NAME, Parity, VariantEntry, read_manifest
+from runtime.model_files import sha256_file
+from runtime.site_profile import SiteProfile, read_profile
 
 from demo.config import MAX_EXAMPLES, DemoConfig
 
@@ -55,6 +57,7 @@ class Variant:
     has_cam: bool = True
     model: str = ""                      # the name of the model (export) it belongs to
     key: str = ""                        # the picker's value: the name with one model, "MODEL · NAME" with several
+    site: SiteProfile | None = None      # the site profile this variant's calls use (None: the export's threshold)
 
     def __post_init__(self) -> None:
         self.key = self.key or self.name
@@ -101,6 +104,7 @@ class Outcome:
     seconds: float | None = None         # model inference time
     total_seconds: float | None = None   # decode + preprocess + inference + heatmap
     threads: int | None = None
+    site: str | None = None              # name of the site profile whose operating point made the call
     image_rgb: np.ndarray | None = field(default=None, repr=False)    # the input as shown (RGB, display size)
     overlay_rgb: np.ndarray | None = field(default=None, repr=False)  # Grad-CAM overlay (RGB, display size)
     notes: list[str] = field(default_factory=list)                    # e.g. DICOM burned-in annotation warning
@@ -128,6 +132,7 @@ class Outcome:
             "inference_ms": None if self.seconds is None else round(self.seconds * 1000, 3),
             "total_ms": None if self.total_seconds is None else round(self.total_seconds * 1000, 3),
             "threads": self.threads,
+            "site_profile": self.site,
             "error": self.error,
             "notes": list(self.notes),
         }
@@ -143,7 +148,13 @@ class DemoService:
         paths = _unique_paths(config.models)
         names = _model_names(paths)
         self.multi = len(paths) > 1
-        target, wanted = self._wanted(config.variant, names)
+        # A site profile belongs to one model file: (model index, variant name) it applies to
+        self.site = read_profile(config.site) if config.site is not None else None
+        self._site_for = _site_match(paths, self.site) if self.site is not None else None
+        if self._site_for is not None and config.variant is None:   # the page opens on the calibrated variant
+            target, wanted = self._site_for
+        else:
+            target, wanted = self._wanted(config.variant, names)
         self.models: list[Model] = []
         self._classifiers: dict[str, Classifier] = {}
         variants: list[Variant] = []
@@ -151,7 +162,10 @@ class DemoService:
             for i, (path, name) in enumerate(zip(paths, names)):
                 first = Classifier.load(path, variant=wanted if i == target else None, threads=config.threads,
                                         max_pixels=config.max_pixels)
+                self._use_site(i, first)
                 model, found = self._describe(name, path, first)
+                for v in found:
+                    v.site = self.site if self._site_for == (i, v.name) else None
                 self.models.append(model)
                 variants += found
                 self._classifiers[model.default_variant] = first
@@ -166,6 +180,10 @@ class DemoService:
         self._timings: dict[str, deque[float]] = {v.key: deque(maxlen=_TIMING_WINDOW) for v in self.variants}
         self._timing_lock = threading.Lock()
         self.examples: list[Path] = list_examples(config.examples) if config.examples is not None else []
+
+    def _use_site(self, model_index: int, clf: Classifier) -> None:
+        if self._site_for == (model_index, clf.variant):
+            clf.use_site(self.site)              # checks the file's sha256 once more
 
     def _wanted(self, variant: str | None, names: list[str]) -> tuple[int, str | None]:
         """(index of the model, variant name) that config.variant asks to be selected first."""
@@ -191,7 +209,9 @@ class DemoService:
             v.model = name
             v.key = f"{name}{SEP}{v.name}" if self.multi else v.name
         cost = getattr(manifest, "model_cost", None) if manifest is not None else None
-        model = Model(name=name, path=path, threshold=first.threshold, positive=first.positive,
+        # the export's own threshold (a site profile, if any, changes only its own variant's calls)
+        threshold = manifest.threshold_value if manifest is not None else first.threshold
+        model = Model(name=name, path=path, threshold=threshold, positive=first.positive,
                       negative=first.negative,
                       threshold_info=dict(manifest.threshold) if manifest is not None else {},
                       baseline=dict(manifest.baseline) if manifest is not None else {},
@@ -255,6 +275,7 @@ class DemoService:
                     raise ValueError("a lone model file has no other variants")
                 clf = Classifier.load(model.source, variant=variant.name, threads=self.config.threads,
                                       max_pixels=self.config.max_pixels)
+                self._use_site(self.models.index(model), clf)
             except Exception as err:  # noqa: BLE001 - shown on the page, the app keeps serving
                 log.warning("variant %s could not be loaded: %s", key, err)
                 self._load_errors[key] = f"variant {key} could not be loaded: {err}"
@@ -293,6 +314,7 @@ class DemoService:
             outcome.error = _sentence(str(err))
             return outcome
         outcome.threads = clf.threads
+        outcome.site = clf.site.name if clf.site is not None else None
         try:
             image, notes = _decode(data, name, self.config.max_pixels)
         except ImageReadError as err:
@@ -367,6 +389,26 @@ def _unique_paths(paths: list[Path]) -> list[Path]:
             seen.add(real)
             out.append(p)
     return out
+
+
+def _site_match(paths: list[Path], profile: SiteProfile) -> tuple[int, str]:
+    """(index of the model, variant name) whose model file the site profile was made for;
+    ValueError when none of the models served has it."""
+    want = str(profile.model["sha256"]).lower()
+    for i, p in enumerate(paths):
+        manifest = p / MANIFEST_NAME if p.is_dir() else p if p.name == MANIFEST_NAME else None
+        if manifest is None and (p.parent / MANIFEST_NAME).is_file():
+            manifest = p.parent / MANIFEST_NAME
+        if manifest is not None and manifest.is_file():
+            for entry in read_manifest(manifest).variants:
+                if (entry.sha256 or "").lower() == want and entry.file and (manifest.parent / entry.file).is_file():
+                    return i, entry.name
+        elif p.is_file() and sha256_file(p) == want:
+            return i, profile.model.get("variant") or p.stem
+    made_for = ", ".join(f"{k} {profile.model[k]}" for k in ("export", "variant") if profile.model.get(k))
+    raise ValueError(f"site profile '{profile.name}' ({profile.path}) was made for another model ({made_for}); "
+                     "none of the models served here has that model file. Serve that export, or calibrate "
+                     "this one with `bcd calibrate`.")
 
 
 def _model_names(paths: list[Path]) -> list[str]:

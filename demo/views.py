@@ -115,6 +115,8 @@ def result_html(o: "Outcome") -> str:
         '<div style="display:flex;justify-content:space-between;font-size:0.8em;color:#555;">'
         '<span>0 (benign-looking)</span><span>probability of malignancy</span><span>1</span></div>'
     )
+    site = (f'<div class="bcd-site" style="margin-top:6px;font-size:0.9em;color:#333;">Operating point: site '
+            f'profile <b>{esc(o.site)}</b> (this site\'s own threshold, not the export\'s)</div>' if o.site else "")
     timing = (f"Inference {fmt_ms(o.seconds)} on this computer ({esc(o.variant)}, "
               f"{o.threads} thread{'s' if o.threads != 1 else ''}); "
               f"{fmt_ms(o.total_seconds)} including reading the file and drawing the heatmap.")
@@ -124,7 +126,7 @@ def result_html(o: "Outcome") -> str:
         f'<div class="bcd-verdict" style="font-size:1.6em;font-weight:800;color:{color};">{esc(verdict.capitalize())}</div>'
         f'<div class="bcd-probability" style="font-size:1.1em;margin-top:4px;">probability {ps} &mdash; '
         f'threshold {ts} &rarr; <b>{side}</b>: {esc(verdict)}</div>'
-        f'{bar}'
+        f'{bar}{site}'
         f'<div class="bcd-time" style="margin-top:8px;font-size:0.9em;color:#333;">{timing}</div>'
         f'{notes}'
     )
@@ -140,7 +142,8 @@ def variant_label(v: "Variant", with_model: bool = False) -> str:
     name = v.key if with_model else v.name
     kind = f"{v.format.upper()} {v.precision}"
     if v.servable:
-        return f"{name} · {kind} · {fmt_size(v.size_bytes)}"
+        site = f" · site profile {v.site.name}" if v.site is not None else ""
+        return f"{name} · {kind} · {fmt_size(v.size_bytes)}{site}"
     return f"⚠ {name} · FAILED export checks (not served)" if v.status == "failed" else \
         f"⚠ {name} · not produced ({v.status})"
 
@@ -172,12 +175,33 @@ def threshold_sentence(model: "Model") -> str:
             f"reads as {md_cell(model.positive)}-looking.")
 
 
+def site_sentence(v: "Variant", service: "DemoService") -> str:
+    """Which operating point this variant's calls use, when a site profile is loaded."""
+    site = getattr(service, "site", None)
+    if site is None:
+        return ""
+    if v.site is None:
+        owner = next((w.key for w in service.variants if w.site is not None), "another variant")
+        return (f"This variant uses its export's threshold: site profile **{md_cell(site.name)}** applies to "
+                f"{md_cell(owner)} only.")
+    d = site.data
+    recal = (f", on the {md_cell(site.recalibration.method)}-recalibrated probability"
+             if site.recalibration.method != "none" else "")
+    fitted = (f", fitted on {d['n']} images of the site's own data ({d.get('n_malignant')} malignant, "
+              f"{d.get('n_benign')} benign)" if d.get("n") is not None else "")
+    return (f"Operating point: site profile **{md_cell(site.name)}**: threshold **{site.threshold:.4g}** "
+            f"({md_cell(site.policy)}{recal}){fitted}. It replaces the export's threshold for this variant.")
+
+
 def parity_markdown(service: "DemoService", name: str | None) -> str:
     v = service.variant(name)
     if v is None:
         return "Pick a variant."
     lines = [f"**{md_cell(v.key)}**: {md_cell(v.format.upper())} {md_cell(v.precision)}, "
              f"file {fmt_size(v.size_bytes)}", ""]
+    site = site_sentence(v, service)
+    if site:
+        lines += [site, ""]
     if service.multi:
         model = service.model_of(v.key)
         cost = _cost(model)
@@ -241,8 +265,13 @@ def variants_table_markdown(service: "DemoService") -> str:
 def model_summary_markdown(service: "DemoService") -> str:
     """One model: its threshold. Several: one row per model (threshold, the original
     Keras model's AUC, arithmetic per image when recorded)."""
+    site = ""
+    if getattr(service, "site", None) is not None:
+        owner = next((v for v in service.variants if v.site is not None), None)
+        if owner is not None:
+            site = "\n\n" + site_sentence(owner, service).replace("this variant", f"variant {md_cell(owner.key)}")
     if not service.multi:
-        return threshold_sentence(service.models[0])
+        return threshold_sentence(service.models[0]) + site
     has_cost = any(m.cost for m in service.models)
     rows = ["Models served (each variant uses its own model's threshold):", "",
             "| model | threshold | original AUC (n) |" + (" MACs / params |" if has_cost else ""),
@@ -255,4 +284,4 @@ def model_summary_markdown(service: "DemoService") -> str:
             c = m.cost or {}
             cost = f" {fmt_count(c.get('macs'))} / {fmt_count(c.get('params'))} |"
         rows.append(f"| {md_cell(m.name)} | {m.threshold:.4g} | {auc} |{cost}")
-    return "\n".join(rows)
+    return "\n".join(rows) + site

@@ -105,6 +105,7 @@ class Classifier:
         self.info = info
         self.manifest = manifest
         self.max_pixels = max_pixels
+        self.site = None                 # a runtime.site_profile.SiteProfile, set by use_site()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
@@ -222,6 +223,14 @@ class Classifier:
     def labels(self) -> tuple[str, str]:
         return self.negative, self.positive
 
+    def use_site(self, profile) -> None:
+        """Use a clinic's operating point (runtime/site_profile.py): its recalibration maps
+        every probability and its threshold makes the call. Refuses (SiteProfileError) a
+        profile made for another model file."""
+        profile.check_model(self.info.file, self.variant)
+        self.site = profile
+        self.threshold = float(profile.threshold)
+
     def close(self) -> None:
         self.backend.close()
 
@@ -310,6 +319,8 @@ class Classifier:
                     preds[i].error = f"{preds[i].path or 'image'}: {reason}"
                 return preds
             seconds = (time.perf_counter() - started) / len(ready)
+        if self.site is not None:
+            probs = self.site.recalibrate(np.asarray(probs, dtype=np.float64).reshape(-1))
         for k, (i, image) in enumerate(ready):
             p = float(probs[k])
             pred = preds[i]

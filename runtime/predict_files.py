@@ -26,6 +26,7 @@ from runtime.dataset import is_image_file, is_mask, scan_folder
 from runtime.images import ImageReadError, read_image
 
 REPORT_FIELDS = ("path", "label", "probability", "threshold", "error")
+SITE_FIELD = "site_profile"
 HEATMAP_SUFFIX = "_gradcam.png"
 _GLOB_CHARS = set("*?[")
 
@@ -178,27 +179,34 @@ def _heatmap_names(files: Sequence[Path]) -> dict[Path, str]:
 # ---------------------------------------------------------------------- reports
 
 
-def rows(predictions: Iterable[Prediction]) -> list[dict]:
+def rows(predictions: Iterable[Prediction], site: str | None = None) -> list[dict]:
+    """Report rows; with a site profile in use, each row also names it (`site_profile`),
+    so a reader knows which operating point made the call."""
     out = []
     for p in predictions:
         d = p.to_dict()
         if d["threshold"] is not None and d["threshold"] != d["threshold"]:  # NaN: not known
             d["threshold"] = None
+        if site is not None:
+            d[SITE_FIELD] = site
         out.append(d)
     return out
 
 
-def write_json(target: str | os.PathLike, predictions: Iterable[Prediction]) -> None:
-    """A JSON list of {path, label, probability, threshold, error}, written atomically."""
-    atomic.write_json(target, rows(predictions))
+def write_json(target: str | os.PathLike, predictions: Iterable[Prediction], site: str | None = None) -> None:
+    """A JSON list of {path, label, probability, threshold, error} (+ site_profile when
+    one is in use), written atomically."""
+    atomic.write_json(target, rows(predictions, site))
 
 
-def write_csv(target: str | os.PathLike, predictions: Iterable[Prediction]) -> None:
-    """CSV with the columns path, label, probability, threshold, error; atomically."""
+def write_csv(target: str | os.PathLike, predictions: Iterable[Prediction], site: str | None = None) -> None:
+    """CSV with the columns path, label, probability, threshold, error (+ site_profile
+    when one is in use); atomically."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS, lineterminator="\n")
+    fields = REPORT_FIELDS + ((SITE_FIELD,) if site is not None else ())
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    for row in rows(predictions):
+    for row in rows(predictions, site):
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
     atomic.write_text(target, buffer.getvalue())
 

@@ -45,7 +45,14 @@ def metrics_markdown(doc: dict) -> str:
         f"# Evaluation: {doc['evaluated_on']}",
         "",
         f"Model: `{doc['model']}`. Operating threshold {doc['threshold']['value']:.4f} "
-        f"(chosen on the validation split: {doc['threshold']['policy']}).",
+        f"(chosen on the {doc['threshold'].get('chosen_on', 'validation split')}: {doc['threshold']['policy']}).",
+    ]
+    site = doc["threshold"].get("site_profile")
+    if site:
+        recal = "" if site.get("recalibration", "none") == "none" else (
+            f"; probabilities recalibrated ({site['recalibration']}) before the threshold")
+        lines.append(f"Site profile in use: **{site['name']}** (`{site.get('path')}`){recal}.")
+    lines += [
         f"n = {m['n']} ({m['n_positive']} malignant, {m['n_negative']} benign).",
         "",
         "| metric | value | 95% CI (bootstrap) |",

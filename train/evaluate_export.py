@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from runtime.images import read_image
 from runtime.localisation import localisation_summary
 from runtime.manifest import MANIFEST_NAME, read_manifest
 from runtime.progress import Progress
+from runtime.site_profile import load_for
 from train.evaluate import log_headline, score
 
 log = logging.getLogger(__name__)
@@ -66,19 +68,36 @@ def _classify(classifier: Classifier, samples: list[Sample]) -> tuple[np.ndarray
 
 
 def _threshold(classifier: Classifier) -> dict:
+    site = classifier.site
+    if site is not None:   # a clinic's own operating point (bcd calibrate), named in every report
+        return {"value": float(site.threshold), "policy": site.policy,
+                "chosen_on": f"site calibration data ({site.data.get('n')} images)",
+                "site_profile": {"name": site.name, "path": str(site.path) if site.path else None,
+                                 "recalibration": site.recalibration.method, "data": site.data,
+                                 "description": site.describe()}}
     t = dict(classifier.manifest.threshold) if classifier.manifest else {"value": classifier.threshold}
     t["value"] = float(t["value"])
     return t
 
 
+def _out_name(variant: str, what: str, classifier: Classifier) -> str:
+    # the profile's name may be anything a user typed: keep it one safe path component
+    site = f"-site-{re.sub(r'[^A-Za-z0-9._-]+', '-', classifier.site.name).strip('.-') or 'profile'}" \
+        if classifier.site is not None else ""
+    return f"eval-{variant}-{what}{site}"
+
+
 def _score_samples(export_dir: Path, samples: list[Sample], variant: str | None, out: Path | None,
-                   evaluated_on: str, out_suffix: str, n_resamples: int, loc_key: str) -> dict:
+                   evaluated_on: str, out_suffix: str, n_resamples: int, loc_key: str,
+                   site: Path | None = None) -> dict:
     with Classifier.load(export_dir, variant=variant) as classifier:
+        load_for(classifier, site)
         p, localisation = _classify(classifier, samples)
         name = classifier.variant
         threshold = _threshold(classifier)
+        default_out = _out_name(name, out_suffix, classifier)
     y = np.array([s.label for s in samples])
-    out = Path(out or export_dir / f"eval-{name}-{out_suffix}")
+    out = Path(out or export_dir / default_out)
     sources = np.array([s.source for s in samples])
     result = score(y, p, threshold, out, evaluated_on, f"{export_dir.name}/{name}", n_resamples,
                    [s.relative for s in samples], sources=sources,
@@ -88,20 +107,24 @@ def _score_samples(export_dir: Path, samples: list[Sample], variant: str | None,
 
 
 def evaluate_export_split(export_dir: Path, variant: str | None = None, split_root: Path | None = None,
-                          out: Path | None = None, split: str = "test", n_resamples: int = 1000) -> dict:
-    """Score one variant of an export on a split of its training run."""
+                          out: Path | None = None, split: str = "test", n_resamples: int = 1000,
+                          site: Path | None = None) -> dict:
+    """Score one variant of an export on a split of its training run (at the operating
+    point of site profile `site` when given)."""
     export_dir = Path(export_dir)
     try:
         samples = samples_of_split(_read_json(_split_file(export_dir)), split, str(split_root) if split_root else None)
     except DatasetError as err:
         raise FileNotFoundError(f"{err}; pass --split-root with where the data lives now") from None
-    return _score_samples(export_dir, samples, variant, out, f"{split} split", split, n_resamples, split)
+    return _score_samples(export_dir, samples, variant, out, f"{split} split", split, n_resamples, split, site)
 
 
 def evaluate_export_data(export_dir: Path, sources: list[DataSource], variant: str | None = None,
-                         out: Path | None = None, n_resamples: int = 1000, labels: dict | None = None) -> dict:
+                         out: Path | None = None, n_resamples: int = 1000, labels: dict | None = None,
+                         site: Path | None = None) -> dict:
     """Score one variant on every labelled image of external datasets (folders or CSV
-    indexes), per source, with localisation figures where masks exist."""
+    indexes), per source, with localisation figures where masks exist (at the operating
+    point of site profile `site` when given)."""
     label_map = LabelMap(dict(labels or DEFAULT_CLASS_LABELS))
     samples = []
     for source in sources:
@@ -112,13 +135,14 @@ def evaluate_export_data(export_dir: Path, sources: list[DataSource], variant: s
         samples += scan.labelled
     names = "+".join(s.name for s in sources)
     return _score_samples(Path(export_dir), samples, variant, out, f"external data {names}", names, n_resamples,
-                          "external")
+                          "external", site)
 
 
 def evaluate_export_folder(export_dir: Path, data: Path, variant: str | None = None, out: Path | None = None,
-                           n_resamples: int = 1000, labels: dict | None = None) -> dict:
+                           n_resamples: int = 1000, labels: dict | None = None, site: Path | None = None) -> dict:
     """One external folder (or CSV index with the canonical columns)."""
-    return evaluate_export_data(export_dir, [DataSource.parse(str(data))], variant, out, n_resamples, labels)
+    return evaluate_export_data(export_dir, [DataSource.parse(str(data))], variant, out, n_resamples, labels,
+                                site)
 
 
 def _read_json(path: Path) -> dict:

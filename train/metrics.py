@@ -37,7 +37,7 @@ HEADLINE_METRICS: tuple[str, ...] = (
 # Metrics bootstrap_ci knows how to compute on resamples.
 _BOOTSTRAP_METRICS = frozenset(HEADLINE_METRICS) | {"recall", "npv"}
 
-_POLICY_METHODS = ("sensitivity", "youden")
+_POLICY_METHODS = ("sensitivity", "specificity", "youden")
 
 # Absolute tolerance when comparing a sensitivity (a ratio of counts) with the target,
 # so that e.g. 9/10 counts as reaching 0.9 whatever the floating-point rounding.
@@ -136,6 +136,8 @@ class ThresholdPolicy:
     method:
         "sensitivity": best specificity among thresholds whose sensitivity is at least
         `min_sensitivity` (a screening-style operating point: miss few cancers).
+        "specificity": best sensitivity among thresholds whose specificity is at least
+        `min_specificity` (few false alarms; used by site calibration, train/calibrate.py).
         "youden": maximise Youden's J = sensitivity + specificity - 1.
     Ties are broken towards the highest threshold (fewest false positives for the same
     trade-off).
@@ -143,17 +145,25 @@ class ThresholdPolicy:
 
     method: str = "sensitivity"
     min_sensitivity: float = 0.90
+    min_specificity: float = 0.90
 
     def __post_init__(self) -> None:
         if self.method not in _POLICY_METHODS:
             raise ValueError(
                 f"ThresholdPolicy.method must be one of {_POLICY_METHODS}, got {self.method!r}"
             )
-        ms = self.min_sensitivity
-        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not (0.0 < ms <= 1.0):
-            raise ValueError(
-                f"ThresholdPolicy.min_sensitivity must be in (0, 1], got {ms!r}"
-            )
+        for name in ("min_sensitivity", "min_specificity"):
+            ms = getattr(self, name)
+            if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not (0.0 < ms <= 1.0):
+                raise ValueError(f"ThresholdPolicy.{name} must be in (0, 1], got {ms!r}")
+
+    def describe(self) -> str:
+        """The policy in words, as reports and run.json record it."""
+        if self.method == "sensitivity":
+            return f"best specificity at sensitivity >= {self.min_sensitivity:.2f}"
+        if self.method == "specificity":
+            return f"best sensitivity at specificity >= {self.min_specificity:.2f}"
+        return "Youden's J"
 
 
 def _rates_at_candidates(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -197,6 +207,13 @@ def choose_threshold(
         feasible = sens >= policy.min_sensitivity - _SENS_TOL
         # feasible[0] is always True (the minimum probability gives sensitivity 1).
         score = np.where(feasible, spec, -np.inf)
+    elif policy.method == "specificity":
+        feasible = spec >= policy.min_specificity - _SENS_TOL
+        if not feasible.any():
+            # Even the highest observed probability flags some negatives (ties at the
+            # top): every observed threshold misses the target, so take the strictest.
+            return float(candidates[-1])
+        score = np.where(feasible, sens, -np.inf)
     else:  # youden
         score = sens + spec - 1.0
     best = score.max()
