@@ -27,6 +27,7 @@ from train.data import LoadedDataset, load_saved_split, to_model_input
 from train.dedup import DedupConfig
 from train.evaluate import predict_probabilities
 from train.metrics import ThresholdPolicy, binary_metrics
+from train.model import with_lesion_cam, without_lesion_cam
 from train.run_dir import RunDir
 from train.tf_setup import keras
 
@@ -255,8 +256,12 @@ def slim(config: SlimConfig, resume: bool = False) -> RunDir:
     extra = {"slim": config.to_dict(), "pruning": pruning}
     atomic.write_json(run.run_info, trainer._run_info(train_cfg, spec, model_info, data, phases, "training", extra))
 
-    trainer.fit_phases(model, run, state, phases, data, split, spec, train_cfg.batch_size, train_cfg.seed,
-                       train_cfg.augment, config.patience, resume, trainer.LrDecay(config.lr_decay_patience))
+    # the parent's Grad-CAM lesion loss keeps the thinner model looking at the lesion too
+    cam = train_cfg.lesion_weight > 0 and train_cfg.lesion_loss == "cam"
+    trainer.fit_phases(with_lesion_cam(model, batch_norm=False) if cam else model, run, state, phases, data, split,
+                       spec, train_cfg.batch_size, train_cfg.seed, train_cfg.augment, config.patience, resume,
+                       trainer.LrDecay(config.lr_decay_patience), lesion_weight=train_cfg.lesion_weight if cam else 0.0,
+                       to_saved=without_lesion_cam, lesion_loss="cam")
     policy = ThresholdPolicy(train_cfg.threshold_method, train_cfg.min_sensitivity)
     done = trainer.finish_training(run, state, phases, data, split, spec, policy, config.bootstrap_resamples)
     atomic.write_json(run.run_info, trainer._run_info(train_cfg, spec, model_info, data, phases, "complete",
