@@ -101,6 +101,7 @@ class Outcome:
     seconds: float | None = None         # model inference time
     total_seconds: float | None = None   # decode + preprocess + inference + heatmap
     threads: int | None = None
+    engine: str | None = None            # onnxruntime | openvino | litert
     image_rgb: np.ndarray | None = field(default=None, repr=False)    # the input as shown (RGB, display size)
     overlay_rgb: np.ndarray | None = field(default=None, repr=False)  # Grad-CAM overlay (RGB, display size)
     notes: list[str] = field(default_factory=list)                    # e.g. DICOM burned-in annotation warning
@@ -128,6 +129,7 @@ class Outcome:
             "inference_ms": None if self.seconds is None else round(self.seconds * 1000, 3),
             "total_ms": None if self.total_seconds is None else round(self.total_seconds * 1000, 3),
             "threads": self.threads,
+            "engine": self.engine,
             "error": self.error,
             "notes": list(self.notes),
         }
@@ -150,7 +152,7 @@ class DemoService:
         try:
             for i, (path, name) in enumerate(zip(paths, names)):
                 first = Classifier.load(path, variant=wanted if i == target else None, threads=config.threads,
-                                        max_pixels=config.max_pixels)
+                                        max_pixels=config.max_pixels, backend=config.backend)
                 model, found = self._describe(name, path, first)
                 self.models.append(model)
                 variants += found
@@ -254,7 +256,7 @@ class DemoService:
                 if model.source is None:
                     raise ValueError("a lone model file has no other variants")
                 clf = Classifier.load(model.source, variant=variant.name, threads=self.config.threads,
-                                      max_pixels=self.config.max_pixels)
+                                      max_pixels=self.config.max_pixels, backend=self.config.backend)
             except Exception as err:  # noqa: BLE001 - shown on the page, the app keeps serving
                 log.warning("variant %s could not be loaded: %s", key, err)
                 self._load_errors[key] = f"variant {key} could not be loaded: {err}"
@@ -293,6 +295,7 @@ class DemoService:
             outcome.error = _sentence(str(err))
             return outcome
         outcome.threads = clf.threads
+        outcome.engine = clf.engine
         try:
             image, notes = _decode(data, name, self.config.max_pixels)
         except ImageReadError as err:

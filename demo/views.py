@@ -115,7 +115,8 @@ def result_html(o: "Outcome") -> str:
         '<div style="display:flex;justify-content:space-between;font-size:0.8em;color:#555;">'
         '<span>0 (benign-looking)</span><span>probability of malignancy</span><span>1</span></div>'
     )
-    timing = (f"Inference {fmt_ms(o.seconds)} on this computer ({esc(o.variant)}, "
+    engine = f"{esc(o.engine)}, " if o.engine else ""
+    timing = (f"Inference {fmt_ms(o.seconds)} on this computer ({esc(o.variant)}, {engine}"
               f"{o.threads} thread{'s' if o.threads != 1 else ''}); "
               f"{fmt_ms(o.total_seconds)} including reading the file and drawing the heatmap.")
     notes = "".join(f'<div style="margin-top:6px;color:{_WARN};">&#9888; {esc(n)}</div>' for n in o.notes)

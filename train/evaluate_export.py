@@ -72,8 +72,9 @@ def _threshold(classifier: Classifier) -> dict:
 
 
 def _score_samples(export_dir: Path, samples: list[Sample], variant: str | None, out: Path | None,
-                   evaluated_on: str, out_suffix: str, n_resamples: int, loc_key: str) -> dict:
-    with Classifier.load(export_dir, variant=variant) as classifier:
+                   evaluated_on: str, out_suffix: str, n_resamples: int, loc_key: str,
+                   backend: str | None = None) -> dict:
+    with Classifier.load(export_dir, variant=variant, backend=backend) as classifier:
         p, localisation = _classify(classifier, samples)
         name = classifier.variant
         threshold = _threshold(classifier)
@@ -88,18 +89,20 @@ def _score_samples(export_dir: Path, samples: list[Sample], variant: str | None,
 
 
 def evaluate_export_split(export_dir: Path, variant: str | None = None, split_root: Path | None = None,
-                          out: Path | None = None, split: str = "test", n_resamples: int = 1000) -> dict:
+                          out: Path | None = None, split: str = "test", n_resamples: int = 1000,
+                          backend: str | None = None) -> dict:
     """Score one variant of an export on a split of its training run."""
     export_dir = Path(export_dir)
     try:
         samples = samples_of_split(_read_json(_split_file(export_dir)), split, str(split_root) if split_root else None)
     except DatasetError as err:
         raise FileNotFoundError(f"{err}; pass --split-root with where the data lives now") from None
-    return _score_samples(export_dir, samples, variant, out, f"{split} split", split, n_resamples, split)
+    return _score_samples(export_dir, samples, variant, out, f"{split} split", split, n_resamples, split, backend)
 
 
 def evaluate_export_data(export_dir: Path, sources: list[DataSource], variant: str | None = None,
-                         out: Path | None = None, n_resamples: int = 1000, labels: dict | None = None) -> dict:
+                         out: Path | None = None, n_resamples: int = 1000, labels: dict | None = None,
+                         backend: str | None = None) -> dict:
     """Score one variant on every labelled image of external datasets (folders or CSV
     indexes), per source, with localisation figures where masks exist."""
     label_map = LabelMap(dict(labels or DEFAULT_CLASS_LABELS))
@@ -112,13 +115,14 @@ def evaluate_export_data(export_dir: Path, sources: list[DataSource], variant: s
         samples += scan.labelled
     names = "+".join(s.name for s in sources)
     return _score_samples(Path(export_dir), samples, variant, out, f"external data {names}", names, n_resamples,
-                          "external")
+                          "external", backend)
 
 
 def evaluate_export_folder(export_dir: Path, data: Path, variant: str | None = None, out: Path | None = None,
-                           n_resamples: int = 1000, labels: dict | None = None) -> dict:
+                           n_resamples: int = 1000, labels: dict | None = None, backend: str | None = None) -> dict:
     """One external folder (or CSV index with the canonical columns)."""
-    return evaluate_export_data(export_dir, [DataSource.parse(str(data))], variant, out, n_resamples, labels)
+    return evaluate_export_data(export_dir, [DataSource.parse(str(data))], variant, out, n_resamples, labels,
+                                backend)
 
 
 def _read_json(path: Path) -> dict:
