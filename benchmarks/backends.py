@@ -2,6 +2,7 @@
 
     python -m benchmarks.backends compare models/busi-vgg16-128 models/busi-vgg16-128-slim40
     python -m benchmarks.backends check models/busi-vgg16-128
+    python -m benchmarks.backends profile models/busi-vgg16-128
 
 `compare` answers "is `bcd predict`, as installed, as fast as the best engine?". Every
 contender runs in a fresh process of its own (engines' thread pools spin and steal
@@ -26,6 +27,9 @@ which of `bcd-onnxruntime` and `bcd-openvino` was faster into each export's
 backends.json, under this CPU's signature (runtime.backends.cpu_signature): what
 `--backend auto` then follows on this machine.
 
+`profile` runs ONNX Runtime's profiler with the runtime's session options and prints the
+time per operator type (where ONNX Runtime spends the time).
+
 `check` runs each installed engine on the export's validation split and compares it
 with ONNX Runtime on the same file (the engine the export checked against the Keras
 original: flip rate, AUC drop, max |delta p|, CAM correlation) and with the manifest's
@@ -38,9 +42,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -63,9 +69,10 @@ def _input(image_size: int) -> "object":
 
 
 def _contender_call(name: str, export_dir: Path, variant: str | None, threads: int | None,
-                    x_file: Path | None = None, force: bool = False):
+                    x_file: Path | None = None, force: bool = False, keep_input: bool = False):
     """(call, description) for one contender, loaded in this process; input: the array
-    saved in `x_file` (.npy), else a deterministic batch of one."""
+    saved in `x_file` (.npy), else a deterministic batch of one. keep_input: `call`
+    takes the input array as its argument instead (runtime contenders only)."""
     import numpy as np
     from runtime.classifier import Classifier, choose_variant
     from runtime.manifest import read_manifest
@@ -74,6 +81,10 @@ def _contender_call(name: str, export_dir: Path, variant: str | None, threads: i
     if name.startswith("bcd-"):
         backend = None if name == "bcd-default" else name[len("bcd-"):]
         clf = Classifier.load(export_dir, variant=variant, threads=threads, backend=backend, force=force)
+        if keep_input:
+            return (lambda batch: clf.backend.run(batch, False)), {
+                "engine": clf.engine, "variant": clf.variant, "threads": clf.threads,
+                "precision": getattr(clf.backend, "precision", None)}
         x = np.load(x_file) if x_file is not None else _input(clf.spec.image_size)
         return (lambda: clf.backend.run(x, False)), {
             "engine": clf.engine, "variant": clf.variant, "threads": clf.threads, "why": clf.info.backend_reason,
@@ -162,22 +173,99 @@ def run_child(command: list[str], timeout: float = CHILD_TIMEOUT_S) -> dict:
 
 
 class EngineInProcess(SelfTimed):
-    """One variant on one engine, timed in a fresh process per turn (for
-    benchmarks.timing.interleaved): `timed(n)` starts the process, which loads the model
-    through the runtime (as `bcd predict` does, with this engine), makes `warmup`
-    untimed calls and returns n timed `backend.run` calls on the array in `x_file`."""
+    """One variant on one engine, in a process of its own that lives through the whole
+    timing phase (for benchmarks.timing.interleaved). It loads the model through the
+    runtime once (as `bcd predict` does, with this engine), then each `timed(n)` asks it
+    for `warmup` untimed and n timed `backend.run` calls on the array in `x_file`. Between
+    turns it sleeps on its stdin (ONNX Runtime's threads do not spin: the runtime turns
+    spin-waiting off), so it takes nothing from the other rows. `close()` ends it."""
 
     def __init__(self, export_dir: Path, variant: str, engine: str, threads: int, x_file: Path,
                  warmup: int, force: bool = True) -> None:
-        self.args = (export_dir, variant, engine, threads, x_file, warmup, force)
+        self.command = child_command(f"bcd-{engine}", export_dir, 0, 0, threads, variant, None, force)
+        self.command[self.command.index("_time")] = "_serve"
+        self.x_file, self.warmup = Path(x_file), max(1, warmup)
+        self.proc: subprocess.Popen | None = None
+        self.replies: "queue.Queue[str]" = queue.Queue()
 
-    def timed(self, n: int) -> list[float]:
-        export_dir, variant, engine, threads, x_file, warmup, force = self.args
-        doc = run_child(child_command(f"bcd-{engine}", export_dir, n, max(1, warmup), threads, variant, x_file,
-                                      force))
+    def _start(self) -> None:
+        env = dict(os.environ)
+        repo = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, env=env)
+        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+        self._reply()                                       # "ready" (or the load error)
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            if line.strip().startswith("{"):
+                self.replies.put(line)
+        self.replies.put("")                                # the process ended
+
+    def _reply(self) -> dict:
+        try:
+            line = self.replies.get(timeout=CHILD_TIMEOUT_S)
+        except queue.Empty:
+            self.close()
+            raise RuntimeError(f"the timing process did not answer within {CHILD_TIMEOUT_S}s") from None
+        if not line:
+            raise RuntimeError("the timing process ended unexpectedly")
+        doc = json.loads(line)
         if not doc.get("ok"):
             raise RuntimeError(doc.get("error") or "the timing process failed")
-        return list(doc["seconds"])
+        return doc
+
+    def timed(self, n: int) -> list[float]:
+        if self.proc is None:
+            self._start()
+        self.proc.stdin.write(json.dumps({"runs": n, "warmup": self.warmup, "input": str(self.x_file)}) + "\n")
+        self.proc.stdin.flush()
+        return list(self._reply()["seconds"])
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()                     # end of input: the server exits
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+        self.proc = None
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    """`_serve`: load once, then answer one JSON request per stdin line with one JSON line."""
+    import numpy as np
+
+    def say(doc: dict) -> None:
+        sys.stdout.write(json.dumps(doc) + "\n")
+        sys.stdout.flush()
+
+    try:
+        call_on, about = _contender_call(args.contender, Path(args.export), args.variant, args.threads,
+                                         None, args.force, keep_input=True)
+    except Exception as err:  # noqa: BLE001 - reported to the parent as JSON
+        say({"ok": False, "error": " ".join(f"{err.__class__.__name__}: {err}".split())[:600]})
+        return 1
+    say({"ok": True, "ready": True, **about})
+    inputs: dict[str, np.ndarray] = {}
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+            x = inputs.get(req["input"])
+            if x is None:
+                x = inputs[req["input"]] = np.load(req["input"])
+            for _ in range(int(req.get("warmup", 1))):
+                call_on(x)
+            samples = []
+            for _ in range(int(req["runs"])):
+                t0 = time.perf_counter()
+                call_on(x)
+                samples.append(time.perf_counter() - t0)
+            say({"ok": True, "seconds": samples})
+        except Exception as err:  # noqa: BLE001
+            say({"ok": False, "error": " ".join(f"{err.__class__.__name__}: {err}".split())[:600]})
+    return 0
 
 
 def time_in_processes(jobs: dict[str, list[str]], rounds: int, log=None) -> dict[str, dict]:
@@ -329,6 +417,60 @@ def compare_markdown(doc: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- profile
+
+def profile(export_dir: Path, runs: int = 30, threads: int | None = None, variant: str | None = None) -> dict:
+    """ONNX Runtime's own profiler on the runtime's session options: time per operator
+    type per run (ms) and node counts, after ONNX Runtime's graph optimisations."""
+    import collections
+    import tempfile
+
+    import onnxruntime as ort
+
+    from runtime.classifier import choose_variant
+    from runtime.manifest import read_manifest
+    from runtime.session import resolve_threads, session_options
+
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    entry = choose_variant(manifest, variant, "onnx")
+    threads = resolve_threads(threads)
+    x = _input(int(manifest.preprocessing["image_size"]))
+    with tempfile.TemporaryDirectory(prefix="bcd-profile-") as work:
+        options = session_options(threads, export_dir)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(work) / "ort")
+        session = ort.InferenceSession(str(export_dir / entry.file), options, providers=["CPUExecutionProvider"])
+        feed, names = {session.get_inputs()[0].name: x}, [o.name for o in session.get_outputs()]
+        for _ in range(3):
+            session.run(names, feed)
+        for _ in range(runs):
+            session.run(names, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_op: dict = collections.defaultdict(lambda: [0.0, 0])
+    run_us = [e["dur"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            per_op[op][0] += e["dur"]
+            per_op[op][1] += 1
+    n = max(1, len(run_us))
+    ops = sorted(((op, us / n / 1000.0, count / n) for op, (us, count) in per_op.items()), key=lambda t: -t[1])
+    return {"export": str(export_dir), "variant": entry.name, "threads": threads, "runs": len(run_us),
+            "run_ms_mean": (sum(run_us) / n / 1000.0) if run_us else None,
+            "ops": [{"op": op, "ms_per_run": ms, "nodes": count} for op, ms, count in ops]}
+
+
+def profile_markdown(doc: dict) -> str:
+    lines = [f"{doc['export']} {doc['variant']}: {doc['runs']} profiled runs, {doc['threads']} thread(s), "
+             f"mean {doc['run_ms_mean']:.2f} ms per run (outputs malignancy and cam)", "",
+             "| operator (after ORT's graph optimisations) | nodes | ms per run | share |", "|---|---|---|---|"]
+    total = sum(o["ms_per_run"] for o in doc["ops"]) or 1.0
+    for o in doc["ops"]:
+        lines.append(f"| {o['op']} | {o['nodes']:.0f} | {o['ms_per_run']:.3f} | {o['ms_per_run'] / total:.1%} |")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------- parity check
 
 def _split_images(export_dir: Path, manifest, data: Path | None, split: str):
@@ -461,6 +603,11 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("export", type=Path, metavar="EXPORT_DIR")
     k.add_argument("--data", type=Path, help="labelled folder instead of the split in split.json")
     k.add_argument("--split", default="val", choices=["val", "test"])
+    f = sub.add_parser("profile", help="ONNX Runtime's profiler: time per operator type")
+    f.add_argument("export", type=Path, metavar="EXPORT_DIR")
+    f.add_argument("--runs", type=int, default=30)
+    f.add_argument("--threads", type=int)
+    f.add_argument("--variant")
     t = sub.add_parser("_time", help=argparse.SUPPRESS)
     t.add_argument("export")
     t.add_argument("--contender", required=True, choices=tuple(dict.fromkeys(CONTENDERS + ENGINE_CONTENDERS)))
@@ -470,11 +617,24 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--variant")
     t.add_argument("--input", help=".npy array to feed (default: a deterministic batch of one)")
     t.add_argument("--force", action="store_true", help="load a variant that failed the export's checks")
+    v = sub.add_parser("_serve", help=argparse.SUPPRESS, parents=[], add_help=True)
+    v.add_argument("export")
+    v.add_argument("--contender", required=True, choices=ENGINE_CONTENDERS)
+    v.add_argument("--runs", type=int, default=0)           # unused: each request says how many
+    v.add_argument("--warmup", type=int, default=0)
+    v.add_argument("--threads", type=int)
+    v.add_argument("--variant")
+    v.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     if args.cmd == "_time":
         return child_main(args)
+    if args.cmd == "_serve":
+        return serve_main(args)
     command = "python -m benchmarks.backends " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
+        if args.cmd == "profile":
+            print(profile_markdown(profile(args.export, args.runs, args.threads, args.variant)))
+            return 0
         if args.cmd == "check":
             doc = check(args.export, args.data, args.split, command=command)
             for name, engines in doc["variants"].items():

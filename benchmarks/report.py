@@ -159,7 +159,7 @@ def results_markdown(doc: dict) -> str:
         "- The Keras baseline is timed as a direct call `model(x, training=False)`, not `model.predict` (which adds "
         "per-call overhead of its own). Runtime variants are timed as the Classifier's inference call (ONNX Runtime "
         "session, OpenVINO compiled model or LiteRT interpreter as clinics configure it), on the same preprocessed "
-        "input, each (variant, engine) row in a fresh process of its own per round (engines sharing a process steal "
+        "input, each (variant, engine) row in a process of its own (engines sharing a process steal "
         "each other's cores); preprocessing is excluded from latency and throughput for every engine and included "
         "in cold start. `<variant>@openvino`: the same .onnx file run by OpenVINO.",
         "- Cold start: a fresh process (`python -m benchmarks.probe`) from process start to the first prediction "

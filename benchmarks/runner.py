@@ -7,9 +7,9 @@
    benchmark stops (BaselineError): there would be nothing to compare against.
 3. Accuracy on all images at the frozen threshold (+ bootstrap CIs, flip rate vs the original).
 4. Batch-1 latency, then throughput at --batch, each interleaved across models (timing.py);
-   the Keras original in this process, every (variant, engine) row in a fresh process of
-   its own per round (benchmarks.backends.EngineInProcess): ONNX Runtime and OpenVINO
-   (when installed) rows for every .onnx variant, LiteRT for .tflite.
+   the Keras original in this process, every (variant, engine) row in a process of its
+   own (benchmarks.backends.EngineInProcess): ONNX Runtime and OpenVINO (when installed)
+   rows for every .onnx variant, LiteRT for .tflite.
 5. Cold start + peak RSS: fresh probe processes (probe.py), round-robin across models.
 6. Ratios against the original, optional input-size sweep, then the outputs, each
    written atomically: pareto.png, [sizes.json, sizes.png], results.md, results.json.
@@ -343,8 +343,9 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
         except Exception as err:  # noqa: BLE001
             _fail(rows[t.name], "accuracy", _error_text(err))
 
-    # ---- 4. latency and throughput (same preprocessed input for every engine); runtime
-    # rows in a fresh process each, so their in-process sessions are closed first
+    # ---- 4. latency and throughput (same preprocessed input for every engine). Runtime
+    # rows are timed in a process of their own each (one per row, kept for both phases),
+    # so their in-process sessions are closed first.
     for t in targets:
         if isinstance(t, RuntimeVariant):
             t.close()
@@ -353,27 +354,34 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
     phases = (("latency", x1, config.runs, config.warmup, True),
               ("throughput", xb, config.timed_batches, min(config.warmup, 1), False))
     work = tempfile.TemporaryDirectory(prefix="bcd-bench-")
-    for what, x, runs, warmup, rewarm in phases:
-        current = alive()
-        x_file = Path(work.name) / f"{what}.npy"
-        np.save(x_file, x)
-        timing = interleaved({t.name: (t.in_own_process(x_file, max(1, warmup)) if isinstance(t, RuntimeVariant)
-                                       else partial(t.infer, x)) for t in current},
-                             runs, warmup, config.rounds, what=what, rewarm=rewarm)
-        for t in current:
-            row = rows[t.name]
-            if t.name in timing.errors:
-                if t is keras_target:
-                    raise BaselineError(f"the original Keras model failed while timing: {timing.errors[t.name]}")
-                _fail(row, what, timing.errors[t.name])
-                continue
-            stats = timing.stats(t.name)
-            if what == "latency":
-                row["latency_ms"] = stats
-            else:
-                row["throughput_batch_ms"] = stats
-                row["throughput_ips"] = config.batch / (stats["p50"] / 1000.0) if stats["p50"] else None
-    work.cleanup()
+    workers = {t.name: t.in_own_process(Path(work.name) / "latency.npy", config.warmup)
+               for t in alive() if isinstance(t, RuntimeVariant)}
+    try:
+        for what, x, runs, warmup, rewarm in phases:
+            current = alive()
+            x_file = Path(work.name) / f"{what}.npy"
+            np.save(x_file, x)
+            for w in workers.values():
+                w.x_file, w.warmup = x_file, max(1, warmup)
+            timing = interleaved({t.name: workers.get(t.name) or partial(t.infer, x) for t in current},
+                                 runs, warmup, config.rounds, what=what, rewarm=rewarm)
+            for t in current:
+                row = rows[t.name]
+                if t.name in timing.errors:
+                    if t is keras_target:
+                        raise BaselineError(f"the original Keras model failed while timing: {timing.errors[t.name]}")
+                    _fail(row, what, timing.errors[t.name])
+                    continue
+                stats = timing.stats(t.name)
+                if what == "latency":
+                    row["latency_ms"] = stats
+                else:
+                    row["throughput_batch_ms"] = stats
+                    row["throughput_ips"] = config.batch / (stats["p50"] / 1000.0) if stats["p50"] else None
+    finally:
+        for w in workers.values():
+            w.close()
+        work.cleanup()
     for t in targets:
         t.close()   # free sessions (and their spinning threads) before the probes
 

@@ -11,7 +11,7 @@
   reported). Every engine of every variant is a row of its own; rows on an engine other
   than the format's first are named "<variant>@<engine>". Timed as the Classifier's own
   inference call (`classifier.backend.run`, the settings clinics get), on the same
-  preprocessed input as Keras, in a fresh process per round
+  preprocessed input as Keras, in a process of its own
   (`benchmarks.backends.EngineInProcess`): engines never share a process. Accuracy
   through `Classifier.predict_decoded`, the full per-image path.
 
@@ -162,7 +162,7 @@ class RuntimeVariant(Target):
         return {"export_dir": self.export_dir, "variant": self.entry.name, "backend": self.backend}
 
     def in_own_process(self, x_file: Path, warmup: int):
-        """A SelfTimed target: timed in a fresh process per turn (see the module docstring)."""
+        """A SelfTimed target: timed in a process of its own (see the module docstring)."""
         from benchmarks.backends import EngineInProcess
         return EngineInProcess(self.export_dir, self.entry.name, self.backend, self.threads, x_file, warmup)
 

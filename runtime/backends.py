@@ -272,7 +272,6 @@ class OpenVinoBackend(Backend):
         except RuntimeError as err:
             raise ModelLoadError(f"{name}: OpenVINO cannot compile it ({' '.join(str(err).split())[:300]})") from None
         self.request = self.compiled.create_infer_request()
-        self.version = ov.get_version()
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)  # e.g. "bf16"
         self._out_index = {_ov_name(o): i for i, o in enumerate(self.compiled.outputs)}

@@ -9,8 +9,8 @@
 - No spin-waiting (`session.intra_op.allow_spinning` = 0): by default ONNX Runtime's
   worker threads busy-wait between and after runs. On a PC that also does other work
   (a clinic PC; the 2-core machine these numbers come from also ran a training job)
-  the spinning threads compete with that work and with each other; the runtime's INT8
-  models ran 1.3-1.9x faster at batch 1 without it there (benchmarks/RESULTS.md,
+  the spinning threads compete with that work and with each other; the shipped INT8
+  models ran 1.5-1.7x faster at batch 1 without it there (benchmarks/RESULTS.md,
   "Backends"). `spinning=True` restores ONNX Runtime's default.
 - The model is passed as the bytes that were already checked (sha256, external data),
   so the file can't be swapped between the check and the load; external data, if

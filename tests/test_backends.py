@@ -221,3 +221,23 @@ def test_compare_times_each_engine_in_its_own_process(tiny_export, tmp_path):
     assert model["default_vs_openvino_best"] == pytest.approx(rows["bcd-default"]["p50_ms"] / best)
     text = compare_markdown(doc, "cmd")
     assert "bcd default / OpenVINO's best" in text and "not a diagnosis" in text
+
+
+def test_demo_serves_the_chosen_backend(tiny_export, tiny_dataset):
+    from demo.config import DemoConfig
+    from demo.service import DemoService
+
+    with pytest.raises(ValueError, match="backend"):
+        DemoConfig(model=tiny_export, backend="tensorrt")
+    data = images(tiny_dataset, 1)[0].read_bytes()
+    outcomes = {}
+    for backend in ("onnxruntime", "openvino"):
+        service = DemoService(DemoConfig(model=tiny_export, threads=1, backend=backend))
+        try:
+            outcomes[backend] = service.classify_bytes(data, "scan.png")
+        finally:
+            service.close()
+        assert outcomes[backend].ok and outcomes[backend].engine == backend
+        assert outcomes[backend].to_json()["engine"] == backend
+        assert outcomes[backend].overlay_rgb is not None                # Grad-CAM on both engines
+    assert abs(outcomes["openvino"].probability - outcomes["onnxruntime"].probability) < 0.05

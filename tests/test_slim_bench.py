@@ -126,7 +126,7 @@ def test_macs_params_and_zip_size_per_row(also, tiny_export):
         assert row["compressed_bytes"] > 0
     assert rows["onnx-int8"]["compressed_bytes"] < rows["onnx-fp32"]["compressed_bytes"]
     md = (out / "results.md").read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| model | format"))
+    header = next(line for line in md.splitlines() if line.startswith("| model | engine | format"))
     assert "zip size" in header and "GMACs" in header and "params (M)" in header
 
 
