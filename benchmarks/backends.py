@@ -474,33 +474,30 @@ def profile_markdown(doc: dict) -> str:
 # --------------------------------------------------------------------------- parity check
 
 def _split_images(export_dir: Path, manifest, data: Path | None, split: str):
-    """(resized uint8 BGR images, labels, description) of the export's split.json split
-    (resolved from its data_root) or of a labelled folder."""
+    """(resized uint8 BGR images, labels, description) of a split of the export's
+    split.json (its dataset found where the split says) or of a labelled folder / CSV
+    index (`runtime.dataset`, the same readers as training and `bcd evaluate`)."""
     import numpy as np
-    from runtime.dataset import scan_folder
+    from runtime.dataset import DataSource, read_source, samples_of_split
     from runtime.images import read_image
     from runtime.preprocessing import PreprocessSpec, resize
 
     spec = PreprocessSpec.from_dict(manifest.preprocessing)
     if data is not None:
-        entries = scan_folder(data).labelled
-        paths, labels = [e.path for e in entries], [int(e.label) for e in entries]
-        source = f"folder {data}"
+        samples = read_source(DataSource.parse(str(data))).samples
+        source = f"data {data}"
     else:
         split_file = export_dir / "split.json"
         if not split_file.is_file():
             raise FileNotFoundError(f"{export_dir}: no split.json beside the manifest; pass --data DIR")
-        doc = json.loads(split_file.read_text())
-        root = Path(doc["data_root"])
-        if not root.is_dir():
-            raise FileNotFoundError(f"the split's data folder {root} is missing; pass --data DIR")
-        files = doc["files"].get(split) or []
-        paths, labels = [root / f["path"] for f in files], [int(f["label"]) for f in files]
-        source = f"{split} split of {export_dir / 'split.json'}"
-    if not paths:
-        raise ValueError(f"no images to check on ({source})")
-    images = np.stack([resize(read_image(p), spec) for p in paths])
-    return images, np.asarray(labels, dtype=np.int64), {"source": source, "n": len(paths),
+        samples = samples_of_split(json.loads(split_file.read_text()), split)
+        source = f"{split} split of {split_file}"
+    samples = [s for s in samples if s.label is not None]
+    if not samples:
+        raise ValueError(f"no labelled images to check on ({source})")
+    labels = [int(s.label) for s in samples]
+    images = np.stack([resize(read_image(s.path), spec) for s in samples])
+    return images, np.asarray(labels, dtype=np.int64), {"source": source, "n": len(samples),
                                                         "n_malignant": int(sum(labels))}
 
 
