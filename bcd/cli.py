@@ -82,6 +82,18 @@ def _sources(items, labels=None, single: str | None = None):
         raise UsageError(str(err)) from None
 
 
+# the same names as runtime.backends.BACKENDS (not imported here: it loads ONNX Runtime)
+BACKEND_CHOICES = ("auto", "onnxruntime", "openvino", "litert")
+
+
+def _add_backend(p, prefix: str = "") -> None:
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                   help=prefix + "inference engine (default auto: OpenVINO for an .onnx variant when it is installed, "
+                        "passed the parity check recorded in the export's backends.json and is the faster engine on "
+                        "this CPU by that file's speed record (no record: CPUs with AMX); else ONNX Runtime; LiteRT "
+                        "for .tflite)")
+
+
 # ---- train -------------------------------------------------------------------------
 
 def _add_train(sub) -> None:
@@ -252,6 +264,7 @@ def _add_evaluate(sub) -> None:
                    help="run directory only: average each probability with the left-right mirrored image's "
                         "(test-time augmentation; measure it on --split val)")
     p.add_argument("--variant", help="export directory only: variant to score (default as `bcd predict`)")
+    _add_backend(p, "export directory only: ")
     p.add_argument("--split-root", type=Path, help="where the run's dataset lives now, if it moved")
     p.add_argument("--out", type=Path, help="output folder (default: with --data RUN/eval-<folder name>; for an "
                    "export EXPORT/eval-<variant>-<split or folder>)")
@@ -279,13 +292,15 @@ def _cmd_evaluate(args) -> int:
             raise UsageError("--flip-tta applies to a run directory (the Keras model)")
         site = _site(args)
         if sources:
-            doc = evaluate_export_data(model, sources, args.variant, args.out, args.bootstrap, site=site)
+            doc = evaluate_export_data(model, sources, args.variant, args.out, args.bootstrap, site=site,
+                                       backend=args.backend)
         else:
             doc = evaluate_export_split(model, args.variant, args.split_root, args.out, args.split, args.bootstrap,
-                                        site=site)
+                                        site=site, backend=args.backend)
     else:
-        if args.variant:
-            raise UsageError("--variant applies to export directories; a run has one Keras model")
+        if args.variant or args.backend != "auto":
+            raise UsageError("--variant and --backend apply to export directories; a run has one Keras model, "
+                             "run by TensorFlow")
         if args.site:
             raise UsageError("--site applies to export directories (a site profile belongs to an exported model "
                              "file); a run is scored at its own threshold")
@@ -455,6 +470,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--csv", type=Path, dest="csv_out", metavar="FILE", help="also write the results as CSV")
     p.add_argument("--heatmap", type=Path, metavar="DIR", help="write a Grad-CAM overlay <stem>_gradcam.png per image")
     p.add_argument("--threads", type=int, help="CPU threads for inference (default: physical cores)")
+    _add_backend(p)
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse images with more pixels than this (default 64000000; decompression-bomb guard)")
     p.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default 8)")
@@ -479,13 +495,13 @@ def _cmd_predict(args) -> int:
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1")
     classifier = Classifier.load(model, variant=args.variant, threads=args.threads, force=args.force,
-                                 max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
+                                 max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, backend=args.backend)
     site = load_for(classifier, _site(args))
     if args.heatmap is not None and not classifier.has_cam:
         raise UsageError(f"variant {classifier.variant} has no Grad-CAM output; use --variant onnx-fp32 or onnx-int8 "
                          "for --heatmap")
     print(f"model: {classifier.info.file} (variant {classifier.variant}, threshold {classifier.threshold:.4f}, "
-          f"{classifier.threads} thread(s))", file=sys.stderr)
+          f"{classifier.engine}, {classifier.threads} thread(s))", file=sys.stderr)
     if site is not None:
         print(f"operating point: {site.describe()}", file=sys.stderr)
 
@@ -537,6 +553,7 @@ def _add_demo(sub) -> None:
                    help="also create a public gradio.live link (needs internet; anyone with the link can use it)")
     p.add_argument("--max-file-size", default="20MB", help="largest upload accepted (default 20MB)")
     p.add_argument("--threads", type=int, help="CPU threads per model (default: physical cores)")
+    _add_backend(p)
     p.add_argument("--variant", help="variant selected when the page opens (default: the runtime's default of "
                    "the first model; with several models 'MODEL · VARIANT' picks another model's)")
     p.add_argument("--concurrency", type=int, default=2, help="requests processed at once (default 2)")
@@ -560,7 +577,7 @@ def _cmd_demo(args) -> int:
     try:
         config = DemoConfig(model=models, host=args.host, port=args.port, examples=args.examples, share=args.share,
                             max_file_size=args.max_file_size, threads=args.threads, variant=args.variant,
-                            concurrency=args.concurrency, site=_site(args))
+                            concurrency=args.concurrency, site=_site(args), backend=args.backend)
     except ValueError as err:
         raise UsageError(str(err)) from None
     _setup_logging()

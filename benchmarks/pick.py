@@ -100,8 +100,10 @@ def pick_text(p: Pick) -> str:
     ci = ((r.get("accuracy") or {}).get("ci95") or {}).get("auc") or {}
     ci_text = f" (95% CI {ci['low']:.3f}-{ci['high']:.3f})" if ci.get("low") is not None else ""
     lines = [
-        f"pick: {r['name']}" + (f" (export {r['export_dir']}, variant {r['variant']})" if r.get("export_dir")
-                                 and r.get("variant") else ""),
+        f"pick: {r['name']}" + (f" (export {r['export_dir']}, variant {r['variant']}"
+                                 + (f", engine {r['backend']}: --backend {r['backend']}"
+                                    if r.get("backend") == "openvino" else "") + ")"
+                                 if r.get("export_dir") and r.get("variant") else ""),
         f"  speed-up        {p.speedup:.2f}x  (batch-1 p50 {_p50(r):.1f} ms vs {_p50(b):.1f} ms for {b['name']})"
         if p.speedup is not None else "  speed-up        -",
         f"  AUC             {_auc(r):.4f}{ci_text} vs {_auc(b):.4f}: drop {p.auc_drop:+.4f} "

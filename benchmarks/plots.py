@@ -43,6 +43,8 @@ def _marker(r: dict) -> str:
         return "X"
     if r["format"] == "tflite":
         return "^"
+    if r.get("backend") == "openvino":
+        return "P"              # plus: the same .onnx file on OpenVINO
     return {"fp32": "o", "int8": "s", "fp16": "D", "dynamic-int8": "v"}.get(r["precision"], "o")
 
 
@@ -115,7 +117,8 @@ def pareto_plot(rows: list[dict], target, title: str) -> list[str]:
         if len(groups) > 1:
             for g in groups:
                 ax.scatter([], [], marker="o", color=colour[g], label=f"export {g}")
-        for marker, text in (("*", "Keras"), ("o", "FP32"), ("s", "INT8"), ("X", "sparse"), ("^", "TFLite")):
+        for marker, text in (("*", "Keras"), ("o", "FP32 (ONNX Runtime)"), ("s", "INT8 (ONNX Runtime)"),
+                             ("P", "ONNX on OpenVINO"), ("X", "sparse"), ("^", "TFLite")):
             if any(_marker(r) == marker for r in usable):
                 ax.scatter([], [], marker=marker, color="0.4", label=text)
         ax.set_xscale("log")

@@ -89,11 +89,11 @@ def _run_keras(run_dir: Path, image: Path, threads: int) -> dict:
     return {"t_imported": t_imported, "t_loaded": t_loaded, "t_predicted": t_predicted, "probability": prob}
 
 
-def _run_variant(export_dir: Path, variant: str, image: Path, threads: int) -> dict:
+def _run_variant(export_dir: Path, variant: str, image: Path, threads: int, backend: str | None = None) -> dict:
     from runtime.classifier import Classifier
 
     t_imported = time.time()
-    clf = Classifier.load(export_dir, variant=variant, threads=threads, force=True)
+    clf = Classifier.load(export_dir, variant=variant, threads=threads, force=True, backend=backend)
     t_loaded = time.time()
     pred = clf.predict(str(image))
     t_predicted = time.time()
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--export", type=Path, help="export directory (with --variant)")
     which.add_argument("--keras", type=Path, help="training run directory (model.keras + run.json)")
     parser.add_argument("--variant", help="variant name in the export's manifest")
+    parser.add_argument("--backend", help="engine for --export (default: the runtime's auto choice)")
     parser.add_argument("--image", type=Path, required=True)
     parser.add_argument("--threads", type=int, required=True)
     args = parser.parse_args(argv)
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.export is not None:
             if not args.variant:
                 raise ValueError("--export needs --variant")
-            doc.update(_run_variant(args.export, args.variant, args.image, args.threads))
+            doc.update(_run_variant(args.export, args.variant, args.image, args.threads, args.backend))
         else:
             doc.update(_run_keras(args.keras, args.image, args.threads))
         doc["ok"], doc["error"] = True, None
@@ -134,11 +135,11 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- parent side
 
 def probe_command(image: Path, threads: int, export_dir: Path | None = None, variant: str | None = None,
-                  keras_run: Path | None = None) -> list[str]:
+                  keras_run: Path | None = None, backend: str | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "benchmarks.probe", "--image", str(image), "--threads", str(threads)]
     if keras_run is not None:
         return cmd + ["--keras", str(keras_run)]
-    return cmd + ["--export", str(export_dir), "--variant", str(variant)]
+    return cmd + ["--export", str(export_dir), "--variant", str(variant)] + (["--backend", backend] if backend else [])
 
 
 def run_probe(command: list[str], timeout: float = PROBE_TIMEOUT_S) -> dict:

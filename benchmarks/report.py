@@ -57,6 +57,11 @@ def _label(r: dict) -> str:
     return name
 
 
+def _backend(r: dict) -> str:
+    return {"tensorflow": "TensorFlow", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO",
+            "litert": "LiteRT"}.get(r.get("backend") or "", r.get("backend") or "-")
+
+
 def _exports_lines(doc: dict) -> list[str]:
     extra = [e for e in doc.get("exports", []) if not e.get("primary")]
     if not extra:
@@ -99,19 +104,20 @@ def results_markdown(doc: dict) -> str:
         "",
         "## Speed and footprint (sorted by median batch-1 latency)",
         "",
-        "| model | format | precision | p50 ms | p95 ms | speed-up (p50) | throughput img/s | throughput ratio | "
-        "cold start s | peak RSS MiB | file | size ratio | size / FP32 weights | zip size | GMACs | params (M) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | engine | format | precision | p50 ms | p95 ms | speed-up (p50) | throughput img/s | "
+        "throughput ratio | cold start s | peak RSS MiB | file | size ratio | size / FP32 weights | zip size | GMACs | "
+        "params (M) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {_label(r)} | {r['format']} | {r['precision']} | FAILED | | | | | | | "
+            lines.append(f"| {_label(r)} | {_backend(r)} | {r['format']} | {r['precision']} | FAILED | | | | | | | "
                          f"{_size(r['file_bytes'])} | {_f(r['size_ratio'], '.2f', 'x')} | | "
                          f"{_size(r.get('compressed_bytes'))} | {_gmacs(r)} | {_mparams(r)} |")
             continue
         lat = r["latency_ms"]
         lines.append(
-            f"| {_label(r)} | {r['format']} | {r['precision']} | {_f(lat['p50'])} | {_f(lat['p95'])} | "
+            f"| {_label(r)} | {_backend(r)} | {r['format']} | {r['precision']} | {_f(lat['p50'])} | {_f(lat['p95'])} | "
             f"{_f(r['speedup_p50'], '.2f', 'x')} | {_f(r['throughput_ips'])} | {_f(r['throughput_ratio'], '.2f', 'x')} | "
             f"{_f(r['cold_start_s'], '.2f')} | {_f(r['peak_rss_mb'], '.0f')} | {_size(r['file_bytes'])} | "
             f"{_f(r['size_ratio'], '.2f', 'x')} | {_f(r['size_ratio_fp32_weights'], '.2f', 'x')} | "
@@ -152,8 +158,10 @@ def results_markdown(doc: dict) -> str:
         "images/s / baseline images/s; size ratio = file size / model.keras size. All from this one run.",
         "- The Keras baseline is timed as a direct call `model(x, training=False)`, not `model.predict` (which adds "
         "per-call overhead of its own). Runtime variants are timed as the Classifier's inference call (ONNX Runtime "
-        "session / LiteRT interpreter as clinics configure it), on the same preprocessed input; preprocessing is "
-        "excluded from latency and throughput for every engine and included in cold start.",
+        "session, OpenVINO compiled model or LiteRT interpreter as clinics configure it), on the same preprocessed "
+        "input, each (variant, engine) row in a process of its own (engines sharing a process steal "
+        "each other's cores); preprocessing is excluded from latency and throughput for every engine and included "
+        "in cold start. `<variant>@openvino`: the same .onnx file run by OpenVINO.",
         "- Cold start: a fresh process (`python -m benchmarks.probe`) from process start to the first prediction "
         "of one image file, imports and model loading included; peak RSS is that process's maximum resident memory "
         "(interpreter and libraries included). Files were in the OS cache (just read), so disk speed is not included.",

@@ -6,7 +6,10 @@
    file...) gets a failed row; the others go on. If the original cannot run, the
    benchmark stops (BaselineError): there would be nothing to compare against.
 3. Accuracy on all images at the frozen threshold (+ bootstrap CIs, flip rate vs the original).
-4. Batch-1 latency, then throughput at --batch, each interleaved across models (timing.py).
+4. Batch-1 latency, then throughput at --batch, each interleaved across models (timing.py);
+   the Keras original in this process, every (variant, engine) row in a process of its
+   own (benchmarks.backends.EngineInProcess): ONNX Runtime and OpenVINO (when installed)
+   rows for every .onnx variant, LiteRT for .tflite.
 5. Cold start + peak RSS: fresh probe processes (probe.py), round-robin across models.
 6. Ratios against the original, optional input-size sweep, then the outputs, each
    written atomically: pareto.png, [sizes.json, sizes.png], results.md, results.json.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,8 +41,10 @@ from benchmarks.plots import pareto_plot, sizes_plot
 from benchmarks.probe import probe_command, run_probe
 from benchmarks.report import results_markdown
 from benchmarks.sweep import sweep_sizes
-from benchmarks.targets import ORIGINAL_NAME, KerasOriginal, RuntimeVariant, Target, configure_tf_threads
+from benchmarks.targets import ORIGINAL_NAME, KerasOriginal, RuntimeVariant, Target, configure_tf_threads, engines_for
 from benchmarks.timing import interleaved, ratio, settle, stats_ms
+import numpy as np
+
 from runtime import atomic
 from runtime.manifest import Manifest, read_manifest
 from runtime.preprocessing import PreprocessSpec, prepare_batch
@@ -128,8 +134,8 @@ def _file_gzip_bytes(path: Path | None) -> int | None:
 
 
 def _keras_cost(model) -> dict:
-    from export.model_cost import keras_model_cost
-    return keras_model_cost(model)
+    from train.cost import model_cost  # the one MAC counter (training, slim, export, benchmarks)
+    return model_cost(model)
 
 
 @dataclass
@@ -171,6 +177,7 @@ def _new_row(t: Target, export_dir: Path) -> dict:
         "macs": None, "params": None, "cost_source": None,
         "compressed_bytes": entry.compressed_bytes if entry is not None else None,
         "sparsity": entry.sparsity if entry is not None else None, "format": t.format, "precision": t.precision, "engine": t.engine,
+        "backend": getattr(t, "backend", "tensorflow"),
         "file": str(file) if file is not None else None, "file_bytes": t.file_bytes,
         "size_ratio": None, "size_ratio_fp32_weights": None,
         "latency_ms": stats_ms([]), "speedup_p50": None,
@@ -287,10 +294,11 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
             k.engine += tf_engine
             group_targets.append(k)
         for e in group.entries:
-            v = RuntimeVariant(group.export_dir, e, threads)
-            if not group.primary:
-                v.name = f"{group.label}/{e.name}"
-            group_targets.append(v)
+            for engine in engines_for(e.format):
+                v = RuntimeVariant(group.export_dir, e, threads, engine)
+                if not group.primary:
+                    v.name = f"{group.label}/{v.name}"
+                group_targets.append(v)
         for t in group_targets:
             t.group = group.label
             if isinstance(t, RuntimeVariant):
@@ -335,28 +343,45 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
         except Exception as err:  # noqa: BLE001
             _fail(rows[t.name], "accuracy", _error_text(err))
 
-    # ---- 4. latency and throughput (same preprocessed input for every engine)
+    # ---- 4. latency and throughput (same preprocessed input for every engine). Runtime
+    # rows are timed in a process of their own each (one per row, kept for both phases),
+    # so their in-process sessions are closed first.
+    for t in targets:
+        if isinstance(t, RuntimeVariant):
+            t.close()
     x1 = prepare_batch([data.images[0]], spec)
     xb = prepare_batch([data.images[i % len(data.images)] for i in range(config.batch)], spec)
     phases = (("latency", x1, config.runs, config.warmup, True),
               ("throughput", xb, config.timed_batches, min(config.warmup, 1), False))
-    for what, x, runs, warmup, rewarm in phases:
-        current = alive()
-        timing = interleaved({t.name: partial(t.infer, x) for t in current}, runs, warmup, config.rounds,
-                             what=what, rewarm=rewarm)
-        for t in current:
-            row = rows[t.name]
-            if t.name in timing.errors:
-                if t is keras_target:
-                    raise BaselineError(f"the original Keras model failed while timing: {timing.errors[t.name]}")
-                _fail(row, what, timing.errors[t.name])
-                continue
-            stats = timing.stats(t.name)
-            if what == "latency":
-                row["latency_ms"] = stats
-            else:
-                row["throughput_batch_ms"] = stats
-                row["throughput_ips"] = config.batch / (stats["p50"] / 1000.0) if stats["p50"] else None
+    work = tempfile.TemporaryDirectory(prefix="bcd-bench-")
+    workers = {t.name: t.in_own_process(Path(work.name) / "latency.npy", config.warmup)
+               for t in alive() if isinstance(t, RuntimeVariant)}
+    try:
+        for what, x, runs, warmup, rewarm in phases:
+            current = alive()
+            x_file = Path(work.name) / f"{what}.npy"
+            np.save(x_file, x)
+            for w in workers.values():
+                w.x_file, w.warmup = x_file, max(1, warmup)
+            timing = interleaved({t.name: workers.get(t.name) or partial(t.infer, x) for t in current},
+                                 runs, warmup, config.rounds, what=what, rewarm=rewarm)
+            for t in current:
+                row = rows[t.name]
+                if t.name in timing.errors:
+                    if t is keras_target:
+                        raise BaselineError(f"the original Keras model failed while timing: {timing.errors[t.name]}")
+                    _fail(row, what, timing.errors[t.name])
+                    continue
+                stats = timing.stats(t.name)
+                if what == "latency":
+                    row["latency_ms"] = stats
+                else:
+                    row["throughput_batch_ms"] = stats
+                    row["throughput_ips"] = config.batch / (stats["p50"] / 1000.0) if stats["p50"] else None
+    finally:
+        for w in workers.values():
+            w.close()
+        work.cleanup()
     for t in targets:
         t.close()   # free sessions (and their spinning threads) before the probes
 

@@ -4,13 +4,16 @@
   `model(x, training=False)` (a direct call; `model.predict` adds per-call overhead of
   its own: tf.data input pipeline, callbacks, progress). Accuracy through
   `train.evaluate.predict_probabilities`, the function `bcd evaluate` uses.
-* `RuntimeVariant`: an exported file loaded by `runtime.classifier.Classifier`, the code
-  clinics run (sha256 checked against the manifest; variants that failed the export's
-  parity checks are loaded with force=True: they are benchmarked, and their export
-  status is reported). Timed as the Classifier's own inference call
-  (`classifier.backend.run`: ONNX Runtime session / LiteRT interpreter, the session
-  options clinics get), on the same preprocessed input as Keras. Accuracy through
-  `Classifier.predict_decoded`, the full per-image path.
+* `RuntimeVariant`: an exported file on one engine (ONNX Runtime or OpenVINO for .onnx,
+  LiteRT for .tflite), loaded by `runtime.classifier.Classifier`, the code clinics run
+  (sha256 checked against the manifest; variants that failed the export's parity checks
+  are loaded with force=True: they are benchmarked, and their export status is
+  reported). Every engine of every variant is a row of its own; rows on an engine other
+  than the format's first are named "<variant>@<engine>". Timed as the Classifier's own
+  inference call (`classifier.backend.run`, the settings clinics get), on the same
+  preprocessed input as Keras, in a process of its own
+  (`benchmarks.backends.EngineInProcess`): engines never share a process. Accuracy
+  through `Classifier.predict_decoded`, the full per-image path.
 
 Preprocessing (`runtime.preprocessing`) is excluded from latency and throughput for
 every engine alike; the cold-start probe includes it.
@@ -119,13 +122,28 @@ class KerasOriginal(Target):
         self.model = None
 
 
+ENGINE_LABELS = {"onnxruntime": "ONNX Runtime (CPU)", "openvino": "OpenVINO (CPU)", "litert": "LiteRT"}
+
+
+def engines_for(fmt: str) -> tuple[str, ...]:
+    """The engines a variant of this format is benchmarked on: each the runtime can use
+    and that is installed (OpenVINO is an extra)."""
+    from runtime.backends import ENGINES_OF_FORMAT, openvino_installed
+
+    return tuple(e for e in ENGINES_OF_FORMAT.get(fmt, ("onnxruntime",))
+                 if e != "openvino" or openvino_installed())
+
+
 class RuntimeVariant(Target):
-    def __init__(self, export_dir: Path, entry: VariantEntry, threads: int) -> None:
+    def __init__(self, export_dir: Path, entry: VariantEntry, threads: int, backend: str | None = None) -> None:
         super().__init__()
         self.export_dir = Path(export_dir)
         self.entry = entry
-        self.name, self.format, self.precision = entry.name, entry.format, entry.precision
-        self.engine = "ONNX Runtime (CPU)" if entry.format == "onnx" else "LiteRT"
+        first = "onnxruntime" if entry.format == "onnx" else "litert"
+        self.backend = backend or first
+        self.name = entry.name if self.backend == first else f"{entry.name}@{self.backend}"
+        self.format, self.precision = entry.format, entry.precision
+        self.engine = ENGINE_LABELS.get(self.backend, self.backend)
         self.file = self.export_dir / entry.file if entry.file else None
         self.threads = threads
         self.classifier = None
@@ -134,11 +152,19 @@ class RuntimeVariant(Target):
         from runtime.classifier import Classifier
         if self.entry.status == "error":
             raise RuntimeError(f"the export could not produce this variant: {self.entry.reason or 'no reason given'}")
-        self.classifier = Classifier.load(self.export_dir, variant=self.entry.name, threads=self.threads, force=True)
-        self.engine += f", {self.classifier.threads} thread(s)"
+        self.classifier = Classifier.load(self.export_dir, variant=self.entry.name, threads=self.threads, force=True,
+                                          backend=self.backend)
+        precision = getattr(self.classifier.backend, "precision", None)
+        self.engine += (f" ({precision} inference precision)" if precision else "") + \
+            f", {self.classifier.threads} thread(s)"
 
     def probe_args(self) -> dict:
-        return {"export_dir": self.export_dir, "variant": self.entry.name}
+        return {"export_dir": self.export_dir, "variant": self.entry.name, "backend": self.backend}
+
+    def in_own_process(self, x_file: Path, warmup: int):
+        """A SelfTimed target: timed in a process of its own (see the module docstring)."""
+        from benchmarks.backends import EngineInProcess
+        return EngineInProcess(self.export_dir, self.entry.name, self.backend, self.threads, x_file, warmup)
 
     def infer(self, x):
         return self.classifier.backend.run(x, False)

@@ -12,7 +12,14 @@
   caches and thread pool back before timing.
 * Statistics: median (p50), 95th percentile, mean, min, max in milliseconds.
 
-Nothing here knows about models: a target is a name and a zero-argument callable.
+* Separate processes: a target may instead time itself somewhere else (`SelfTimed`:
+  `benchmarks.backends` starts a fresh process that loads the model, warms up and
+  returns its timed runs). Engines then never share a process (their thread pools would
+  steal the cores from each other), and the rounds still interleave them with the
+  in-process targets.
+
+Nothing here knows about models: a target is a name and a zero-argument callable, or a
+`SelfTimed`.
 """
 from __future__ import annotations
 
@@ -76,11 +83,19 @@ class TimingResult:
         return stats_ms(self.samples[name]) if name in self.samples and name not in self.errors else None
 
 
+class SelfTimed:
+    """A target that times itself: `timed(n)` returns n durations in seconds (warm-up
+    included in its own way), or raises."""
+
+    def timed(self, n: int) -> list[float]:
+        raise NotImplementedError
+
+
 def _error_text(err: BaseException) -> str:
     return " ".join(f"{err.__class__.__name__}: {err}".split())[:400]
 
 
-def interleaved(targets: dict[str, Callable[[], object]], runs: int, warmup: int, rounds: int,
+def interleaved(targets: dict[str, Callable[[], object] | SelfTimed], runs: int, warmup: int, rounds: int,
                 what: str = "latency", rewarm: bool = True) -> TimingResult:
     """Time every target `runs` times, interleaved over `rounds` rounds (see the module
     docstring). `rewarm`: one untimed call at the start of each turn (worth it for short
@@ -92,6 +107,8 @@ def interleaved(targets: dict[str, Callable[[], object]], runs: int, warmup: int
         result.samples[name] = []
     # warm-up: every target, one after the other
     for name in names:
+        if isinstance(targets[name], SelfTimed):
+            continue                                  # warms up in its own process, every turn
         if warmup:
             log.info("%s: warming up %s (%d run(s))", what, name, warmup)
         try:
@@ -113,6 +130,9 @@ def interleaved(targets: dict[str, Callable[[], object]], runs: int, warmup: int
             fn = targets[name]
             try:
                 settle()
+                if isinstance(fn, SelfTimed):
+                    result.samples[name] += fn.timed(share)
+                    continue
                 if rewarm:
                     fn()                              # untimed: caches and thread pool back after the switch
                 for _ in range(share):

@@ -59,6 +59,7 @@ class DemoConfig:
     share: bool = False                     # a public gradio.live link (needs internet); off by default
     max_file_size: str | int = DEFAULT_MAX_FILE_SIZE
     threads: int | None = None              # inference threads per model (default: physical cores)
+    backend: str = "auto"                   # inference engine: auto | onnxruntime | openvino | litert
     variant: str | None = None              # variant selected first (default: the runtime's default of the
                                             # first model); with several models "MODEL · VARIANT" or a variant
                                             # name of the first model
@@ -90,6 +91,8 @@ class DemoConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be at least 1")
+        if self.backend not in ("auto", "onnxruntime", "openvino", "litert"):
+            raise ValueError(f"backend must be auto, onnxruntime, openvino or litert, got {self.backend!r}")
         if not 0 <= int(self.port) <= 65535:
             raise ValueError(f"port {self.port} is not a TCP port")
         self.max_file_size_bytes  # validates the size

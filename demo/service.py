@@ -105,6 +105,7 @@ class Outcome:
     total_seconds: float | None = None   # decode + preprocess + inference + heatmap
     threads: int | None = None
     site: str | None = None              # name of the site profile whose operating point made the call
+    engine: str | None = None            # onnxruntime | openvino | litert
     image_rgb: np.ndarray | None = field(default=None, repr=False)    # the input as shown (RGB, display size)
     overlay_rgb: np.ndarray | None = field(default=None, repr=False)  # Grad-CAM overlay (RGB, display size)
     notes: list[str] = field(default_factory=list)                    # e.g. DICOM burned-in annotation warning
@@ -133,6 +134,7 @@ class Outcome:
             "total_ms": None if self.total_seconds is None else round(self.total_seconds * 1000, 3),
             "threads": self.threads,
             "site_profile": self.site,
+            "engine": self.engine,
             "error": self.error,
             "notes": list(self.notes),
         }
@@ -161,7 +163,7 @@ class DemoService:
         try:
             for i, (path, name) in enumerate(zip(paths, names)):
                 first = Classifier.load(path, variant=wanted if i == target else None, threads=config.threads,
-                                        max_pixels=config.max_pixels)
+                                        max_pixels=config.max_pixels, backend=config.backend)
                 self._use_site(i, first)
                 model, found = self._describe(name, path, first)
                 for v in found:
@@ -274,7 +276,7 @@ class DemoService:
                 if model.source is None:
                     raise ValueError("a lone model file has no other variants")
                 clf = Classifier.load(model.source, variant=variant.name, threads=self.config.threads,
-                                      max_pixels=self.config.max_pixels)
+                                      max_pixels=self.config.max_pixels, backend=self.config.backend)
                 self._use_site(self.models.index(model), clf)
             except Exception as err:  # noqa: BLE001 - shown on the page, the app keeps serving
                 log.warning("variant %s could not be loaded: %s", key, err)
@@ -315,6 +317,7 @@ class DemoService:
             return outcome
         outcome.threads = clf.threads
         outcome.site = clf.site.name if clf.site is not None else None
+        outcome.engine = clf.engine
         try:
             image, notes = _decode(data, name, self.config.max_pixels)
         except ImageReadError as err:

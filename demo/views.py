@@ -117,7 +117,8 @@ def result_html(o: "Outcome") -> str:
     )
     site = (f'<div class="bcd-site" style="margin-top:6px;font-size:0.9em;color:#333;">Operating point: site '
             f'profile <b>{esc(o.site)}</b> (this site\'s own threshold, not the export\'s)</div>' if o.site else "")
-    timing = (f"Inference {fmt_ms(o.seconds)} on this computer ({esc(o.variant)}, "
+    engine = f"{esc(o.engine)}, " if o.engine else ""
+    timing = (f"Inference {fmt_ms(o.seconds)} on this computer ({esc(o.variant)}, {engine}"
               f"{o.threads} thread{'s' if o.threads != 1 else ''}); "
               f"{fmt_ms(o.total_seconds)} including reading the file and drawing the heatmap.")
     notes = "".join(f'<div style="margin-top:6px;color:{_WARN};">&#9888; {esc(n)}</div>' for n in o.notes)

@@ -247,9 +247,9 @@ def _keras_reference(cam_model, x: np.ndarray, batch_size: int) -> dict[str, np.
 
 
 def _model_cost(model) -> dict | None:
-    from export.model_cost import keras_model_cost
+    from train.cost import model_cost  # the one MAC counter (training, slim, export, benchmarks)
     try:
-        return dict(keras_model_cost(model),
+        return dict(model_cost(model),
                     note="multiply-accumulates per image (Conv2D + Dense) and parameters of the source Keras model; "
                          "the same for every variant (INT8 and sparse kernels still do the dense arithmetic)")
     except Exception as err:  # noqa: BLE001 - a cost the counter cannot read must not stop the export

@@ -2,14 +2,22 @@
 
 A backend takes a preprocessed float32 NHWC batch and returns the probability of
 malignancy per image and, if the model has it, the unnormalised Grad-CAM map per image
-(N, h, w). `OnnxBackend` wraps an ONNX Runtime session; `TfliteBackend` wraps a LiteRT
-interpreter (`ai_edge_litert`, imported only when a .tflite model is loaded).
+(N, h, w). `OnnxBackend` wraps an ONNX Runtime session; `OpenVinoBackend` runs the same
+.onnx file with OpenVINO (the `openvino` extra, imported only when chosen);
+`TfliteBackend` wraps a LiteRT interpreter (`ai_edge_litert`, imported only when a
+.tflite model is loaded).
+
+Which engine serves a variant (`--backend auto|onnxruntime|openvino|litert`) is decided
+by `choose_backend`; see runtime/README.md "Backends" for the rule and why.
 
 Both keep what does not change between calls: tensor names, the output mapping, and
 one reusable input buffer per batch size, so a call only fills the buffer and runs.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +29,19 @@ PROB_OUTPUT = "malignancy"
 CAM_OUTPUT = "cam"
 _MAX_BUFFERS = 4
 _TFLITE_MISSING = "running .tflite models needs the 'tflite' extra: pip install ai-edge-litert"
+_OPENVINO_MISSING = ("--backend openvino needs the 'openvino' extra: pip install 'breast-cancer-edge[openvino]' "
+                     "(or pip install openvino)")
+
+BACKENDS = ("auto", "onnxruntime", "openvino", "litert")
+ENGINES_OF_FORMAT = {"onnx": ("onnxruntime", "openvino"), "tflite": ("litert",)}
+BACKENDS_FILE = "backends.json"           # beside manifest.json: which engines were checked on which variant
 
 
 class Backend:
     """Common part: input size, reusable buffers, the result contract."""
 
     format = ""
+    engine = ""                           # "onnxruntime" | "openvino" | "litert"
 
     def __init__(self, image_size: int, threads: int, has_cam: bool) -> None:
         self.image_size = image_size
@@ -78,6 +93,7 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
 
 class OnnxBackend(Backend):
     format = "onnx"
+    engine = "onnxruntime"
 
     def __init__(self, model_bytes: bytes, model_dir: Path, image_size: int, threads: int,
                  name: str = "model") -> None:
@@ -140,6 +156,7 @@ class TfliteBackend(Backend):
     always see float."""
 
     format = "tflite"
+    engine = "litert"
 
     def __init__(self, model_bytes: bytes, image_size: int, threads: int, name: str = "model") -> None:
         try:
@@ -198,3 +215,201 @@ def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
         return values
     scale, zero = detail["quantization"]
     return (values.astype(np.float32) - zero) * (scale or 1.0)
+
+
+# --------------------------------------------------------------------------- OpenVINO
+
+
+def openvino_installed() -> bool:
+    """True when the `openvino` package can be imported (checked without importing it:
+    an import costs start-up time that a process serving ONNX Runtime should not pay)."""
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):     # a broken or blocked installation counts as missing
+        return False
+
+
+class OpenVinoBackend(Backend):
+    """The same .onnx file compiled by OpenVINO for the CPU.
+
+    Settings: `INFERENCE_NUM_THREADS` = the runtime's threads (physical cores), the
+    LATENCY hint (one stream: batch-1 requests, as a clinic sends them). OpenVINO keeps
+    its own choice of inference precision for the float parts (bf16 on CPUs with native
+    bf16, f32 elsewhere); `precision` reports it, and the backend parity check
+    (benchmarks/backends.py) is what allows a variant to be served this way. Both
+    outputs are computed on every call: the Grad-CAM map is a weighted sum over the
+    last 8x8 feature maps, a negligible share of the convolutions (a graph without it
+    measured no faster, see benchmarks/RESULTS.md)."""
+
+    format = "onnx"
+    engine = "openvino"
+
+    def __init__(self, model_bytes: bytes, model_path: Path, image_size: int, threads: int,
+                 name: str = "model", external_data: bool = False) -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ModelLoadError(f"{name}: {_OPENVINO_MISSING}") from None
+        core = ov.Core()
+        try:
+            # from the verified bytes; a model with external data needs its path to find them
+            model = core.read_model(str(model_path)) if external_data else core.read_model(model_bytes, b"")
+        except RuntimeError as err:
+            raise ModelLoadError(f"{name}: OpenVINO cannot read it ({' '.join(str(err).split())[:300]})") from None
+        if len(model.inputs) != 1:
+            raise ModelLoadError(f"{name}: expected one image input, the model has {len(model.inputs)}")
+        shape = [d.get_length() if d.is_static else "?" for d in model.inputs[0].get_partial_shape()]
+        _check_image_input(shape, image_size, name)
+        outputs = {_ov_name(o): {"shape": list(o.get_partial_shape())} for o in model.outputs}
+        self.prob_name = _pick_output(outputs, PROB_OUTPUT, rank=2, name=name)
+        try:
+            self.cam_name: str | None = _pick_output(outputs, CAM_OUTPUT, rank=3, name=name)
+        except ModelLoadError:
+            self.cam_name = None
+        config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY"}
+        try:
+            self.compiled = core.compile_model(model, "CPU", config)
+        except RuntimeError as err:
+            raise ModelLoadError(f"{name}: OpenVINO cannot compile it ({' '.join(str(err).split())[:300]})") from None
+        self.request = self.compiled.create_infer_request()
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)  # e.g. "bf16"
+        self._out_index = {_ov_name(o): i for i, o in enumerate(self.compiled.outputs)}
+        super().__init__(image_size, threads, has_cam=self.cam_name is not None)
+
+    def run(self, batch, want_cam=False):
+        if batch.dtype != np.float32:
+            batch = batch.astype(np.float32)
+        self.request.infer({0: np.ascontiguousarray(batch)})
+        prob = self.request.get_output_tensor(self._out_index[self.prob_name]).data
+        probs = np.asarray(prob, dtype=np.float64).reshape(len(batch), -1)[:, 0]
+        cams = None
+        if want_cam and self.cam_name:
+            # copy: the request reuses its output memory on the next call
+            cams = _cam_array(np.array(self.request.get_output_tensor(self._out_index[self.cam_name]).data))
+        return probs, cams
+
+    def close(self):
+        super().close()
+        self.request = self.compiled = None
+
+
+def _ov_name(output) -> str:
+    names = output.get_names()
+    return PROB_OUTPUT if PROB_OUTPUT in names else CAM_OUTPUT if CAM_OUTPUT in names else output.get_any_name()
+
+
+# --------------------------------------------------------------------------- choosing
+
+
+def read_backend_record(export_dir: Path | None) -> dict:
+    """backends.json beside a manifest (written by `python -m benchmarks.backends check`):
+    {"variants": {variant: {engine: {"status": "ok"|"failed", "parity": {...}, ...}}}}.
+    Missing or unreadable: {} (nothing recorded, so `auto` stays on ONNX Runtime)."""
+    if export_dir is None:
+        return {}
+    try:
+        doc = json.loads((Path(export_dir) / BACKENDS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) and isinstance(doc.get("variants"), dict) else {}
+
+
+def engine_checked(record: dict, variant: str, engine: str, sha256: str | None = None) -> bool:
+    """Did `engine` pass the parity check on this variant, for this very file (its
+    sha256, when given, must be the one the check recorded)?"""
+    by_engine = record.get("variants", {}).get(variant)
+    if not isinstance(by_engine, dict):
+        return False
+    entry = by_engine.get(engine)
+    if not isinstance(entry, dict) or entry.get("status") != "ok":
+        return False
+    return sha256 is None or str(by_engine.get("sha256", "")).lower() == sha256.lower()
+
+
+def cpu_signature(cpuinfo: str | None = None) -> str:
+    """Which CPU this is, for per-machine speed records: architecture, model name and
+    physical cores, e.g. "x86_64|AMD EPYC|2"."""
+    from runtime.session import physical_cores
+
+    fields = _cpu_fields(cpuinfo)
+    name = fields.get("model name") or fields.get("hardware") or platform.processor() or "unknown"
+    return f"{platform.machine().lower()}|{' '.join(name.split())}|{physical_cores(cpuinfo)}"
+
+
+def _cpu_fields(cpuinfo: str | None = None) -> dict[str, str]:
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.split("\n\n")[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    return fields
+
+
+def has_amx(cpuinfo: str | None = None) -> bool:
+    """Intel AMX (matrix tiles for INT8/BF16), where OpenVINO ran this project's INT8
+    files about 1.9x faster than ONNX Runtime (../shared/STACK-NOTES.md)."""
+    return "amx_int8" in (_cpu_fields(cpuinfo).get("flags") or "").split()
+
+
+def measured_faster(record: dict, variant: str, signature: str) -> dict | None:
+    """The speed record `python -m benchmarks.backends compare --record` wrote for this
+    variant on this CPU: {"faster": engine, "p50_ms": {...}, "created": ...}, or None."""
+    by_engine = record.get("variants", {}).get(variant)
+    speed = by_engine.get("speed") if isinstance(by_engine, dict) else None
+    entry = speed.get(signature) if isinstance(speed, dict) else None
+    if isinstance(entry, dict) and entry.get("faster") in ENGINES_OF_FORMAT["onnx"]:
+        return entry
+    return None
+
+
+def choose_backend(requested: str | None, fmt: str, variant: str | None = None, record: dict | None = None,
+                   signature: str | None = None, sha256: str | None = None, cpuinfo: str | None = None,
+                   installed: bool | None = None) -> tuple[str, str]:
+    """(engine, why) for a variant of format `fmt` ("onnx" | "tflite").
+
+    `auto` (the default): a .tflite file runs on LiteRT. An .onnx file runs on ONNX
+    Runtime unless all of these hold, then on OpenVINO:
+      1. the `openvino` package is installed;
+      2. the export's backends.json records that OpenVINO passed the parity check on this
+         very file (variant and sha256), as `python -m benchmarks.backends check` writes;
+      3. OpenVINO is the faster engine here: the speed record for this CPU in
+         backends.json (`compare --record`, measured on this machine) says so, or, with
+         no record for this CPU, the CPU has Intel AMX (OpenVINO measured 1.9x faster
+         there; on an AVX-512 VNNI AMD EPYC under load ONNX Runtime was as fast or faster,
+         see benchmarks/RESULTS.md).
+    A recorded choice rather than a timing at load: a few calls at start-up would cost
+    seconds and, on a busy PC, pick by noise. A named engine is used as asked, or refused
+    with a clear message when it cannot run the format or is not installed."""
+    requested = requested or "auto"
+    if requested not in BACKENDS:
+        raise ModelLoadError(f"unknown backend {requested!r} (choose from {', '.join(BACKENDS)})")
+    engines = ENGINES_OF_FORMAT.get(fmt)
+    if engines is None:
+        raise ModelLoadError(f"unknown model format {fmt!r}")
+    installed = openvino_installed() if installed is None else installed
+    if requested != "auto":
+        if requested not in engines:
+            raise ModelLoadError(f"backend {requested!r} cannot run a .{fmt} variant"
+                                 f"{f' ({variant})' if variant else ''}; {fmt} variants run on "
+                                 f"{' or '.join(engines)}")
+        if requested == "openvino" and not installed:
+            raise ModelLoadError(_OPENVINO_MISSING)
+        return requested, "asked for"
+    if fmt == "tflite":
+        return "litert", "the only engine for .tflite"
+    if not installed:
+        return "onnxruntime", "openvino is not installed"
+    if variant is None or not engine_checked(record or {}, variant, "openvino", sha256):
+        return "onnxruntime", f"no passed OpenVINO parity check for this file in {BACKENDS_FILE}"
+    speed = measured_faster(record or {}, variant, signature or cpu_signature(cpuinfo))
+    if speed is not None:
+        return speed["faster"], f"measured faster on this CPU ({BACKENDS_FILE}, {speed.get('created', '?')})"
+    if has_amx(cpuinfo):
+        return "openvino", "CPU with AMX, no speed record for it: OpenVINO measured faster on AMX"
+    return "onnxruntime", "no speed record for this CPU and no AMX"

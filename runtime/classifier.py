@@ -28,7 +28,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from runtime import heatmap
-from runtime.backends import Backend, OnnxBackend, TfliteBackend
+from runtime.backends import (
+    Backend,
+    OnnxBackend,
+    OpenVinoBackend,
+    TfliteBackend,
+    choose_backend,
+    read_backend_record,
+)
 from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError, decode_image, read_image, to_bgr_uint8
 from runtime.manifest import MANIFEST_NAME, ONNX_METADATA_KEY, Manifest, VariantEntry, read_manifest
 from runtime.model_files import (
@@ -83,6 +90,8 @@ class ModelInfo:
     source: str                          # "manifest" or "embedded metadata"
     status: str = "ok"
     sha256_verified: bool = False
+    backend: str = "onnxruntime"         # the engine serving it: onnxruntime | openvino | litert
+    backend_reason: str = ""             # why that engine (see runtime.backends.choose_backend)
 
 
 class Classifier:
@@ -112,13 +121,17 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike, variant: str | None = None, threads: int | None = None,
-             verify: bool = True, force: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> "Classifier":
+             verify: bool = True, force: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+             backend: str | None = None) -> "Classifier":
         """Load an export directory, its manifest.json, a .onnx/.tflite file listed in a
         manifest next to it, or a lone .onnx file carrying the embedded metadata.
 
         variant: manifest variant name (default: onnx-int8 if it passed the export checks,
             else onnx-fp32, else the first usable ONNX variant, else the first usable one).
         threads: intra-op threads (default: this machine's physical cores).
+        backend: "auto" (default), "onnxruntime", "openvino" or "litert": the engine that
+            runs the file (runtime.backends.choose_backend). Without a variant, "litert"
+            picks the first usable .tflite variant and the others an .onnx one.
         verify: check the file's sha256 against the manifest.
         force: also serve a variant whose status is "failed" (it did not pass the
             parity checks against the original model) or "error", if its file exists.
@@ -126,16 +139,18 @@ class Classifier:
         """
         path = Path(path)
         threads = resolve_threads(threads)
+        choose_backend(backend, "onnx" if backend != "litert" else "tflite")   # bad names fail before any I/O
         if not path.exists():
             raise FileNotFoundError(f"model not found: {path}")
         if path.is_dir():
             if (path / MANIFEST_NAME).is_file():
-                return cls._from_manifest(path / MANIFEST_NAME, variant, threads, verify, force, max_pixels)
+                return cls._from_manifest(path / MANIFEST_NAME, variant, threads, verify, force, max_pixels,
+                                          backend)
             raise ModelLoadError(_not_an_export(path))
         refuse_unsafe_file(path)
         suffix = path.suffix.lower()
         if suffix == ".json":
-            return cls._from_manifest(path, variant, threads, verify, force, max_pixels)
+            return cls._from_manifest(path, variant, threads, verify, force, max_pixels, backend)
         if suffix not in (ONNX_SUFFIX, TFLITE_SUFFIX):
             raise ModelLoadError(f"{path}: not a model this runtime runs (expected an export directory, "
                                  "manifest.json, .onnx or .tflite)")
@@ -146,18 +161,19 @@ class Classifier:
             if listed:
                 if variant is not None and variant != listed[0].name:
                     raise ModelLoadError(f"{path} is variant {listed[0].name!r}, not {variant!r}")
-                return cls._from_manifest(sibling, listed[0].name, threads, verify, force, max_pixels)
+                return cls._from_manifest(sibling, listed[0].name, threads, verify, force, max_pixels, backend)
         if suffix == TFLITE_SUFFIX:
             raise ModelLoadError(f"{path}: a .tflite file carries no preprocessing settings; keep it next to "
                                  f"the {MANIFEST_NAME} of its export and load that directory")
-        return cls._from_lone_onnx(path, variant, threads, max_pixels)
+        return cls._from_lone_onnx(path, variant, threads, max_pixels, backend)
 
     @classmethod
     def _from_manifest(cls, manifest_file: Path, variant: str | None, threads: int, verify: bool,
-                       force: bool, max_pixels: int) -> "Classifier":
+                       force: bool, max_pixels: int, backend: str | None = None) -> "Classifier":
         manifest = read_manifest(manifest_file)
         export_dir = manifest_file.parent
-        entry = choose_variant(manifest, variant)
+        entry = choose_variant(manifest, variant, "tflite" if backend == "litert" else
+                               "onnx" if backend in ("onnxruntime", "openvino") else None)
         if entry.status != "ok" and not force:
             why = f": {entry.reason}" if entry.reason else ""
             hint = ("it did not pass the export's checks against the original model" if entry.status == "failed"
@@ -177,13 +193,16 @@ class Classifier:
         if verify:
             _verify_sha256(data, entry, file)
         spec = PreprocessSpec.from_dict(manifest.preprocessing)
-        backend = _backend(entry.format, data, file, spec.image_size, threads)
+        engine, why = choose_backend(backend, entry.format, entry.name, read_backend_record(export_dir),
+                                     sha256=entry.sha256 or "")
+        served = _backend(engine, data, file, spec.image_size, threads)
         info = ModelInfo(entry.name, entry.format, entry.precision, file, tuple(entry.outputs), "manifest",
-                         entry.status, verify)
-        return cls(backend, spec, manifest.labels, manifest.threshold_value, info, manifest, max_pixels)
+                         entry.status, verify, engine, why)
+        return cls(served, spec, manifest.labels, manifest.threshold_value, info, manifest, max_pixels)
 
     @classmethod
-    def _from_lone_onnx(cls, path: Path, variant: str | None, threads: int, max_pixels: int) -> "Classifier":
+    def _from_lone_onnx(cls, path: Path, variant: str | None, threads: int, max_pixels: int,
+                        backend: str | None = None) -> "Classifier":
         data = path.read_bytes()
         raw = onnx_metadata(data).get(ONNX_METADATA_KEY)
         if raw is None:
@@ -199,11 +218,12 @@ class Classifier:
         if variant is not None and variant != name:
             raise ModelLoadError(f"{path} is variant {name!r}, not {variant!r}")
         spec = PreprocessSpec.from_dict(manifest.preprocessing)
-        backend = _backend("onnx", data, path, spec.image_size, threads)
-        outputs = own.get("outputs") or (["malignancy", "cam"] if backend.has_cam else ["malignancy"])
+        engine, why = choose_backend(backend, "onnx", name)   # no backends.json: auto stays on ONNX Runtime
+        served = _backend(engine, data, path, spec.image_size, threads)
+        outputs = own.get("outputs") or (["malignancy", "cam"] if served.has_cam else ["malignancy"])
         info = ModelInfo(name, "onnx", str(own.get("precision", "unknown")), path, tuple(outputs),
-                         "embedded metadata")
-        return cls(backend, spec, manifest.labels, manifest.threshold_value, info, manifest, max_pixels)
+                         "embedded metadata", backend=engine, backend_reason=why)
+        return cls(served, spec, manifest.labels, manifest.threshold_value, info, manifest, max_pixels)
 
     # ------------------------------------------------------------------ properties
 
@@ -214,6 +234,11 @@ class Classifier:
     @property
     def threads(self) -> int:
         return self.backend.threads
+
+    @property
+    def engine(self) -> str:
+        """The engine serving the model: onnxruntime, openvino or litert."""
+        return self.backend.engine
 
     @property
     def has_cam(self) -> bool:
@@ -242,7 +267,7 @@ class Classifier:
 
     def __repr__(self) -> str:
         return (f"Classifier(variant={self.variant!r}, file={str(self.info.file)!r}, "
-                f"threshold={self.threshold:.4f}, threads={self.threads})")
+                f"threshold={self.threshold:.4f}, threads={self.threads}, backend={self.engine!r})")
 
     # ------------------------------------------------------------------ predicting
 
@@ -338,17 +363,23 @@ class Classifier:
 # ---------------------------------------------------------------------- helpers
 
 
-def choose_variant(manifest: Manifest, name: str | None) -> VariantEntry:
+def choose_variant(manifest: Manifest, name: str | None, fmt: str | None = None) -> VariantEntry:
+    """The named variant, or the default one; `fmt` ("onnx"/"tflite", from an explicit
+    --backend) limits the default to variants that engine can run."""
     if name is not None:
         try:
             return manifest.variant(name)
         except KeyError as err:
             raise ModelLoadError(str(err.args[0])) from None
-    by_name = {v.name: v for v in manifest.variants}
+    by_name = {v.name: v for v in manifest.variants if fmt is None or v.format == fmt}
     for preferred in DEFAULT_VARIANT_ORDER:
         if preferred in by_name and by_name[preferred].usable:
             return by_name[preferred]
-    usable = manifest.usable_variants()
+    usable = [v for v in manifest.usable_variants() if fmt is None or v.format == fmt]
+    if fmt is not None and not usable:
+        raise ModelLoadError(f"the export has no usable .{fmt} variant for this backend (variants: "
+                             + (", ".join(f"{v.name} ({v.format}, {v.status})" for v in manifest.variants) or "none")
+                             + ")")
     onnx = [v for v in usable if v.format == "onnx"]
     if onnx or usable:
         return (onnx or usable)[0]
@@ -368,8 +399,16 @@ def _verify_sha256(data: bytes, entry: VariantEntry, file: Path) -> None:
         )
 
 
-def _backend(fmt: str, data: bytes, file: Path, image_size: int, threads: int) -> Backend:
-    if fmt == "onnx":
+def _backend(engine: str, data: bytes, file: Path, image_size: int, threads: int) -> Backend:
+    if engine == "openvino":
+        external = check_onnx_external_data(data, file.parent, str(file))
+        try:
+            return OpenVinoBackend(data, file, image_size, threads, name=str(file), external_data=bool(external))
+        except ModelLoadError:
+            raise
+        except Exception as err:  # OpenVINO raises its own exception types
+            raise ModelLoadError(f"{file}: OpenVINO cannot load it ({' '.join(str(err).split())[:300]})") from None
+    if engine == "onnxruntime":
         check_onnx_external_data(data, file.parent, str(file))
         try:
             return OnnxBackend(data, file.parent, image_size, threads, name=str(file))
@@ -377,9 +416,9 @@ def _backend(fmt: str, data: bytes, file: Path, image_size: int, threads: int) -
             raise
         except Exception as err:  # ONNX Runtime raises its own exception types
             raise ModelLoadError(f"{file}: ONNX Runtime cannot load it ({' '.join(str(err).split())})") from None
-    if fmt == "tflite":
+    if engine == "litert":
         return TfliteBackend(data, image_size, threads, name=str(file))
-    raise ModelLoadError(f"{file}: unknown model format {fmt!r}")
+    raise ModelLoadError(f"{file}: unknown engine {engine!r}")
 
 
 def _not_an_export(path: Path) -> str:

@@ -6,6 +6,12 @@
   process may run on (containers, `taskset`). Overridable.
 - Sequential execution: VGG16 is a chain, there is nothing to run in parallel across
   nodes, and an inter-op pool would only take cores from the intra-op one.
+- No spin-waiting (`session.intra_op.allow_spinning` = 0): by default ONNX Runtime's
+  worker threads busy-wait between and after runs. On a PC that also does other work
+  (a clinic PC; the 2-core machine these numbers come from also ran a training job)
+  the spinning threads compete with that work and with each other; the shipped INT8
+  models ran 1.5-1.7x faster at batch 1 without it there (benchmarks/RESULTS.md,
+  "Backends"). `spinning=True` restores ONNX Runtime's default.
 - The model is passed as the bytes that were already checked (sha256, external data),
   so the file can't be swapped between the check and the load; external data, if
   any, is resolved in the model's own folder.
@@ -18,6 +24,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 _EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
+_SPIN_KEY = "session.intra_op.allow_spinning"
+DEFAULT_SPINNING = False
 
 
 def physical_cores(cpuinfo: str | None = None) -> int:
@@ -74,20 +82,22 @@ def resolve_threads(threads: int | None) -> int:
     return threads
 
 
-def session_options(threads: int, model_dir: Path | None = None) -> ort.SessionOptions:
+def session_options(threads: int, model_dir: Path | None = None, spinning: bool = DEFAULT_SPINNING) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
+    options.add_session_config_entry(_SPIN_KEY, "1" if spinning else "0")
     if model_dir is not None:
         options.add_session_config_entry(_EXTERNAL_FOLDER_KEY, str(Path(model_dir).resolve()))
     return options
 
 
-def create_session(model_bytes: bytes, model_dir: Path, threads: int) -> ort.InferenceSession:
+def create_session(model_bytes: bytes, model_dir: Path, threads: int,
+                   spinning: bool = DEFAULT_SPINNING) -> ort.InferenceSession:
     """A CPU session for already-verified model bytes whose file lives in `model_dir`."""
     return ort.InferenceSession(
-        model_bytes, sess_options=session_options(threads, model_dir), providers=["CPUExecutionProvider"]
+        model_bytes, sess_options=session_options(threads, model_dir, spinning), providers=["CPUExecutionProvider"]
     )

@@ -20,6 +20,16 @@ from bcd.cli import main
 REPO = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
 VARIANTS = ("onnx-fp32", "onnx-int8", "tflite-fp32")
+
+
+def with_engines(names) -> set[str]:
+    """Row names: every .onnx variant also runs on OpenVINO when it is installed."""
+    from runtime.backends import openvino_installed
+    ov = openvino_installed()
+    return {n for name in names for n in ([name, f"{name}@openvino"] if ov and name.startswith("onnx-") else [name])}
+
+
+ROWS = with_engines(VARIANTS)
 ORIGINAL = "keras-original"
 FAST = ("--runs", "3", "--warmup", "1", "--rounds", "2", "--batch", "4", "--bootstrap", "50")
 ROW_KEYS = {"name", "role", "format", "precision", "engine", "file", "file_bytes", "size_ratio",
@@ -63,7 +73,7 @@ def test_schema_and_every_model_present(bench, bench_export):
     assert "date" in settings
 
     rows = _rows(doc)
-    assert set(rows) == {ORIGINAL, *VARIANTS}
+    assert set(rows) == {ORIGINAL, *ROWS}
     assert doc["baseline"] == ORIGINAL and rows[ORIGINAL]["role"] == "original"
     manifest = json.loads((bench_export / "manifest.json").read_text())
     for entry in manifest["variants"]:
@@ -86,6 +96,12 @@ def test_schema_and_every_model_present(bench, bench_export):
     assert rows["onnx-fp32"]["accuracy"]["max_abs_diff"] < 1e-3
     assert rows["tflite-fp32"]["accuracy"]["max_abs_diff"] < 1e-3
     assert rows["onnx-int8"]["accuracy"]["max_abs_diff"] < 0.1
+    for name in ROWS - set(VARIANTS):            # the same files on OpenVINO (bf16 where the CPU has it)
+        variant = name.split("@")[0]
+        assert rows[name]["backend"] == "openvino" and rows[name]["variant"] == variant
+        assert rows[name]["file"] == rows[variant]["file"]
+        assert rows[name]["accuracy"]["max_abs_diff"] < 0.1
+    assert rows["onnx-int8"]["backend"] == "onnxruntime" and rows["tflite-fp32"]["backend"] == "litert"
 
 
 def test_ratios_are_consistent_with_the_raw_timings(bench, bench_export, graded_run):
@@ -115,7 +131,7 @@ def test_markdown_and_plot(bench):
     md = (out / "results.md").read_text()
     assert "Research and education only" in md
     assert doc["settings"]["command"] in md
-    for name in (ORIGINAL, *VARIANTS):
+    for name in (ORIGINAL, *ROWS):
         assert name in md
     if doc["machine"]["flags"]["int8_dot_product"]:
         assert "will not carry over" in md
@@ -190,7 +206,7 @@ def test_sweep_sizes_writes_sizes_json(bench_export, graded_run, tiny_dataset, t
     assert sizes["sizes"][1]["gmac"] > sizes["sizes"][0]["gmac"] > 0
     assert (out / "sizes.png").read_bytes()[:8] == PNG
     doc = json.loads((out / "results.json").read_text())
-    assert set(_rows(doc)) == {ORIGINAL, "onnx-fp32"}
+    assert set(_rows(doc)) == {ORIGINAL, *with_engines(["onnx-fp32"])}
     data = doc["settings"]["data"]
     from runtime.dataset import scan_folder
     n_images = len(scan_folder(tiny_dataset).labelled)

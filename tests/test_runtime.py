@@ -25,7 +25,8 @@ from runtime.preprocessing import PreprocessSpec, prepare_batch, resize
 from runtime.session import physical_cores
 
 REPO = Path(__file__).resolve().parent.parent
-HEAVY = ("tensorflow", "tf_keras", "keras", "gradio", "sklearn", "torch", "onnx", "tf2onnx", "jax")
+# openvino: an optional engine, imported only when a model is served with it
+HEAVY = ("tensorflow", "tf_keras", "keras", "gradio", "sklearn", "torch", "onnx", "tf2onnx", "jax", "openvino")
 
 
 def dataset_images(root: Path, n: int | None = None) -> list[Path]:

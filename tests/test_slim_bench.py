@@ -90,8 +90,11 @@ def test_also_rows_share_one_baseline(also):
     code, out, doc, extra = also
     assert code == 0
     rows = {r["name"]: r for r in doc["variants"]}
+    from runtime.backends import openvino_installed
+    on_openvino = {"onnx-fp32@openvino", "onnx-int8@openvino", "slimmer/onnx-fp32@openvino",
+                   "slimmer/onnx-int8@openvino"} if openvino_installed() else set()
     assert set(rows) == {"keras-original", "onnx-fp32", "onnx-int8",
-                         "slimmer/keras-original", "slimmer/onnx-fp32", "slimmer/onnx-int8"}
+                         "slimmer/keras-original", "slimmer/onnx-fp32", "slimmer/onnx-int8", *on_openvino}
     assert rows["slimmer/keras-original"]["role"] == "extra-original"
     assert rows["slimmer/onnx-int8"]["export"] == "slimmer" and rows["slimmer/onnx-int8"]["variant"] == "onnx-int8"
     assert [e["label"] for e in doc["exports"]] == ["tiny", "slimmer"]
@@ -123,7 +126,7 @@ def test_macs_params_and_zip_size_per_row(also, tiny_export):
         assert row["compressed_bytes"] > 0
     assert rows["onnx-int8"]["compressed_bytes"] < rows["onnx-fp32"]["compressed_bytes"]
     md = (out / "results.md").read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| model | format"))
+    header = next(line for line in md.splitlines() if line.startswith("| model | engine | format"))
     assert "zip size" in header and "GMACs" in header and "params (M)" in header
 
 

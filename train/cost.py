@@ -1,8 +1,8 @@
 """Arithmetic cost of a Keras model: multiply-accumulates per image and parameters.
 
-One definition shared by training (run.json "model.cost"), pruning (`bcd slim` picks a
-keep ratio against a MACs target) and the benchmarks (GMAC per image), so the numbers
-in all three agree.
+The one counter of the project: training (run.json "model.cost"), pruning (`bcd slim`
+picks a keep ratio against a MACs target), the export (the manifest's `model_cost`) and
+the benchmarks (GMAC per image, the size sweep) all call it, so their numbers agree.
 """
 from __future__ import annotations
 

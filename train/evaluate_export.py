@@ -89,8 +89,8 @@ def _out_name(variant: str, what: str, classifier: Classifier) -> str:
 
 def _score_samples(export_dir: Path, samples: list[Sample], variant: str | None, out: Path | None,
                    evaluated_on: str, out_suffix: str, n_resamples: int, loc_key: str,
-                   site: Path | None = None) -> dict:
-    with Classifier.load(export_dir, variant=variant) as classifier:
+                   site: Path | None = None, backend: str | None = None) -> dict:
+    with Classifier.load(export_dir, variant=variant, backend=backend) as classifier:
         load_for(classifier, site)
         p, localisation = _classify(classifier, samples)
         name = classifier.variant
@@ -108,7 +108,7 @@ def _score_samples(export_dir: Path, samples: list[Sample], variant: str | None,
 
 def evaluate_export_split(export_dir: Path, variant: str | None = None, split_root: Path | None = None,
                           out: Path | None = None, split: str = "test", n_resamples: int = 1000,
-                          site: Path | None = None) -> dict:
+                          site: Path | None = None, backend: str | None = None) -> dict:
     """Score one variant of an export on a split of its training run (at the operating
     point of site profile `site` when given)."""
     export_dir = Path(export_dir)
@@ -116,12 +116,13 @@ def evaluate_export_split(export_dir: Path, variant: str | None = None, split_ro
         samples = samples_of_split(_read_json(_split_file(export_dir)), split, str(split_root) if split_root else None)
     except DatasetError as err:
         raise FileNotFoundError(f"{err}; pass --split-root with where the data lives now") from None
-    return _score_samples(export_dir, samples, variant, out, f"{split} split", split, n_resamples, split, site)
+    return _score_samples(export_dir, samples, variant, out, f"{split} split", split, n_resamples, split, site,
+                          backend)
 
 
 def evaluate_export_data(export_dir: Path, sources: list[DataSource], variant: str | None = None,
                          out: Path | None = None, n_resamples: int = 1000, labels: dict | None = None,
-                         site: Path | None = None) -> dict:
+                         site: Path | None = None, backend: str | None = None) -> dict:
     """Score one variant on every labelled image of external datasets (folders or CSV
     indexes), per source, with localisation figures where masks exist (at the operating
     point of site profile `site` when given)."""
@@ -135,14 +136,15 @@ def evaluate_export_data(export_dir: Path, sources: list[DataSource], variant: s
         samples += scan.labelled
     names = "+".join(s.name for s in sources)
     return _score_samples(Path(export_dir), samples, variant, out, f"external data {names}", names, n_resamples,
-                          "external", site)
+                          "external", site, backend)
 
 
 def evaluate_export_folder(export_dir: Path, data: Path, variant: str | None = None, out: Path | None = None,
-                           n_resamples: int = 1000, labels: dict | None = None, site: Path | None = None) -> dict:
+                           n_resamples: int = 1000, labels: dict | None = None, site: Path | None = None,
+                           backend: str | None = None) -> dict:
     """One external folder (or CSV index with the canonical columns)."""
     return evaluate_export_data(export_dir, [DataSource.parse(str(data))], variant, out, n_resamples, labels,
-                                site)
+                                site, backend)
 
 
 def _read_json(path: Path) -> dict:
