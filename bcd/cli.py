@@ -535,21 +535,38 @@ def _cmd_pick(args) -> int:
 
 # ---- main --------------------------------------------------------------------------
 
+def version() -> str:
+    """The installed package's version (a source checkout run without installing: 'unknown')."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("breast-cancer-edge")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bcd",
         description="Breast cancer detection on CPU-only clinic PCs: train VGG16, evaluate, "
                     "export and run it. " + DISCLAIMER,
     )
+    parser.add_argument("--version", action="version", version=f"bcd {version()}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # not required: a bare `bcd` prints the help instead of an argparse error
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_train, _add_slim, _add_evaluate, _add_export, _add_predict, _add_demo, _add_benchmark, _add_pick):
         add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     try:
         return args.func(args)
     except KeyboardInterrupt:
