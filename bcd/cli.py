@@ -373,6 +373,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default 8)")
     p.add_argument("--force", action="store_true",
                    help="run a variant that failed the export's checks against the original model (investigation only)")
+    p.add_argument("--partial-every", type=float, default=10.0, metavar="SECONDS",
+                   help="with --json/--csv, keep FILE.partial.json up to date with the results so far at most every "
+                        "SECONDS (default 10), so an interrupted run loses nothing; removed when FILE is written")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -389,6 +392,8 @@ def _cmd_predict(args) -> int:
     for flag, value in (("--threads", args.threads), ("--max-pixels", args.max_pixels), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1")
+    if args.partial_every < 0:
+        raise UsageError("--partial-every must not be negative")
     classifier = Classifier.load(model, variant=args.variant, threads=args.threads, force=args.force,
                                  max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
     if args.heatmap is not None and not classifier.has_cam:
@@ -409,16 +414,22 @@ def _cmd_predict(args) -> int:
         # decoder warnings (e.g. DICOM burned-in patient data) stay visible, without source lines
         print(f"warning: {message}", file=sys.stderr)
 
+    # The reports are written atomically at the end; meanwhile one partial file (next to
+    # the first of them) keeps the results so far.
+    target = args.json_out or args.csv_out
+    partial = predict_files.PartialResults(target, args.partial_every) if target is not None else None
     with warnings.catch_warnings():
         warnings.showwarning = one_line_warning
         results = predict_files.predict_paths(classifier, [str(i) for i in args.inputs], heatmap_dir=args.heatmap,
-                                              batch_size=args.batch_size, progress=progress)
+                                              batch_size=args.batch_size, progress=progress, partial=partial)
     print(predict_files.format_table(results))
     print(f"\n{DISCLAIMER}")
     if args.json_out is not None:
         predict_files.write_json(args.json_out, results)
     if args.csv_out is not None:
         predict_files.write_csv(args.csv_out, results)
+    if partial is not None:
+        partial.finish()
     failed = sum(not r.ok for r in results)
     if failed:
         print(f"{failed} of {len(results)} input(s) could not be classified (see the ERROR rows)", file=sys.stderr)
