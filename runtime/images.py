@@ -319,7 +319,7 @@ def image_dimensions(data: bytes) -> tuple[int, int] | None:
         return None
     try:
         return parsers[fmt](data)
-    except struct.error:  # header cut short
+    except (struct.error, OverflowError):  # header cut short, or an offset beyond any file (found by fuzzing)
         return None
 
 
@@ -377,6 +377,8 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
     else:  # BigTIFF: 64-bit offsets and counts
         ifd = struct.unpack_from(order + "Q", data, 8)[0]
         count_fmt, entry_size, value_at = "Q", 20, 12
+    if ifd >= len(data):  # a random BigTIFF offset can exceed what unpack_from accepts at all
+        return None
     count = struct.unpack_from(order + count_fmt, data, ifd)[0]
     first = ifd + struct.calcsize(count_fmt)
     count = min(count, max(0, (len(data) - first) // entry_size))
