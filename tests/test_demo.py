@@ -450,13 +450,14 @@ def test_load_20_clients_x_10_requests(served, images, expected):
     _, url = served
     n_clients, per_client = 20, 10
     reset_peak_rss()                                    # count the load only, not the training before
+    before = peak_rss_mb()
     errors, latencies, answered, seconds = _load(url, images, expected, n_clients, per_client, 300)
     assert errors == [], f"{len(errors)} of {n_clients * per_client} requests failed: {errors[:5]}"
     assert len(answered) == n_clients * per_client
     p50, p95 = (sorted(latencies)[int(q * (len(latencies) - 1))] for q in (0.5, 0.95))
     print(f"\n{n_clients * per_client} requests from {n_clients} concurrent clients in {seconds:.1f} s: "
           f"0 errors, latency p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms; "
-          f"peak RSS of the test process (server + 20 clients) {peak_rss_mb():.0f} MB")
+          f"peak RSS of the test process (server + 20 clients) {peak_rss_mb():.0f} MB, {before:.0f} MB before")
 
 
 def test_a_full_queue_refuses_excess_load_with_a_message(demo_export, images, expected):
