@@ -530,3 +530,22 @@ def test_tiff_header_with_an_offset_beyond_any_file_is_a_clean_error(magic):
     assert image_dimensions(data) is None
     with pytest.raises(ImageReadError, match="not a readable image"):
         decode_image(data, name="x.tif")
+
+
+def test_huge_file_is_refused_before_reading(tmp_path):
+    """A file over MAX_FILE_BYTES is refused from its size alone (a sparse file: no
+    gigabyte is written or read)."""
+    from runtime.images import MAX_FILE_BYTES
+
+    path = tmp_path / "huge.png"
+    with open(path, "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(ImageReadError, match="larger than any scan"):
+        read_image(path)
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    path = tmp_path / "pipe.png"
+    os.mkfifo(path)
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        read_image(path)
