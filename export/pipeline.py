@@ -345,6 +345,8 @@ def _remove_dead_staging(out: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    if os.name == "nt":   # os.kill(pid, 0) would TERMINATE the process on Windows: keep the leftovers
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
