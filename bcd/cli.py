@@ -477,6 +477,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="run a variant that failed the export's checks against the original model (investigation only)")
     _add_site_flags(p)
+    p.add_argument("--partial-every", type=float, default=10.0, metavar="SECONDS",
+                   help="with --json/--csv, keep FILE.partial.json up to date with the results so far at most every "
+                        "SECONDS (default 10), so an interrupted run loses nothing; removed when FILE is written")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -494,6 +497,8 @@ def _cmd_predict(args) -> int:
     for flag, value in (("--threads", args.threads), ("--max-pixels", args.max_pixels), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1")
+    if args.partial_every < 0:
+        raise UsageError("--partial-every must not be negative")
     classifier = Classifier.load(model, variant=args.variant, threads=args.threads, force=args.force,
                                  max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, backend=args.backend)
     site = load_for(classifier, _site(args))
@@ -517,10 +522,14 @@ def _cmd_predict(args) -> int:
         # decoder warnings (e.g. DICOM burned-in patient data) stay visible, without source lines
         print(f"warning: {message}", file=sys.stderr)
 
+    # The reports are written atomically at the end; meanwhile one partial file (next to
+    # the first of them) keeps the results so far.
+    target = args.json_out or args.csv_out
+    partial = predict_files.PartialResults(target, args.partial_every) if target is not None else None
     with warnings.catch_warnings():
         warnings.showwarning = one_line_warning
         results = predict_files.predict_paths(classifier, [str(i) for i in args.inputs], heatmap_dir=args.heatmap,
-                                              batch_size=args.batch_size, progress=progress)
+                                              batch_size=args.batch_size, progress=progress, partial=partial)
     print(predict_files.format_table(results))
     if site is not None:
         print(f"\nLabels at the operating point of site profile '{site.name}' ({site.path}), not the export's.")
@@ -530,6 +539,8 @@ def _cmd_predict(args) -> int:
         predict_files.write_json(args.json_out, results, site=site_name)
     if args.csv_out is not None:
         predict_files.write_csv(args.csv_out, results, site=site_name)
+    if partial is not None:
+        partial.finish()
     failed = sum(not r.ok for r in results)
     if failed:
         print(f"{failed} of {len(results)} input(s) could not be classified (see the ERROR rows)", file=sys.stderr)
@@ -650,14 +661,27 @@ def _cmd_pick(args) -> int:
 
 # ---- main --------------------------------------------------------------------------
 
+def version() -> str:
+    """The installed package's version (a source checkout run without installing: 'unknown')."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("breast-cancer-edge")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bcd",
         description="Breast cancer detection on CPU-only clinic PCs: train VGG16, evaluate, "
                     "export and run it. " + DISCLAIMER,
     )
+    parser.add_argument("--version", action="version", version=f"bcd {version()}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # not required: a bare `bcd` prints the help instead of an argparse error
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_train, _add_slim, _add_evaluate, _add_calibrate, _add_export, _add_predict, _add_demo,
                 _add_benchmark, _add_pick):
         add(sub)
@@ -665,7 +689,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     try:
         return args.func(args)
     except KeyboardInterrupt:

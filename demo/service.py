@@ -24,6 +24,7 @@ from runtime import heatmap
 from runtime.classifier import Classifier
 from runtime.dataset import is_mask
 from runtime.images import IMAGE_EXTENSIONS, ImageReadError, decode_image
+from runtime.input_checks import REFUSED
 from runtime.manifest import MANIFEST_NAME, Parity, VariantEntry, read_manifest
 from runtime.model_files import sha256_file
 from runtime.site_profile import SiteProfile, read_profile
@@ -332,7 +333,12 @@ class DemoService:
         outcome.notes = notes
         pred = clf.predict_decoded([image], [name], with_cam=True)[0]
         if not pred.ok:
-            outcome.error = f"The model could not classify this image: {_strip_name(pred.error or '', name)}."
+            reason = _strip_name(pred.error or "", name)
+            if reason.startswith(REFUSED):   # runtime.input_checks: not something the model may read
+                outcome.error = ("This image was not classified: it does not look like a breast ultrasound scan "
+                                 f"({reason[len(REFUSED) + 2:]}). Please upload a grayscale B-mode ultrasound image.")
+            else:
+                outcome.error = f"The model could not classify this image: {reason}."
             return outcome
         outcome.label, outcome.probability, outcome.seconds = pred.label, pred.probability, pred.seconds
         outcome.threshold = pred.threshold

@@ -6,11 +6,22 @@ baseline AUC); then each variant in turn: convert -> write the file atomically (
 files carry the manifest essentials in their metadata) -> load the written file in its
 real runtime -> parity. A variant that cannot be produced is recorded as "error" and the
 others go on. The manifest is written last, so a directory with a manifest is complete.
+
+Interruptions (Ctrl-C, SIGKILL, power loss): all files are first written into a hidden
+staging folder next to --out (`.<name>.partial-<pid>-<random>`, never holding a
+manifest). Only when everything is done are the files moved into --out (renames on the
+same file system, milliseconds), the old manifest removed first and the new one moved
+in last. So an export killed while it works leaves a previous export in --out intact
+and loadable; one killed during the final moves leaves --out without a manifest, which
+the runtime refuses ("no manifest.json"): a partial export is never taken for a valid one.
 """
 from __future__ import annotations
 
 import gzip
 import logging
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -308,23 +319,68 @@ def _verdict(qat: VariantEntry, ptq: VariantEntry | None) -> tuple[str, bool | N
 
 def export_run(config: ExportConfig) -> ExportResult:
     """Export every requested variant of a finished run; see the module docstring."""
-    from train.tf_setup import keras
-
     started = time.monotonic()
     run = open_run(config.run_dir)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_dead_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out)}{os.getpid()}-", dir=out.parent))
+    try:
+        return _export_into(config, run, out, staging, started)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staging_prefix(out: Path) -> str:
+    return f".{out.name}.partial-"
+
+
+def _remove_dead_staging(out: Path) -> None:
+    """Staging folders left by killed exports of the same --out (their process is gone)."""
+    for leftover in out.parent.glob(f"{_staging_prefix(out)}*"):
+        pid = leftover.name[len(_staging_prefix(out)):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and leftover.is_dir():
+            log.info("removing %s, left by an interrupted export", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":   # os.kill(pid, 0) would TERMINATE the process on Windows: keep the leftovers
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True   # exists, owned by someone else
+    return True
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the finished export from staging into out; the manifest goes last."""
     old = out / MANIFEST_NAME
     if old.exists():
-        # Files are replaced one by one; without the old manifest, no reader can pair a
-        # new file with an old checksum while this export runs.
-        log.warning("replacing the export in %s (removing its old manifest first)", out)
+        # From here until the new manifest lands, no reader can pair a new file with an
+        # old checksum: without a manifest the folder is not an export.
+        log.warning("replacing the export in %s", out)
         old.unlink()
+    for item in sorted(staging.iterdir()):
+        if item.name == MANIFEST_NAME:
+            continue
+        target = out / item.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    os.replace(staging / MANIFEST_NAME, out / MANIFEST_NAME)
+
+
+def _export_into(config: ExportConfig, run, out: Path, staging: Path, started: float) -> ExportResult:
+    from train.tf_setup import keras
 
     created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     log.info("loading %s", run.run.model)
     model = keras.models.load_model(run.run.model, compile=False)
-    exporter = _Exporter(config, run, model, out)
+    exporter = _Exporter(config, run, model, staging)
 
     parity = parity_images(run, config.parity_data)
     x_parity = prepare_batch(list(parity.images), run.spec)
@@ -374,8 +430,9 @@ def export_run(config: ExportConfig) -> ExportResult:
     # The split travels with the export, so `bcd evaluate EXPORT_DIR` can re-score the
     # exact test images even where the run directory (model.keras) is not shipped.
     if run.run.split.is_file():
-        atomic.write_bytes(out / run.run.split.name, run.run.split.read_bytes())
-    write_manifest(out, manifest)
+        atomic.write_bytes(staging / run.run.split.name, run.run.split.read_bytes())
+    write_manifest(staging, manifest)   # validated; complete only once moved into out, last
+    _publish(staging, out)
     result.total_seconds = time.monotonic() - started
     log.info("manifest written: %s (%.0fs in total)", out / MANIFEST_NAME, result.total_seconds)
     return result

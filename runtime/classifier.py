@@ -37,6 +37,7 @@ from runtime.backends import (
     read_backend_record,
 )
 from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError, decode_image, read_image, to_bgr_uint8
+from runtime.input_checks import DEFAULT_CHECKS, InputChecks
 from runtime.manifest import MANIFEST_NAME, ONNX_METADATA_KEY, Manifest, VariantEntry, read_manifest
 from runtime.model_files import (
     ONNX_SUFFIX,
@@ -115,6 +116,9 @@ class Classifier:
         self.manifest = manifest
         self.max_pixels = max_pixels
         self.site = None                 # a runtime.site_profile.SiteProfile, set by use_site()
+        # Images that cannot be a scan (too small, flat, strongly coloured) are refused
+        # before inference; None turns the checks off (only for tests of the model itself).
+        self.input_checks: InputChecks | None = DEFAULT_CHECKS
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
@@ -326,6 +330,10 @@ class Classifier:
                 continue
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 preds[i].error = f"{path or 'image'}: expected an HxWx3 uint8 BGR image, got {image.dtype} {image.shape}"
+                continue
+            problem = self.input_checks.problem(image) if self.input_checks is not None else None
+            if problem is not None:
+                preds[i].error = f"{path or 'image'}: {problem}"
                 continue
             ready.append((i, image))
         if not ready:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import struct
 import threading
 import warnings
@@ -30,6 +31,9 @@ import cv2
 import numpy as np
 
 DEFAULT_MAX_PIXELS = 64_000_000
+# Larger than any scan, even a long uncompressed DICOM cine loop; refused before reading,
+# so a huge or endless file (a disk image, /dev/zero under a .png name) never fills memory.
+MAX_FILE_BYTES = 1 << 30
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -64,6 +68,18 @@ def _read_file(path: Path, name: str) -> bytes:
     # which would give a misleading message.
     if path.is_dir():
         raise ImageReadError(f"{name}: is a directory, not an image file")
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ImageReadError(f"{name}: file not found") from None
+    except OSError as e:     # e.g. a symlink loop
+        raise ImageReadError(f"{name}: cannot read file ({e.strerror or e})") from None
+    if not stat.S_ISREG(info.st_mode):
+        # Reading a FIFO or a device would block forever or never end.
+        raise ImageReadError(f"{name}: not a regular file (a pipe, socket or device), so not an image file")
+    if info.st_size > MAX_FILE_BYTES:
+        raise ImageReadError(f"{name}: the file is {info.st_size / 1e9:.1f} GB, larger than any scan "
+                             f"(limit {MAX_FILE_BYTES / 1e9:.1f} GB)")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -303,7 +319,7 @@ def image_dimensions(data: bytes) -> tuple[int, int] | None:
         return None
     try:
         return parsers[fmt](data)
-    except struct.error:  # header cut short
+    except (struct.error, OverflowError):  # header cut short, or an offset beyond any file (found by fuzzing)
         return None
 
 
@@ -361,6 +377,8 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
     else:  # BigTIFF: 64-bit offsets and counts
         ifd = struct.unpack_from(order + "Q", data, 8)[0]
         count_fmt, entry_size, value_at = "Q", 20, 12
+    if ifd >= len(data):  # a random BigTIFF offset can exceed what unpack_from accepts at all
+        return None
     count = struct.unpack_from(order + count_fmt, data, ifd)[0]
     first = ifd + struct.calcsize(count_fmt)
     count = min(count, max(0, (len(data) - first) // entry_size))

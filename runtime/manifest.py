@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,17 @@ def _get(d: Any, key: str, where: str, types: type | tuple[type, ...], optional:
     if isinstance(value, float) and not math.isfinite(value):
         raise _fail(f"{where}.{key}" if where else key, "must be a finite number")
     return value
+
+
+def _refuse_unknown(d: dict[str, Any], cls: type, where: str) -> None:
+    # A key this code does not know is a manifest from another tool or a newer schema,
+    # or a hand edit: refused rather than silently ignored, since the runtime would
+    # run the model without the setting it carries. The known keys are the dataclass's
+    # fields, which is exactly what to_dict() writes.
+    unknown = sorted(set(d) - {f.name for f in fields(cls)})
+    if unknown:
+        raise _fail(where, f"unknown field(s) {', '.join(map(repr, unknown))}: not written by this version of "
+                    "`bcd export` (export again with a matching bcd, or update the runtime)")
 
 
 def _names(types) -> str:
@@ -138,6 +149,7 @@ class VariantEntry:
     def from_dict(cls, d: dict[str, Any], where: str = "variant") -> "VariantEntry":
         name = _get(d, "name", where, str)
         where = f"variants[{name}]"
+        _refuse_unknown(d, cls, where)
         status = _choice(_get(d, "status", where, str), STATUSES, f"{where}.status")
         file = _get(d, "file", where, str, optional=True)
         if status != "error" and file is None:
@@ -245,6 +257,7 @@ class Manifest:
                 f"unknown manifest schema version {version}: this code reads version {SCHEMA_VERSION} "
                 "(export again with a matching bcd, or update the runtime)"
             )
+        _refuse_unknown(d, cls, "top level")
         tool = _get(d, "tool", "", dict)
         for key in ("name", "version"):
             _get(tool, key, "tool", str)

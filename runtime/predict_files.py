@@ -17,6 +17,7 @@ import csv
 import glob
 import io
 import os
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -106,12 +107,15 @@ def _input_error(path: str, reason: str) -> Prediction:
 
 
 def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *, heatmap_dir: str | os.PathLike | None = None,
-                  batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None) -> list[Prediction]:
+                  batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
+                  partial: "PartialResults | None" = None) -> list[Prediction]:
     """One Prediction per file named by `inputs` (files, folders, globs), sorted by path.
 
     heatmap_dir: also write a Grad-CAM overlay `<stem>_gradcam.png` per classified image
         (names made unique when stems collide); needs a variant with a cam output.
     progress: called as progress(done, total) after each batch.
+    partial: kept up to date with the results so far (see PartialResults), so a run that
+        dies half-way leaves what it had done.
     """
     if heatmap_dir is not None and not classifier.has_cam:
         raise ValueError(f"variant {classifier.variant!r} has no Grad-CAM output; choose another variant "
@@ -139,6 +143,8 @@ def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *
             results.append(pred)
         if progress is not None:
             progress(min(start + batch_size, total), total)
+        if partial is not None:
+            partial.update(results + problems, len(files) + len(problems))
     return sorted(results + problems, key=lambda p: p.path or "")
 
 
@@ -209,6 +215,36 @@ def write_csv(target: str | os.PathLike, predictions: Iterable[Prediction], site
     for row in rows(predictions, site):
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
     atomic.write_text(target, buffer.getvalue())
+
+
+class PartialResults:
+    """While a long run works, `<target>.partial.json` holds the results so far:
+    {"partial": true, "done": k, "total": n, "results": [rows]}, rewritten atomically at
+    most every `every_seconds`. The final report replaces it (finish() removes it), so a
+    run that crashes or is killed half-way leaves either nothing or this valid file,
+    which says it is partial; never a truncated or complete-looking report."""
+
+    SUFFIX = ".partial.json"
+
+    def __init__(self, target: str | os.PathLike, every_seconds: float = 10.0) -> None:
+        self.path = Path(str(target) + self.SUFFIX)
+        self.every = every_seconds
+        self._last = time.monotonic()
+
+    def update(self, predictions: Sequence[Prediction], total: int) -> None:
+        if time.monotonic() - self._last < self.every or len(predictions) >= total:
+            return
+        atomic.write_json(self.path, {
+            "partial": True,
+            "note": "bcd predict had not finished when this was written; if it is still here, the run was "
+                    "interrupted and these are the results it had so far",
+            "done": len(predictions), "total": total,
+            "results": rows(sorted(predictions, key=lambda p: p.path or "")),
+        })
+        self._last = time.monotonic()
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def format_table(predictions: Sequence[Prediction]) -> str:

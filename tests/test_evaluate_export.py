@@ -72,3 +72,22 @@ def test_evaluate_export_errors_are_clear(tiny_export, tmp_path, capsys):
     assert "--split-root" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nothing")]) == 2
     assert "no such run or export directory" in capsys.readouterr().err
+
+
+def test_evaluate_export_counts_images_it_cannot_classify(tiny_export, tiny_dataset, tmp_path):
+    """A refused image (2x2) and an unreadable one are counted under not_classified and
+    left out of the metrics; the others are scored."""
+    import cv2
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    cv2.imwrite(str(data / "benign" / "tiny.png"), np.zeros((2, 2), np.uint8))
+    (data / "malignant" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(tiny_export), "--data", str(data), "--out", str(out), "--bootstrap", "50"]) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    n_images = len([p for p in tiny_dataset.rglob("*.png") if "_mask" not in p.stem])
+    assert doc["at_operating_threshold"]["n"] == n_images
+    assert doc["not_classified"]["count"] == 2
+    errors = " ".join(doc["not_classified"]["errors"])
+    assert "tiny.png: refused, not a usable ultrasound scan" in errors and "broken.png: not a readable image" in errors

@@ -520,3 +520,32 @@ def test_dicom_garbage_with_dcm_name_is_image_read_error(tmp_path):
     path.write_bytes(b"this is not dicom at all" * 10)
     with pytest.raises(ImageReadError, match="broken.dcm"):
         read_image(path)
+
+
+@pytest.mark.parametrize("magic", [b"II+\x00", b"MM\x00+", b"II*\x00", b"MM\x00*"])
+def test_tiff_header_with_an_offset_beyond_any_file_is_a_clean_error(magic):
+    """Found by `python -m benchmarks.fuzz`: a BigTIFF header whose first-IFD offset is
+    2**64-1 made struct raise OverflowError (not struct.error) in the size parser."""
+    data = magic + b"\x08\x00\x00\x00" + b"\xff" * 8 + b"\x00" * 20
+    assert image_dimensions(data) is None
+    with pytest.raises(ImageReadError, match="not a readable image"):
+        decode_image(data, name="x.tif")
+
+
+def test_huge_file_is_refused_before_reading(tmp_path):
+    """A file over MAX_FILE_BYTES is refused from its size alone (a sparse file: no
+    gigabyte is written or read)."""
+    from runtime.images import MAX_FILE_BYTES
+
+    path = tmp_path / "huge.png"
+    with open(path, "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(ImageReadError, match="larger than any scan"):
+        read_image(path)
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    path = tmp_path / "pipe.png"
+    os.mkfifo(path)
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        read_image(path)

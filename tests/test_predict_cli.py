@@ -127,7 +127,7 @@ def test_progress_on_stderr_for_large_folders(tiny_export, tmp_path, capsys):
     root.mkdir()
     rng = np.random.default_rng(0)
     for i in range(21):
-        cv2.imwrite(str(root / f"img{i:02d}.png"), rng.integers(0, 256, (40, 48), dtype=np.uint8))
+        cv2.imwrite(str(root / f"img{i:02d}.png"), rng.integers(0, 256, (80, 96), dtype=np.uint8))
     code = main(["predict", str(root), "--model", str(tiny_export), "--variant", "onnx-fp32", "--batch-size", "8"])
     captured = capsys.readouterr()
     assert code == 0

@@ -348,7 +348,7 @@ def test_failed_variant_needs_force(tiny_export, tmp_path):
     with pytest.raises(ModelLoadError, match="status 'failed': flip rate 0.5.*force"):
         Classifier.load(export, variant="onnx-fp32")
     forced = Classifier.load(export, variant="onnx-fp32", force=True)
-    assert forced.info.status == "failed" and forced.predict(np.zeros((40, 40), np.uint8)).ok
+    assert forced.info.status == "failed" and forced.predict(np.random.default_rng(0).integers(0, 256, (80, 80), dtype=np.uint8)).ok
 
 
 def test_error_variant_without_file_is_refused_even_forced(tiny_export, tmp_path):
@@ -519,7 +519,7 @@ def test_threads_are_honoured_by_onnx_runtime(tiny_export):
         from runtime.classifier import Classifier
         before = len(os.listdir('/proc/self/task'))
         clf = Classifier.load({str(tiny_export)!r}, variant='onnx-fp32', threads=int(sys.argv[1]))
-        clf.predict(np.zeros((40, 40), np.uint8))
+        clf.predict(np.random.default_rng(0).integers(0, 256, (80, 80), dtype=np.uint8))
         print(len(os.listdir('/proc/self/task')) - before)
     """)
     for threads in (1, 3):

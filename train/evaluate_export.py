@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime import atomic
 from runtime.classifier import Classifier
 from runtime.dataset import DEFAULT_CLASS_LABELS, DatasetError, DataSource, LabelMap, Sample, read_source, samples_of_split
 from runtime.images import read_image
@@ -47,24 +48,30 @@ def _split_file(export_dir: Path) -> Path:
                             "score a labelled folder instead with --data")
 
 
-def _classify(classifier: Classifier, samples: list[Sample]) -> tuple[np.ndarray, dict]:
-    """Probabilities for the samples and, for those with a lesion mask, the localisation
-    figures of the runtime's own Grad-CAM (per source)."""
+def _classify(classifier: Classifier, samples: list[Sample]) -> tuple[np.ndarray, dict, list[str]]:
+    """Probabilities for the samples (NaN where an image could not be classified), the
+    localisation figures of the runtime's own Grad-CAM for those with a lesion mask (per
+    source), and the reasons for the unclassified ones: an unreadable file or an image
+    the runtime refuses (too small, flat, strongly coloured) is counted, not fatal."""
     progress = Progress(len(samples), f"classifying with {classifier.variant}")
-    probs, cams, masks, groups = [], [], [], []
+    probs, cams, masks, groups, errors = [], [], [], [], []
     for start in range(0, len(samples), BATCH):
         chunk = samples[start:start + BATCH]
         want_cam = classifier.has_cam and any(s.mask is not None for s in chunk)
         for sample, pred in zip(chunk, classifier.predict([s.path for s in chunk], with_cam=want_cam, batch_size=BATCH)):
             if not pred.ok:
-                raise ValueError(f"cannot score: {pred.error}")
+                errors.append(str(pred.error))
+                probs.append(float("nan"))
+                continue
             probs.append(pred.probability)
             if sample.mask is not None and pred.cam is not None:
                 cams.append(pred.cam)
                 masks.append(read_image(sample.mask)[..., 0] >= 128)
                 groups.append(sample.source)
         progress.update(min(start + BATCH, len(samples)))
-    return np.asarray(probs, dtype=np.float64), localisation_summary(cams, masks, groups)
+    if samples and len(errors) == len(samples):
+        raise ValueError(f"cannot score: none of the {len(samples)} images could be classified, e.g. {errors[0]}")
+    return np.asarray(probs, dtype=np.float64), localisation_summary(cams, masks, groups), errors
 
 
 def _threshold(classifier: Classifier) -> dict:
@@ -92,16 +99,24 @@ def _score_samples(export_dir: Path, samples: list[Sample], variant: str | None,
                    site: Path | None = None, backend: str | None = None) -> dict:
     with Classifier.load(export_dir, variant=variant, backend=backend) as classifier:
         load_for(classifier, site)
-        p, localisation = _classify(classifier, samples)
+        p, localisation, errors = _classify(classifier, samples)
         name = classifier.variant
         threshold = _threshold(classifier)
         default_out = _out_name(name, out_suffix, classifier)
+    kept = np.isfinite(p)                  # the unclassified images are counted, not scored
+    samples = [s for s, k in zip(samples, kept) if k]
+    p = p[kept]
     y = np.array([s.label for s in samples])
     out = Path(out or export_dir / default_out)
     sources = np.array([s.source for s in samples])
     result = score(y, p, threshold, out, evaluated_on, f"{export_dir.name}/{name}", n_resamples,
                    [s.relative for s in samples], sources=sources,
                    localisation={loc_key: localisation} if localisation else None)
+    if errors:
+        log.warning("%d of %d image(s) could not be classified and are left out of the metrics, e.g. %s",
+                    len(errors), len(kept), errors[0])
+        result["not_classified"] = {"count": len(errors), "errors": errors}
+        atomic.write_json(out / "metrics.json", result)
     log_headline(result)
     return result
 
