@@ -12,7 +12,7 @@ must save) into a scratch folder that is deleted at the end: the standard
 MultiWorkerMirroredStrategy pattern.
 
 Dead workers: TensorFlow's coordination service notices a worker that stops sending
-heartbeats (HEARTBEAT_SECONDS) and aborts the collectives, which `train` turns into a
+heartbeats (HEARTBEAT_SECONDS) and aborts the collectives (the split check is one too), which `train` turns into a
 clear error. Workers that never join leave the others waiting forever inside TensorFlow,
 so joining the cluster runs under a watchdog that ends the process after
 BCD_WORKER_TIMEOUT seconds (default 600) with a message.
@@ -149,20 +149,17 @@ class Cluster:
         }
 
     def check_same_split(self, digest: str) -> None:
-        """Every worker publishes its split's hash and compares all of them: the same
-        verdict, with the same message, on every worker."""
+        """Every worker gathers every worker's split hash (an all-gather, so a dead peer
+        aborts it like any collective) and compares them: the same verdict, with the same
+        message, on every worker."""
         if self.kind != "multiworker":
             return
-        from tensorflow.python.eager import context   # the coordination service's key-value store
-        ctx = context.context()
-        ctx.set_config_key_value(f"bcd/split_sha256/{self.task.name}", digest)
-        digests = {}
-        for name in self.task.names:
-            try:
-                digests[name] = ctx.get_config_key_value(f"bcd/split_sha256/{name}", int(self.timeout * 1000))
-            except Exception as err:  # noqa: BLE001 - any failure here means the cluster is not usable
-                raise ClusterError(f"worker {name} did not report its data split within {self.timeout:.0f} s "
-                                   f"({TIMEOUT_ENV}): {_first_line(err)}") from None
+        from train.tf_setup import tf
+        mine = tf.constant([list(bytes.fromhex(digest))], dtype=tf.int32)        # (1, 32)
+        gathered = self.strategy.gather(self.strategy.run(lambda: tf.identity(mine)), axis=0).numpy()
+        per_worker = len(gathered) // self.workers     # replicas per worker (MultiWorkerMirrored: equal)
+        digests = {name: bytes(gathered[i * per_worker].astype("uint8").tolist()).hex()
+                   for i, name in enumerate(self.task.names)}
         if len(set(digests.values())) > 1:
             raise ClusterError(
                 "the workers computed different data splits (sha256 per worker: "
