@@ -156,7 +156,8 @@ class Cluster:
             return
         from train.tf_setup import tf
         mine = tf.constant([list(bytes.fromhex(digest))], dtype=tf.int32)        # (1, 32)
-        gathered = self.strategy.gather(self.strategy.run(lambda: tf.identity(mine)), axis=0).numpy()
+        per_replica = self.strategy.experimental_distribute_values_from_function(lambda _: mine)
+        gathered = self.strategy.gather(per_replica, axis=0).numpy()
         per_worker = len(gathered) // self.workers     # replicas per worker (MultiWorkerMirrored: equal)
         digests = {name: bytes(gathered[i * per_worker].astype("uint8").tolist()).hex()
                    for i, name in enumerate(self.task.names)}
@@ -167,20 +168,19 @@ class Cluster:
                 + "): every machine needs the same files at the same --data paths and the same settings")
         log.info("split sha256 %s: the same on all %d workers", digest[:12], len(digests))
 
-    def finish(self) -> None:
-        """Wait until every worker is done (the chief evaluates after training; a worker
-        that left earlier would look dead to it), then delete the scratch folder."""
+    def wait_for_all(self) -> None:
+        """Wait until every worker is done: the chief evaluates after training, and a
+        worker that left earlier would look dead to it."""
+        if self.kind != "multiworker":
+            return
+        from tensorflow.python.eager import context   # the coordination service's barrier
         try:
-            if self.kind == "multiworker":
-                from tensorflow.python.eager import context
-                try:
-                    context.context().wait_at_barrier("bcd/finished", int(self.timeout * 1000))
-                except Exception as err:  # noqa: BLE001 - training is over; only the goodbye failed
-                    log.warning("not every worker confirmed the end of the run: %s", _first_line(err))
-        finally:
-            self.cleanup()
+            context.context().wait_at_barrier("bcd/finished", int(self.timeout * 1000))
+        except Exception as err:  # noqa: BLE001 - training is over; only the goodbye failed
+            log.warning("not every worker confirmed the end of the run: %s", _first_line(err))
 
     def cleanup(self) -> None:
+        """Delete a non-chief worker's scratch folder."""
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None

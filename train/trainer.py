@@ -373,7 +373,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunDir:
         raise
     finally:
         cluster.cleanup()
-    cluster.finish()
+    cluster.wait_for_all()
     return out
 
 
