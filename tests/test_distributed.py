@@ -138,7 +138,7 @@ def test_two_workers_write_one_valid_run_directory(two_worker_run):
         "strategy": "multiworker", "used": "multiworker", "workers": 2, "replicas": 2, "task": "worker:0",
         "per_replica_batch_size": 8, "global_batch_size": 16,
         "learning_rate": "as configured, not scaled with the global batch size"}
-    assert info["model"]["precision"]["used"] == "bfloat16" and info["model"]["lesion_head"] is True
+    assert info["model"]["precision"]["used"] == "bfloat16" and info["model"]["lesion_loss"] == "cam"
     assert info["split_sha256"] == _hash_of_split_json(run)
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     assert state["epochs_done"] == 1 and "lesion_loss" in state["history"]
