@@ -260,7 +260,10 @@ def test_bad_tf_config_is_a_clear_error(tf_config, message):
 
 def test_the_chief_is_the_chief_task_else_worker_0():
     cluster = {"worker": ["a:1", "b:1"]}
-    doc = lambda kind, i, c=cluster: {"TF_CONFIG": json.dumps({"cluster": c, "task": {"type": kind, "index": i}})}  # noqa: E731
+
+    def doc(kind, i, c=cluster):
+        return {"TF_CONFIG": json.dumps({"cluster": c, "task": {"type": kind, "index": i}})}
+
     assert writes_run_dir("multiworker", doc("worker", 0)) and not writes_run_dir("multiworker", doc("worker", 1))
     with_chief = {"chief": ["c:1"], **cluster}
     assert writes_run_dir("multiworker", doc("chief", 0, with_chief))

@@ -12,10 +12,10 @@ must save) into a scratch folder that is deleted at the end: the standard
 MultiWorkerMirroredStrategy pattern.
 
 Dead workers: TensorFlow's coordination service notices a worker that stops sending
-heartbeats (HEARTBEAT_SECONDS) and aborts the collectives (the split check is one too), which `train` turns into a
-clear error. Workers that never join leave the others waiting forever inside TensorFlow,
-so joining the cluster runs under a watchdog that ends the process after
-BCD_WORKER_TIMEOUT seconds (default 600) with a message.
+heartbeats (HEARTBEAT_SECONDS) and aborts the collectives (the split check is one too),
+which `train` turns into a clear error. Workers that never join leave the others waiting forever inside TensorFlow,
+so joining the cluster runs under a watchdog (a separate tiny process) that ends the
+process after BCD_WORKER_TIMEOUT seconds (default 600) with a message.
 
 This module reads TF_CONFIG without TensorFlow (the CLI needs to know who the chief is
 before it opens train.log); TensorFlow is imported only to build a strategy.
@@ -27,9 +27,9 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,7 +220,8 @@ def _multiworker(task: Task, timeout: float) -> Cluster:
         shutdown_barrier_timeout_in_ms=HEARTBEAT_SECONDS * 1000,
         coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(task.cluster[job]))
                           for job in SUPPORTED_JOBS if task.cluster.get(job)])
-    hosts = ", ".join(f"{n} {h}" for n, h in zip(task.names, [h for j in SUPPORTED_JOBS for h in task.cluster.get(j, [])]))
+    addresses = [h for job in SUPPORTED_JOBS for h in task.cluster.get(job, [])]   # in task.names' order
+    hosts = ", ".join(f"{n} {h}" for n, h in zip(task.names, addresses))
     log.info("joining the cluster as %s (%s); waiting up to %.0f s for every worker", task.name, hosts, timeout)
     message = (f"not every worker joined the cluster within {timeout:.0f} s ({TIMEOUT_ENV}): start the same "
                f"command on every machine of TF_CONFIG ({hosts}), each with its own task, and check that the "
@@ -234,23 +235,27 @@ def _multiworker(task: Task, timeout: float) -> Cluster:
     return Cluster("multiworker", "multiworker", strategy, task, timeout)
 
 
+# The watchdog is a separate tiny process: the call it guards blocks inside TensorFlow's
+# C++ while holding Python's GIL, so no Python thread or signal handler of this process
+# would run in time.
+_GUARD = ("import os, signal, sys, time\n"
+          "time.sleep(float(sys.argv[1]))\n"
+          "sys.stderr.write('bcd: error: ' + sys.argv[2] + '\\n')\n"
+          "sys.stderr.flush()\n"
+          "os.kill(int(sys.argv[3]), signal.SIGKILL)\n")
+
+
 @contextmanager
 def watchdog(seconds: float, message: str):
-    """End the process with `message` if the block has not finished after `seconds`:
-    the way out of a call that blocks inside TensorFlow's C++ with no timeout."""
-    timer = threading.Timer(seconds, _die, args=(message,))
-    timer.daemon = True
-    timer.start()
+    """Kill this process with `message` on stderr if the block has not finished after
+    `seconds`: the way out of a call that blocks inside TensorFlow with no timeout."""
+    guard = subprocess.Popen([sys.executable, "-c", _GUARD, str(seconds), message, str(os.getpid())],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
         yield
     finally:
-        timer.cancel()
-
-
-def _die(message: str) -> None:
-    log.error(message)
-    print(f"bcd: error: {message}", file=sys.stderr, flush=True)
-    os._exit(2)
+        guard.kill()
+        guard.wait()
 
 
 def lost_worker_error(err: Exception) -> ClusterError | None:
