@@ -128,7 +128,13 @@ def _add_train(sub) -> None:
                    help="auto (default): mixed bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX), "
                         "else float32. The saved model is float32 either way")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="images per step and replica (default 16); with several replicas a step takes "
+                        "batch size x replicas images")
+    p.add_argument("--strategy", choices=["auto", "none", "mirrored", "multiworker"], default="auto",
+                   help="tf.distribute: auto (default; all GPUs when there are several, else one device), none, "
+                        "mirrored (this machine's GPUs), multiworker (several machines, one process each, "
+                        "described by the TF_CONFIG environment variable; see the README)")
     p.add_argument("--patience", type=int, default=8, help="early stopping: epochs without validation AUC gain")
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate from scratch (Adam; default 3e-4, or 1e-3 with --arch vgg16-bn)")
@@ -150,6 +156,7 @@ def _cmd_train(args) -> int:
         from runtime.dataset import LabelMap
         from train.augment import AugmentConfig
         from train.config import TrainConfig
+        from train.distribute import writes_run_dir
         from train.trainer import LOG_NAME, train
     except ImportError as err:
         raise _missing_extra("train", err)
@@ -165,6 +172,7 @@ def _cmd_train(args) -> int:
                        for s in sources) or None,
             val_source=args.val_source, precision=args.precision, batch_norm=bn, width=args.width,
             lesion_weight=args.lesion_weight, lesion_loss=args.lesion_loss, augment=AugmentConfig.preset(args.augment),
+            strategy=args.strategy,
             lr_scratch=args.lr if args.lr is not None else (1e-3 if bn else 3e-4),
             **({"class_labels": labels.to_dict()} if labels else {}),
         )
@@ -173,8 +181,12 @@ def _cmd_train(args) -> int:
     if args.val_source and args.val_source not in {s.name for s in sources}:
         raise UsageError(f"--val-source {args.val_source}: not one of the sources "
                          f"({', '.join(s.name for s in sources) or 'none given'})")
-    _setup_logging(args.out / LOG_NAME)
+    chief = writes_run_dir(args.strategy)     # a non-chief worker logs to stderr only
+    _setup_logging(args.out / LOG_NAME if chief else None)
     run = train(config, resume=args.resume)
+    if not chief:
+        print(f"\nworker done: the chief wrote the run directory {run.root}")
+        return 0
     print(f"\nrun written to {run.root}: model.keras, split.json, metrics.json, metrics.md, plots/")
     print((run.root / "metrics.md").read_text())
     return 0

@@ -9,6 +9,7 @@ from train.augment import AugmentConfig
 from train.dedup import DEFAULT_MAX_DISTANCE
 
 PRECISIONS = ("auto", "float32", "bfloat16")
+STRATEGIES = ("auto", "none", "mirrored", "multiworker")   # see train.distribute
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,14 @@ class TrainConfig:
     width: float = 1.0
     lesion_weight: float = 0.0       # > 0: a lesion-mask loss with this weight (where masks exist)
     lesion_loss: str = "cam"         # cam: on the Grad-CAM map itself; head: an auxiliary segmentation head
+    strategy: str = "auto"           # tf.distribute: auto | none | mirrored | multiworker (TF_CONFIG)
 
     def __post_init__(self) -> None:
         self._check()
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
         if self.lesion_weight < 0:
             raise ValueError("the lesion loss weight must be >= 0")
         if self.lesion_loss not in ("cam", "head"):
@@ -80,10 +84,10 @@ class TrainConfig:
         values.update(changes)
         return cls(**values)
 
-    # Settings that may change when resuming (train longer, or a run directory that was
-    # copied or moved); the rest must match.
+    # Settings that may change when resuming (train longer, a run directory that was
+    # copied or moved, another number of workers); the rest must match.
     RESUMABLE_CHANGES = ("out", "epochs", "patience", "lr_decay_patience", "lr_decay_factor",
-                         "bootstrap_resamples")
+                         "bootstrap_resamples", "strategy")
 
 
 def _as_sources(data) -> tuple:

@@ -23,6 +23,7 @@ from train.cost import model_cost
 from train.data import (LesionTargets, LoadedDataset, balanced_class_weights, load_sources, make_tf_dataset,
                         split_from_doc)
 from train.dedup import DedupConfig, split_groups
+from train.distribute import Cluster, lost_worker_error, make_cluster, shard_by_data, split_sha256, writes_run_dir
 from train.metrics import ThresholdPolicy
 from train.model import (LESION_OUTPUT, ModelConfig, build_model, inference_model, set_trainable_blocks,
                          with_lesion_cam, without_lesion_cam)
@@ -144,10 +145,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
         )
 
 
-def _prepare_run_dir(run: RunDir, resume: bool) -> None:
+def _prepare_run_dir(run: RunDir, resume: bool, writes: bool = True) -> None:
+    """Check (and for the writer create) the run directory. A non-chief worker only
+    checks that there is something to resume: the chief may be creating the folder."""
     if resume:
         if not run.state.is_file():
             raise RunExists(f"nothing to resume in {run.root}: no checkpoint/state.json")
+        return
+    if not writes:
         return
     if run.root.exists() and any(p.name != LOG_NAME for p in run.root.iterdir()):
         raise RunExists(
@@ -197,9 +202,12 @@ def _load_data(config: TrainConfig, run: RunDir, spec: PreprocessSpec) -> Loaded
     return load_sources(sources, spec, DedupConfig(max_distance=config.dedup_max_distance))
 
 
-def _split(config: TrainConfig, run: RunDir, data: LoadedDataset, resume: bool) -> dict[str, np.ndarray]:
+def _split(config: TrainConfig, run: RunDir, data: LoadedDataset, resume: bool,
+           saved: RunDir | None = None) -> dict[str, np.ndarray]:
+    """The split: computed (and saved in `run`), or on --resume read from `saved`."""
     if resume:
-        return split_from_doc(run.read_json(run.split), data)
+        saved = saved or run
+        return split_from_doc(saved.read_json(saved.split), data)
     patients = [(src, p) if p is not None else None for src, p in zip(data.source_names.tolist(), data.patients)]
     groups = split_groups(data.hashes, config.dedup_max_distance, patients)
     split_cfg = SplitConfig(config.val_fraction, config.test_fraction, config.seed, config.val_source)
@@ -287,20 +295,28 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
     weights = _class_weights(data.labels[tr])
     per_sample = lesion_loss == "cam"
     lesion = (lambda idx: _lesion_targets(data, idx, weights, per_sample)) if lesion_weight > 0 else (lambda idx: None)
-    train_ds = make_tf_dataset(data.images[tr], data.labels[tr], spec, batch_size, True, seed, augment, lesion(tr))
-    val_ds = make_tf_dataset(data.images[va], data.labels[va], spec, batch_size, False, lesion=lesion(va))
+    # batch_size is per replica: under a tf.distribute strategy (the one the model was
+    # built in) every step takes batch_size x replicas images, split between the replicas.
+    strategy = model.distribute_strategy
+    global_batch = batch_size * strategy.num_replicas_in_sync
+    train_ds = shard_by_data(make_tf_dataset(data.images[tr], data.labels[tr], spec, global_batch, True, seed,
+                                             augment, lesion(tr)))
+    val_ds = shard_by_data(make_tf_dataset(data.images[va], data.labels[va], spec, global_batch, False,
+                                           lesion=lesion(va)))
     verbose = 1 if _is_tty() else 2
     for phase in phases:
         if state.get("stopped_early") or state["epochs_done"] >= phase.end:
             continue
         if state["phase"] != phase.name or not resume:
             set_trainable_blocks(model, phase.blocks)
-            _compile(model, phase.learning_rate, lesion_weight, lesion_loss)
+            with strategy.scope():     # the optimizer's variables live where the model's do
+                _compile(model, phase.learning_rate, lesion_weight, lesion_loss)
             state["wait"] = 0   # each phase gets its own patience
         elif model.optimizer is None:   # a checkpoint saved without its optimizer (Grad-CAM lesion loss)
             set_trainable_blocks(model, phase.blocks)
-            _compile(model, (state["history"].get("learning_rate") or [phase.learning_rate])[-1],
-                     lesion_weight, lesion_loss)
+            with strategy.scope():
+                _compile(model, (state["history"].get("learning_rate") or [phase.learning_rate])[-1],
+                         lesion_weight, lesion_loss)
         resume = False  # later phases start fresh
         log.info("phase %s: epochs %d-%d, VGG16 blocks training: %s, learning rate %g",
                  phase.name, phase.start + 1, phase.end, phase.blocks, phase.learning_rate)
@@ -336,32 +352,61 @@ def finish_training(run: RunDir, state: dict, phases: list[Phase], data: LoadedD
 
 
 def train(config: TrainConfig, resume: bool = False) -> RunDir:
-    """Train, evaluate on the test split, and return the run directory."""
-    run = RunDir(Path(config.out))
-    _prepare_run_dir(run, resume)
+    """Train, evaluate on the test split, and return the run directory.
+
+    Under --strategy multiworker every worker runs this; only the chief writes
+    config.out (train.distribute)."""
+    out = RunDir(Path(config.out))
+    _prepare_run_dir(out, resume, writes_run_dir(config.strategy))
     if resume:
-        _check_resume_config(run, config)
+        _check_resume_config(out, config)
+    cluster = make_cluster(config.strategy)    # before any TensorFlow op: it joins the cluster
+    run = out if cluster.is_chief else RunDir(cluster.scratch_dir())
+    if not cluster.is_chief:
+        run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _train(config, resume, cluster, out, run)
+    except Exception as err:
+        clear = lost_worker_error(err) if cluster.kind == "multiworker" else None
+        if clear is not None:
+            raise clear from None
+        raise
+    finally:
+        cluster.cleanup()
+    cluster.wait_for_all()
+    return out
+
+
+def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run: RunDir) -> None:
+    """The training run itself; `out` is the run directory (read on --resume), `run` is
+    where this process writes (the run directory, or a non-chief worker's scratch)."""
     spec = PreprocessSpec(image_size=config.image_size)
     data = _load_data(config, run, spec)
-    split = _split(config, run, data, resume)
+    split = _split(config, run, data, resume, saved=out)
+    digest = split_sha256(data.keys(), data.labels, split)
+    if resume and out.read_json(out.run_info).get("split_sha256") not in (None, digest):
+        raise RunExists("--resume: the saved split no longer matches its hash in run.json (labels or files changed)")
+    cluster.check_same_split(digest)
     phases = plan_phases(config)
 
-    state = run.read_json(run.state) if resume else new_state()
+    state = out.read_json(out.state) if resume else new_state()
     if resume and (state["epochs_done"] >= config.epochs or state.get("stopped_early")):
         log.info("the run had already finished training; re-evaluating")
     precision = resolve_precision(config.precision)
     apply_precision(precision)
     model_cfg = ModelConfig(config.image_size, config.weights, seed=config.seed, batch_norm=config.batch_norm,
                             width=config.width, lesion=config.lesion_loss if config.lesion_weight > 0 else "none")
-    model, model_info = build_model(model_cfg)
+    with cluster.strategy.scope():    # variables (and on resume the optimizer's) mirrored per replica
+        model, model_info = build_model(model_cfg)
+        if resume and out.last_model.is_file():
+            model = keras.models.load_model(out.last_model)
+            if model_cfg.lesion == "cam":
+                model = with_lesion_cam(model, model_cfg.batch_norm)
+            log.info("resuming after epoch %d", state["epochs_done"])
     model_info["cost"] = model_cost(inference_model(model, model_cfg))
     model_info["precision"] = {"requested": config.precision, "used": precision}
-    if resume and run.last_model.is_file():
-        model = keras.models.load_model(run.last_model)
-        if model_cfg.lesion == "cam":
-            model = with_lesion_cam(model, model_cfg.batch_norm)
-        log.info("resuming after epoch %d", state["epochs_done"])
-    atomic.write_json(run.run_info, _run_info(config, spec, model_info, data, phases, "training"))
+    extra = {"distribution": cluster.summary(config.batch_size), "split_sha256": digest}
+    atomic.write_json(run.run_info, _run_info(config, spec, model_info, data, phases, "training", extra))
 
     log.info("training in %s on %s", precision, ", ".join(f"{s.name} ({s.path})" for s in data.sources))
     fit_phases(model, run, state, phases, data, split, spec, config.batch_size, config.seed,
@@ -370,10 +415,12 @@ def train(config: TrainConfig, resume: bool = False) -> RunDir:
                lesion_weight=config.lesion_weight, to_saved=lambda m: inference_model(m, model_cfg),
                lesion_loss=config.lesion_loss)
     apply_precision("float32")
+    if not cluster.is_chief:
+        log.info("training done; the chief evaluates and writes %s", out.root)
+        return
     policy = ThresholdPolicy(config.threshold_method, config.min_sensitivity)
     done = finish_training(run, state, phases, data, split, spec, policy, config.bootstrap_resamples)
-    atomic.write_json(run.run_info, _run_info(config, spec, model_info, data, phases, "complete", done))
-    return run
+    atomic.write_json(run.run_info, _run_info(config, spec, model_info, data, phases, "complete", {**extra, **done}))
 
 
 def _is_tty() -> bool:
