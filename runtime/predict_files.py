@@ -25,7 +25,7 @@ from runtime.classifier import DEFAULT_BATCH_SIZE, Classifier, Prediction
 from runtime.dataset import is_image_file, is_mask, scan_folder
 from runtime.images import ImageReadError, read_image
 
-REPORT_FIELDS = ("path", "label", "probability", "threshold", "error")
+REPORT_FIELDS = ("path", "label", "probability", "threshold", "out_of_distribution", "ood_score", "error")
 HEATMAP_SUFFIX = "_gradcam.png"
 _GLOB_CHARS = set("*?[")
 
@@ -189,12 +189,14 @@ def rows(predictions: Iterable[Prediction]) -> list[dict]:
 
 
 def write_json(target: str | os.PathLike, predictions: Iterable[Prediction]) -> None:
-    """A JSON list of {path, label, probability, threshold, error}, written atomically."""
+    """A JSON list of {path, label, probability, threshold, out_of_distribution, ood_score,
+    error}, written atomically (out_of_distribution and ood_score are null when the model
+    has no OOD score)."""
     atomic.write_json(target, rows(predictions))
 
 
 def write_csv(target: str | os.PathLike, predictions: Iterable[Prediction]) -> None:
-    """CSV with the columns path, label, probability, threshold, error; atomically."""
+    """CSV with the columns of REPORT_FIELDS (an empty cell for null); atomically."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -203,13 +205,18 @@ def write_csv(target: str | os.PathLike, predictions: Iterable[Prediction]) -> N
     atomic.write_text(target, buffer.getvalue())
 
 
+OOD_NOTE = "OUT-OF-DISTRIBUTION: unlike the training images, do not trust this prediction"
+
+
 def format_table(predictions: Sequence[Prediction]) -> str:
-    """A plain-text table: path, label, probability, threshold; a failed row shows
-    "ERROR: <reason>" after its path."""
+    """A plain-text table: path, label, probability, threshold; a row flagged out of
+    distribution ends with OOD_NOTE; a failed row shows "ERROR: <reason>" after its path."""
     cells = []
     for p in predictions:
         threshold = "" if p.threshold is None or p.threshold != p.threshold else f"{p.threshold:.4f}"
         if p.ok:
+            if p.out_of_distribution:
+                threshold = f"{threshold}  {OOD_NOTE}"
             cells.append((p.path or "-", p.label or "", f"{p.probability:.4f}", threshold))
         else:
             reason = p.error or "failed"
@@ -223,5 +230,5 @@ def format_table(predictions: Sequence[Prediction]) -> str:
         if prob is None:
             lines.append(f"{path.ljust(path_w)}  {label}")
         else:
-            lines.append(f"{path.ljust(path_w)}  {label.ljust(label_w)}  {prob:>11}  {threshold:>9}")
+            lines.append(f"{path.ljust(path_w)}  {label.ljust(label_w)}  {prob:>11}  {threshold.rjust(9)}")
     return "\n".join(line.rstrip() for line in lines)

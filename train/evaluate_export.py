@@ -45,11 +45,13 @@ def _split_file(export_dir: Path) -> Path:
                             "score a labelled folder instead with --data")
 
 
-def _classify(classifier: Classifier, samples: list[Sample]) -> tuple[np.ndarray, dict]:
-    """Probabilities for the samples and, for those with a lesion mask, the localisation
-    figures of the runtime's own Grad-CAM (per source)."""
+def _classify(classifier: Classifier, samples: list[Sample]) -> tuple[np.ndarray, dict, dict | None]:
+    """Probabilities for the samples; for those with a lesion mask, the localisation
+    figures of the runtime's own Grad-CAM (per source); and the out-of-distribution flags
+    when the variant has them (else None): {"threshold", "scores", "flags"} for
+    train.evaluate.score."""
     progress = Progress(len(samples), f"classifying with {classifier.variant}")
-    probs, cams, masks, groups = [], [], [], []
+    probs, cams, masks, groups, scores, flags = [], [], [], [], [], []
     for start in range(0, len(samples), BATCH):
         chunk = samples[start:start + BATCH]
         want_cam = classifier.has_cam and any(s.mask is not None for s in chunk)
@@ -57,12 +59,19 @@ def _classify(classifier: Classifier, samples: list[Sample]) -> tuple[np.ndarray
             if not pred.ok:
                 raise ValueError(f"cannot score: {pred.error}")
             probs.append(pred.probability)
+            scores.append(pred.ood_score)
+            flags.append(bool(pred.out_of_distribution))
             if sample.mask is not None and pred.cam is not None:
                 cams.append(pred.cam)
                 masks.append(read_image(sample.mask)[..., 0] >= 128)
                 groups.append(sample.source)
         progress.update(min(start + BATCH, len(samples)))
-    return np.asarray(probs, dtype=np.float64), localisation_summary(cams, masks, groups)
+    ood = ({"threshold": classifier.ood_threshold, "scores": scores, "flags": flags}
+           if classifier.has_ood else None)
+    if ood is not None and any(flags):
+        log.warning("%d of %d images flagged out-of-distribution (their predictions are still scored)",
+                    sum(flags), len(flags))
+    return np.asarray(probs, dtype=np.float64), localisation_summary(cams, masks, groups), ood
 
 
 def _threshold(classifier: Classifier) -> dict:
@@ -74,7 +83,7 @@ def _threshold(classifier: Classifier) -> dict:
 def _score_samples(export_dir: Path, samples: list[Sample], variant: str | None, out: Path | None,
                    evaluated_on: str, out_suffix: str, n_resamples: int, loc_key: str) -> dict:
     with Classifier.load(export_dir, variant=variant) as classifier:
-        p, localisation = _classify(classifier, samples)
+        p, localisation, ood = _classify(classifier, samples)
         name = classifier.variant
         threshold = _threshold(classifier)
     y = np.array([s.label for s in samples])
@@ -82,7 +91,7 @@ def _score_samples(export_dir: Path, samples: list[Sample], variant: str | None,
     sources = np.array([s.source for s in samples])
     result = score(y, p, threshold, out, evaluated_on, f"{export_dir.name}/{name}", n_resamples,
                    [s.relative for s in samples], sources=sources,
-                   localisation={loc_key: localisation} if localisation else None)
+                   localisation={loc_key: localisation} if localisation else None, ood=ood)
     log_headline(result)
     return result
 
