@@ -95,7 +95,8 @@ def _pool(inputs):
     for x in inputs if isinstance(inputs, (list, tuple)) else [inputs]:
         if len(x.shape) == 4:
             x = tf.reduce_mean(x, axis=[1, 2])
-        parts.append(tf.math.log1p(tf.nn.relu(x)))   # relu: activations are >= 0 already; guards the log
+        # log(x + 1), not log1p: tf2onnx has no Log1p; relu: activations are >= 0 already, it guards the log
+        parts.append(tf.math.log(tf.nn.relu(x) + 1.0))
     return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
 
 
