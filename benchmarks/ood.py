@@ -178,13 +178,11 @@ def _flags(classifier: Classifier, images: list[np.ndarray]) -> tuple[np.ndarray
 
 
 def _split_images(export_dir: Path, split: str, split_root: Path | None) -> list[np.ndarray]:
+    from runtime.dataset import samples_of_split
     from train.evaluate_export import _split_file
 
     doc = json.loads(_split_file(export_dir).read_text())
-    root = Path(split_root or doc["data_root"])
-    if not root.is_dir():
-        raise FileNotFoundError(f"the dataset of the saved split is not at {root}; pass --split-root")
-    return [read_image(root / entry["path"]) for entry in doc["files"][split]]
+    return [read_image(s.path) for s in samples_of_split(doc, split, str(split_root) if split_root else None)]
 
 
 def external_images(folder: str | Path, limit: int = 200, seed: int = 0) -> list[np.ndarray]:
@@ -272,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         doc = measure(args.export, args.variant, args.split_root, args.per_kind, args.force, args.external,
                       args.external_limit)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = args.out or args.export / f"ood-{doc['variant']}"

@@ -64,6 +64,7 @@ class FeatureReader:
 def compare(export_dir: Path, variant: str = "onnx-int8", choices=DEFAULT_CHOICES, external: Path | None = None,
             split_root: Path | None = None, quantile: float = 0.99) -> list[dict]:
     from export.ood import fit_stats
+    from runtime.dataset import samples_of_split
     from train.evaluate_export import _split_file
 
     manifest = read_manifest(export_dir)
@@ -71,12 +72,11 @@ def compare(export_dir: Path, variant: str = "onnx-int8", choices=DEFAULT_CHOICE
     layers = sorted({layer for choice in choices for layer in choice.split(",")})
     reader = FeatureReader(export_dir / manifest.variant(variant).file, layers, spec)
     split = json.loads(_split_file(export_dir).read_text())
-    root = Path(split_root or split["data_root"])
     feats, labels = {}, {}
     for part in ("train", "val", "test"):
-        files = split["files"][part]
-        feats[part] = reader([read_image(root / f["path"]) for f in files])
-        labels[part] = np.array([f["label"] for f in files])
+        samples = samples_of_split(split, part, str(split_root) if split_root else None)
+        feats[part] = reader([read_image(s.path) for s in samples])
+        labels[part] = np.array([s.label for s in samples])
     samples = generated_images() + skimage_images()
     feats["ood"] = reader([s.image for s in samples])
     gray = np.array([not is_colour(s.image) for s in samples])
