@@ -145,7 +145,8 @@ def test_predict_paths_library(clf, folder, tmp_path):
     write_json(tmp_path / "r.json", results)
     write_csv(tmp_path / "r.csv", results)
     assert len(json.loads((tmp_path / "r.json").read_text())) == 4
-    assert (tmp_path / "r.csv").read_text().splitlines()[0] == "path,label,probability,threshold,error"
+    assert (tmp_path / "r.csv").read_text().splitlines()[0] == \
+        "path,label,probability,threshold,out_of_distribution,ood_score,error"
     table = format_table(results)
     assert table.splitlines()[0].split() == ["path", "label", "probability", "threshold"]
     assert "ERROR: not a readable image" in table
