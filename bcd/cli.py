@@ -435,6 +435,14 @@ def _add_export(sub) -> None:
                         "share of zero weights, e.g. 0.5: a smaller COMPRESSED download, NOT faster in ONNX Runtime")
     p.add_argument("--sparsity-epochs", type=int, default=2,
                    help="fine-tuning epochs on the training split while pruning (default 2)")
+    p.add_argument("--ood-quantile", type=float, default=0.99,
+                   help="out-of-distribution flag threshold: this quantile of each variant's scores on the "
+                        "validation split (default 0.99: about 1%% of validation images flagged)")
+    p.add_argument("--ood-layers", default="block3_pool,gap",
+                   help="comma-separated layers whose pooled activations the out-of-distribution score uses "
+                        "(default block3_pool,gap; see export/README.md for the measured trade-offs)")
+    p.add_argument("--no-ood", action="store_true",
+                   help="leave out the out-of-distribution score (no image is ever flagged)")
     p.set_defaults(func=_cmd_export)
 
 
@@ -456,7 +464,8 @@ def _cmd_export(args) -> int:
         calib_size=args.calib_size, calib_method=args.calib_method, qat_epochs=args.qat,
         parity_data=parity, max_auc_drop=args.max_auc_drop,
         max_flip_rate=args.max_flip_rate, onnx_opset=args.opset, sparsity=args.sparsity,
-        sparsity_epochs=args.sparsity_epochs, **options,
+        sparsity_epochs=args.sparsity_epochs, ood=not args.no_ood, ood_quantile=args.ood_quantile,
+        ood_layers=tuple(x.strip() for x in args.ood_layers.split(",") if x.strip()), **options,
     )
     _setup_logging()
     result = export_run(config)
@@ -553,6 +562,14 @@ def _cmd_predict(args) -> int:
         predict_files.write_csv(args.csv_out, results, site=site_name)
     if partial is not None:
         partial.finish()
+    flagged = sum(bool(r.ok and r.out_of_distribution) for r in results)
+    if flagged:
+        print(f"{flagged} image(s) flagged out-of-distribution: they look unlike the ultrasound images the model "
+              "was trained on (e.g. a photograph, another modality), so their predictions mean nothing",
+              file=sys.stderr)
+    elif not classifier.has_ood:
+        print(f"note: variant {classifier.variant} has no out-of-distribution score (an export from before it "
+              "existed, or --no-ood): images unlike the training data are not flagged", file=sys.stderr)
     failed = sum(not r.ok for r in results)
     if failed:
         print(f"{failed} of {len(results)} input(s) could not be classified (see the ERROR rows)", file=sys.stderr)

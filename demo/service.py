@@ -110,6 +110,8 @@ class Outcome:
     image_rgb: np.ndarray | None = field(default=None, repr=False)    # the input as shown (RGB, display size)
     overlay_rgb: np.ndarray | None = field(default=None, repr=False)  # Grad-CAM overlay (RGB, display size)
     notes: list[str] = field(default_factory=list)                    # e.g. DICOM burned-in annotation warning
+    out_of_distribution: bool | None = None  # True: far from the training images (None: the model has no OOD score)
+    ood_score: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -136,6 +138,8 @@ class Outcome:
             "threads": self.threads,
             "site_profile": self.site,
             "engine": self.engine,
+            "out_of_distribution": self.out_of_distribution,
+            "ood_score": self.ood_score,
             "error": self.error,
             "notes": list(self.notes),
         }
@@ -342,6 +346,7 @@ class DemoService:
             return outcome
         outcome.label, outcome.probability, outcome.seconds = pred.label, pred.probability, pred.seconds
         outcome.threshold = pred.threshold
+        outcome.out_of_distribution, outcome.ood_score = pred.out_of_distribution, pred.ood_score
         display = _display_size(image)
         outcome.image_rgb = cv2.cvtColor(display, cv2.COLOR_BGR2RGB)
         if pred.cam is not None:

@@ -92,6 +92,16 @@ def error_html(file: str | None, message: str) -> str:
     return _card(body, "#e0b44a")
 
 
+OOD_WARNING = ("Out of distribution: this image looks unlike the breast ultrasound images the model was "
+               "trained on (for example a photograph or another kind of scan). The result below means nothing "
+               "for it.")
+
+
+def ood_warning_html() -> str:
+    return (f'<div class="bcd-ood" style="margin:6px 0;padding:8px 12px;border-radius:6px;background:#fde7e4;'
+            f'border:1px solid {_WARN};color:#5c1a12;font-weight:700;">&#9888; {esc(OOD_WARNING)}</div>')
+
+
 def result_html(o: "Outcome") -> str:
     if not o.ok:
         return error_html(o.file, o.error or "unknown error")
@@ -124,6 +134,7 @@ def result_html(o: "Outcome") -> str:
     notes = "".join(f'<div style="margin-top:6px;color:{_WARN};">&#9888; {esc(n)}</div>' for n in o.notes)
     body = (
         f'<div style="font-size:0.9em;color:#555;">{esc(o.file)}</div>'
+        f'{ood_warning_html() if o.out_of_distribution else ""}'
         f'<div class="bcd-verdict" style="font-size:1.6em;font-weight:800;color:{color};">{esc(verdict.capitalize())}</div>'
         f'<div class="bcd-probability" style="font-size:1.1em;margin-top:4px;">probability {ps} &mdash; '
         f'threshold {ts} &rarr; <b>{side}</b>: {esc(verdict)}</div>'

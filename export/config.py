@@ -93,6 +93,9 @@ class ExportConfig:
     sparsity: float = 0.0                  # > 0: also export magnitude-pruned variants with this share of zeros
     sparsity_epochs: int = 2               # fine-tuning epochs while pruning
     sparsity_learning_rate: float = 1e-5
+    ood: bool = True                       # add the out-of-distribution score (export/ood.py)
+    ood_quantile: float = 0.99             # flag threshold: this quantile of the validation scores
+    ood_layers: tuple[str, ...] = ("block3_pool", "gap")   # whose pooled activations the score uses
 
     def __post_init__(self) -> None:
         formats = tuple(dict.fromkeys(self.formats))  # de-duplicate, keep order
@@ -119,6 +122,11 @@ class ExportConfig:
             raise ValueError(f"--sparsity must lie in 0..1 (0: off; e.g. 0.5), got {self.sparsity}")
         if 0.0 < self.sparsity < 0.01:
             raise ValueError(f"--sparsity {self.sparsity} is below 1%: give a fraction such as 0.5")
+        object.__setattr__(self, "ood_layers", tuple(dict.fromkeys(self.ood_layers)))
+        if self.ood and not self.ood_layers:
+            raise ValueError("--ood-layers: name at least one layer (e.g. block3_pool,gap), or use --no-ood")
+        if not 0.5 <= self.ood_quantile < 1.0:
+            raise ValueError(f"--ood-quantile must lie in 0.5..1 (e.g. 0.99: about 1% false alarms), got {self.ood_quantile}")
         if self.sparsity > 0 and self.sparsity_epochs < 1:
             raise ValueError("--sparsity-epochs must be at least 1")
 
@@ -133,4 +141,5 @@ class ExportConfig:
         for key in ("calib_data", "parity_data"):
             value = getattr(self, key)
             d[key] = value.to_dict() if hasattr(value, "to_dict") else (str(value) if value is not None else None)
+        d["ood_layers"] = list(self.ood_layers)
         return d

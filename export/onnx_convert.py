@@ -11,6 +11,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import onnx
 
@@ -109,9 +110,12 @@ def _pre_process(src: Path, dst: Path) -> list[str]:
         return [f"pre-processing ran without symbolic shape inference ({err})"]
 
 
-def quantize_int8(fp32: onnx.ModelProto, reader, method: str = "minmax",
-                  reduce_range: bool = True) -> tuple[onnx.ModelProto, list[str]]:
-    """Static post-training quantization to QDQ INT8. Returns (model, notes)."""
+def quantize_int8(fp32: onnx.ModelProto, reader, method: str = "minmax", reduce_range: bool = True,
+                  keep_float: Callable[[onnx.ModelProto], list[str]] | None = None
+                  ) -> tuple[onnx.ModelProto, list[str]]:
+    """Static post-training quantization to QDQ INT8. Returns (model, notes).
+
+    keep_float: names the nodes of the (pre-processed) graph to leave in float32."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -120,6 +124,8 @@ def quantize_int8(fp32: onnx.ModelProto, reader, method: str = "minmax",
         src, pre, out = (Path(work) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         onnx.save_model(fp32, str(src))
         notes = _pre_process(src, pre)
+        # Names are read after pre-processing, which may rename nodes it optimises.
+        excluded = keep_float(onnx.load_model(str(pre), load_external_data=False)) if keep_float else []
         with quiet("onnxruntime", stdout=True):
             quantize_static(
                 str(pre), str(out), reader,
@@ -143,14 +149,19 @@ def quantize_int8(fp32: onnx.ModelProto, reader, method: str = "minmax",
                 # Collect calibration statistics one batch at a time (see export/calibration.py):
                 # same ranges for MinMax, bounded memory for entropy/percentile histograms.
                 extra_options={"CalibStridedMinMax": 1},
+                nodes_to_exclude=excluded,
             )
         model = onnx.load_model(str(out))
     notes.append(f"calibration method {method}; weights {'7' if reduce_range else '8'}-bit per-channel")
+    if excluded:
+        notes.append(f"{len(excluded)} node(s) of the OOD score kept in float32")
     return model, notes
 
 
-def to_fp16(fp32: onnx.ModelProto) -> onnx.ModelProto:
-    """FP16 weights and arithmetic, float32 input and outputs (keep_io_types).
+def to_fp16(fp32: onnx.ModelProto, keep_float: Callable[[onnx.ModelProto], list[str]] | None = None
+            ) -> onnx.ModelProto:
+    """FP16 weights and arithmetic, float32 input and outputs (keep_io_types); the nodes
+    `keep_float` names stay float32 (the OOD score's sum of squares overflows FP16).
 
     onnxconverter-common is not a dependency; ONNX Runtime ships the same converter as
     onnxruntime.transformers.float16."""
@@ -158,7 +169,8 @@ def to_fp16(fp32: onnx.ModelProto) -> onnx.ModelProto:
 
     model = onnx.ModelProto()
     model.CopyFrom(fp32)
-    return convert_float_to_float16(model, keep_io_types=True)
+    blocked = keep_float(model) if keep_float else None
+    return convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked or None)
 
 
 def fold_quantized_weights(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -35,6 +35,7 @@ from export.calibration import ImageCalibrationReader, representative_dataset
 from export.config import ExportConfig, VariantSpec
 from export.datasets import ImageSet, RunInfo, calibration_images, open_run, parity_images, split_images
 from export.explain import with_cam_output
+from export.ood import OOD_OUTPUT, OodStats, onnx_node_names
 from export.parity import CAM, PROB, Tolerance, auc_or_none, compare, run_file
 from runtime import atomic
 from runtime.manifest import MANIFEST_NAME, ONNX_METADATA_KEY, Manifest, VariantEntry, write_manifest
@@ -91,8 +92,51 @@ class _Exporter:
     def __init__(self, config: ExportConfig, run: RunInfo, model, out: Path):
         self.config, self.run, self.model, self.out = config, run, model, out
         self.spec = run.spec
-        self.cam_model = with_cam_output(model)
         self.lazy = _Lazy()
+        # The OOD score's statistics, fitted on the training split's features (None: no
+        # OOD output, e.g. --no-ood or the training images are not available).
+        self.ood_stats: OodStats | None = self._fit_ood(model, "the model") if config.ood else None
+        self.cam_model = self._graph_model(model, self.ood_stats)
+
+    # ---- the OOD score (export/ood.py)
+
+    def _fit_ood(self, model, what: str) -> OodStats | None:
+        from export.ood import features_of, fit_stats
+        try:
+            train = self.train_images()
+            x = prepare_batch(list(train.images), self.spec)
+            stats = fit_stats(features_of(model, x, self.config.ood_layers, self.config.batch_size), train.labels)
+        except Exception as err:  # noqa: BLE001 - the export goes on without the flag
+            log.warning("no out-of-distribution score for %s: %s", what, err)
+            return None
+        log.info("  OOD score for %s: Mahalanobis on %d pooled features (%s) of %d training images "
+                 "(Ledoit-Wolf shrinkage %.3f)", what, stats.dim, ", ".join(self.config.ood_layers), stats.n_train,
+                 stats.shrinkage)
+        return stats
+
+    def _graph_model(self, model, stats: OodStats | None):
+        """What every non-QAT variant is converted from: probability, Grad-CAM and, with
+        statistics, the OOD score."""
+        from export.ood import with_ood_output
+        cam_model = with_cam_output(model)
+        return with_ood_output(cam_model, stats, self.config.ood_layers) if stats is not None else cam_model
+
+    def sparse_ood_stats(self) -> OodStats | None:
+        # the pruned model's features differ from the original's: its own statistics
+        return self.lazy.get("sparse_ood", lambda: self._fit_ood(self.sparse().model, "the sparse model")
+                             if self.config.ood else None)
+
+    def outputs_of(self, variant: VariantSpec) -> tuple[str, ...]:
+        if variant.qat:
+            return variant.outputs
+        stats = self.sparse_ood_stats() if variant.sparse else self.ood_stats
+        return variant.outputs + ((OOD_OUTPUT,) if stats is not None else ())
+
+    def validation_inputs(self) -> np.ndarray:
+        """The validation split, preprocessed: where OOD thresholds are chosen (used only
+        when the parity checks run on another folder)."""
+        return self.lazy.get("val_inputs", lambda: prepare_batch(list(split_images(self.run, "val").images),
+                                                                 self.spec))
 
     # ---- shared inputs
 
@@ -139,8 +183,8 @@ class _Exporter:
     def onnx_sparse(self):
         def make():
             log.info("  converting the sparse Keras model -> ONNX (tf2onnx, opset %d)", self.config.onnx_opset)
-            return onnx_convert.keras_to_onnx(with_cam_output(self.sparse().model), self.spec.image_size,
-                                              self.config.onnx_opset)
+            return onnx_convert.keras_to_onnx(self._graph_model(self.sparse().model, self.sparse_ood_stats()),
+                                              self.spec.image_size, self.config.onnx_opset)
         return self.lazy.get("onnx_sparse", make)
 
     def _calibration_note(self) -> str:
@@ -164,7 +208,7 @@ class _Exporter:
             calib = self.calibration()
             reader = ImageCalibrationReader(calib.images, self.spec, self.config.calib_batch_size)
             proto, qnotes = onnx_convert.quantize_int8(self.onnx_sparse(), reader, self.config.calib_method,
-                                                       self.config.int8_reduce_range)
+                                                       self.config.int8_reduce_range, onnx_node_names)
             return proto, notes + qnotes + [self._calibration_note()]
         if name == "onnx-fp32":
             import onnx
@@ -176,10 +220,10 @@ class _Exporter:
             reader = ImageCalibrationReader(calib.images, self.spec, self.config.calib_batch_size)
             log.info("  quantizing (ONNX Runtime quantize_static, %s calibration)", self.config.calib_method)
             proto, notes = onnx_convert.quantize_int8(self.onnx_fp32(), reader, self.config.calib_method,
-                                                      self.config.int8_reduce_range)
+                                                      self.config.int8_reduce_range, onnx_node_names)
             return proto, notes + [self._calibration_note()]
         if name == "onnx-fp16":
-            return onnx_convert.to_fp16(self.onnx_fp32()), []
+            return onnx_convert.to_fp16(self.onnx_fp32(), onnx_node_names), []
         if name == "onnx-int8-qat":
             qat = self.qat()
             log.info("  converting the QAT model -> ONNX")
@@ -203,27 +247,23 @@ class _Exporter:
                              file=None, sha256=None, size_bytes=None, outputs=list(variant.outputs),
                              status="error", notes=list(variant.notes))
         try:
+            expected = self.outputs_of(variant)
+            entry.outputs = list(expected)
             artifact, notes = self.build(variant)
             entry.notes.extend(notes)
             target = self.out / variant.file_name
-            if variant.format == "onnx":
-                embedded = dict(essentials, variant={"name": variant.name, "format": variant.format,
-                                                     "precision": variant.precision,
-                                                     "outputs": list(variant.outputs)})
-                onnx_convert.set_metadata(artifact, ONNX_METADATA_KEY, embedded)
-                onnx_convert.save(artifact, target)
-            else:
-                atomic.write_bytes(target, artifact)
-            entry.file, entry.size_bytes, entry.sha256 = target.name, target.stat().st_size, sha256_file(target)
-            entry.compressed_bytes = compressed_size(target)
-            if variant.sparse:
-                entry.sparsity = round(self.sparse().achieved, 6)
+            self._write(artifact, variant, target, essentials, entry)
 
             log.info("  checking %s in %s against the Keras model (%d images)", target.name,
                      "ONNX Runtime" if variant.format == "onnx" else "LiteRT", len(x_parity))
             outputs = run_file(variant.format, target, x_parity, self.config.batch_size)
-            if sorted(outputs) != sorted(variant.outputs):
-                raise RuntimeError(f"the model's outputs are {sorted(outputs)}, expected {list(variant.outputs)}")
+            if sorted(outputs) != sorted(expected):
+                raise RuntimeError(f"the model's outputs are {sorted(outputs)}, expected {list(expected)}")
+            if OOD_OUTPUT in outputs:
+                entry.ood = self._ood_threshold(variant, target, outputs[OOD_OUTPUT])
+                log.info("  OOD threshold %.4g: %.1f%% of %d validation images flagged", entry.ood["threshold"],
+                         100 * entry.ood["false_alarm_rate"], entry.ood["n"])
+                self._write(artifact, variant, target, essentials, entry)   # the lone file carries it too
             entry.parity = compare(outputs[PROB], reference[PROB], labels, self.run.threshold,
                                    outputs.get(CAM), reference[CAM] if CAM in outputs else None)
             problems = Tolerance(self.config.max_auc_drop, self.config.max_flip_rate).violations(entry.parity)
@@ -235,6 +275,34 @@ class _Exporter:
             log.error("  %s: %s", variant.name, entry.reason)
             log.debug("traceback", exc_info=True)
         return entry
+
+    def _write(self, artifact, variant: VariantSpec, target: Path, essentials: dict, entry: VariantEntry) -> None:
+        """Write the file atomically (ONNX: with the manifest essentials and this variant's
+        own fields in its metadata) and record its size and checksum."""
+        if variant.format == "onnx":
+            own = {"name": variant.name, "format": variant.format, "precision": variant.precision,
+                   "outputs": list(entry.outputs)}
+            if entry.ood is not None:
+                own["ood"] = dict(entry.ood)
+            onnx_convert.set_metadata(artifact, ONNX_METADATA_KEY, dict(essentials, variant=own))
+            onnx_convert.save(artifact, target)
+        else:
+            atomic.write_bytes(target, artifact)
+        entry.file, entry.size_bytes, entry.sha256 = target.name, target.stat().st_size, sha256_file(target)
+        entry.compressed_bytes = compressed_size(target)
+        if variant.sparse:
+            entry.sparsity = round(self.sparse().achieved, 6)
+
+    def _ood_threshold(self, variant: VariantSpec, target: Path, parity_scores: np.ndarray) -> dict:
+        """This variant's own flag threshold, chosen on its scores of the validation split
+        (the parity images, unless --data named another folder)."""
+        from export.ood import choose_threshold
+        scores = parity_scores
+        if self.config.parity_data:
+            scores = run_file(variant.format, target, self.validation_inputs(), self.config.batch_size)[OOD_OUTPUT]
+        record = choose_threshold(scores, self.config.ood_quantile)
+        record["chosen_on"] = "validation split"
+        return record
 
 
 def compressed_size(path: Path) -> int:
@@ -248,13 +316,30 @@ def _tool() -> dict[str, str]:
     return {"name": "breast-cancer-edge", "version": tool_version()}
 
 
-def _keras_reference(cam_model, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-    probs, cams = [], []
+def _keras_reference(graph_model, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    """The source model's outputs: probability, Grad-CAM and (when present) the OOD score."""
+    names = [PROB, CAM, OOD_OUTPUT]
+    parts: dict[str, list] = {}
     for i in range(0, len(x), batch_size):
-        prob, cam = cam_model(x[i:i + batch_size], training=False)
-        probs.append(np.asarray(prob).reshape(-1))
-        cams.append(np.asarray(cam))
-    return {PROB: np.concatenate(probs), CAM: np.concatenate(cams)}
+        for name, value in zip(names, graph_model(x[i:i + batch_size], training=False)):
+            parts.setdefault(name, []).append(np.asarray(value).reshape(-1) if name == PROB else np.asarray(value))
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def _ood_section(stats: OodStats | None, config: ExportConfig) -> dict | None:
+    """The manifest's description of the OOD score; each variant records its own threshold."""
+    from export.ood import METHOD
+    if stats is None:
+        return None
+    quantile = config.ood_quantile
+    return {
+        "output": OOD_OUTPUT, "method": METHOD, "feature_layers": list(config.ood_layers), "dim": stats.dim,
+        "n_train": stats.n_train, "classes": list(stats.classes), "shrinkage": round(stats.shrinkage, 6),
+        "quantile": quantile,
+        "rule": (f"flag an image when its score is at or above the variant's threshold: the {100 * quantile:g}th "
+                 "percentile of that variant's scores on the validation split"),
+        "chosen_on": "validation split",
+    }
 
 
 def _model_cost(model) -> dict | None:
@@ -405,10 +490,12 @@ def _export_into(config: ExportConfig, run, out: Path, staging: Path, started: f
             "calibration": {"source": getattr(config.calib_data, "name", config.calib_data) or "training split", "max_images": config.calib_size,
                             "method": config.calib_method, "int8_reduce_range": config.int8_reduce_range},
             "qat_epochs": config.qat_epochs,
+            "ood": {"enabled": config.ood, "quantile": config.ood_quantile, "layers": list(config.ood_layers)},
             **({"sparsity": {"target": config.sparsity, "epochs": config.sparsity_epochs,
                              "learning_rate": config.sparsity_learning_rate}} if config.sparsity > 0 else {}),
         },
         model_cost=_model_cost(model),
+        ood=_ood_section(exporter.ood_stats, config),
     )
     essentials = manifest.essentials()
     essentials.pop("qat_summary", None)   # not known yet when the files are written

@@ -17,7 +17,7 @@ def _num(value, fmt: str) -> str:
 def summary_table(manifest: Manifest, seconds: dict[str, float] | None = None) -> str:
     seconds = seconds or {}
     base = manifest.baseline
-    header = ("variant", "status", "size", "max|dp|", "flips", "AUC", "dAUC", "CAM r", "time")
+    header = ("variant", "status", "size", "max|dp|", "flips", "AUC", "dAUC", "CAM r", "OOD thr", "time")
     rows = []
     for v in manifest.variants:
         p = v.parity
@@ -27,6 +27,7 @@ def summary_table(manifest: Manifest, seconds: dict[str, float] | None = None) -
             _num(p.max_abs_diff if p else None, ".2e"), flips,
             _num(p.auc if p else None, ".4f"), _num(p.auc_drop if p else None, "+.4f"),
             _num(p.cam_correlation if p else None, ".3f"),
+            _num(v.ood["threshold"] if v.ood else None, ".4g"),
             f"{seconds[v.name]:.0f}s" if v.name in seconds else "-",
         ))
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
@@ -48,6 +49,8 @@ def summary_table(manifest: Manifest, seconds: dict[str, float] | None = None) -
     if manifest.qat_summary:
         for fmt, row in manifest.qat_summary.get("comparison", {}).items():
             out.append(f"QAT vs post-training INT8 ({fmt}): {row['verdict']}")
+    if manifest.ood:
+        out.append(f"OOD thr: out-of-distribution flag threshold per variant ({manifest.ood.get('rule', '')})")
     ok = sum(v.status == "ok" for v in manifest.variants)
     out += ["", f"{ok} of {len(manifest.variants)} variants ok."]
     return "\n".join(out)

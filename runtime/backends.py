@@ -2,8 +2,9 @@
 
 A backend takes a preprocessed float32 NHWC batch and returns the probability of
 malignancy per image and, if the model has it, the unnormalised Grad-CAM map per image
-(N, h, w). `OnnxBackend` wraps an ONNX Runtime session; `OpenVinoBackend` runs the same
-.onnx file with OpenVINO (the `openvino` extra, imported only when chosen);
+(N, h, w); `run_all` adds the out-of-distribution score per image when the model has
+that output (export/ood.py). `OnnxBackend` wraps an ONNX Runtime session; `OpenVinoBackend`
+runs the same .onnx file with OpenVINO (the `openvino` extra, imported only when chosen);
 `TfliteBackend` wraps a LiteRT interpreter (`ai_edge_litert`, imported only when a
 .tflite model is loaded).
 
@@ -27,6 +28,7 @@ from runtime.session import create_session
 
 PROB_OUTPUT = "malignancy"
 CAM_OUTPUT = "cam"
+OOD_OUTPUT = "ood"
 _MAX_BUFFERS = 4
 _TFLITE_MISSING = "running .tflite models needs the 'tflite' extra: pip install ai-edge-litert"
 _OPENVINO_MISSING = ("--backend openvino needs the 'openvino' extra: pip install 'breast-cancer-edge[openvino]' "
@@ -42,6 +44,7 @@ class Backend:
 
     format = ""
     engine = ""                           # "onnxruntime" | "openvino" | "litert"
+    has_ood = False                       # the model outputs the OOD score (set by subclasses that read it)
 
     def __init__(self, image_size: int, threads: int, has_cam: bool) -> None:
         self.image_size = image_size
@@ -63,6 +66,13 @@ class Backend:
     def run(self, batch: np.ndarray, want_cam: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities (N,) float64, cams (N, h, w) float32 or None)."""
         raise NotImplementedError
+
+    def run_all(self, batch: np.ndarray, want_cam: bool = False, want_ood: bool = False
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """run() plus the OOD score (N,) float64, or None when not wanted or this backend
+        does not read it."""
+        probs, cams = self.run(batch, want_cam)
+        return probs, cams, None
 
     def close(self) -> None:
         self._buffers.clear()
@@ -112,26 +122,36 @@ class OnnxBackend(Backend):
             self.cam_name: str | None = _pick_output(outputs, CAM_OUTPUT, rank=3, name=name)
         except ModelLoadError:
             self.cam_name = None
+        self.ood_name = OOD_OUTPUT if OOD_OUTPUT in outputs else None
+        self.has_ood = self.ood_name is not None
         super().__init__(image_size, threads, has_cam=self.cam_name is not None)
-        self._names_prob = [self.prob_name]
-        self._names_both = [self.prob_name, self.cam_name] if self.cam_name else self._names_prob
 
     @property
     def options(self):
         return self.session.get_session_options()
 
     def run(self, batch, want_cam=False):
+        return self.run_all(batch, want_cam)[:2]
+
+    def run_all(self, batch, want_cam=False, want_ood=False):
         if batch.dtype != self.input_dtype:
             batch = batch.astype(self.input_dtype)
-        names = self._names_both if want_cam else self._names_prob
-        results = self.session.run(names, {self.input_name: batch})
-        probs = np.asarray(results[0], dtype=np.float64).reshape(len(batch), -1)[:, 0]
-        cams = _cam_array(results[1]) if want_cam and self.cam_name else None
-        return probs, cams
+        cam_name = self.cam_name if want_cam else None
+        ood_name = self.ood_name if want_ood else None
+        names = [n for n in (self.prob_name, cam_name, ood_name) if n]
+        results = dict(zip(names, self.session.run(names, {self.input_name: batch})))
+        probs = np.asarray(results[self.prob_name], dtype=np.float64).reshape(len(batch), -1)[:, 0]
+        cams = _cam_array(results[cam_name]) if cam_name else None
+        ood = _ood_array(results[ood_name], len(batch)) if ood_name else None
+        return probs, cams, ood
 
     def close(self):
         super().close()
         self.session = None
+
+
+def _ood_array(scores, n: int) -> np.ndarray:
+    return np.asarray(scores, dtype=np.float64).reshape(n, -1)[:, 0]
 
 
 def _pick_output(outputs: dict, wanted: str, rank: int, name: str) -> str:
@@ -183,16 +203,23 @@ class TfliteBackend(Backend):
             self.cam_name: str | None = _pick_output(self._outputs, CAM_OUTPUT, rank=3, name=name)
         except ModelLoadError:
             self.cam_name = None
+        self.ood_name = OOD_OUTPUT if OOD_OUTPUT in self._outputs else None
+        self.has_ood = self.ood_name is not None
         super().__init__(image_size, threads, has_cam=self.cam_name is not None)
 
     def run(self, batch, want_cam=False):
+        return self.run_all(batch, want_cam)[:2]
+
+    def run_all(self, batch, want_cam=False, want_ood=False):
         results = self.runner(**{self.input_name: _quantize(batch, self._input)})
         prob = _dequantize(results[self.prob_name], self._outputs[self.prob_name])
         probs = np.asarray(prob, dtype=np.float64).reshape(len(batch), -1)[:, 0]
-        cams = None
+        cams = ood = None
         if want_cam and self.cam_name:
             cams = _cam_array(_dequantize(results[self.cam_name], self._outputs[self.cam_name]))
-        return probs, cams
+        if want_ood and self.ood_name:
+            ood = _ood_array(_dequantize(results[self.ood_name], self._outputs[self.ood_name]), len(batch))
+        return probs, cams, ood
 
     def close(self):
         super().close()

@@ -4,6 +4,7 @@
     clf = Classifier.load("exports/busi-224")            # default variant: onnx-int8, else onnx-fp32
     p = clf.predict("scan.png", with_cam=True)
     p.label, p.probability, p.threshold, p.cam            # cam: 0..1, the image's own size
+    p.out_of_distribution, p.ood_score                    # True: far from the training images
 
 Everything a model needs besides its weights (preprocessing, labels, operating
 threshold) comes from the export's manifest.json, or from the metadata embedded in a
@@ -38,7 +39,7 @@ from runtime.backends import (
 )
 from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError, decode_image, read_image, to_bgr_uint8
 from runtime.input_checks import DEFAULT_CHECKS, InputChecks
-from runtime.manifest import MANIFEST_NAME, ONNX_METADATA_KEY, Manifest, VariantEntry, read_manifest
+from runtime.manifest import MANIFEST_NAME, ONNX_METADATA_KEY, Manifest, VariantEntry, read_manifest, variant_ood
 from runtime.model_files import (
     ONNX_SUFFIX,
     TFLITE_SUFFIX,
@@ -68,6 +69,11 @@ class Prediction:
     seconds: float | None = None         # model inference time for this image (a batch's time is shared evenly)
     error: str | None = None
     cam: np.ndarray | None = field(default=None, repr=False, compare=False)  # HxW float32 0..1, the image's size
+    # The out-of-distribution flag (export/ood.py): True when the image's pooled features
+    # lie far from the training images' (score at or above the variant's threshold), so
+    # the prediction is not to be trusted; None when the model has no OOD score.
+    out_of_distribution: bool | None = None
+    ood_score: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -76,7 +82,8 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         """The fields reports carry (no cam, no timing)."""
         return {"path": self.path, "label": self.label, "probability": self.probability,
-                "threshold": self.threshold, "error": self.error}
+                "threshold": self.threshold, "out_of_distribution": self.out_of_distribution,
+                "ood_score": self.ood_score, "error": self.error}
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,8 @@ class Classifier:
     threads=1 each)."""
 
     def __init__(self, backend: Backend, spec: PreprocessSpec, labels: dict[str, Any], threshold: float,
-                 info: ModelInfo, manifest: Manifest | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 info: ModelInfo, manifest: Manifest | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 ood_threshold: float | None = None) -> None:
         names = list(labels["names"])
         self.positive = str(labels["positive"])
         negatives = [n for n in names if n != self.positive]
@@ -119,6 +127,9 @@ class Classifier:
         # Images that cannot be a scan (too small, flat, strongly coloured) are refused
         # before inference; None turns the checks off (only for tests of the model itself).
         self.input_checks: InputChecks | None = DEFAULT_CHECKS
+        # None: this model raises no out-of-distribution flag (no score in the graph, or
+        # an export from before the flag existed)
+        self.ood_threshold = float(ood_threshold) if ood_threshold is not None and backend.has_ood else None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
@@ -202,7 +213,8 @@ class Classifier:
         served = _backend(engine, data, file, spec.image_size, threads)
         info = ModelInfo(entry.name, entry.format, entry.precision, file, tuple(entry.outputs), "manifest",
                          entry.status, verify, engine, why)
-        return cls(served, spec, manifest.labels, manifest.threshold_value, info, manifest, max_pixels)
+        return cls(served, spec, manifest.labels, manifest.threshold_value, info, manifest, max_pixels,
+                   manifest.ood_threshold(entry.name))
 
     @classmethod
     def _from_lone_onnx(cls, path: Path, variant: str | None, threads: int, max_pixels: int,
@@ -216,6 +228,7 @@ class Classifier:
             doc = json.loads(raw)
             own = doc.pop("variant", None) or {}
             manifest = Manifest.from_dict({**doc, "variants": []})
+            ood = variant_ood(own.get("ood"), "variant.ood") if manifest.ood is not None else None
         except (json.JSONDecodeError, ValueError, TypeError, AttributeError) as err:
             raise ModelLoadError(f"{path}: damaged '{ONNX_METADATA_KEY}' metadata ({err})") from None
         name = str(own.get("name", path.stem))
@@ -227,7 +240,8 @@ class Classifier:
         outputs = own.get("outputs") or (["malignancy", "cam"] if served.has_cam else ["malignancy"])
         info = ModelInfo(name, "onnx", str(own.get("precision", "unknown")), path, tuple(outputs),
                          "embedded metadata", backend=engine, backend_reason=why)
-        return cls(served, spec, manifest.labels, manifest.threshold_value, info, manifest, max_pixels)
+        return cls(served, spec, manifest.labels, manifest.threshold_value, info, manifest, max_pixels,
+                   ood["threshold"] if ood is not None else None)
 
     # ------------------------------------------------------------------ properties
 
@@ -247,6 +261,11 @@ class Classifier:
     @property
     def has_cam(self) -> bool:
         return self.backend.has_cam
+
+    @property
+    def has_ood(self) -> bool:
+        """Whether predictions carry the out-of-distribution flag."""
+        return self.ood_threshold is not None
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -345,7 +364,7 @@ class Classifier:
                 batch[k] = prepare(image, self.spec)
             started = time.perf_counter()
             try:
-                probs, cams = self.backend.run(batch, want_cam)
+                probs, cams, scores = self.backend.run_all(batch, want_cam, self.has_ood)
             except Exception as err:  # noqa: BLE001 - reported per image, never a crash
                 reason = f"inference failed ({err.__class__.__name__}: {' '.join(str(err).split())[:300]})"
                 for i, _ in ready:
@@ -365,6 +384,11 @@ class Classifier:
             pred.label = self.positive if p >= self.threshold else self.negative
             if cams is not None:
                 pred.cam = heatmap.cam_to_image(cams[k], image.shape[0], image.shape[1])
+            if scores is not None:
+                score = float(scores[k])
+                # a non-finite distance is as far from the training data as it gets
+                pred.ood_score = score if math.isfinite(score) else None
+                pred.out_of_distribution = not math.isfinite(score) or score >= self.ood_threshold
         return preds
 
 

@@ -27,7 +27,7 @@ SCHEMA_VERSION = 1
 FORMATS = ("onnx", "tflite")
 PRECISIONS = ("fp32", "fp16", "int8", "dynamic-int8")
 STATUSES = ("ok", "failed", "error")
-OUTPUT_NAMES = ("malignancy", "cam")
+OUTPUT_NAMES = ("malignancy", "cam", "ood")
 # Key under which each ONNX file carries the manifest essentials in its metadata_props.
 ONNX_METADATA_KEY = "bcd_manifest"
 
@@ -135,6 +135,10 @@ class VariantEntry:
     # the Conv2D/Dense kernels.
     compressed_bytes: int | None = None
     sparsity: float | None = None
+    # Optional (older manifests lack it): this variant's out-of-distribution flag
+    # threshold, chosen on its own validation-split scores; see the manifest's "ood".
+    # {"threshold", "false_alarm_rate" (share of validation images flagged), "n", "chosen_on"}
+    ood: dict[str, Any] | None = None
 
     @property
     def usable(self) -> bool:
@@ -167,6 +171,9 @@ class VariantEntry:
         sparsity = _opt_float(_get(d, "sparsity", where, _NUM, optional=True))
         if sparsity is not None and not 0.0 <= sparsity <= 1.0:
             raise _fail(f"{where}.sparsity", f"{sparsity} is not a fraction in 0..1")
+        ood = variant_ood(_get(d, "ood", where, dict, optional=True), f"{where}.ood")
+        if ood is not None and "ood" not in outputs:
+            raise _fail(f"{where}.ood", "a threshold for a variant without an 'ood' output")
         return cls(
             name=name,
             format=_choice(_get(d, "format", where, str), FORMATS, f"{where}.format"),
@@ -181,7 +188,23 @@ class VariantEntry:
             notes=[str(n) for n in notes],
             compressed_bytes=compressed,
             sparsity=sparsity,
+            ood=ood,
         )
+
+
+def variant_ood(ood: dict[str, Any] | None, where: str) -> dict[str, Any] | None:
+    """Check a variant's OOD record (the manifest's, or the one embedded in an ONNX file)."""
+    if ood is None:
+        return None
+    threshold = float(_get(ood, "threshold", where, _NUM))
+    rate = _get(ood, "false_alarm_rate", where, _NUM, optional=True)
+    if rate is not None and not 0.0 <= rate <= 1.0:
+        raise _fail(f"{where}.false_alarm_rate", f"{rate} is not a fraction in 0..1")
+    n = _get(ood, "n", where, int, optional=True)
+    if n is not None and n < 0:
+        raise _fail(f"{where}.n", "must not be negative")
+    _get(ood, "chosen_on", where, str, optional=True)
+    return dict(ood, threshold=threshold)
 
 
 # --------------------------------------------------------------------------- manifest
@@ -204,6 +227,11 @@ class Manifest:
     # {"macs": multiply-accumulates per image (Conv2D + Dense), "params": parameter count}.
     # Quantization and unstructured sparsity do not change it (dense kernels still multiply zeros).
     model_cost: dict[str, Any] | None = None
+    # Optional (older manifests lack it; then no image is ever flagged): how the
+    # out-of-distribution score is computed (export/ood.py): {"output": "ood", "method",
+    # "feature_layer", "dim", "n_train", "classes", "shrinkage", "quantile", "rule", "chosen_on"}.
+    # The thresholds are per variant (VariantEntry.ood).
+    ood: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     # ---- access
@@ -220,6 +248,17 @@ class Manifest:
     @property
     def threshold_value(self) -> float:
         return float(self.threshold["value"])
+
+    def ood_threshold(self, variant: str) -> float | None:
+        """The OOD flag threshold of a variant; None: this variant raises no flag (an
+        older export, --no-ood, or a variant without the score)."""
+        if self.ood is None:
+            return None
+        try:
+            entry = self.variant(variant)
+        except KeyError:
+            return None
+        return float(entry.ood["threshold"]) if entry.ood is not None and "ood" in entry.outputs else None
 
     # ---- serialisation
 
@@ -244,6 +283,7 @@ class Manifest:
             "export_settings": dict(self.export_settings),
             "qat_summary": self.qat_summary,
             **({"model_cost": dict(self.model_cost)} if self.model_cost is not None else {}),
+            **({"ood": dict(self.ood)} if self.ood is not None else {}),
             "variants": [v.to_dict() for v in self.variants],
         }
 
@@ -306,6 +346,7 @@ class Manifest:
             qat_summary=_get(d, "qat_summary", "", dict, optional=True),
             export_settings=dict(_get(d, "export_settings", "", dict, optional=True) or {}),
             model_cost=_model_cost(d),
+            ood=_ood(d),
         )
 
 
@@ -318,6 +359,19 @@ def _model_cost(d: dict[str, Any]) -> dict[str, Any] | None:
         if value < 0:
             raise _fail(f"model_cost.{key}", "must not be negative")
     return dict(cost)
+
+
+def _ood(d: dict[str, Any]) -> dict[str, Any] | None:
+    ood = _get(d, "ood", "", dict, optional=True)
+    if ood is None:
+        return None
+    if _get(ood, "output", "ood", str) != "ood":
+        raise _fail("ood.output", f"{ood['output']!r} is not the 'ood' output")
+    _get(ood, "method", "ood", str)
+    quantile = _get(ood, "quantile", "ood", _NUM, optional=True)
+    if quantile is not None and not 0.0 < quantile < 1.0:
+        raise _fail("ood.quantile", f"{quantile} is not in 0..1")
+    return dict(ood)
 
 
 def manifest_path(path_or_dir: str | os.PathLike) -> Path:

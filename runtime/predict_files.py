@@ -26,7 +26,7 @@ from runtime.classifier import DEFAULT_BATCH_SIZE, Classifier, Prediction
 from runtime.dataset import is_image_file, is_mask, scan_folder
 from runtime.images import ImageReadError, read_image
 
-REPORT_FIELDS = ("path", "label", "probability", "threshold", "error")
+REPORT_FIELDS = ("path", "label", "probability", "threshold", "out_of_distribution", "ood_score", "error")
 SITE_FIELD = "site_profile"
 HEATMAP_SUFFIX = "_gradcam.png"
 _GLOB_CHARS = set("*?[")
@@ -200,14 +200,15 @@ def rows(predictions: Iterable[Prediction], site: str | None = None) -> list[dic
 
 
 def write_json(target: str | os.PathLike, predictions: Iterable[Prediction], site: str | None = None) -> None:
-    """A JSON list of {path, label, probability, threshold, error} (+ site_profile when
-    one is in use), written atomically."""
+    """A JSON list of {path, label, probability, threshold, out_of_distribution, ood_score,
+    error} (+ site_profile when one is in use), written atomically (out_of_distribution and
+    ood_score are null when the model has no OOD score)."""
     atomic.write_json(target, rows(predictions, site))
 
 
 def write_csv(target: str | os.PathLike, predictions: Iterable[Prediction], site: str | None = None) -> None:
-    """CSV with the columns path, label, probability, threshold, error (+ site_profile
-    when one is in use); atomically."""
+    """CSV with the columns of REPORT_FIELDS (an empty cell for null; + site_profile when
+    one is in use); atomically."""
     buffer = io.StringIO()
     fields = REPORT_FIELDS + ((SITE_FIELD,) if site is not None else ())
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
@@ -247,13 +248,18 @@ class PartialResults:
         self.path.unlink(missing_ok=True)
 
 
+OOD_NOTE = "OUT-OF-DISTRIBUTION: unlike the training images, do not trust this prediction"
+
+
 def format_table(predictions: Sequence[Prediction]) -> str:
-    """A plain-text table: path, label, probability, threshold; a failed row shows
-    "ERROR: <reason>" after its path."""
+    """A plain-text table: path, label, probability, threshold; a row flagged out of
+    distribution ends with OOD_NOTE; a failed row shows "ERROR: <reason>" after its path."""
     cells = []
     for p in predictions:
         threshold = "" if p.threshold is None or p.threshold != p.threshold else f"{p.threshold:.4f}"
         if p.ok:
+            if p.out_of_distribution:
+                threshold = f"{threshold}  {OOD_NOTE}"
             cells.append((p.path or "-", p.label or "", f"{p.probability:.4f}", threshold))
         else:
             reason = p.error or "failed"
@@ -267,5 +273,5 @@ def format_table(predictions: Sequence[Prediction]) -> str:
         if prob is None:
             lines.append(f"{path.ljust(path_w)}  {label}")
         else:
-            lines.append(f"{path.ljust(path_w)}  {label.ljust(label_w)}  {prob:>11}  {threshold:>9}")
+            lines.append(f"{path.ljust(path_w)}  {label.ljust(label_w)}  {prob:>11}  {threshold.rjust(9)}")
     return "\n".join(line.rstrip() for line in lines)

@@ -56,6 +56,12 @@ def test_evaluate_export_val_split_and_folder(graded_run, tiny_export, tiny_data
     from runtime.classifier import Classifier
     with Classifier.load(tiny_export) as default:       # the runtime's default variant is scored
         assert doc["model"] == f"{tiny_export.name}/{default.variant}"
+        chosen = default.manifest.variant(default.variant).ood
+    # the OOD flags are counted; on the split its threshold was chosen on, as many as the export saw
+    ood = doc["out_of_distribution"]
+    assert ood["n"] == chosen["n"] and ood["threshold"] == chosen["threshold"]
+    assert ood["flagged"] == round(chosen["false_alarm_rate"] * chosen["n"]) == len(ood["flagged_paths"])
+    assert "Out-of-distribution flag:" in (tmp_path / "v" / "metrics.md").read_text()
     assert main(["evaluate", str(tiny_export), "--data", str(tiny_dataset), "--out", str(tmp_path / "f"),
                  "--bootstrap", "50"]) == 0
     n_images = len([p for p in tiny_dataset.rglob("*.png") if "_mask" not in p.stem])

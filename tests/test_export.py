@@ -93,8 +93,9 @@ def test_every_variant_is_exported_and_recorded(full_export):
         assert (full_export.export_dir / v.file).is_file()
         assert v.file == f"{v.name}.{v.format}"
         assert v.parity is not None and v.parity.n == 3
-        expected = ["malignancy"] if v.name.endswith("-qat") else ["malignancy", "cam"]
+        expected = ["malignancy"] if v.name.endswith("-qat") else ["malignancy", "cam", "ood"]
         assert v.outputs == expected
+        assert (v.ood is not None) == ("ood" in v.outputs)
     assert manifest.variant("onnx-fp16").notes[0].startswith("for GPUs/accelerators; CPUs run FP16 slowly")
     assert manifest.input == {"name": "image", "shape": [None, 32, 32, 3], "dtype": "float32", "layout": "NHWC"}
     assert manifest.export_settings["calibration"]["images_used"] == 14   # the whole (tiny) training split
@@ -177,8 +178,10 @@ def test_onnx_files_carry_the_manifest_essentials(full_export):
             continue
         props = {p.key: p.value for p in onnx.load(str(full_export.export_dir / v.file), load_external_data=False).metadata_props}
         embedded = json.loads(props[ONNX_METADATA_KEY])
-        assert embedded["variant"] == {"name": v.name, "format": "onnx", "precision": v.precision, "outputs": v.outputs}
-        for key in ("preprocessing", "threshold", "labels", "input", "source_model", "schema_version", "baseline"):
+        own = {"name": v.name, "format": "onnx", "precision": v.precision, "outputs": v.outputs}
+        assert embedded["variant"] == (dict(own, ood=v.ood) if v.ood is not None else own)
+        for key in ("preprocessing", "threshold", "labels", "input", "source_model", "schema_version", "baseline",
+                    "ood"):
             assert embedded[key] == manifest.to_dict()[key], key
         assert "variants" not in embedded
 

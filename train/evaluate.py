@@ -65,6 +65,10 @@ def metrics_markdown(doc: dict) -> str:
     lines += ["", f"Confusion matrix: TP {cm['tp']}, FN {cm['fn']}, FP {cm['fp']}, TN {cm['tn']}."]
     lines += _per_source_markdown(doc.get("per_source"))
     lines += _localisation_markdown(doc.get("localisation"))
+    ood = doc.get("out_of_distribution")
+    if ood:
+        lines += ["", f"Out-of-distribution flag: {ood['flagged']} of {ood['n']} images flagged "
+                  f"({_fmt(ood['rate'])}; score >= {ood['threshold']:.4g}); they are counted in the metrics above."]
     lines += ["", "Research and education only: not a diagnosis."]
     return "\n".join(lines) + "\n"
 
@@ -112,9 +116,12 @@ def per_source_metrics(y: np.ndarray, p: np.ndarray, sources, threshold: float, 
 
 def score(y: np.ndarray, p: np.ndarray, threshold: dict, out_dir: Path, evaluated_on: str,
           model_name: str, n_resamples: int, paths: list[str], sources=None,
-          localisation: dict | None = None, extra_columns: dict | None = None) -> dict:
+          localisation: dict | None = None, extra_columns: dict | None = None, ood: dict | None = None) -> dict:
     """Compute the metrics (pooled, and per source when there are several), write
-    metrics.json + metrics.md + plots + predictions.json into out_dir."""
+    metrics.json + metrics.md + plots + predictions.json into out_dir.
+
+    ood: the out-of-distribution flags of an exported model, {"threshold", "scores",
+    "flags"} (per image); counted in the documents, never removed from the metrics."""
     doc = evaluate_predictions(y, p, threshold["value"], n_resamples=n_resamples)
     doc.update(evaluated_on=evaluated_on, model=model_name, threshold=threshold)
     doc["n_per_class"] = {"benign": int((y == 0).sum()), "malignant": int((y == 1).sum())}
@@ -124,6 +131,15 @@ def score(y: np.ndarray, p: np.ndarray, threshold: dict, out_dir: Path, evaluate
         plot_roc_per_source(y, p, sources, out_dir / "plots" / "roc_per_source.png", threshold["value"])
     if localisation:
         doc["localisation"] = localisation
+    extra_columns = dict(extra_columns or {})
+    if ood is not None:
+        flags = np.asarray(ood["flags"], dtype=bool)
+        doc["out_of_distribution"] = {
+            "threshold": float(ood["threshold"]), "flagged": int(flags.sum()), "n": int(len(flags)),
+            "rate": float(flags.mean()) if len(flags) else 0.0,
+            "flagged_paths": [path for path, flag in zip(paths, flags) if flag],
+        }
+        extra_columns.update(ood_score=list(ood["scores"]), out_of_distribution=[bool(f) for f in flags])
     write_evaluation_plots(y, p, threshold["value"], doc["at_operating_threshold"], out_dir / "plots")
     atomic.write_json(out_dir / "metrics.json", doc)
     atomic.write_text(out_dir / "metrics.md", metrics_markdown(doc))
@@ -131,7 +147,7 @@ def score(y: np.ndarray, p: np.ndarray, threshold: dict, out_dir: Path, evaluate
     for i, row in enumerate(rows):
         if sources is not None:
             row["source"] = str(sources[i])
-        for key, values in (extra_columns or {}).items():
+        for key, values in extra_columns.items():
             row[key] = values[i]
     atomic.write_json(out_dir / "predictions.json", rows)
     return doc

@@ -48,13 +48,14 @@ def _split_file(export_dir: Path) -> Path:
                             "score a labelled folder instead with --data")
 
 
-def _classify(classifier: Classifier, samples: list[Sample]) -> tuple[np.ndarray, dict, list[str]]:
+def _classify(classifier: Classifier, samples: list[Sample]) -> tuple[np.ndarray, dict, list[str], dict | None]:
     """Probabilities for the samples (NaN where an image could not be classified), the
     localisation figures of the runtime's own Grad-CAM for those with a lesion mask (per
-    source), and the reasons for the unclassified ones: an unreadable file or an image
-    the runtime refuses (too small, flat, strongly coloured) is counted, not fatal."""
+    source), the reasons for the unclassified ones (an unreadable file or an image the
+    runtime refuses is counted, not fatal), and the out-of-distribution flags of the
+    classified ones when the variant has them (else None): {"threshold", "scores", "flags"}."""
     progress = Progress(len(samples), f"classifying with {classifier.variant}")
-    probs, cams, masks, groups, errors = [], [], [], [], []
+    probs, cams, masks, groups, errors, scores, flags = [], [], [], [], [], [], []
     for start in range(0, len(samples), BATCH):
         chunk = samples[start:start + BATCH]
         want_cam = classifier.has_cam and any(s.mask is not None for s in chunk)
@@ -64,6 +65,8 @@ def _classify(classifier: Classifier, samples: list[Sample]) -> tuple[np.ndarray
                 probs.append(float("nan"))
                 continue
             probs.append(pred.probability)
+            scores.append(pred.ood_score)
+            flags.append(bool(pred.out_of_distribution))
             if sample.mask is not None and pred.cam is not None:
                 cams.append(pred.cam)
                 masks.append(read_image(sample.mask)[..., 0] >= 128)
@@ -71,7 +74,12 @@ def _classify(classifier: Classifier, samples: list[Sample]) -> tuple[np.ndarray
         progress.update(min(start + BATCH, len(samples)))
     if samples and len(errors) == len(samples):
         raise ValueError(f"cannot score: none of the {len(samples)} images could be classified, e.g. {errors[0]}")
-    return np.asarray(probs, dtype=np.float64), localisation_summary(cams, masks, groups), errors
+    ood = ({"threshold": classifier.ood_threshold, "scores": scores, "flags": flags}
+           if classifier.has_ood else None)
+    if ood is not None and any(flags):
+        log.warning("%d of %d images flagged out-of-distribution (their predictions are still scored)",
+                    sum(flags), len(flags))
+    return np.asarray(probs, dtype=np.float64), localisation_summary(cams, masks, groups), errors, ood
 
 
 def _threshold(classifier: Classifier) -> dict:
@@ -99,7 +107,7 @@ def _score_samples(export_dir: Path, samples: list[Sample], variant: str | None,
                    site: Path | None = None, backend: str | None = None) -> dict:
     with Classifier.load(export_dir, variant=variant, backend=backend) as classifier:
         load_for(classifier, site)
-        p, localisation, errors = _classify(classifier, samples)
+        p, localisation, errors, ood = _classify(classifier, samples)
         name = classifier.variant
         threshold = _threshold(classifier)
         default_out = _out_name(name, out_suffix, classifier)
@@ -111,7 +119,7 @@ def _score_samples(export_dir: Path, samples: list[Sample], variant: str | None,
     sources = np.array([s.source for s in samples])
     result = score(y, p, threshold, out, evaluated_on, f"{export_dir.name}/{name}", n_resamples,
                    [s.relative for s in samples], sources=sources,
-                   localisation={loc_key: localisation} if localisation else None)
+                   localisation={loc_key: localisation} if localisation else None, ood=ood)
     if errors:
         log.warning("%d of %d image(s) could not be classified and are left out of the metrics, e.g. %s",
                     len(errors), len(kept), errors[0])
