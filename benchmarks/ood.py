@@ -32,6 +32,7 @@ import numpy as np
 
 from runtime import atomic
 from runtime.classifier import Classifier
+from runtime.input_checks import REFUSED
 from runtime.images import read_image
 
 BATCH = 16
@@ -167,11 +168,18 @@ def is_colour(image: np.ndarray) -> bool:
 
 
 def _flags(classifier: Classifier, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """OOD score and flag per image. An image the runtime's input checks refuse (too
+    small, flat, strongly coloured: runtime.input_checks) never gets a prediction, so it
+    counts as caught, with a NaN score."""
     scores, flags = [], []
     for start in range(0, len(images), BATCH):
         for pred in classifier.predict_decoded(images[start:start + BATCH]):
             if not pred.ok:
-                raise RuntimeError(pred.error)
+                if REFUSED not in (pred.error or ""):
+                    raise RuntimeError(pred.error)
+                scores.append(np.nan)
+                flags.append(True)
+                continue
             scores.append(np.nan if pred.ood_score is None else pred.ood_score)
             flags.append(bool(pred.out_of_distribution))
     return np.asarray(scores, np.float64), np.asarray(flags, bool)
@@ -227,7 +235,9 @@ def measure(export_dir: str | Path, variant: str | None = None, split_root: str 
     for i, s in enumerate(samples):
         by_kind.setdefault(s.kind, []).append(i)
     for kind, idx in by_kind.items():
-        doc["out_of_distribution"][kind] = dict(_rate(flags[idx]), score_median=float(np.nanmedian(scores[idx])),
+        finite = scores[idx][np.isfinite(scores[idx])]      # refused images have no score
+        doc["out_of_distribution"][kind] = dict(_rate(flags[idx]),
+                                                score_median=float(np.median(finite)) if len(finite) else None,
                                                 missed=[samples[i].name for i in idx if not flags[i]])
     gray_only = [i for i, s in enumerate(samples) if not is_colour(s.image)]
     doc["detection_all"] = _rate(flags)
@@ -245,8 +255,8 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {what} | {r['flagged']} | {r['n']} | {pct(r['rate'])} | "
                      f"{r['score_median']:.4g} |")
     for kind, r in doc["out_of_distribution"].items():
-        lines.append(f"| {kind} (detections) | {r['flagged']} | {r['n']} | {pct(r['rate'])} | "
-                     f"{r['score_median']:.4g} |")
+        median = "refused" if r["score_median"] is None else f"{r['score_median']:.4g}"
+        lines.append(f"| {kind} (detections) | {r['flagged']} | {r['n']} | {pct(r['rate'])} | {median} |")
     a, g = doc["detection_all"], doc["detection_grayscale"]
     lines += ["", f"Detected: {a['flagged']} of {a['n']} non-ultrasound images ({pct(a['rate'])}); "
                   f"grayscale ones (equal channels) only: {g['flagged']} of {g['n']} ({pct(g['rate'])}).", ""]

@@ -77,7 +77,7 @@ class Variant:
 class Model:
     """One export served by the page, with the settings its variants share."""
 
-    name: str                            # the export folder's name, e.g. "busi-vgg16-128-slim"
+    name: str                            # the export folder's name, e.g. "bus-vgg16-w50-128-slim30"
     path: Path
     threshold: float                     # this model's operating threshold
     positive: str

@@ -150,7 +150,7 @@ def result_html(o: "Outcome") -> str:
 
 def variant_label(v: "Variant", with_model: bool = False) -> str:
     """The picker's text for a variant; with several models it starts with the model's
-    name ("busi-vgg16-128-slim · onnx-int8 · ONNX int8 · 1.2 MB")."""
+    name ("bus-vgg16-w50-128-slim30 · onnx-int8 · ONNX int8 · 1.2 MB")."""
     name = v.key if with_model else v.name
     kind = f"{v.format.upper()} {v.precision}"
     if v.servable:

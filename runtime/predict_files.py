@@ -35,7 +35,7 @@ Progress = Callable[[int, int], None]
 
 
 MODEL_ENV = "BCD_MODEL"
-SHIPPED_MODEL = "busi-vgg16-128"
+SHIPPED_MODEL = "bus-vgg16-w50-128"
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 

@@ -6,7 +6,7 @@ and specificity. `bcd calibrate` (train/calibrate.py) fits a new operating point
 site's own labelled images and writes it as a small JSON file, the site profile:
 
     {"schema": "bcd-site-profile", "schema_version": 1, "name": "clinic-a",
-     "model": {"export": "busi-vgg16-128", "variant": "onnx-int8", "sha256": "..."},
+     "model": {"export": "bus-vgg16-w50-128", "variant": "onnx-int8", "sha256": "..."},
      "threshold": {"value": 0.31, "policy": "best specificity at sensitivity >= 0.90", ...},
      "recalibration": {"method": "none" | "platt" (a, b) | "isotonic" (x, y)},
      "data": {"n": 120, "n_malignant": 40, "n_benign": 80, "files_sha256": "...", ...},
@@ -15,7 +15,7 @@ site's own labelled images and writes it as a small JSON file, the site profile:
 This module is the one place the schema is written (`SiteProfile.to_dict`, used by
 `write_profile`) and read (`read_profile`). It applies a profile without scikit-learn:
 
-    clf = Classifier.load("models/busi-vgg16-128")
+    clf = Classifier.load("models/bus-vgg16-w50-128")
     clf.use_site(read_profile("clinic-a.json"))   # refuses a profile made for another model
     clf.predict("scan.png")                       # recalibrated probability, the site's threshold
 

@@ -582,7 +582,8 @@ def test_browser_with_the_shipped_models_on_a_real_image(tmp_path):
         pytest.skip("needs models/, ../shared/data/busi and chromium")
 
     split = json.loads((models[0] / "split.json").read_text())
-    name = next(f["path"] for f in split["files"]["test"] if f["class"] == "malignant")
+    name = next(f["path"] for f in split["files"]["test"]
+                if f["class"] == "malignant" and f.get("source", "busi") == "busi")
     image = tmp_path / Path(name).name.replace(" ", "_")
     shutil.copy(SHIPPED_BUSI / name, image)
     blocks, url = launch(DemoConfig(model=models, port=_free_port(), quiet=True), block=False)

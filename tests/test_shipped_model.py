@@ -19,7 +19,7 @@ from runtime.predict_files import SHIPPED_MODEL, default_model_path, shipped_mod
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "models" / SHIPPED_MODEL
-BUSI = REPO.parent / "shared" / "data" / "busi"
+DATA = REPO.parent / "shared" / "data"      # holds busi/ and busbra/, the shipped models' sources
 CARD_ROWS = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "sensitivity": "sensitivity", "specificity": "specificity",
              "brier": "Brier score", "ece": "expected calibration error"}
 MAX_SHIPPED_BYTES = 25 * 1000 ** 2
@@ -56,12 +56,13 @@ def test_predict_uses_the_shipped_model_without_model_flag(tmp_path):
     assert f"{expected:.4f}" in proc.stdout
 
 
-@pytest.mark.skipif(not BUSI.is_dir(), reason="the BUSI development folder is not here")
+@pytest.mark.skipif(not (DATA / "busi").is_dir() or not (DATA / "busbra").is_dir(),
+                    reason="the development datasets are not here")
 @pytest.mark.parametrize("export", shipped_models(), ids=lambda p: p.name)
 def test_model_card_numbers_are_what_evaluate_measures(export, tmp_path):
     from train.evaluate_export import evaluate_export_split
 
-    doc = evaluate_export_split(export, split_root=BUSI, out=tmp_path / "eval")
+    doc = evaluate_export_split(export, split_root=DATA, out=tmp_path / "eval")
     variant = doc["model"].split("/")[-1]
     committed = json.loads((export / f"eval-{variant}-test" / "metrics.json").read_text())
     fresh, saved = doc["at_operating_threshold"], committed["at_operating_threshold"]
@@ -74,3 +75,10 @@ def test_model_card_numbers_are_what_evaluate_measures(export, tmp_path):
     assert f"threshold {doc['threshold']['value']:.4f}" in card
     n = len(json.loads((export / "split.json").read_text())["files"]["test"])
     assert fresh["n"] == n and f"n = {n}" in card
+    for name, block in committed.get("per_source", {}).items():     # the card's per-hospital rows
+        m = block["at_operating_threshold"]
+        assert abs(doc["per_source"][name]["at_operating_threshold"]["roc_auc"] - m["roc_auc"]) < 5e-4, name
+        assert f"| {name} | {m['n']} ({m['n_positive']}) | {m['roc_auc']:.3f}" in card, f"card row for {name}"
+    for name, figures in committed.get("localisation", {}).get("test", {}).items():
+        assert doc["localisation"]["test"][name]["n"] == figures["n"]
+        assert f"{figures['pointing_game']:.3f}" in card, f"pointing game of {name} not on the card"

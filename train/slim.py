@@ -250,6 +250,7 @@ def slim(config: SlimConfig, resume: bool = False) -> RunDir:
         state = trainer.new_state()
         model, pruning = _prune_parent(config, parent, parent_info, data, split, spec)
         model_info = {**parent_info.get("model", {}), "cost": model_cost(model),
+                      "precision": {"requested": "float32", "used": "float32"},   # the pruned model trains in float32
                       "pruned": f"{pruning['ratio']:.3f} of the filters of every conv layer removed "
                                 f"({config.criterion} criterion), then fine-tuned"}
         _pruned_model_is_epoch_zero(model, run, state, _keras_val_auc(model, data, split, spec))
