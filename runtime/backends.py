@@ -293,6 +293,8 @@ class OpenVinoBackend(Backend):
             self.cam_name: str | None = _pick_output(outputs, CAM_OUTPUT, rank=3, name=name)
         except ModelLoadError:
             self.cam_name = None
+        self.ood_name = OOD_OUTPUT if OOD_OUTPUT in outputs else None
+        self.has_ood = self.ood_name is not None
         config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY"}
         try:
             self.compiled = core.compile_model(model, "CPU", config)
@@ -305,16 +307,21 @@ class OpenVinoBackend(Backend):
         super().__init__(image_size, threads, has_cam=self.cam_name is not None)
 
     def run(self, batch, want_cam=False):
+        return self.run_all(batch, want_cam)[:2]
+
+    def run_all(self, batch, want_cam=False, want_ood=False):
         if batch.dtype != np.float32:
             batch = batch.astype(np.float32)
         self.request.infer({0: np.ascontiguousarray(batch)})
         prob = self.request.get_output_tensor(self._out_index[self.prob_name]).data
         probs = np.asarray(prob, dtype=np.float64).reshape(len(batch), -1)[:, 0]
-        cams = None
+        cams = ood = None
         if want_cam and self.cam_name:
             # copy: the request reuses its output memory on the next call
             cams = _cam_array(np.array(self.request.get_output_tensor(self._out_index[self.cam_name]).data))
-        return probs, cams
+        if want_ood and self.ood_name:
+            ood = _ood_array(np.array(self.request.get_output_tensor(self._out_index[self.ood_name]).data), len(batch))
+        return probs, cams, ood
 
     def close(self):
         super().close()
