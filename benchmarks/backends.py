@@ -504,6 +504,7 @@ def _split_images(export_dir: Path, manifest, data: Path | None, split: str):
 def _run_all(clf, images, batch: int = 16):
     import numpy as np
     probs, cams = [], []
+    clf.input_checks = None   # dataset scans resized to the model input: the model is measured, not clinic input
     for start in range(0, len(images), batch):
         preds = clf.predict_decoded(list(images[start:start + batch]), with_cam=clf.has_cam)
         bad = [p.error for p in preds if p.error]
