@@ -70,6 +70,9 @@ def test_canonical_csv_reads_back_without_a_mapping(busbra_like, tmp_path):
     back = samples_of(path, mapping=None)
     assert [(s.path.resolve(), s.label, s.group) for s in back] == [(s.path.resolve(), s.label, s.group) for s in site]
     assert all(s.mask is not None for s in back)
+    # the test CSV goes without masks (bcd evaluate then skips the Grad-CAM figures)
+    bare = samples_of(write_canonical_csv(tmp_path / "test.csv", site, masks=False), mapping=None)
+    assert [s.path for s in bare] == [s.path for s in back] and all(s.mask is None for s in bare)
 
 
 def test_too_small_a_site_fails_before_any_training(busbra_like, tmp_path, capsys):
