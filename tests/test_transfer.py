@@ -82,6 +82,16 @@ def test_too_small_a_site_fails_before_any_training(busbra_like, tmp_path, capsy
     assert not (tmp_path / "t" / "runs").exists()
 
 
+def test_rank_auc_matches_scikit_learn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from benchmarks.transfer import _auc
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    p = np.round(rng.random(300) + 0.3 * y, 1)          # many ties
+    assert _auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+
+
 def test_paired_auc_difference():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 60)
