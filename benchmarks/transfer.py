@@ -16,8 +16,10 @@ One command, every number from it:
 4. writes DIR/transfer.md and DIR/transfer.json.
 
 Each `bcd train` on the 100 images makes its own 70/15/15 split, so it trains on about 70
-and early-stops and picks its threshold on about 15: what a clinic would get. Training
-runs whose run.json says "complete" are reused, so an interrupted benchmark continues.
+and early-stops and picks its threshold on about 15: what a clinic would get. The source
+model is fine-tuned as plain VGG16 (`--finetune-arch vgg16`): its saved form has the batch
+norms folded in. Finished runs with the same settings are reused, so an interrupted
+benchmark continues.
 Research and education only: not a diagnosis.
 """
 from __future__ import annotations
