@@ -67,6 +67,16 @@ class Backend:
         """(probabilities (N,) float64, cams (N, h, w) float32 or None)."""
         raise NotImplementedError
 
+    def _find_outputs(self, outputs: dict, name: str) -> None:
+        """The probability output (required), Grad-CAM and OOD outputs (optional)."""
+        self.prob_name = _pick_output(outputs, PROB_OUTPUT, rank=2, name=name)
+        try:
+            self.cam_name: str | None = _pick_output(outputs, CAM_OUTPUT, rank=3, name=name)
+        except ModelLoadError:
+            self.cam_name = None
+        self.ood_name = OOD_OUTPUT if OOD_OUTPUT in outputs else None
+        self.has_ood = self.ood_name is not None
+
     def run_all(self, batch: np.ndarray, want_cam: bool = False, want_ood: bool = False
                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """run() plus the OOD score (N,) float64, or None when not wanted or this backend
@@ -117,13 +127,7 @@ class OnnxBackend(Backend):
             raise ModelLoadError(f"{name}: unsupported input type {inputs[0].type} (expected float)")
         _check_image_input(inputs[0].shape, image_size, name)
         outputs = {o.name: o for o in self.session.get_outputs()}
-        self.prob_name = _pick_output(outputs, PROB_OUTPUT, rank=2, name=name)
-        try:
-            self.cam_name: str | None = _pick_output(outputs, CAM_OUTPUT, rank=3, name=name)
-        except ModelLoadError:
-            self.cam_name = None
-        self.ood_name = OOD_OUTPUT if OOD_OUTPUT in outputs else None
-        self.has_ood = self.ood_name is not None
+        self._find_outputs(outputs, name)
         super().__init__(image_size, threads, has_cam=self.cam_name is not None)
 
     @property
@@ -288,13 +292,7 @@ class OpenVinoBackend(Backend):
         shape = [d.get_length() if d.is_static else "?" for d in model.inputs[0].get_partial_shape()]
         _check_image_input(shape, image_size, name)
         outputs = {_ov_name(o): {"shape": list(o.get_partial_shape())} for o in model.outputs}
-        self.prob_name = _pick_output(outputs, PROB_OUTPUT, rank=2, name=name)
-        try:
-            self.cam_name: str | None = _pick_output(outputs, CAM_OUTPUT, rank=3, name=name)
-        except ModelLoadError:
-            self.cam_name = None
-        self.ood_name = OOD_OUTPUT if OOD_OUTPUT in outputs else None
-        self.has_ood = self.ood_name is not None
+        self._find_outputs(outputs, name)
         config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY"}
         try:
             self.compiled = core.compile_model(model, "CPU", config)

@@ -158,7 +158,7 @@ def test_single_class_calibration_set_gets_a_clear_message(shipped, tmp_path, ca
     folder = tmp_path / "one" / present
     folder.mkdir(parents=True)
     for i in range(25):
-        cv2.imwrite(str(folder / f"{i}.png"), gray_noise(i))
+        cv2.imwrite(str(folder / f"{i}.png"), gray_noise(i, size=96))
     out = tmp_path / "one.json"
     assert main(["calibrate", str(shipped), "--data", str(tmp_path / "one"), "--out", str(out), "--force"]) == 2
     err = capsys.readouterr().err
@@ -226,7 +226,7 @@ def test_a_profile_made_for_one_export_is_refused_by_another(shipped, other_expo
             clf.use_site(read_profile(path))
         assert clf.site is None and clf.threshold == before
     image = tmp_path / "x.png"
-    cv2.imwrite(str(image), gray_noise(3))
+    cv2.imwrite(str(image), gray_noise(3, size=96))
     assert main(["predict", str(image), "--model", str(other_export), "--site", str(path)]) == 2
     err = capsys.readouterr().err
     assert "site profile 'clinic-a'" in err and "made for another model file" in err and "bcd calibrate" in err
@@ -236,7 +236,7 @@ def test_bcd_site_is_the_default_and_no_site_turns_it_off(shipped, tmp_path, cap
     path = tmp_path / "env.json"
     write_profile(path, _profile_for(shipped / "onnx-int8.onnx", name="env-profile", threshold=0.999))
     image = tmp_path / "x.png"
-    cv2.imwrite(str(image), gray_noise(5))
+    cv2.imwrite(str(image), gray_noise(5, size=96))
     monkeypatch.setenv(SITE_ENV, str(path))
     assert main(["predict", str(image), "--csv", str(tmp_path / "r.csv")]) == 0
     assert "site profile 'env-profile'" in capsys.readouterr().err
@@ -302,7 +302,7 @@ def test_predict_with_a_recalibrating_profile_loads_no_scikit_learn(shipped, tmp
     write_profile(path, _profile_for(shipped / "onnx-int8.onnx",
                                      recalibration=Recalibration("isotonic", x=(0.0, 1.0), y=(0.1, 0.9))))
     image = tmp_path / "x.png"
-    cv2.imwrite(str(image), gray_noise(7))
+    cv2.imwrite(str(image), gray_noise(7, size=96))
     code = (
         "import sys\nfrom bcd.cli import main\n"
         f"code = main(['predict', {str(image)!r}, '--site', {str(path)!r}])\n"
@@ -326,7 +326,16 @@ def test_busbra_patient_split_keeps_patients_apart(shipped):
     assert a.pool == b.pool                                    # a fixed seed: the same split every time
     assert all(s.group for s in a.pool + a.test)               # the patient (Case) of every image is known
     assert not {s.group for s in a.pool} & {s.group for s in a.test}
-    assert len(a.pool) + len(a.test) == 1500 and abs(len(a.pool) - len(a.test)) < 0.1 * len(a.pool)
+    # every BUS-BRA image except those of the patients the export was trained on
+    import json
+    split = json.loads((shipped / "split.json").read_text())
+    trained = {str(f["patient"]) for f in split["files"]["train"] if f.get("source") == "busbra" and "patient" in f}
+    assert not {s.group for s in a.pool + a.test} & trained
+    from runtime.dataset import CsvMapping, DataSource, read_source
+    every = read_source(DataSource.parse(str(root / "bus_data.csv"), CsvMapping(path="Images/{ID}.png", label="Pathology",
+                                                                              group="Case"))).samples
+    assert len(a.pool) + len(a.test) == sum(s.group not in trained for s in every)
+    assert abs(len(a.pool) - len(a.test)) < 0.1 * len(a.pool)
     assert abs(a.pool_y.mean() - a.test_y.mean()) < 0.05
 
 
@@ -342,7 +351,7 @@ def test_demo_uses_and_names_the_site_profile(shipped, other_export, tmp_path):
     write_profile(path, _profile_for(other_export / "onnx-int8.onnx", name="ward-b", threshold=0.999,
                                      data={"n": 60, "n_malignant": 20, "n_benign": 40}))
     image = tmp_path / "x.png"
-    cv2.imwrite(str(image), gray_noise(11))
+    cv2.imwrite(str(image), gray_noise(11, size=96))
     with pytest.raises(ValueError, match="none of the models served here has that model file"):
         DemoService(DemoConfig(model=shipped, threads=1, site=path))
     service = DemoService(DemoConfig(model=[shipped, other_export], threads=1, site=path))

@@ -25,7 +25,8 @@ def test_short_fuzz_run_has_no_crash(tiny_export, tmp_path):
     for kind in ("not a readable image", "too many pixels", "refused: too small"):
         assert report.errors[kind] > 0, dict(report.errors)
     assert not any(k.startswith("other") for k in report.errors), dict(report.errors)
-    assert report.peak_rss_mb < 3000
+    # growth over the run: the test process may already hold TensorFlow from other tests
+    assert report.peak_rss_mb - report.start_rss_mb < 1000
 
 
 def test_error_kinds_are_recognised():

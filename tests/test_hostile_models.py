@@ -32,6 +32,7 @@ def export_with(tiny_export: Path, dst: Path, name: str, fmt: str, data: bytes, 
                  sha256=hashlib.sha256(data).hexdigest() if checksum else entry["sha256"])
     if fmt == "tflite":
         entry.update(outputs=["malignancy"])
+        entry.pop("ood", None)      # a one-output variant has no out-of-distribution threshold
     doc["variants"] = [entry]
     (dst / MANIFEST_NAME).write_text(json.dumps(doc))
     return dst

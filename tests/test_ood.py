@@ -124,7 +124,8 @@ def test_onnx_scores_match_the_statistics_and_survive_int8(tiny_export, graded_r
     np.testing.assert_allclose(fp32, expected, rtol=1e-3)
     # INT8: the score's own nodes stay float (only the features carry quantization noise)
     int8 = _onnx_scores(tiny_export / "onnx-int8.onnx", x_val)
-    assert np.all(np.isfinite(int8)) and np.corrcoef(int8, fp32)[0, 1] > 0.9
+    # (a correlation over the 3 validation images of the tiny run is noise; compare values)
+    assert np.all(np.isfinite(int8)) and np.allclose(int8, fp32, rtol=0.2), (int8, fp32)
     graph = onnx.load(str(tiny_export / "onnx-int8.onnx")).graph
     producers = {o: n for n in graph.node for o in n.output}
     assert producers["ood"].op_type == "Sqrt"
@@ -135,12 +136,13 @@ def test_onnx_scores_match_the_statistics_and_survive_int8(tiny_export, graded_r
 
 
 def _far_images():
-    """Images nothing like an ultrasound scan: saturated colour noise and a colour gradient."""
+    """Images nothing like an ultrasound scan, yet gray and large enough to pass the
+    runtime's input checks (which refuse strongly coloured images before the model):
+    pixel noise and a hard-edged stripe pattern."""
     rng = np.random.default_rng(7)
-    noise = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
-    yy, xx = np.mgrid[0:96, 0:96]
-    gradient = np.stack([xx * 2.6, yy * 2.6, 255 - xx * 2.6], -1).astype(np.uint8)
-    return [noise, gradient]
+    noise = np.repeat(rng.integers(0, 256, (96, 96, 1), dtype=np.uint8), 3, axis=2)
+    stripes = np.repeat(((np.arange(96)[None, :] // 8) % 2 * 255).astype(np.uint8).repeat(96, 0)[..., None], 3, 2)
+    return [noise, stripes]
 
 
 def test_classifier_flags_far_images_and_not_training_like_ones(tiny_export, tiny_dataset):

@@ -62,7 +62,8 @@ def test_predict_uses_the_shipped_model_without_model_flag(tmp_path):
 def test_model_card_numbers_are_what_evaluate_measures(export, tmp_path):
     from train.evaluate_export import evaluate_export_split
 
-    doc = evaluate_export_split(export, split_root=DATA, out=tmp_path / "eval")
+    # the card's figures come from ONNX Runtime; OpenVINO (bf16) may flip a borderline case
+    doc = evaluate_export_split(export, split_root=DATA, out=tmp_path / "eval", backend="onnxruntime")
     variant = doc["model"].split("/")[-1]
     committed = json.loads((export / f"eval-{variant}-test" / "metrics.json").read_text())
     fresh, saved = doc["at_operating_threshold"], committed["at_operating_threshold"]
