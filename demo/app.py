@@ -89,7 +89,7 @@ def build_app(config: DemoConfig, service: DemoService | None = None) -> gr.Bloc
         gr.Markdown("## Breast ultrasound: benign or malignant-looking? (research demo)")
         gr.HTML(f'<div style="padding:6px 12px;border-radius:6px;background:#fff4d6;border:1px solid #e0b44a;'
                 f'color:#5c4300;font-weight:600;">&#9888; {views.esc(views.DISCLAIMER)} The model was '
-                'trained on small, single-site data. Do not use its output to make or rule out a diagnosis.</div>')
+                'trained on small data from two hospitals. Do not use its output to make or rule out a diagnosis.</div>')
 
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=300):
