@@ -15,6 +15,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from runtime.backends import cpu_fields
+
 # flag name in /proc/cpuinfo -> name in results.json
 _X86_FLAGS = {
     "avx2": "avx2",
@@ -39,12 +41,7 @@ def _cpuinfo_text() -> str:
 
 
 def _first_block(cpuinfo: str) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for line in cpuinfo.split("\n\n")[0].splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields.setdefault(key.strip().lower(), value.strip())
-    return fields
+    return cpu_fields(cpuinfo)     # one /proc/cpuinfo parser, in the runtime
 
 
 def cpu_flags(cpuinfo: str | None = None) -> dict[str, bool]:

@@ -364,12 +364,13 @@ def cpu_signature(cpuinfo: str | None = None) -> str:
     physical cores, e.g. "x86_64|AMD EPYC|2"."""
     from runtime.session import physical_cores
 
-    fields = _cpu_fields(cpuinfo)
+    fields = cpu_fields(cpuinfo)
     name = fields.get("model name") or fields.get("hardware") or platform.processor() or "unknown"
     return f"{platform.machine().lower()}|{' '.join(name.split())}|{physical_cores(cpuinfo)}"
 
 
-def _cpu_fields(cpuinfo: str | None = None) -> dict[str, str]:
+def cpu_fields(cpuinfo: str | None = None) -> dict[str, str]:
+    """The first processor block of /proc/cpuinfo (or of `cpuinfo`) as lower-case keys."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
@@ -386,7 +387,7 @@ def _cpu_fields(cpuinfo: str | None = None) -> dict[str, str]:
 def has_amx(cpuinfo: str | None = None) -> bool:
     """Intel AMX (matrix tiles for INT8/BF16), where OpenVINO ran this project's INT8
     files about 1.9x faster than ONNX Runtime (../shared/STACK-NOTES.md)."""
-    return "amx_int8" in (_cpu_fields(cpuinfo).get("flags") or "").split()
+    return "amx_int8" in (cpu_fields(cpuinfo).get("flags") or "").split()
 
 
 def measured_faster(record: dict, variant: str, signature: str) -> dict | None:
