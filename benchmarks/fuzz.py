@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import io
-import json
 import re
 import resource
 import struct
@@ -86,7 +85,9 @@ def scan_like(height: int = 80, width: int = 96, seed: int = 0) -> np.ndarray:
     return image
 
 
-def dicom(pixels: np.ndarray, photometric: str) -> bytes | None:
+def dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", **attrs) -> bytes | None:
+    """A small uncompressed ultrasound DICOM file with extra attributes (None without
+    pydicom). The tests build their DICOM files here too."""
     try:
         from pydicom.dataset import Dataset, FileMetaDataset
         from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
@@ -101,6 +102,8 @@ def dicom(pixels: np.ndarray, photometric: str) -> bytes | None:
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     ds.Modality = "US"
     ds.set_pixel_data(pixels, photometric, 8 if pixels.dtype == np.uint8 else 16)
+    for key, value in attrs.items():
+        setattr(ds, key, value)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()

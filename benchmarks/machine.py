@@ -40,13 +40,9 @@ def _cpuinfo_text() -> str:
         return ""
 
 
-def _first_block(cpuinfo: str) -> dict[str, str]:
-    return cpu_fields(cpuinfo)     # one /proc/cpuinfo parser, in the runtime
-
-
 def cpu_flags(cpuinfo: str | None = None) -> dict[str, bool]:
     """The instruction-set extensions that matter here, each True/False."""
-    fields = _first_block(_cpuinfo_text() if cpuinfo is None else cpuinfo)
+    fields = cpu_fields(_cpuinfo_text() if cpuinfo is None else cpuinfo)
     present = set((fields.get("flags") or fields.get("features") or "").split())
     flags = {name: flag in present for flag, name in {**_X86_FLAGS, **_ARM_FLAGS}.items()}
     flags["avx512"] = flags.get("avx512f", False)
@@ -58,7 +54,7 @@ def cpu_flags(cpuinfo: str | None = None) -> dict[str, bool]:
 
 
 def cpu_model(cpuinfo: str | None = None) -> str:
-    fields = _first_block(_cpuinfo_text() if cpuinfo is None else cpuinfo)
+    fields = cpu_fields(_cpuinfo_text() if cpuinfo is None else cpuinfo)
     name = fields.get("model name") or fields.get("hardware") or platform.processor() or platform.machine()
     details = [f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields]
     return f"{name} ({', '.join(details)})" if details else name

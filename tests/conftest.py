@@ -5,7 +5,6 @@ built-in synthetic generator stands in, so the suite runs anywhere.
 """
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import tempfile
@@ -120,24 +119,8 @@ def tiny_export(graded_run, tmp_path_factory) -> Path:
 def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", **attrs) -> bytes:
     """A small uncompressed ultrasound DICOM file (needs pydicom >= 3)."""
     pytest.importorskip("pydicom", minversion="3.0")
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = UltrasoundImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    bits = 8 if pixels.dtype == np.uint8 else 16
-    ds.set_pixel_data(pixels, photometric, bits)
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    from benchmarks.fuzz import dicom
+    return dicom(pixels, photometric, **attrs)
 
 
 @pytest.fixture(scope="session")

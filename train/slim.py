@@ -11,13 +11,12 @@ would throw that away).
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from runtime import atomic
-from runtime.dataset import LabelMap
 from runtime.model_files import sha256_file
 from runtime.preprocessing import PreprocessSpec
 from train import prune, trainer
@@ -101,12 +100,6 @@ def open_parent(path: str | Path) -> tuple[RunDir, dict, dict]:
     if info.get("status") != "complete" or "threshold" not in info:
         raise NotARun(f"{run.root} is not a finished run (status {info.get('status')!r}); finish its training first")
     return run, info, run.read_json(run.split)
-
-
-def train_config_from_dict(doc: dict, **changes) -> TrainConfig:
-    """The TrainConfig saved in a run.json (keys a newer tool added are left at their
-    defaults, so older runs still load)."""
-    return TrainConfig.from_dict(doc, **changes)
 
 
 def _load_parent_data(config: SlimConfig, train_cfg: TrainConfig, info: dict, split_doc: dict,
@@ -233,7 +226,7 @@ def slim(config: SlimConfig, resume: bool = False) -> RunDir:
 
     # run.json "config" stays the parent's TrainConfig (readers find image size, seed,
     # labels where they always are); what slim itself did goes under "slim" and "pruning".
-    train_cfg = train_config_from_dict(parent_info["config"], out=config.out)
+    train_cfg = TrainConfig.from_dict(parent_info["config"], out=config.out)
     if config.batch_size is not None:
         train_cfg = replace(train_cfg, batch_size=config.batch_size)
     spec = PreprocessSpec.from_dict(parent_info["preprocessing"])
