@@ -36,7 +36,7 @@ import numpy as np
 from runtime import atomic
 from runtime.classifier import Classifier
 from runtime.manifest import read_manifest
-from runtime.dataset import CsvMapping, DataSource, Sample, read_source, samples_of_split
+from runtime.dataset import CsvMapping, DataSource, Sample, read_source
 from train.calibrate import CalibrationConfig, fit, probabilities
 from train.evaluate_export import _split_file
 from train.metrics import binary_metrics, bootstrap_ci
@@ -69,29 +69,48 @@ class Site:
 # ------------------------------------------------------------------------ the sites
 
 
-def _split(export_dir: Path, part: str) -> list[Sample]:
-    """One part (train/val/test) of the export's split.json, read by the shared reader
-    (old single-folder splits and multi-source ones alike)."""
+def _split_relatives(export_dir: Path, part: str, dataset: Path) -> list[str]:
+    """The images of one part (train/val/test) of the export's split.json that came from
+    `dataset`, as the paths the split records (relative to the dataset), in its order.
+
+    Sources are matched by folder name, not by absolute path: the split was made where
+    the data lived then (another machine, another checkout), and `dataset` is where it
+    lives now."""
     doc = json.loads(_split_file(Path(export_dir)).read_text())
-    return samples_of_split(doc, part) if part in doc["files"] else []
+    entries = doc["files"].get(part, [])
+    sources = doc.get("sources") or []
+    if not sources:                       # an old one-folder split: every entry is from it
+        return [e["path"] for e in entries]
+    names = {d["name"] for d in sources if _source_folder(d).name == Path(dataset).name}
+    return [e["path"] for e in entries if e.get("source") in names]
+
+
+def _source_folder(recorded: dict) -> Path:
+    path = Path(recorded["path"])
+    return path.parent if recorded.get("kind") == "csv" else path
+
+
+def _pick(samples: list[Sample], relatives: list[str]) -> list[Sample]:
+    by_relative = {s.relative: s for s in samples}
+    return [by_relative[r] for r in relatives if r in by_relative]
 
 
 def busi_site(export_dir: Path, busi: Path) -> Site:
-    busi = busi.resolve()
-    pool, test = ([s for s in _split(export_dir, part) if _inside(s.path.resolve(), busi)] for part in ("val", "test"))
+    samples = read_source(DataSource.parse(str(busi))).labelled
+    pool, test = (_pick(samples, _split_relatives(export_dir, part, busi)) for part in ("val", "test"))
     if not pool or not test:
-        raise ValueError(f"the export's split.json lists no BUSI validation/test images under {busi}")
+        raise ValueError(f"the export's split.json lists no BUSI validation/test images of {busi}")
     return Site("BUSI", pool, test, "the export's split.json: validation images = pool, test images = test set")
 
 
 def busbra_site(export_dir: Path, busbra: Path, seed: int = 0) -> Site:
     source = DataSource.parse(str(busbra / "bus_data.csv"), CsvMapping.parse(BUSBRA_MAPPING))
     samples = read_source(source).labelled
-    trained = {s.path.resolve() for s in _split(export_dir, "train")}
+    trained = set(_split_relatives(export_dir, "train", busbra))
     cases: dict[str, list[Sample]] = {}
     for s in samples:
         cases.setdefault(str(s.group), []).append(s)
-    eligible = sorted((c for c, ss in cases.items() if not any(s.path.resolve() in trained for s in ss)), key=_num)
+    eligible = sorted((c for c, ss in cases.items() if not any(s.relative in trained for s in ss)), key=_num)
     malignant = {c for c in eligible if any(s.label == 1 for s in cases[c])}
     rng = np.random.default_rng(seed)
     pool_cases: set[str] = set()
@@ -107,14 +126,6 @@ def busbra_site(export_dir: Path, busbra: Path, seed: int = 0) -> Site:
 
 def _num(case: str):
     return (0, int(case), "") if case.isdigit() else (1, 0, case)
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-        return True
-    except ValueError:
-        return False
 
 
 # ------------------------------------------------------------------------ measuring

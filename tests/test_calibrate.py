@@ -6,6 +6,7 @@ without the BUSI folder); the others use numbers or generated images.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -316,20 +317,33 @@ def test_predict_with_a_recalibrating_profile_loads_no_scikit_learn(shipped, tmp
 # ------------------------------------------------------------------------ the benchmark's split
 
 
-def test_busbra_patient_split_keeps_patients_apart(shipped):
+def _moved_copy(src: Path, dst: Path) -> Path:
+    """The dataset somewhere else (hard links where possible): CI's clone sees the data
+    at another absolute path than the one the shipped split.json recorded."""
+    def link_or_copy(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+    shutil.copytree(src, dst, copy_function=link_or_copy)
+    return dst
+
+
+def test_busbra_patient_split_keeps_patients_apart(shipped, tmp_path):
     from benchmarks.site_calibration import busbra_site
 
-    root = REPO.parent / "shared" / "data" / "busbra"
-    if not (root / "bus_data.csv").is_file():
+    data = REPO.parent / "shared" / "data" / "busbra"
+    if not (data / "bus_data.csv").is_file():
         pytest.skip("BUS-BRA development data not present")
+    root = _moved_copy(data, tmp_path / "elsewhere" / "busbra")
     a, b = busbra_site(shipped, root, seed=0), busbra_site(shipped, root, seed=0)
     assert a.pool == b.pool                                    # a fixed seed: the same split every time
     assert all(s.group for s in a.pool + a.test)               # the patient (Case) of every image is known
     assert not {s.group for s in a.pool} & {s.group for s in a.test}
     # every BUS-BRA image except those of the patients the export was trained on
-    import json
     split = json.loads((shipped / "split.json").read_text())
-    trained = {str(f["patient"]) for f in split["files"]["train"] if f.get("source") == "busbra" and "patient" in f}
+    trained = {str(f["patient"]) for f in split["files"]["train"] if f.get("source") == "busbra"}
+    assert len(trained) > 100
     assert not {s.group for s in a.pool + a.test} & trained
     from runtime.dataset import CsvMapping, DataSource, read_source
     every = read_source(DataSource.parse(str(root / "bus_data.csv"), CsvMapping(path="Images/{ID}.png", label="Pathology",
@@ -337,6 +351,20 @@ def test_busbra_patient_split_keeps_patients_apart(shipped):
     assert len(a.pool) + len(a.test) == sum(s.group not in trained for s in every)
     assert abs(len(a.pool) - len(a.test)) < 0.1 * len(a.pool)
     assert abs(a.pool_y.mean() - a.test_y.mean()) < 0.05
+
+
+def test_busi_site_is_the_exports_validation_and_test_images_wherever_busi_lives(shipped, tmp_path):
+    from benchmarks.site_calibration import busi_site
+
+    data = REPO.parent / "shared" / "data" / "busi"
+    if not data.is_dir():
+        pytest.skip("BUSI development data not present")
+    site = busi_site(shipped, _moved_copy(data, tmp_path / "moved" / "busi"))
+    counts = json.loads((shipped / "split.json").read_text())["counts_per_source"]["busi"]
+    assert (len(site.pool), len(site.test)) == (counts["val"]["total"], counts["test"]["total"])
+    assert int(site.test_y.sum()) == counts["test"]["malignant"]
+    assert all(tmp_path in s.path.parents for s in site.pool + site.test)
+    assert not {s.path for s in site.pool} & {s.path for s in site.test}
 
 
 # ------------------------------------------------------------------------ the demo
