@@ -299,6 +299,7 @@ class OpenVinoBackend(Backend):
         except RuntimeError as err:
             raise ModelLoadError(f"{name}: OpenVINO cannot compile it ({' '.join(str(err).split())[:300]})") from None
         self.request = self.compiled.create_infer_request()
+        self._tensor = ov.Tensor
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)  # e.g. "bf16"
         self._out_index = {_ov_name(o): i for i, o in enumerate(self.compiled.outputs)}
@@ -310,7 +311,14 @@ class OpenVinoBackend(Backend):
     def run_all(self, batch, want_cam=False, want_ood=False):
         if batch.dtype != np.float32:
             batch = batch.astype(np.float32)
-        self.request.infer({0: np.ascontiguousarray(batch)})
+        batch = np.ascontiguousarray(batch)
+        # start_async + wait rather than infer(): infer() also copies every output (the
+        # probability, the CAM, the OOD features) into a fresh dict that is not used here;
+        # 3-5 % of a batch-1 call on the shipped model. The input is shared, not copied:
+        # `batch` lives until wait() returns.
+        self.request.set_input_tensor(self._tensor(batch, shared_memory=True))
+        self.request.start_async()
+        self.request.wait()
         prob = self.request.get_output_tensor(self._out_index[self.prob_name]).data
         probs = np.asarray(prob, dtype=np.float64).reshape(len(batch), -1)[:, 0]
         cams = ood = None
