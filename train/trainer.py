@@ -237,7 +237,11 @@ def _compile(model, learning_rate: float, lesion_weight: float = 0.0, lesion_los
                       loss={"malignancy": "binary_crossentropy",
                             LESION_OUTPUT: cam_lesion_loss if lesion_loss == "cam" else "binary_crossentropy"},
                       loss_weights={"malignancy": 1.0, LESION_OUTPUT: lesion_weight},
-                      metrics={"malignancy": [keras.metrics.AUC(name="auc")]})
+                      metrics={"malignancy": [keras.metrics.AUC(name="auc")]},
+                      # the sample weights (class balance, masks known) shape the loss only;
+                      # the AUC is of the images as they are. [] says so, and stops Keras
+                      # warning about it twice an epoch in the console and train.log.
+                      weighted_metrics=[])
         return
     model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
 
