@@ -250,6 +250,17 @@ def test_fine_tuning_starts_from_the_earlier_run(two_site_run):
         build_model(ModelConfig(32, str(two_site_run), width=1.0))
 
 
+def test_bcd_train_from_a_folded_run_matches_the_restarted_batch_norms(two_site_run, two_sites, tmp_path):
+    from bcd.cli import main
+    out = tmp_path / "fine-tuned"
+    assert main(["train", "--data", f"a={two_sites['csv']}", "--data", str(two_sites["folder"]),
+                 "--weights", str(two_site_run), "--out", str(out), "--image-size", "32", "--epochs", "1",
+                 "--arch", "vgg16-bn", "--width", "0.25", "--batch-size", "8"]) == 0
+    model = json.loads((out / "run.json").read_text())["model"]
+    assert len(model["batch_norms_restarted"]) == 13 and "from an earlier run" in model["initialisation"]
+    assert "13 matched to" in (out / "train.log").read_text()
+
+
 def test_evaluate_external_csv_with_masks(two_site_run, two_sites, tmp_path):
     from bcd.cli import main
     assert main(["evaluate", str(two_site_run), "--data", str(two_sites["csv"]), "--out", str(tmp_path / "ev")]) == 0

@@ -190,3 +190,41 @@ def test_learning_rate_decays_on_a_validation_plateau(tmp_path):
     # wait: 0,1,2(decay),0 (gain),1,2(decay),3,4(decay, clipped at min_lr)
     np.testing.assert_allclose(lrs, [1e-3, 1e-3, 1e-4, 1e-4, 1e-4, 1e-5 * 2, 2e-5, 2e-5], rtol=1e-5)
     assert state["best_epoch"] == 4
+
+
+def test_batch_norms_restarted_from_a_folded_run_keep_its_function(tmp_path):
+    """A vgg16-bn model initialised from a plain (folded) run: before matching, its batch
+    norms in training mode compute another network; after, both modes compute the run's."""
+    from runtime.preprocessing import PreprocessSpec, normalize
+    from train.bn_restart import match_batch_norms
+    from train.model import ModelConfig, build_model
+    from train.tf_setup import keras
+
+    donor, _ = build_model(ModelConfig(image_size=32, width=0.1, seed=1))
+    rng = np.random.default_rng(0)
+    for layer in donor.layers:               # conv biases that matter, as a trained run has
+        if isinstance(layer, keras.layers.Conv2D):
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel, rng.normal(0.0, 0.5, bias.shape).astype(np.float32)])
+    donor.save(tmp_path / "donor.keras")
+    config = ModelConfig(image_size=32, width=0.1, seed=2, batch_norm=True, weights=str(tmp_path / "donor.keras"))
+    spec = PreprocessSpec(image_size=32)
+    images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    x = normalize(images[:32].astype(np.float32), spec)
+    want = keras.Model(donor.inputs, donor.get_layer("block5_conv3").output)(x, training=False).numpy()
+
+    def gap(model, training: bool) -> float:
+        got = keras.Model(model.inputs, model.get_layer("block5_conv3_relu").output)(x, training=training).numpy()
+        return float(np.abs(got - want).mean() / np.abs(want).mean())
+
+    restarted, info = build_model(config)
+    assert len(info["batch_norms_restarted"]) == 13
+    assert gap(restarted, False) < 1e-4      # inference mode: identity batch norms, the run's function
+    before = gap(restarted, True)
+    assert before > 0.5                      # training mode: another network
+    # matched right after initialisation, as `bcd train` does (a training-mode call moves
+    # the moving statistics, and the matching measures through them)
+    matched, info = build_model(config)
+    match_batch_norms(matched, info["batch_norms_restarted"], images, spec)
+    assert gap(matched, False) < 1e-3
+    assert gap(matched, True) < 0.1 * before

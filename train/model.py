@@ -191,8 +191,9 @@ def build_model(config: ModelConfig):
     from_run = config.pretrained and not config.uses_keras_vgg16_weights
     if not config.pretrained or from_run:
         _he_initialise(model, config.seed)
+    restarted: list[str] = []
     if from_run:
-        copied = init_from_run(model, Path(config.weights))
+        copied, restarted = init_from_run(model, Path(config.weights))
     arch = "VGG16" + (f" at {config.width:g}x width" if config.width != 1.0 else "")
     info = {
         "architecture": f"{arch} (include_top=False, {'batch norm after every conv' if config.batch_norm else 'no batch norm'})"
@@ -204,6 +205,7 @@ def build_model(config: ModelConfig):
                            f"from an earlier run ({copied} layers copied)" if from_run else "pretrained conv base"),
         "batch_norm": config.batch_norm,
         "batch_norm_note": "folded into the convolutions in model.keras" if config.batch_norm else None,
+        "batch_norms_restarted": restarted,     # from the earlier run's folded convs
         "width": config.width,
         "filters": config.filters(),
         "lesion_loss": config.lesion,
@@ -240,11 +242,12 @@ def _folded(conv, bn) -> list[np.ndarray]:
     return [kernel.astype(np.float32), (beta - mean * scale).astype(np.float32)]
 
 
-def init_from_run(model, source: Path) -> int:
+def init_from_run(model, source: Path) -> tuple[int, list[str]]:
     """Initialise `model` from an earlier run's model.keras (or a .keras file): every
     layer whose name and weight shapes fit is copied; into a batch-norm model, a plain
-    conv's kernel is copied and its bias becomes the batch norm's offset. Returns the
-    number of layers copied."""
+    conv's kernel is copied and its bias becomes the batch norm's offset (the batch norm
+    otherwise the identity: train.bn_restart matches it to the data before training).
+    Returns the number of layers copied and the names of the batch norms restarted so."""
     path = source / "model.keras" if source.is_dir() else source
     if not path.is_file():
         raise WeightsUnavailable(f"--weights {source}: no model.keras there (a run directory or a .keras file)")
@@ -253,7 +256,7 @@ def init_from_run(model, source: Path) -> int:
     except Exception as err:
         raise WeightsUnavailable(f"--weights {source}: cannot load {path.name} ({err.__class__.__name__}: {err})") from None
     donor_layers = {layer.name: layer for layer in donor.layers}
-    copied, fitted = 0, set()
+    copied, fitted, restarted = 0, set(), []
     for layer in model.layers:
         d = donor_layers.get(layer.name)
         if d is None or not layer.weights:
@@ -268,6 +271,7 @@ def init_from_run(model, source: Path) -> int:
             bn = model.get_layer(f"{layer.name}_bn")
             gamma, _, mean, var = bn.get_weights()
             bn.set_weights([np.ones_like(gamma), theirs[1], np.zeros_like(mean), np.ones_like(var) - bn.epsilon])
+            restarted.append(bn.name)
             copied += 1
             fitted.add(layer.name)
     convs = [layer for layer in model.layers if layer.name.startswith("block") and isinstance(layer, keras.layers.Conv2D)]
@@ -275,7 +279,7 @@ def init_from_run(model, source: Path) -> int:
     if misfits:
         raise WeightsUnavailable(f"--weights {source}: its conv base does not fit this architecture ({len(misfits)} "
                                  f"of {len(convs)} conv layers differ, e.g. {misfits[0]}); use the same --width")
-    return copied
+    return copied, restarted
 
 
 def set_trainable_blocks(model, blocks: str) -> None:  # noqa: D401

@@ -25,6 +25,7 @@ from train.data import (LesionTargets, LoadedDataset, balanced_class_weights, lo
 from train.dedup import DedupConfig, split_groups
 from train.distribute import Cluster, lost_worker_error, make_cluster, shard_by_data, split_sha256, writes_run_dir
 from train.metrics import ThresholdPolicy
+from train.bn_restart import match_batch_norms
 from train.model import (LESION_OUTPUT, ModelConfig, build_model, inference_model, set_trainable_blocks,
                          with_lesion_cam, without_lesion_cam)
 from train.plots import plot_history
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 
 LOG_NAME = "train.log"
+BN_MATCH_IMAGES = 256     # training images that set restarted batch norms' statistics (train.bn_restart)
 
 
 class RunExists(RuntimeError):
@@ -407,6 +409,9 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
             if model_cfg.lesion == "cam":
                 model = with_lesion_cam(model, model_cfg.batch_norm)
             log.info("resuming after epoch %d", state["epochs_done"])
+        elif model_info["batch_norms_restarted"]:
+            match_batch_norms(model, model_info["batch_norms_restarted"],
+                              _sample(data.images[split["train"]], BN_MATCH_IMAGES, config.seed), spec)
     model_info["cost"] = model_cost(inference_model(model, model_cfg))
     model_info["precision"] = {"requested": config.precision, "used": precision}
     extra = {"distribution": cluster.summary(config.batch_size), "split_sha256": digest}
@@ -425,6 +430,12 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
     policy = ThresholdPolicy(config.threshold_method, config.min_sensitivity)
     done = finish_training(run, state, phases, data, split, spec, policy, config.bootstrap_resamples)
     atomic.write_json(run.run_info, _run_info(config, spec, model_info, data, phases, "complete", {**extra, **done}))
+
+
+def _sample(images: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Up to n of `images`, drawn without replacement, in a fixed order for the seed."""
+    order = np.random.default_rng(seed).permutation(len(images))[:n]
+    return images[np.sort(order)]
 
 
 def _is_tty() -> bool:
