@@ -50,7 +50,9 @@ def test_sparse_variants_are_sparse_and_compress_better(sparse_export):
         assert v.status in ("ok", "failed") and v.parity is not None, (v.name, v.reason)
         assert v.compressed_bytes and v.compressed_bytes > 0
     assert sparse.sparsity >= 0.5 and dense.sparsity is None
-    assert _weight_zero_share(sparse_export.export_dir / sparse.file) >= 0.5
+    # 50 % per layer, rounded to whole weights (and a pruned weight can tie the threshold):
+    # a CI run measured 0.49999993, one weight in 14.7 million short
+    assert _weight_zero_share(sparse_export.export_dir / sparse.file) >= 0.4999
     assert _weight_zero_share(sparse_export.export_dir / dense.file) < 0.01
     # same raw size (dense storage), smaller download
     assert abs(sparse.size_bytes - dense.size_bytes) < 0.05 * dense.size_bytes
