@@ -50,6 +50,7 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.child import checkout_env, run_json_child
 from benchmarks.timing import SelfTimed
 
 CONTENDERS = ("bcd-default", "bcd-onnxruntime", "bcd-openvino", "onnxruntime-spinning", "openvino-latency",
@@ -155,21 +156,7 @@ def child_command(contender: str, export_dir: Path, runs: int, warmup: int, thre
 
 def run_child(command: list[str], timeout: float = CHILD_TIMEOUT_S) -> dict:
     """Run one timing process; its last stdout line is the result. Never raises."""
-    env = dict(os.environ)
-    repo = str(Path(__file__).resolve().parent.parent)      # this checkout's packages, whatever the cwd
-    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"the timing process did not finish within {timeout:.0f}s"}
-    except OSError as err:
-        return {"ok": False, "error": f"cannot start the timing process: {err}"}
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    try:
-        return json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        tail = " ".join((proc.stderr or proc.stdout or "").split())[-400:]
-        return {"ok": False, "error": f"the timing process exited with status {proc.returncode}: {tail}"}
+    return run_json_child(command, timeout, "the timing process")
 
 
 class EngineInProcess(SelfTimed):
@@ -189,11 +176,8 @@ class EngineInProcess(SelfTimed):
         self.replies: "queue.Queue[str]" = queue.Queue()
 
     def _start(self) -> None:
-        env = dict(os.environ)
-        repo = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, env=env)
+                                     stderr=subprocess.DEVNULL, text=True, env=checkout_env())
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
         self._reply()                                       # "ready" (or the load error)
 

@@ -20,6 +20,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.child import checkout_env
+
 REPO = Path(__file__).resolve().parent.parent
 BUSI = REPO.parent / "shared" / "data" / "busi"
 
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "bcd.cli", "demo", "--model", str(model), "--port", str(port),
                                "--concurrency", str(args.concurrency)], cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(REPO)},
+                              env=checkout_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(port, server)

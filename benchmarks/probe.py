@@ -30,7 +30,6 @@ T_START = time.time()        # as early as possible: the probe's own start, befo
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -145,26 +144,11 @@ def probe_command(image: Path, threads: int, export_dir: Path | None = None, var
 def run_probe(command: list[str], timeout: float = PROBE_TIMEOUT_S) -> dict:
     """Start one probe; returns {ok, error, cold_start_s, interpreter_s, import_s, load_s,
     first_predict_s, peak_rss_mib, probability}. Never raises for a failing probe."""
-    env = dict(os.environ)
-    env.setdefault("TF_USE_LEGACY_KERAS", "1")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # the probe must import this checkout's packages, wherever the caller's cwd is
-    repo = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    from benchmarks.child import checkout_env, run_json_child   # parent side only: not in the probe's own timing
+
+    env = checkout_env(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
     t_spawn = time.time()
-    try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"the probe process did not finish within {timeout:.0f}s"}
-    except OSError as err:
-        return {"ok": False, "error": f"cannot start the probe process: {err}"}
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    try:
-        doc = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        tail = " ".join((proc.stderr or proc.stdout or "").split())[-400:]
-        return {"ok": False, "error": f"the probe process exited with status {proc.returncode} without a result"
-                                      f"{': ' + tail if tail else ''}"}
+    doc = run_json_child(command, timeout, "the probe process", env)
     out = {"ok": bool(doc.get("ok")), "error": doc.get("error"), "peak_rss_mib": doc.get("peak_rss_mib"),
            "peak_rss_source": doc.get("peak_rss_source"), "ru_maxrss_mib": doc.get("ru_maxrss_mib"),
            "probability": doc.get("probability")}
