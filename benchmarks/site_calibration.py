@@ -36,7 +36,7 @@ import numpy as np
 from runtime import atomic
 from runtime.classifier import Classifier
 from runtime.manifest import read_manifest
-from runtime.dataset import CsvMapping, DataSource, Sample, read_source
+from runtime.dataset import CsvMapping, DataSource, Sample, read_source, recorded_folder
 from train.calibrate import CalibrationConfig, fit, probabilities
 from train.evaluate_export import _split_file
 from train.metrics import binary_metrics, bootstrap_ci
@@ -69,25 +69,24 @@ class Site:
 # ------------------------------------------------------------------------ the sites
 
 
-def _split_relatives(export_dir: Path, part: str, dataset: Path) -> list[str]:
-    """The images of one part (train/val/test) of the export's split.json that came from
-    `dataset`, as the paths the split records (relative to the dataset), in its order.
+def _split_relatives(split: dict, part: str, dataset: Path) -> list[str]:
+    """The images of one part (train/val/test) of the export's split.json (`split`) that
+    came from `dataset`, as the paths the split records (relative to the dataset), in
+    its order.
 
     Sources are matched by folder name, not by absolute path: the split was made where
     the data lived then (another machine, another checkout), and `dataset` is where it
     lives now."""
-    doc = json.loads(_split_file(Path(export_dir)).read_text())
-    entries = doc["files"].get(part, [])
-    sources = doc.get("sources") or []
+    entries = split["files"].get(part, [])
+    sources = split.get("sources") or []
     if not sources:                       # an old one-folder split: every entry is from it
         return [e["path"] for e in entries]
-    names = {d["name"] for d in sources if _source_folder(d).name == Path(dataset).name}
+    names = {d["name"] for d in sources if recorded_folder(d).name == Path(dataset).name}
     return [e["path"] for e in entries if e.get("source") in names]
 
 
-def _source_folder(recorded: dict) -> Path:
-    path = Path(recorded["path"])
-    return path.parent if recorded.get("kind") == "csv" else path
+def _read_split(export_dir: Path) -> dict:
+    return json.loads(_split_file(Path(export_dir)).read_text())
 
 
 def _pick(samples: list[Sample], relatives: list[str]) -> list[Sample]:
@@ -97,7 +96,8 @@ def _pick(samples: list[Sample], relatives: list[str]) -> list[Sample]:
 
 def busi_site(export_dir: Path, busi: Path) -> Site:
     samples = read_source(DataSource.parse(str(busi))).labelled
-    pool, test = (_pick(samples, _split_relatives(export_dir, part, busi)) for part in ("val", "test"))
+    split = _read_split(export_dir)
+    pool, test = (_pick(samples, _split_relatives(split, part, busi)) for part in ("val", "test"))
     if not pool or not test:
         raise ValueError(f"the export's split.json lists no BUSI validation/test images of {busi}")
     return Site("BUSI", pool, test, "the export's split.json: validation images = pool, test images = test set")
@@ -106,7 +106,7 @@ def busi_site(export_dir: Path, busi: Path) -> Site:
 def busbra_site(export_dir: Path, busbra: Path, seed: int = 0) -> Site:
     source = DataSource.parse(str(busbra / "bus_data.csv"), CsvMapping.parse(BUSBRA_MAPPING))
     samples = read_source(source).labelled
-    trained = set(_split_relatives(export_dir, "train", busbra))
+    trained = set(_split_relatives(_read_split(export_dir), "train", busbra))
     cases: dict[str, list[Sample]] = {}
     for s in samples:
         cases.setdefault(str(s.group), []).append(s)

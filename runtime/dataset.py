@@ -371,11 +371,17 @@ def sources_of_split(doc: dict, data_override: str | None = None, class_labels: 
             for d in doc["sources"]]
 
 
+def recorded_folder(d: dict) -> Path:
+    """The folder of a source as split.json recorded it (a CSV index's folder, for a CSV)."""
+    recorded = Path(d["path"])
+    return recorded.parent if d.get("kind") == "csv" else recorded
+
+
 def _relocated(d: dict, base: Path, single: bool) -> Path:
     """Where a source recorded in split.json is found under `base`."""
     recorded = Path(d["path"])
     csv_name = recorded.name if d.get("kind") == "csv" else None
-    folder = recorded.parent if csv_name else recorded
+    folder = recorded_folder(d)
     candidates = [base / folder.name]
     if single:
         candidates.insert(0, base)
