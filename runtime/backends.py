@@ -313,8 +313,8 @@ class OpenVinoBackend(Backend):
             batch = batch.astype(np.float32)
         batch = np.ascontiguousarray(batch)
         # start_async + wait rather than infer(): infer() also copies every output (the
-        # probability, the CAM, the OOD features) into a fresh dict that is not used here;
-        # 3-5 % of a batch-1 call on the shipped model. The input is shared, not copied:
+        # probability, the CAM, the OOD features) into a fresh dict that is not used here.
+        # The input is shared, not copied:
         # `batch` lives until wait() returns.
         self.request.set_input_tensor(self._tensor(batch, shared_memory=True))
         self.request.start_async()
