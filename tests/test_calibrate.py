@@ -154,6 +154,17 @@ def test_too_small_calibration_set_is_refused_unless_forced(shipped, busi_root, 
     assert "**Forced:**" in capsys.readouterr().out
 
 
+def test_an_image_that_cannot_be_classified_is_named_not_fitted(shipped, site_data, tmp_path, capsys):
+    folder = tmp_path / "site"
+    shutil.copytree(site_data, folder)
+    (folder / "malignant" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 50)
+    out = tmp_path / "broken.json"
+    assert main(["calibrate", str(shipped), "--data", str(folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 47 image(s) could not be classified" in err and "broken.png" in err
+    assert "Traceback" not in err and "finite" not in err and not out.exists()
+
+
 @pytest.mark.parametrize("present", ["benign", "malignant"])
 def test_single_class_calibration_set_gets_a_clear_message(shipped, tmp_path, capsys, present):
     folder = tmp_path / "one" / present

@@ -263,10 +263,16 @@ def calibrate_export(export_dir: str | Path, data: DataSource | str | Path, out:
 
 def probabilities(classifier: Classifier, samples: list[Sample]) -> np.ndarray:
     """The export's raw probabilities for the samples, with `bcd evaluate`'s scoring loop
-    (no Grad-CAM: lesion masks are left aside)."""
+    (no Grad-CAM: lesion masks are left aside). Every image must be classified: the
+    profile records the whole file list, so an unreadable or refused image is an error
+    that names it, not a NaN for the fit."""
     from train.evaluate_export import _classify
 
-    return _classify(classifier, [replace(s, mask=None) for s in samples])[0]
+    p, _, errors, _ = _classify(classifier, [replace(s, mask=None) for s in samples])
+    if errors:
+        raise CalibrationError(f"{len(errors)} of {len(samples)} image(s) could not be classified, e.g. "
+                               f"{errors[0]}; fix or remove them and run again")
+    return p
 
 
 def _tool() -> dict:
