@@ -65,7 +65,7 @@ class Backend:
 
     def run(self, batch: np.ndarray, want_cam: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities (N,) float64, cams (N, h, w) float32 or None)."""
-        raise NotImplementedError
+        return self.run_all(batch, want_cam)[:2]
 
     def _find_outputs(self, outputs: dict, name: str) -> None:
         """The probability output (required), Grad-CAM and OOD outputs (optional)."""
@@ -80,9 +80,8 @@ class Backend:
     def run_all(self, batch: np.ndarray, want_cam: bool = False, want_ood: bool = False
                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """run() plus the OOD score (N,) float64, or None when not wanted or this backend
-        does not read it."""
-        probs, cams = self.run(batch, want_cam)
-        return probs, cams, None
+        does not read it. Each engine implements this one."""
+        raise NotImplementedError
 
     def close(self) -> None:
         self._buffers.clear()
@@ -133,9 +132,6 @@ class OnnxBackend(Backend):
     @property
     def options(self):
         return self.session.get_session_options()
-
-    def run(self, batch, want_cam=False):
-        return self.run_all(batch, want_cam)[:2]
 
     def run_all(self, batch, want_cam=False, want_ood=False):
         if batch.dtype != self.input_dtype:
@@ -202,17 +198,8 @@ class TfliteBackend(Backend):
         self.input_name, self._input = next(iter(inputs.items()))
         _check_image_input([int(d) for d in self._input["shape"]], image_size, name)
         self._outputs = self.runner.get_output_details()
-        self.prob_name = _pick_output(self._outputs, PROB_OUTPUT, rank=2, name=name)
-        try:
-            self.cam_name: str | None = _pick_output(self._outputs, CAM_OUTPUT, rank=3, name=name)
-        except ModelLoadError:
-            self.cam_name = None
-        self.ood_name = OOD_OUTPUT if OOD_OUTPUT in self._outputs else None
-        self.has_ood = self.ood_name is not None
+        self._find_outputs(self._outputs, name)
         super().__init__(image_size, threads, has_cam=self.cam_name is not None)
-
-    def run(self, batch, want_cam=False):
-        return self.run_all(batch, want_cam)[:2]
 
     def run_all(self, batch, want_cam=False, want_ood=False):
         results = self.runner(**{self.input_name: _quantize(batch, self._input)})
@@ -304,9 +291,6 @@ class OpenVinoBackend(Backend):
         self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)  # e.g. "bf16"
         self._out_index = {_ov_name(o): i for i, o in enumerate(self.compiled.outputs)}
         super().__init__(image_size, threads, has_cam=self.cam_name is not None)
-
-    def run(self, batch, want_cam=False):
-        return self.run_all(batch, want_cam)[:2]
 
     def run_all(self, batch, want_cam=False, want_ood=False):
         if batch.dtype != np.float32:
