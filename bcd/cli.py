@@ -6,10 +6,14 @@ subcommand that needs them, so `bcd predict` on a runtime-only install never loa
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import warnings
 from pathlib import Path
+
+from runtime.cli_options import LibraryDefault, given, is_default, library
+from runtime.engines import BACKENDS
 
 log = logging.getLogger("bcd")
 
@@ -82,12 +86,10 @@ def _sources(items, labels=None, single: str | None = None):
         raise UsageError(str(err)) from None
 
 
-# the same names as runtime.backends.BACKENDS (not imported here: it loads ONNX Runtime)
-BACKEND_CHOICES = ("auto", "onnxruntime", "openvino", "litert")
 
 
 def _add_backend(p, prefix: str = "") -> None:
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help=prefix + "inference engine (default auto: OpenVINO for an .onnx variant when it is installed, "
                         "passed the parity check recorded in the export's backends.json and is the faster engine on "
                         "this CPU by that file's speed record (no record: CPUs with AMX); else ONNX Runtime; LiteRT "
@@ -96,92 +98,129 @@ def _add_backend(p, prefix: str = "") -> None:
 
 # ---- train -------------------------------------------------------------------------
 
+ARCHS = ("vgg16", "vgg16-bn")
+
+
+def _train(name: str, show=None) -> LibraryDefault:
+    return library("train.config:TrainConfig", name, show)
+
+
+def _arch_name(batch_norm: bool) -> str:
+    return ARCHS[1] if batch_norm else ARCHS[0]
+
+
+PRESETS = ("basic", "ultrasound")   # train.augment.PRESETS (not imported here: it loads OpenCV)
+
+
+def _preset_name(augment) -> str:
+    from train.augment import AugmentConfig
+    return next((name for name in PRESETS if AugmentConfig.preset(name) == augment), "custom")
+
+
+def _lr_scratch_text() -> str:
+    from train.config import LR_SCRATCH
+    return f"{LR_SCRATCH['plain']:g}, or {LR_SCRATCH['batch_norm']:g} with --arch vgg16-bn"
+
+
+# option dest -> TrainConfig field, for the options passed through as they are
+_TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "weights", "seed": "seed",
+                 "batch_size": "batch_size", "patience": "patience", "lr_decay_patience": "lr_decay_patience",
+                 "threshold": "threshold_method", "min_sensitivity": "min_sensitivity", "val_source": "val_source",
+                 "precision": "precision", "width": "width", "lesion_weight": "lesion_weight",
+                 "lesion_loss": "lesion_loss", "strategy": "strategy", "lr": "lr_scratch"}
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train VGG16 on one or more datasets (class folders or CSV indexes) and evaluate it")
     _add_data_options(p, help_text="dataset: a folder of class folders (benign/, malignant/, normal/ ...) or a CSV "
                       "index; NAME= names the source (default: the folder's name, or the CSV's folder's); "
                       "omitted: a small built-in synthetic set, to check the pipeline")
     p.add_argument("--out", type=Path, required=True, help="run directory to create")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--weights", default="none",
+    p.add_argument("--image-size", type=int, default=_train("image_size"), help="input size (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=_train("epochs"), help="epochs at most (default %(default)s)")
+    p.add_argument("--weights", default=_train("weights"),
                    help="imagenet | none | PATH to a no-top VGG16 .h5 file | an earlier RUN directory or .keras model "
-                        "of the same architecture (fine-tuning from it, offline)")
-    p.add_argument("--arch", choices=["vgg16", "vgg16-bn"], default="vgg16",
-                   help="vgg16 (plain, default; the only one ImageNet weights fit) or vgg16-bn (batch norm after every "
-                        "conv, from scratch; folded into the convs in the saved model)")
-    p.add_argument("--width", type=float, default=1.0,
-                   help="share of VGG16's filters per conv layer, e.g. 0.5 (from scratch; default 1)")
-    p.add_argument("--augment", choices=["basic", "ultrasound"], default="basic",
-                   help="augmentation preset: basic (flips, rotation, zoom, gain, contrast; default) or ultrasound "
-                        "(adds gamma, speckle, blur, aspect-ratio crops and pasted burned-in marks)")
-    p.add_argument("--lesion-weight", type=float, default=0.0,
+                        "of the same architecture (fine-tuning from it, offline) (default %(default)s)")
+    p.add_argument("--arch", choices=ARCHS, default=_train("batch_norm", _arch_name),
+                   help="vgg16 (plain; the only one ImageNet weights fit) or vgg16-bn (batch norm after every "
+                        "conv, from scratch; folded into the convs in the saved model) (default %(default)s)")
+    p.add_argument("--width", type=float, default=_train("width"),
+                   help="share of VGG16's filters per conv layer, e.g. 0.5 (from scratch; default %(default)s)")
+    p.add_argument("--augment", choices=PRESETS, default=_train("augment", _preset_name),
+                   help="augmentation preset: basic (flips, rotation, zoom, gain, contrast) or ultrasound "
+                        "(adds gamma, speckle, blur, aspect-ratio crops and pasted burned-in marks) (default %(default)s)")
+    p.add_argument("--lesion-weight", type=float, default=_train("lesion_weight"),
                    help="> 0: a loss on the lesion masks (where a source has them) with this weight, e.g. 0.5, so "
-                        "that the model looks at the lesion (default 0: off; see --lesion-loss)")
-    p.add_argument("--lesion-loss", choices=["cam", "head"], default="cam",
-                   help="with --lesion-weight: cam (default) pulls the model's own Grad-CAM map toward the lesion; "
-                        "head trains an auxiliary segmentation head instead")
-    p.add_argument("--val-source", metavar="NAME",
+                        "that the model looks at the lesion (default %(default)s: off; see --lesion-loss)")
+    p.add_argument("--lesion-loss", choices=["cam", "head"], default=_train("lesion_loss"),
+                   help="with --lesion-weight: cam pulls the model's own Grad-CAM map toward the lesion; "
+                        "head trains an auxiliary segmentation head instead (default %(default)s)")
+    p.add_argument("--val-source", metavar="NAME", default=_train("val_source"),
                    help="hold this source out entirely as the validation split (early stopping, threshold): an honest "
                         "estimate of a hospital the model has not seen")
-    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
-                   help="auto (default): mixed bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX), "
-                        "else float32. The saved model is float32 either way")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--batch-size", type=int, default=16,
-                   help="images per step and replica (default 16); with several replicas a step takes "
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=_train("precision"),
+                   help="auto: mixed bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX), "
+                        "else float32. The saved model is float32 either way (default %(default)s)")
+    p.add_argument("--seed", type=int, default=_train("seed"), help="default %(default)s")
+    p.add_argument("--batch-size", type=int, default=_train("batch_size"),
+                   help="images per step and replica (default %(default)s); with several replicas a step takes "
                         "batch size x replicas images")
-    p.add_argument("--strategy", choices=["auto", "none", "mirrored", "multiworker"], default="auto",
-                   help="tf.distribute: auto (default; all GPUs when there are several, else one device), none, "
+    p.add_argument("--strategy", choices=["auto", "none", "mirrored", "multiworker"], default=_train("strategy"),
+                   help="tf.distribute: auto (all GPUs when there are several, else one device), none, "
                         "mirrored (this machine's GPUs), multiworker (several machines, one process each, "
-                        "described by the TF_CONFIG environment variable; see the README)")
-    p.add_argument("--patience", type=int, default=8, help="early stopping: epochs without validation AUC gain")
-    p.add_argument("--lr", type=float, default=None,
-                   help="learning rate from scratch (Adam; default 3e-4, or 1e-3 with --arch vgg16-bn)")
-    p.add_argument("--lr-decay-patience", type=int, default=4,
+                        "described by the TF_CONFIG environment variable; see docs/training.md) (default %(default)s)")
+    p.add_argument("--patience", type=int, default=_train("patience"),
+                   help="early stopping: epochs without validation AUC gain (default %(default)s)")
+    p.add_argument("--lr", type=float, default=LibraryDefault(_lr_scratch_text),
+                   help="learning rate from scratch (Adam; default %(default)s)")
+    p.add_argument("--lr-decay-patience", type=int, default=_train("lr_decay_patience"),
                    help="multiply the learning rate by 0.3 after this many epochs without validation AUC gain "
-                        "(default 4; 0 turns it off)")
-    p.add_argument("--labels", default=None, help="class folder / label value to label map, e.g. "
-                   "'benign=0,normal=0,malignant=1' (default)")
-    p.add_argument("--threshold", choices=["sensitivity", "youden"], default="sensitivity",
+                        "(default %(default)s; 0 turns it off)")
+    p.add_argument("--labels", default=_train("class_labels", lambda d: ",".join(f"{k}={v}" for k, v in d.items())),
+                   help="class folder / label value to label map (default %(default)s)")
+    p.add_argument("--threshold", choices=["sensitivity", "youden"], default=_train("threshold_method"),
                    help="operating threshold chosen on validation: best specificity at sensitivity >= "
-                        "--min-sensitivity (default), or Youden's J")
-    p.add_argument("--min-sensitivity", type=float, default=0.90)
+                        "--min-sensitivity, or Youden's J (default %(default)s)")
+    p.add_argument("--min-sensitivity", type=float, default=_train("min_sensitivity"), help="default %(default)s")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.set_defaults(func=_cmd_train)
+
+
+def train_config(args, sources=(), labels=None):
+    """The TrainConfig that `bcd train` ARGS ask for (only the given options are set)."""
+    from train.augment import AugmentConfig
+    from train.config import TrainConfig
+
+    options = given(args, _TRAIN_FIELDS)
+    if not isinstance(args.arch, LibraryDefault):
+        options["batch_norm"] = args.arch == "vgg16-bn"
+    if not isinstance(args.augment, LibraryDefault):
+        options["augment"] = AugmentConfig.preset(args.augment)
+    if labels is not None:
+        options["class_labels"] = labels.to_dict()
+    if sources:
+        options["data"] = tuple({"path": str(s.path), "name": s.name,
+                               "mapping": s.mapping.to_dict() if s.mapping else None} for s in sources)
+    try:
+        return TrainConfig(out=str(args.out), **options)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _cmd_train(args) -> int:
     try:
         from runtime.dataset import LabelMap
-        from train.augment import AugmentConfig
-        from train.config import TrainConfig
         from train.distribute import writes_run_dir
         from train.trainer import LOG_NAME, train
     except ImportError as err:
         raise _missing_extra("train", err)
-    labels = LabelMap.parse(args.labels) if args.labels else None
+    labels = None if isinstance(args.labels, LibraryDefault) else LabelMap.parse(args.labels)
     sources = _sources(args.data, labels)
-    bn = args.arch == "vgg16-bn"
-    try:
-        config = TrainConfig(
-            out=str(args.out), image_size=args.image_size, epochs=args.epochs, weights=args.weights, seed=args.seed,
-            batch_size=args.batch_size, patience=args.patience, lr_decay_patience=args.lr_decay_patience,
-            threshold_method=args.threshold, min_sensitivity=args.min_sensitivity,
-            data=tuple({"path": str(s.path), "name": s.name, "mapping": s.mapping.to_dict() if s.mapping else None}
-                       for s in sources) or None,
-            val_source=args.val_source, precision=args.precision, batch_norm=bn, width=args.width,
-            lesion_weight=args.lesion_weight, lesion_loss=args.lesion_loss, augment=AugmentConfig.preset(args.augment),
-            strategy=args.strategy,
-            lr_scratch=args.lr if args.lr is not None else (1e-3 if bn else 3e-4),
-            **({"class_labels": labels.to_dict()} if labels else {}),
-        )
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    if args.val_source and args.val_source not in {s.name for s in sources}:
-        raise UsageError(f"--val-source {args.val_source}: not one of the sources "
+    config = train_config(args, sources, labels)
+    if config.val_source and config.val_source not in {s.name for s in sources}:
+        raise UsageError(f"--val-source {config.val_source}: not one of the sources "
                          f"({', '.join(s.name for s in sources) or 'none given'})")
-    chief = writes_run_dir(args.strategy)     # a non-chief worker logs to stderr only
+    chief = writes_run_dir(config.strategy)     # a non-chief worker logs to stderr only
     _setup_logging(args.out / LOG_NAME if chief else None)
     run = train(config, resume=args.resume)
     if not chief:
@@ -203,6 +242,15 @@ def _macs(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of MACs: {text!r} (e.g. 2.5e9 or 2.5G)") from None
 
 
+def _slim(name: str) -> LibraryDefault:
+    return library("train.slim:SlimConfig", name)
+
+
+_SLIM_FIELDS = {"ratio": "ratio", "target_macs": "target_macs", "criterion": "criterion", "min_filters": "min_filters",
+                "epochs": "epochs", "patience": "patience", "lr": "learning_rate",
+                "lr_decay_patience": "lr_decay_patience", "batch_size": "batch_size"}
+
+
 def _add_slim(sub) -> None:
     p = sub.add_parser("slim", help="prune a finished run's VGG16 to fewer conv filters (faster on CPU), "
                                     "fine-tune and evaluate it as a new run")
@@ -214,17 +262,20 @@ def _add_slim(sub) -> None:
     p.add_argument("--target-macs", type=_macs, metavar="MACS",
                      help="instead of --ratio: remove just enough filters (the same share in every layer) to fit "
                           "this many multiply-accumulates per image, e.g. 1.5G")
-    p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs at most (default 30)")
-    p.add_argument("--patience", type=int, default=8, help="early stopping: epochs without validation AUC gain")
-    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate, Adam (default 1e-4)")
-    p.add_argument("--lr-decay-patience", type=int, default=3,
+    p.add_argument("--epochs", type=int, default=_slim("epochs"), help="fine-tuning epochs at most (default %(default)s)")
+    p.add_argument("--patience", type=int, default=_slim("patience"),
+                   help="early stopping: epochs without validation AUC gain (default %(default)s)")
+    p.add_argument("--lr", type=float, default=_slim("learning_rate"),
+                   help="fine-tuning learning rate, Adam (default %(default)s)")
+    p.add_argument("--lr-decay-patience", type=int, default=_slim("lr_decay_patience"),
                    help="multiply the learning rate by 0.3 after this many epochs without validation AUC gain "
-                        "(default 3; 0 turns it off)")
+                        "(default %(default)s; 0 turns it off)")
     p.add_argument("--batch-size", type=int, help="default: the parent run's")
-    p.add_argument("--criterion", choices=["l1", "activation"], default="l1",
-                   help="filter importance: l1 (default), the L1 norm of the filter's weights; activation, its mean "
-                        "output on 128 training images")
-    p.add_argument("--min-filters", type=int, default=8, help="never keep fewer filters in a layer (default 8)")
+    p.add_argument("--criterion", choices=["l1", "activation"], default=_slim("criterion"),
+                   help="filter importance: l1, the L1 norm of the filter's weights; activation, its mean "
+                        "output on 128 training images (default %(default)s)")
+    p.add_argument("--min-filters", type=int, default=_slim("min_filters"),
+                   help="never keep fewer filters in a layer (default %(default)s)")
     p.add_argument("--data", type=Path, help="where the parent run's dataset lives now, if it moved")
     p.add_argument("--resume", action="store_true", help="continue an interrupted slim run in --out")
     p.set_defaults(func=_cmd_slim)
@@ -239,12 +290,8 @@ def _cmd_slim(args) -> int:
     if args.ratio is not None and args.target_macs is not None:
         raise UsageError("give either --ratio or --target-macs, not both")
     try:
-        config = SlimConfig(
-            parent=str(args.run), out=str(args.out), ratio=args.ratio, target_macs=args.target_macs,
-            criterion=args.criterion, min_filters=args.min_filters, epochs=args.epochs, patience=args.patience,
-            learning_rate=args.lr, lr_decay_patience=args.lr_decay_patience, batch_size=args.batch_size,
-            data=str(args.data) if args.data else None,
-        )
+        config = SlimConfig(parent=str(args.run), out=str(args.out), data=str(args.data) if args.data else None,
+                            **{k: v for k, v in given(args, _SLIM_FIELDS).items() if v is not None})
         open_parent(args.run)
     except ValueError as err:   # bad numbers, or RUN is not a finished run
         raise UsageError(str(err)) from None
@@ -407,6 +454,15 @@ def _site(args) -> Path | None:
 
 # ---- export ------------------------------------------------------------------------
 
+def _export(name: str, show=None) -> LibraryDefault:
+    return library("export.config:ExportConfig", name, show)
+
+
+_EXPORT_FIELDS = {"calib_size": "calib_size", "calib_method": "calib_method", "qat": "qat_epochs",
+                  "max_auc_drop": "max_auc_drop", "max_flip_rate": "max_flip_rate", "opset": "onnx_opset",
+                  "sparsity": "sparsity", "sparsity_epochs": "sparsity_epochs", "ood_quantile": "ood_quantile"}
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a run to ONNX/TFLite variants, check each against the Keras model, "
                                       "write manifest.json")
@@ -419,28 +475,30 @@ def _add_export(sub) -> None:
     _add_data_options(p, dest="calib_data", flag="--calib-data", multiple=False,
                       help_text="labelled dataset (class folders or CSV index) of calibration images (default: the "
                                 "run's training split)")
-    p.add_argument("--calib-size", type=int, default=200, help="calibration images, at most (default 200)")
-    p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax",
-                   help="ONNX Runtime calibration method for onnx-int8 (default minmax)")
-    p.add_argument("--qat", type=int, default=0, metavar="EPOCHS",
+    p.add_argument("--calib-size", type=int, default=_export("calib_size"),
+                   help="INT8 calibration images, at most (default %(default)s)")
+    p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default=_export("calib_method"),
+                   help="ONNX Runtime calibration method for onnx-int8 (default %(default)s)")
+    p.add_argument("--qat", type=int, default=_export("qat_epochs"), metavar="EPOCHS",
                    help="also export quantization-aware-trained INT8 variants, fine-tuned EPOCHS epochs")
     _add_data_options(p, multiple=False, help_text="labelled dataset (class folders or CSV index) for the parity "
                       "checks (default: the run's validation split)")
-    p.add_argument("--max-auc-drop", type=float, default=0.01, help="tolerated AUC drop vs Keras (default 0.01)")
-    p.add_argument("--max-flip-rate", type=float, default=0.02,
-                   help="tolerated share of changed decisions at the operating threshold (default 0.02)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--sparsity", type=float, default=0.0, metavar="FRACTION",
+    p.add_argument("--max-auc-drop", type=float, default=_export("max_auc_drop"),
+                   help="tolerated AUC drop vs Keras (default %(default)s)")
+    p.add_argument("--max-flip-rate", type=float, default=_export("max_flip_rate"),
+                   help="tolerated share of changed decisions at the operating threshold (default %(default)s)")
+    p.add_argument("--opset", type=int, default=_export("onnx_opset"), help="ONNX opset (default %(default)s)")
+    p.add_argument("--sparsity", type=float, default=_export("sparsity"), metavar="FRACTION",
                    help="also export magnitude-pruned variants (onnx-fp32-sparseNN, onnx-int8-sparseNN) with this "
                         "share of zero weights, e.g. 0.5: a smaller COMPRESSED download, NOT faster in ONNX Runtime")
-    p.add_argument("--sparsity-epochs", type=int, default=2,
-                   help="fine-tuning epochs on the training split while pruning (default 2)")
-    p.add_argument("--ood-quantile", type=float, default=0.99,
+    p.add_argument("--sparsity-epochs", type=int, default=_export("sparsity_epochs"),
+                   help="fine-tuning epochs on the training split while pruning (default %(default)s)")
+    p.add_argument("--ood-quantile", type=float, default=_export("ood_quantile"),
                    help="out-of-distribution flag threshold: this quantile of each variant's scores on the "
-                        "validation split (default 0.99: about 1%% of validation images flagged)")
-    p.add_argument("--ood-layers", default="block3_pool,gap",
+                        "validation split (default %(default)s: about 1%% of validation images flagged)")
+    p.add_argument("--ood-layers", default=_export("ood_layers", ",".join),
                    help="comma-separated layers whose pooled activations the out-of-distribution score uses "
-                        "(default block3_pool,gap; see export/README.md for the measured trade-offs)")
+                        "(default %(default)s; see export/README.md for the measured trade-offs)")
     p.add_argument("--no-ood", action="store_true",
                    help="leave out the out-of-distribution score (no image is ever flagged)")
     p.set_defaults(func=_cmd_export)
@@ -456,17 +514,13 @@ def _cmd_export(args) -> int:
         raise UsageError(f"{args.run}: no such run directory")
     calib = (_sources(args.calib_data, single="--calib-data") or [None])[0]
     parity = (_sources(args.data, single="--data") or [None])[0]
-    options = {}
+    options = given(args, _EXPORT_FIELDS)
     if args.formats:
         options["formats"] = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    config = ExportConfig(
-        run_dir=str(args.run), out=str(args.out), calib_data=calib,
-        calib_size=args.calib_size, calib_method=args.calib_method, qat_epochs=args.qat,
-        parity_data=parity, max_auc_drop=args.max_auc_drop,
-        max_flip_rate=args.max_flip_rate, onnx_opset=args.opset, sparsity=args.sparsity,
-        sparsity_epochs=args.sparsity_epochs, ood=not args.no_ood, ood_quantile=args.ood_quantile,
-        ood_layers=tuple(x.strip() for x in args.ood_layers.split(",") if x.strip()), **options,
-    )
+    if not is_default(args.ood_layers):
+        options["ood_layers"] = tuple(x.strip() for x in args.ood_layers.split(",") if x.strip())
+    config = ExportConfig(run_dir=str(args.run), out=str(args.out), calib_data=calib, parity_data=parity,
+                          ood=not args.no_ood, **options)
     _setup_logging()
     result = export_run(config)
     print(summary_table(result.manifest, result.seconds))
@@ -578,25 +632,34 @@ def _cmd_predict(args) -> int:
 
 # ---- demo --------------------------------------------------------------------------
 
+def _demo(name: str) -> LibraryDefault:
+    return library("demo.config:DemoConfig", name)
+
+
+_DEMO_FIELDS = {"host": "host", "port": "port", "max_file_size": "max_file_size", "concurrency": "concurrency",
+                "backend": "backend"}
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="serve a local web page (Gradio) to try an exported model on images")
     p.add_argument("--model", type=Path, action="append",
                    help="export directory from `bcd export`; repeat it to offer several models side by side "
                         "(e.g. the full model and its slim version), each with its own threshold (default: "
                         "$BCD_MODEL, else every model shipped in models/, the reference model first)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this computer only; 0.0.0.0 opens it to the "
+    p.add_argument("--host", default=_demo("host"),
+                   help="address to listen on (default %(default)s: this computer only; 0.0.0.0 opens it to the "
                         "network, without any login)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=int, default=_demo("port"), help="port (default %(default)s)")
     p.add_argument("--examples", type=Path, metavar="DIR", help="folder of example images to offer on the page")
     p.add_argument("--share", action="store_true",
                    help="also create a public gradio.live link (needs internet; anyone with the link can use it)")
-    p.add_argument("--max-file-size", default="20MB", help="largest upload accepted (default 20MB)")
+    p.add_argument("--max-file-size", default=_demo("max_file_size"), help="largest upload accepted (default %(default)s)")
     p.add_argument("--threads", type=int, help="CPU threads per model (default: physical cores)")
     _add_backend(p)
     p.add_argument("--variant", help="variant selected when the page opens (default: the runtime's default of "
                    "the first model; with several models 'MODEL · VARIANT' picks another model's)")
-    p.add_argument("--concurrency", type=int, default=2, help="requests processed at once (default 2)")
+    p.add_argument("--concurrency", type=int, default=_demo("concurrency"),
+                   help="requests processed at once (default %(default)s)")
     _add_site_flags(p)
     p.set_defaults(func=_cmd_demo)
 
@@ -615,9 +678,8 @@ def _cmd_demo(args) -> int:
     if args.examples is not None and not args.examples.is_dir():
         raise UsageError(f"--examples {args.examples}: no such folder")
     try:
-        config = DemoConfig(model=models, host=args.host, port=args.port, examples=args.examples, share=args.share,
-                            max_file_size=args.max_file_size, threads=args.threads, variant=args.variant,
-                            concurrency=args.concurrency, site=_site(args), backend=args.backend)
+        config = DemoConfig(model=models, examples=args.examples, share=args.share, threads=args.threads,
+                            variant=args.variant, site=_site(args), **given(args, _DEMO_FIELDS))
     except ValueError as err:
         raise UsageError(str(err)) from None
     _setup_logging()
@@ -674,13 +736,14 @@ def _add_pick(sub) -> None:
                                     "budget of the original's")
     p.add_argument("results", type=Path, metavar="RESULTS_JSON",
                    help="results.json written by `bcd benchmark` (or its folder); measure on --split val")
-    p.add_argument("--budget", type=float, default=0.01, help="largest tolerated AUC drop vs the original (default 0.01)")
+    p.add_argument("--budget", type=float, default=LibraryDefault(lambda: importlib.import_module("benchmarks.pick").DEFAULT_BUDGET),
+                   help="largest tolerated AUC drop vs the original (default %(default)s)")
     p.set_defaults(func=_cmd_pick)
 
 
 def _cmd_pick(args) -> int:
     from benchmarks.pick import load_results, pick, pick_text
-    choice = pick(load_results(args.results), args.budget)
+    choice = pick(load_results(args.results), **({} if is_default(args.budget) else {"budget": args.budget}))
     for warning in choice.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(pick_text(choice))

@@ -34,8 +34,7 @@ _TFLITE_MISSING = "running .tflite models needs the 'tflite' extra: pip install 
 _OPENVINO_MISSING = ("--backend openvino needs the 'openvino' extra: pip install 'breast-cancer-edge[openvino]' "
                      "(or pip install openvino)")
 
-BACKENDS = ("auto", "onnxruntime", "openvino", "litert")
-ENGINES_OF_FORMAT = {"onnx": ("onnxruntime", "openvino"), "tflite": ("litert",)}
+from runtime.engines import BACKENDS, ENGINES_OF_FORMAT  # noqa: E402,F401 - the one engine table
 BACKENDS_FILE = "backends.json"           # beside manifest.json: which engines were checked on which variant
 
 

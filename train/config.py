@@ -9,6 +9,9 @@ from train.augment import AugmentConfig
 from train.dedup import DEFAULT_MAX_DISTANCE
 
 PRECISIONS = ("auto", "float32", "bfloat16")
+# From scratch, Adam: the plain VGG16 learned at 3e-4, the batch-norm one at 1e-3
+# (../shared/STACK-NOTES.md, and every shipped run). `lr_scratch=None` picks by `batch_norm`.
+LR_SCRATCH = {"plain": 3e-4, "batch_norm": 1e-3}
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")   # see train.distribute
 
 
@@ -22,7 +25,7 @@ class TrainConfig:
     seed: int = 42
     batch_size: int = 16
     head_epochs: int = 5             # pretrained only: epochs with the VGG16 base frozen
-    lr_scratch: float = 3e-4
+    lr_scratch: float | None = None  # None: LR_SCRATCH for the architecture (resolved on creation)
     lr_head: float = 1e-3
     lr_finetune: float = 1e-5
     patience: int = 8                # early stopping on validation AUC
@@ -45,6 +48,8 @@ class TrainConfig:
     strategy: str = "auto"           # tf.distribute: auto | none | mirrored | multiworker (TF_CONFIG)
 
     def __post_init__(self) -> None:
+        if self.lr_scratch is None:
+            object.__setattr__(self, "lr_scratch", LR_SCRATCH["batch_norm" if self.batch_norm else "plain"])
         self._check()
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
