@@ -309,6 +309,14 @@ def _cmd_slim(args) -> int:
 
 # ---- evaluate ----------------------------------------------------------------------
 
+def _evaluate(name: str) -> LibraryDefault:
+    return library("train.evaluate:EvaluateConfig", name)
+
+
+_EVALUATE_FIELDS = {"model": "model", "split": "split", "flip_tta": "flip_tta", "variant": "variant",
+                    "backend": "backend", "split_root": "split_root", "out": "out", "bootstrap": "bootstrap"}
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score a run's or an export's test split, or a labelled folder with --data")
     p.add_argument("model", type=Path, nargs="?",
@@ -316,8 +324,8 @@ def _add_evaluate(sub) -> None:
                         "as a clinic runs it; default: the shipped reference model)")
     _add_data_options(p, help_text="score every labelled image of this dataset (class folders or a CSV index) "
                       "instead of the test split")
-    p.add_argument("--split", choices=["val", "test"], default="test",
-                   help="which part of the saved split to score (default test; a run's other splits and flip "
+    p.add_argument("--split", choices=["val", "test"], default=_evaluate("split"),
+                   help="which part of the saved split to score (default %(default)s; a run's other splits and flip "
                         "averaging are written to RUN/eval-<split>[-flip]/)")
     p.add_argument("--flip-tta", action="store_true",
                    help="run directory only: average each probability with the left-right mirrored image's "
@@ -327,7 +335,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--split-root", type=Path, help="where the run's dataset lives now, if it moved")
     p.add_argument("--out", type=Path, help="output folder (default: with --data RUN/eval-<folder name>; for an "
                    "export EXPORT/eval-<variant>-<split or folder>)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--bootstrap", type=int, default=_evaluate("bootstrap"),
+                   help="bootstrap resamples for the 95%% CIs (default %(default)s)")
     _add_site_flags(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -335,39 +344,17 @@ def _add_evaluate(sub) -> None:
 def _cmd_evaluate(args) -> int:
     try:
         from train import evaluate
-        from train.evaluate_export import evaluate_export_data, evaluate_export_split, is_export_dir
     except ImportError as err:
         raise _missing_extra("train", err)
-    from runtime.predict_files import default_model_path
-    model = args.model or default_model_path()
-    if model is None:
-        raise UsageError("give a run or export directory to evaluate (no reference model is shipped)")
-    if not Path(model).exists():
-        raise UsageError(f"{model}: no such run or export directory")
-    sources = _sources(args.data)
+    try:
+        if args.site and args.no_site:
+            raise ValueError("give either --site or --no-site, not both")
+        config = evaluate.EvaluateConfig(data=tuple(_sources(args.data)), site=args.site, no_site=args.no_site,
+                                         **given(args, _EVALUATE_FIELDS))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     _setup_logging()
-    if is_export_dir(Path(model)):
-        if args.flip_tta:
-            raise UsageError("--flip-tta applies to a run directory (the Keras model)")
-        site = _site(args)
-        if sources:
-            doc = evaluate_export_data(model, sources, args.variant, args.out, args.bootstrap, site=site,
-                                       backend=args.backend)
-        else:
-            doc = evaluate_export_split(model, args.variant, args.split_root, args.out, args.split, args.bootstrap,
-                                        site=site, backend=args.backend)
-    else:
-        if args.variant or args.backend != "auto":
-            raise UsageError("--variant and --backend apply to export directories; a run has one Keras model, "
-                             "run by TensorFlow")
-        if args.site:
-            raise UsageError("--site applies to export directories (a site profile belongs to an exported model "
-                             "file); a run is scored at its own threshold")
-        if sources:
-            doc = evaluate.evaluate_folder(model, sources, args.out, args.bootstrap)
-        else:
-            doc = evaluate.evaluate_run(model, args.split_root, args.bootstrap, args.split, args.flip_tta, args.out)
-    print(evaluate.metrics_markdown(doc))
+    print(evaluate.metrics_markdown(evaluate.evaluate(config)))
     return 0
 
 
@@ -533,6 +520,24 @@ def _cmd_export(args) -> int:
 _PROGRESS_MIN = 20  # report progress on stderr from this many images on
 
 
+def _predict(name: str) -> LibraryDefault:
+    return library("runtime.predict_files:PredictConfig", name)
+
+
+_PREDICT_FIELDS = {"model": "model", "variant": "variant", "threads": "threads", "backend": "backend",
+                   "max_pixels": "max_pixels", "batch_size": "batch_size", "force": "force",
+                   "heatmap": "heatmap_dir", "partial_every": "partial_every"}
+
+
+def predict_config(args):
+    """The PredictConfig that `bcd predict` ARGS ask for."""
+    from runtime.predict_files import PredictConfig
+    try:
+        return PredictConfig(**given(args, _PREDICT_FIELDS))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="classify images with an exported model (ONNX Runtime/LiteRT, no TensorFlow)")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -546,36 +551,29 @@ def _add_predict(sub) -> None:
     p.add_argument("--heatmap", type=Path, metavar="DIR", help="write a Grad-CAM overlay <stem>_gradcam.png per image")
     p.add_argument("--threads", type=int, help="CPU threads for inference (default: physical cores)")
     _add_backend(p)
-    p.add_argument("--max-pixels", type=int, default=None,
-                   help="refuse images with more pixels than this (default 64000000; decompression-bomb guard)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default 8)")
+    p.add_argument("--max-pixels", type=int, default=_predict("max_pixels"),
+                   help="refuse images with more pixels than this (default %(default)s; decompression-bomb guard)")
+    p.add_argument("--batch-size", type=int, default=_predict("batch_size"),
+                   help="images per inference batch (default %(default)s)")
     p.add_argument("--force", action="store_true",
                    help="run a variant that failed the export's checks against the original model (investigation only)")
     _add_site_flags(p)
-    p.add_argument("--partial-every", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--partial-every", type=float, default=_predict("partial_every"), metavar="SECONDS",
                    help="with --json/--csv, keep FILE.partial.json up to date with the results so far at most every "
-                        "SECONDS (default 10), so an interrupted run loses nothing; removed when FILE is written")
+                        "SECONDS (default %(default)s), so an interrupted run loses nothing; removed when FILE is written")
     p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_predict(args) -> int:
     from runtime import predict_files
-    from runtime.classifier import Classifier
-    from runtime.images import DEFAULT_MAX_PIXELS
     from runtime.progress import Progress
     from runtime.site_profile import load_for
 
-    model = args.model or predict_files.default_model_path()
-    if model is None:
+    config = predict_config(args)
+    if config.model_path() is None:
         raise UsageError("--model is required here: pass an export directory from `bcd export` (the shipped "
-                         "reference model is missing from models/; set BCD_MODEL to use another default)")
-    for flag, value in (("--threads", args.threads), ("--max-pixels", args.max_pixels), ("--batch-size", args.batch_size)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be at least 1")
-    if args.partial_every < 0:
-        raise UsageError("--partial-every must not be negative")
-    classifier = Classifier.load(model, variant=args.variant, threads=args.threads, force=args.force,
-                                 max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, backend=args.backend)
+                         "reference model is missing; set BCD_MODEL to use another default)")
+    classifier = config.load_classifier()
     site = load_for(classifier, _site(args))
     if args.heatmap is not None and not classifier.has_cam:
         raise UsageError(f"variant {classifier.variant} has no Grad-CAM output; use --variant onnx-fp32 or onnx-int8 "
@@ -600,11 +598,11 @@ def _cmd_predict(args) -> int:
     # The reports are written atomically at the end; meanwhile one partial file (next to
     # the first of them) keeps the results so far.
     target = args.json_out or args.csv_out
-    partial = predict_files.PartialResults(target, args.partial_every) if target is not None else None
+    partial = predict_files.PartialResults(target, config.partial_every) if target is not None else None
     with warnings.catch_warnings():
         warnings.showwarning = one_line_warning
-        results = predict_files.predict_paths(classifier, [str(i) for i in args.inputs], heatmap_dir=args.heatmap,
-                                              batch_size=args.batch_size, progress=progress, partial=partial)
+        results = predict_files.predict_paths(classifier, [str(i) for i in args.inputs], heatmap_dir=config.heatmap_dir,
+                                              batch_size=config.batch_size, progress=progress, partial=partial)
     print(predict_files.format_table(results))
     if site is not None:
         print(f"\nLabels at the operating point of site profile '{site.name}' ({site.path}), not the export's.")

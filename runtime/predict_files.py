@@ -18,13 +18,15 @@ import glob
 import io
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from runtime import atomic, heatmap
 from runtime.classifier import DEFAULT_BATCH_SIZE, Classifier, Prediction
 from runtime.dataset import is_image_file, is_mask, scan_folder
-from runtime.images import ImageReadError, read_image
+from runtime.engines import AUTO, BACKENDS
+from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 
 REPORT_FIELDS = ("path", "label", "probability", "threshold", "out_of_distribution", "ood_score", "error")
 SITE_FIELD = "site_profile"
@@ -104,6 +106,42 @@ def _input_error(path: str, reason: str) -> Prediction:
 
 
 # ---------------------------------------------------------------------- predicting
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """What `bcd predict` can set (the library's defaults; the CLI passes what is given)."""
+
+    model: str | os.PathLike | None = None   # export dir, manifest.json or .onnx; None: $BCD_MODEL, else the shipped model
+    variant: str | None = None               # None: onnx-int8 if it passed the export checks, else onnx-fp32
+    threads: int | None = None               # None: physical cores
+    backend: str = AUTO
+    max_pixels: int = DEFAULT_MAX_PIXELS     # decompression-bomb guard
+    batch_size: int = DEFAULT_BATCH_SIZE
+    force: bool = False                      # run a variant that failed the export's checks (investigation only)
+    heatmap_dir: str | os.PathLike | None = None
+    partial_every: float = 10.0              # seconds between updates of FILE.partial.json
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "max_pixels", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
+        if self.partial_every < 0:
+            raise ValueError("the partial-results interval must not be negative")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+
+    def model_path(self) -> Path | None:
+        return Path(self.model) if self.model is not None else default_model_path()
+
+    def load_classifier(self) -> Classifier:
+        model = self.model_path()
+        if model is None:
+            raise ValueError("no model: pass an export directory from `bcd export` (the shipped reference model is "
+                             f"missing; set {MODEL_ENV} to use another default)")
+        return Classifier.load(model, variant=self.variant, threads=self.threads, force=self.force,
+                               max_pixels=self.max_pixels, backend=self.backend)
 
 
 def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *, heatmap_dir: str | os.PathLike | None = None,

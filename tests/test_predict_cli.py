@@ -118,7 +118,7 @@ def test_cli_usage_errors_are_one_line(tiny_run, tiny_export, folder, tmp_path):
     proc = run_cli("predict", str(folder), "--model", str(tmp_path / "nope"))
     assert proc.returncode == 2 and "model not found" in proc.stderr
     proc = run_cli("predict", str(folder), "--model", str(tiny_export), "--threads", "0")
-    assert proc.returncode == 2 and "--threads must be at least 1" in proc.stderr
+    assert proc.returncode == 2 and "threads must be at least 1" in proc.stderr
     for p in (proc,):
         assert "Traceback" not in p.stderr
 
