@@ -14,10 +14,10 @@ from pathlib import Path
 
 from runtime.cli_options import LibraryDefault, given, is_default, library
 from runtime.engines import BACKENDS
+from runtime.host import DISCLAIMER, tool_version
 
 log = logging.getLogger("bcd")
 
-DISCLAIMER = "Research and education only: not a diagnosis."
 
 
 class UsageError(Exception):
@@ -751,24 +751,13 @@ def _cmd_pick(args) -> int:
 
 # ---- main --------------------------------------------------------------------------
 
-def version() -> str:
-    """The installed package's version (a source checkout run without installing: 'unknown')."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
-
-    try:
-        return installed("breast-cancer-edge")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bcd",
         description="Breast cancer detection on CPU-only clinic PCs: train VGG16, evaluate, "
                     "export and run it. " + DISCLAIMER,
     )
-    parser.add_argument("--version", action="version", version=f"bcd {version()}")
+    parser.add_argument("--version", action="version", version=f"bcd {tool_version()}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     # not required: a bare `bcd` prints the help instead of an argparse error
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -4,8 +4,8 @@ from __future__ import annotations
 from benchmarks.machine import int8_note, machine_line
 from benchmarks.sweep import sweep_markdown
 from runtime.engines import engine_label
+from runtime.host import DISCLAIMER
 
-DISCLAIMER = "Research and education only: not a diagnosis."
 
 
 def _f(value, fmt: str = ".1f", suffix: str = "") -> str:

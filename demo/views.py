@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from demo.service import DemoService, Model, Outcome, Variant
 
-DISCLAIMER = "Research and education only — not a diagnosis."
+from runtime.host import DISCLAIMER  # noqa: E402,F401 - shown on the page
 
 _ABOVE = "#b3261e"        # red: at or above the threshold (malignant-looking)
 _BELOW = "#1f5fa8"        # blue: below the threshold

@@ -121,18 +121,18 @@ def tiny_export(graded_run, tmp_path_factory) -> Path:
 def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", **attrs) -> bytes:
     """A small uncompressed ultrasound DICOM file (needs pydicom >= 3)."""
     pytest.importorskip("pydicom", minversion="3.0")
-    from benchmarks.fuzz import dicom
+    from benchmarks.reliability.fuzz import dicom
     return dicom(pixels, photometric, **attrs)
 
 
 @pytest.fixture(scope="session")
 def bench_export(graded_run, tmp_path_factory) -> Path:
-    """`graded_run` exported as onnx-fp32, onnx-int8 and tflite-fp32 (both runtimes) with
+    """`graded_run` exported as onnx-fp32, onnx-int8, onnx-fp16 and tflite-fp32 (both runtimes) with
     lenient parity tolerances (the tiny validation split is too small for the defaults);
     for the benchmark tests. Read-only: copy it before changing files."""
     from export import ExportConfig, export_run
 
     out = tmp_path_factory.mktemp("exports") / "bench"
-    export_run(ExportConfig(run_dir=str(graded_run), out=str(out), formats=("onnx-fp32", "onnx-int8", "tflite-fp32"),
+    export_run(ExportConfig(run_dir=str(graded_run), out=str(out), formats=("onnx-fp32", "onnx-int8", "onnx-fp16", "tflite-fp32"),
                             max_flip_rate=1.0, max_auc_drop=1.0))
     return out

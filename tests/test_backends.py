@@ -128,7 +128,7 @@ def test_openvino_matches_onnxruntime_with_gradcam(tiny_export, tiny_dataset, va
 
 
 def test_check_writes_the_record_and_auto_follows_it(tiny_export, tiny_dataset, tmp_path):
-    from benchmarks.backends import check
+    from export.engine_parity import check
 
     export = private_copy(tiny_export, tmp_path / "export")
     with Classifier.load(export) as clf:          # nothing recorded: ONNX Runtime

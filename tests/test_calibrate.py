@@ -341,7 +341,7 @@ def _moved_copy(src: Path, dst: Path) -> Path:
 
 
 def test_busbra_patient_split_keeps_patients_apart(shipped, tmp_path):
-    from benchmarks.site_calibration import busbra_site
+    from benchmarks.studies.site_profiles import busbra_site
 
     data = REPO.parent / "shared" / "data" / "busbra"
     if not (data / "bus_data.csv").is_file():
@@ -365,7 +365,7 @@ def test_busbra_patient_split_keeps_patients_apart(shipped, tmp_path):
 
 
 def test_busi_site_is_the_exports_validation_and_test_images_wherever_busi_lives(shipped, tmp_path):
-    from benchmarks.site_calibration import busi_site
+    from benchmarks.studies.site_profiles import busi_site
 
     data = REPO.parent / "shared" / "data" / "busi"
     if not data.is_dir():

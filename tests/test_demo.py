@@ -445,7 +445,7 @@ def _load(url: str, images, expected, n_clients: int, per_client: int, budget: f
 def test_load_20_clients_x_10_requests(served, images, expected):
     """Every request answered correctly, 0 errors; p95 latency and the peak memory of
     this process (the server runs in it) are printed for docs/RELIABILITY.md."""
-    from benchmarks.fuzz import peak_rss_mb, reset_peak_rss
+    from runtime.host import peak_rss_mib as peak_rss_mb, reset_peak_rss
 
     _, url = served
     n_clients, per_client = 20, 10
@@ -551,7 +551,7 @@ def test_browser_upload_shows_result_heatmap_and_disclaimer(served, images):
         _upload_and_wait(page, url, image)
         card = page.locator("#bcd-result").inner_text()
         assert "probability" in card and "threshold" in card
-        assert "Research and education only — not a diagnosis." in card
+        assert views.DISCLAIMER in card
         assert page.locator("#bcd-input img").is_visible() and page.locator("#bcd-overlay img").is_visible()
         assert "onnx-int8" in page.locator("#bcd-variant").inner_text()
         assert "AUC" in page.locator("#bcd-parity").inner_text()

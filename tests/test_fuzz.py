@@ -1,8 +1,8 @@
-"""The short CI form of the fuzz run (benchmarks/fuzz.py): a few hundred generated
+"""The short CI form of the fuzz run (benchmarks/reliability/fuzz.py): a few hundred generated
 files -- damaged real-format files, random bytes, extreme shapes, headers claiming huge
 sizes -- through predict_paths with the real tiny export. Each must end as one
 prediction or one clear error row, within the per-input time bound; no crash. The full
-run (10,000 inputs, the shipped model) is `python -m benchmarks.fuzz --inputs 10000`;
+run (10,000 inputs, the shipped model) is `python -m benchmarks.reliability.fuzz --inputs 10000`;
 its figures are in docs/RELIABILITY.md."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("hypothesis")
 
-from benchmarks import fuzz  # noqa: E402
+from benchmarks.reliability import fuzz  # noqa: E402
 from runtime.classifier import Classifier  # noqa: E402
 
 

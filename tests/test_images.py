@@ -285,12 +285,8 @@ def test_png_chunk_length_bomb_is_refused_before_decoding():
 
 
 def _peak_rss_mb() -> float:
-    try:
-        import resource
-    except ImportError:  # Windows
-        return 0.0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes vs KiB
+    from runtime.host import peak_rss_mib
+    return peak_rss_mib() or 0.0
 
 
 def test_max_pixels_is_configurable(tmp_path):
@@ -524,7 +520,7 @@ def test_dicom_garbage_with_dcm_name_is_image_read_error(tmp_path):
 
 @pytest.mark.parametrize("magic", [b"II+\x00", b"MM\x00+", b"II*\x00", b"MM\x00*"])
 def test_tiff_header_with_an_offset_beyond_any_file_is_a_clean_error(magic):
-    """Found by `python -m benchmarks.fuzz`: a BigTIFF header whose first-IFD offset is
+    """Found by `python -m benchmarks.reliability.fuzz`: a BigTIFF header whose first-IFD offset is
     2**64-1 made struct raise OverflowError (not struct.error) in the size parser."""
     data = magic + b"\x08\x00\x00\x00" + b"\xff" * 8 + b"\x00" * 20
     assert image_dimensions(data) is None

@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 import pytest
 
+from runtime.host import peak_rss_mib
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -38,7 +40,7 @@ def run_predict(model: Path, inputs: list[str], out_csv: Path, prefix: tuple[str
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
         hwm, deadline = 0.0, time.monotonic() + timeout
         while proc.poll() is None and time.monotonic() < deadline:
-            hwm = max(hwm, _vm_hwm_mb(proc.pid))       # VmHWM only grows: the last reading is the peak
+            hwm = max(hwm, peak_rss_mib(proc.pid) or 0.0)       # VmHWM only grows: the last reading is the peak
             time.sleep(0.2)
         if proc.poll() is None:
             proc.kill()
@@ -52,16 +54,6 @@ def run_predict(model: Path, inputs: list[str], out_csv: Path, prefix: tuple[str
         with open(out_csv, newline="", encoding="utf-8") as f:
             rows = {r["path"]: r for r in csv.DictReader(f)}
     return done, rows
-
-
-def _vm_hwm_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def test_odd_names_and_special_files(tiny_export, tmp_path):

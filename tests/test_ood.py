@@ -239,7 +239,7 @@ def test_predict_reports_carry_the_flag(tiny_export, tmp_path):
 
 
 def test_generated_non_ultrasound_images_are_seeded_and_varied():
-    from benchmarks.ood import GENERATORS, generated_images, is_colour
+    from benchmarks.reliability.ood import GENERATORS, generated_images, is_colour
 
     a, b = generated_images(per_kind=2, size=64, seed=3), generated_images(per_kind=2, size=64, seed=3)
     assert len(a) == 2 * len(GENERATORS)

@@ -1,5 +1,5 @@
-"""benchmarks.transfer: the site/test split of the new site, its CSVs, the paired AUC
-comparison (no training here: the full benchmark is `python -m benchmarks.transfer`)."""
+"""benchmarks.studies.transfer: the site/test split of the new site, its CSVs, the paired AUC
+comparison (no training here: the full benchmark is `python -m benchmarks.studies.transfer`)."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.transfer import (BUSBRA_MAP, make_site_split, main, paired_auc_difference, split_summary,
+from benchmarks.studies.transfer import (BUSBRA_MAP, make_site_split, main, paired_auc_difference, split_summary,
                                  write_canonical_csv)
 from runtime.dataset import CsvMapping, DataSource, read_source
 
@@ -85,7 +85,7 @@ def test_too_small_a_site_fails_before_any_training(busbra_like, tmp_path, capsy
 def test_rank_auc_matches_scikit_learn_with_ties():
     from sklearn.metrics import roc_auc_score
 
-    from benchmarks.transfer import _auc
+    from benchmarks.studies.transfer import _auc
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 300)
     p = np.round(rng.random(300) + 0.3 * y, 1)          # many ties

@@ -20,7 +20,6 @@ between).
 """
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -34,6 +33,7 @@ from runtime.dataset import DataSource, LabelMap, Sample, read_source
 from runtime.model_files import sha256_file
 from runtime.site_profile import METHODS, Recalibration, SiteProfile, file_list_sha256, write_profile
 from train.metrics import ThresholdPolicy, binary_metrics, bootstrap_ci, choose_threshold
+from runtime.host import DISCLAIMER, tool_record, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +250,8 @@ def calibrate_export(export_dir: str | Path, data: DataSource | str | Path, out:
         checks={"min_per_class": config.min_per_class, "max_ci_width": config.max_ci_width,
                 "n_bootstrap": config.n_resamples, "forced": forced, "problems": result.problems,
                 "warnings": result.warnings},
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        tool=_tool(),
+        created=utc_now(),
+        tool=tool_record(),
     )
     write_profile(out, profile)
     report = report_markdown(profile)
@@ -273,14 +273,6 @@ def probabilities(classifier: Classifier, samples: list[Sample]) -> np.ndarray:
         raise CalibrationError(f"{len(errors)} of {len(samples)} image(s) could not be classified, e.g. "
                                f"{errors[0]}; fix or remove them and run again")
     return p
-
-
-def _tool() -> dict:
-    try:
-        from importlib.metadata import version
-        return {"name": "breast-cancer-edge", "version": version("breast-cancer-edge")}
-    except Exception:  # noqa: BLE001 - not installed as a package
-        return {"name": "breast-cancer-edge"}
 
 
 def _f(v) -> str:
@@ -331,5 +323,5 @@ def report_markdown(profile: SiteProfile) -> str:
     for w in c.get("warnings", []):
         lines += ["", f"Warning: {w}."]
     lines += ["", "Use it: `bcd predict IMAGES --site PROFILE` (or set BCD_SITE). Recalibrate for a new scanner, "
-              "a new site or a new patient population.", "", "Research and education only: not a diagnosis."]
+              "a new site or a new patient population.", "", DISCLAIMER]
     return "\n".join(lines) + "\n"

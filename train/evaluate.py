@@ -21,6 +21,7 @@ from train.data import LoadedDataset, load_saved_split, load_sources, to_model_i
 from train.metrics import ThresholdPolicy, binary_metrics, choose_threshold, evaluate_predictions
 from train.plots import plot_roc_per_source, write_evaluation_plots
 from train.run_dir import RunDir
+from runtime.host import DISCLAIMER
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def metrics_markdown(doc: dict) -> str:
     if ood:
         lines += ["", f"Out-of-distribution flag: {ood['flagged']} of {ood['n']} images flagged "
                   f"({_fmt(ood['rate'])}; score >= {ood['threshold']:.4g}); they are counted in the metrics above."]
-    lines += ["", "Research and education only: not a diagnosis."]
+    lines += ["", DISCLAIMER]
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from runtime import atomic
 from runtime.dataset import CsvMapping, DataSource, LabelMap
+from runtime.host import tool_record
 from runtime.preprocessing import PreprocessSpec
 from train import evaluate
 from train.config import TrainConfig
@@ -66,14 +67,6 @@ def plan_phases(config: TrainConfig) -> list[Phase]:
         phases.append(Phase("finetune", head, config.epochs, "all" if from_run else "last",
                             config.lr_scratch * 0.3 if from_run else config.lr_finetune))
     return phases
-
-
-def tool_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("breast-cancer-edge")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 @dataclass(frozen=True)
@@ -262,7 +255,7 @@ def cam_lesion_loss(y_true, y_pred):
 
 def _run_info(config, spec, model_info, data, phases, status, extra=None) -> dict:
     info = {
-        "tool": {"name": "breast-cancer-edge", "version": tool_version()},
+        "tool": tool_record(),
         "status": status,
         "config": config.to_dict(),
         "preprocessing": spec.to_dict(),

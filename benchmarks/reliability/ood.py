@@ -2,7 +2,7 @@
 export's own validation and test images, detections on images that are not breast
 ultrasound.
 
-    python -m benchmarks.ood EXPORT_DIR [--variant onnx-int8] [--out DIR] [--split-root DIR]
+    python -m benchmarks.reliability.ood EXPORT_DIR [--variant onnx-int8] [--out DIR] [--split-root DIR]
                              [--external DIR [--external-limit 200]]
 
 Non-ultrasound images come from two sources, both without any download:
@@ -267,7 +267,7 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ood", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.reliability.ood", description=__doc__.split("\n\n")[0])
     parser.add_argument("export", type=Path, help="export directory (manifest.json with an 'ood' section)")
     parser.add_argument("--variant", help="variant to measure (default as `bcd predict`)")
     parser.add_argument("--split-root", type=Path, help="where the run's dataset lives now, if it moved")

@@ -1,7 +1,7 @@
 """Does site calibration work? Two development datasets play two sites.
 
-    python -m benchmarks.site_calibration models/bus-vgg16-w50-128 \\
-        --busi ../shared/data/busi --busbra ../shared/data/busbra --out benchmarks/site_calibration
+    python -m benchmarks.studies.site_profiles models/bus-vgg16-w50-128 \\
+        --busi ../shared/data/busi --busbra ../shared/data/busbra --out docs/results/site_profiles
 
 For each site there is a calibration pool and a disjoint test set:
   - BUSI: the export's own split.json, validation images as the pool, test images as the
@@ -40,8 +40,9 @@ from runtime.dataset import CsvMapping, DataSource, Sample, read_source, recorde
 from train.calibrate import CalibrationConfig, fit, probabilities
 from train.evaluate_export import _split_file
 from train.metrics import binary_metrics, bootstrap_ci
+from runtime.host import DISCLAIMER
 
-log = logging.getLogger("benchmarks.site_calibration")
+log = logging.getLogger("benchmarks.studies.site_profiles")
 
 DEFAULT_SIZES = ("50", "100", "all")
 DEFAULT_DRAWS = 200
@@ -242,7 +243,7 @@ def results_markdown(doc: dict) -> str:
                      "whose test value reaches the target.)")
         lines.append("")
     lines += [f"Machine: {doc['seconds']:.0f} s in all (scoring the images with the runtime dominates).",
-              "", "Research and education only: not a diagnosis."]
+              "", DISCLAIMER]
     return "\n".join(lines) + "\n"
 
 
@@ -260,11 +261,11 @@ def _targets(text: str) -> list[tuple[str, float]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.site_calibration", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.studies.site_profiles", description=__doc__.split("\n\n")[0])
     p.add_argument("export", type=Path, help="export directory (with split.json beside its manifest or in its run)")
     p.add_argument("--busi", type=Path, default=Path("../shared/data/busi"), help="BUSI folder")
     p.add_argument("--busbra", type=Path, default=Path("../shared/data/busbra"), help="BUS-BRA folder (bus_data.csv)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/site_calibration"))
+    p.add_argument("--out", type=Path, default=Path("docs/results/site_profiles"))
     p.add_argument("--variant", help="variant (default as `bcd predict`)")
     p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
                    help="calibration set sizes, comma-separated; 'all' = the whole pool (default 50,100,all)")
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                                         args.draws, args.seed))
     doc = {"export": Path(args.export).resolve().name, "export_dir": str(args.export), "variant": variant,
            "source_model": read_manifest(args.export / "manifest.json").source_model,
-           "command": "python -m benchmarks.site_calibration " + " ".join(sys.argv[1:] if argv is None else argv),
+           "command": "python -m benchmarks.studies.site_profiles " + " ".join(sys.argv[1:] if argv is None else argv),
            "draws": args.draws, "seed": args.seed, "sites": results,
            "seconds": time.perf_counter() - started}
     atomic.write_json(args.out / "results.json", doc)

@@ -4,12 +4,12 @@ are read straight out of the exported ONNX graph (its intermediate tensors are m
 outputs), the statistics are fitted on the saved training split as export/ood.py does,
 and each choice's threshold is the 99th percentile of its validation scores.
 
-    python -m benchmarks.ood_layers EXPORT_DIR [--variant onnx-int8] [--external DIR]
+    python -m benchmarks.studies.ood_layers EXPORT_DIR [--variant onnx-int8] [--external DIR]
                                     [--layers block2_pool block3_pool block3_pool,gap gap ...]
 
 Prints a Markdown table: held-out false alarms on the test split, the flag rate on
 --external (breast ultrasound from another source, e.g. BUS-BRA), and detections on the
-non-ultrasound images of benchmarks/ood.py.
+non-ultrasound images of benchmarks/reliability/ood.py.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.ood import external_images, generated_images, is_colour, skimage_images
+from benchmarks.reliability.ood import external_images, generated_images, is_colour, skimage_images
 from runtime.images import read_image
 from runtime.manifest import read_manifest
 from runtime.preprocessing import PreprocessSpec, prepare
@@ -110,7 +110,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ood_layers", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies.ood_layers", description=__doc__.split("\n\n")[0])
     parser.add_argument("export", type=Path)
     parser.add_argument("--variant", default="onnx-int8")
     parser.add_argument("--external", type=Path, help="folder of breast ultrasound images from another source")

@@ -1,6 +1,6 @@
 """Transfer to a new site: does fine-tuning an earlier run on a clinic's 100 images help?
 
-`python -m benchmarks.transfer --out DIR [--image-size 64] [--width 0.25] [--repeats 3] ...`
+`python -m benchmarks.studies.transfer --out DIR [--image-size 64] [--width 0.25] [--repeats 3] ...`
 
 One command, every number from it:
 1. splits the target site (default BUS-BRA, grouped by patient) with a fixed seed into a
@@ -39,11 +39,11 @@ import numpy as np
 
 from runtime import atomic
 from runtime.dataset import CsvMapping, DataSource, Sample, read_source
+from runtime.host import DISCLAIMER
 
 BUSBRA_MAP = "path=Images/{ID}.png,label=Pathology,group=Case,mask=Masks/mask_{ID#bus_}.png"
 CSV_COLUMNS = ("path", "label", "group", "mask")
 ARCHS = ("vgg16", "vgg16-bn")
-DISCLAIMER = "Research and education only: not a diagnosis."
 
 
 @dataclass(frozen=True)
@@ -314,7 +314,7 @@ def run_transfer(config: TransferConfig) -> dict:
     doc["time"] = _time_summary(doc, out / "transfer.json", time.monotonic() - started)
     for e in evals.values():
         e.pop("probabilities")
-    doc["command"] = "python -m benchmarks.transfer " + shlex.join(_argv_of(config))
+    doc["command"] = "python -m benchmarks.studies.transfer " + shlex.join(_argv_of(config))
     atomic.write_json(out / "transfer.json", doc)
     atomic.write_text(out / "transfer.md", transfer_markdown(doc))
     return doc
@@ -457,7 +457,7 @@ def transfer_markdown(doc: dict) -> str:
 # ---- command line ------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.transfer", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.studies.transfer", description=__doc__.split("\n")[0])
     d = TransferConfig(out="")
     p.add_argument("--out", required=True, help="folder for the CSVs, runs, evaluations, transfer.md/json")
     p.add_argument("--source", default=d.source, help="dataset the source model learns from (default BUSI)")

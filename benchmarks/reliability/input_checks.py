@@ -2,7 +2,7 @@
 images that are not scans: how many real scans would be refused (must be 0), and which
 non-scans are caught.
 
-    python -m benchmarks.input_checks [--busi DIR] [--busbra DIR]
+    python -m benchmarks.reliability.input_checks [--busi DIR] [--busbra DIR]
 
 Real scans: every image of BUSI (folder per class, lesion masks skipped) and of BUS-BRA
 (Images/). Non-scans: scikit-image's sample images when scikit-image is installed
@@ -20,7 +20,7 @@ from runtime.dataset import scan_folder
 from runtime.images import ImageReadError, read_image, to_bgr_uint8
 from runtime.input_checks import DEFAULT_CHECKS, measure
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SKIMAGE_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina", "colorwheel",
                    "logo", "hubble_deep_field", "camera", "brick", "grass", "gravel", "moon", "page", "text",
                    "coins", "horse", "clock", "checkerboard", "microaneurysms", "shepp_logan_phantom", "cell")
@@ -109,7 +109,7 @@ def non_scans() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.input_checks", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.reliability.input_checks", description=__doc__.split("\n")[0])
     parser.add_argument("--busi", type=Path, default=DATA / "busi")
     parser.add_argument("--busbra", type=Path, default=DATA / "busbra")
     args = parser.parse_args(argv)

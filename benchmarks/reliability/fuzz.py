@@ -1,7 +1,7 @@
 """Fuzz image decoding and prediction: many generated files through `predict_paths`,
 each of which must end as a prediction or a clear error row, in bounded time and memory.
 
-    python -m benchmarks.fuzz --inputs 10000 [--model EXPORT] [--out fuzz.json]
+    python -m benchmarks.reliability.fuzz --inputs 10000 [--model EXPORT] [--out fuzz.json]
 
 Inputs (drawn by hypothesis, seeded, so a run is repeatable):
 - random bytes, with and without a real format's magic number in front;
@@ -28,7 +28,6 @@ import argparse
 import faulthandler
 import io
 import re
-import resource
 import struct
 import sys
 import tempfile
@@ -41,7 +40,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "busi"
+from runtime.host import peak_rss_mib, reset_peak_rss  # noqa: F401 - reset_peak_rss is part of the harness API
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "busi"
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".bin", "", ".PNG")
 MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"II+\x00", b"\x00" * 128 + b"DICM")
 
@@ -280,22 +281,7 @@ class FuzzReport:
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process since the last reset_peak_rss()."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / (1024 if sys.platform == "darwin" else 1)
-
-
-def reset_peak_rss() -> None:
-    """Start the peak-memory count afresh (Linux: "5" to clear_refs resets VmHWM), so a
-    test process that trained a model before still measures only the fuzzing."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
+    return peak_rss_mib() or 0.0
 
 
 def run(classifier, n: int, folder: Path, timeout: float = 20.0, seed: int = 0) -> FuzzReport:
@@ -363,7 +349,7 @@ def markdown(report: FuzzReport, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.fuzz", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.reliability.fuzz", description=__doc__.split("\n")[0])
     parser.add_argument("--inputs", type=int, default=10_000)
     parser.add_argument("--model", type=Path, help="export directory (default: the shipped reference model)")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds allowed per input (default 20)")
@@ -383,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     classifier = Classifier.load(model, threads=args.threads)
     with tempfile.TemporaryDirectory(prefix="bcd-fuzz-") as tmp:
         report = run(classifier, args.inputs, Path(tmp), args.timeout, args.seed)
-    command = "python -m benchmarks.fuzz " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.reliability.fuzz " + " ".join(argv if argv is not None else sys.argv[1:])
     print(markdown(report, command.strip()))
     if args.out is not None:
         from runtime import atomic

@@ -2,7 +2,7 @@
 (gradio_client) x M requests each, real images; every answer is checked against the
 runtime's own prediction for that image.
 
-    python -m benchmarks.load [--clients 20] [--requests 10] [--model EXPORT] [--images DIR]
+    python -m benchmarks.reliability.load [--clients 20] [--requests 10] [--model EXPORT] [--images DIR]
 
 Prints the request count, errors (must be 0), latency p50/p95/max, and the server
 process's peak resident memory (VmHWM) before and after the load. The excess-load check
@@ -21,8 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.child import checkout_env
+from runtime.host import peak_rss_mib
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BUSI = REPO.parent / "shared" / "data" / "busi"
 
 
@@ -30,13 +31,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 600) -> None:
@@ -52,7 +46,7 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 600) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.reliability.load", description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--requests", type=int, default=10, help="requests per client")
     parser.add_argument("--model", type=Path, help="export directory (default: the shipped reference model)")
@@ -82,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         url = f"http://127.0.0.1:{port}/"
         warm = gradio_client.Client(url, verbose=False, download_files=False, analytics_enabled=False)
         warm.predict(gradio_client.handle_file(str(images[0])), variant, api_name="/classify")
-        idle_mb = peak_rss_mb(server.pid)
+        idle_mb = peak_rss_mib(server.pid)
         latencies, errors, lock = [], [], threading.Lock()
 
         def user(k: int) -> None:
@@ -107,13 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.monotonic() - started
         ordered = sorted(latencies)
         pick = lambda q: ordered[int(q * (len(ordered) - 1))]  # noqa: E731
-        print(f"`python -m benchmarks.load --clients {args.clients} --requests {args.requests}` "
+        print(f"`python -m benchmarks.reliability.load --clients {args.clients} --requests {args.requests}` "
               f"(model {Path(model).name}, variant {variant}, {args.concurrency} workers)\n")
         print(f"- requests: {len(latencies)} from {args.clients} concurrent clients in {seconds:.1f} s; "
               f"errors: {len(errors)}")
         print(f"- latency per request (upload + queue + decode + inference + Grad-CAM + response): "
               f"p50 {pick(0.5) * 1000:.0f} ms, p95 {pick(0.95) * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms")
-        print(f"- server peak RSS: {peak_rss_mb(server.pid):.0f} MB under load "
+        print(f"- server peak RSS: {peak_rss_mib(server.pid):.0f} MB under load "
               f"({idle_mb:.0f} MB after start-up and one request)")
         for e in errors[:10]:
             print(f"  error: {e}")
