@@ -390,11 +390,24 @@ def write_manifest(export_dir: str | os.PathLike, manifest: Manifest) -> Path:
 
 def read_manifest(path_or_dir: str | os.PathLike) -> Manifest:
     """Read a manifest from an export directory or a manifest.json path."""
-    path = manifest_path(path_or_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST_NAME} at {path}: is this an export directory from `bcd export`?")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"invalid manifest: {path} is not valid JSON ({err})") from None
+    doc = atomic.read_json(manifest_path(path_or_dir),
+                           missing=f"no {MANIFEST_NAME} at {{path}}: is this an export directory from `bcd export`?",
+                           invalid="invalid manifest: {path} is not valid JSON ({reason})")
     return Manifest.from_dict(doc)
+
+
+SPLIT_NAME = "split.json"
+
+
+def split_file(export_dir: str | os.PathLike) -> Path:
+    """The saved split: shipped beside the manifest, else in the source run directory."""
+    export_dir = Path(export_dir)
+    own = export_dir / SPLIT_NAME
+    if own.is_file():
+        return own
+    source = read_manifest(export_dir / MANIFEST_NAME).source_model.get("path", "")
+    for candidate in (export_dir.parent / source, Path(source)):
+        if candidate.name == "model.keras" and (candidate.parent / SPLIT_NAME).is_file():
+            return candidate.parent / SPLIT_NAME
+    raise FileNotFoundError(f"{export_dir}: no {SPLIT_NAME} beside the manifest or in the source run; "
+                            "score a labelled folder instead with --data")

@@ -26,7 +26,6 @@ the profile's threshold would not mean the same operating point there.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -230,12 +229,9 @@ def _where(path: Path | None) -> str:
 
 def read_profile(path: str | os.PathLike) -> SiteProfile:
     path = Path(path)
-    if not path.is_file():
-        raise SiteProfileError(f"site profile not found: {path}")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SiteProfileError(f"{path}: not a JSON site profile ({err})") from None
+    doc = atomic.read_json(path, missing="site profile not found: {path}",
+                           invalid="{path}: not a JSON site profile ({reason})",
+                           error=SiteProfileError, missing_error=SiteProfileError)
     return SiteProfile.from_dict(doc, path)
 
 

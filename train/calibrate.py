@@ -266,9 +266,9 @@ def probabilities(classifier: Classifier, samples: list[Sample]) -> np.ndarray:
     (no Grad-CAM: lesion masks are left aside). Every image must be classified: the
     profile records the whole file list, so an unreadable or refused image is an error
     that names it, not a NaN for the fit."""
-    from train.evaluate_export import _classify
+    from train.evaluate_export import classify_samples
 
-    p, _, errors, _ = _classify(classifier, [replace(s, mask=None) for s in samples])
+    p, _, errors, _ = classify_samples(classifier, [replace(s, mask=None) for s in samples])
     if errors:
         raise CalibrationError(f"{len(errors)} of {len(samples)} image(s) could not be classified, e.g. "
                                f"{errors[0]}; fix or remove them and run again")

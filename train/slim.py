@@ -221,7 +221,7 @@ def slim(config: SlimConfig, resume: bool = False) -> RunDir:
     run = RunDir(Path(config.out))
     if run.root.resolve() == parent.root.resolve():
         raise ValueError("--out must be a new directory, not the parent run")
-    trainer._prepare_run_dir(run, resume)
+    trainer.prepare_run_dir(run, resume)
     saved = _check_resume(run, config) if resume else None
 
     # run.json "config" stays the parent's TrainConfig (readers find image size, seed,

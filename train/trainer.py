@@ -140,7 +140,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         )
 
 
-def _prepare_run_dir(run: RunDir, resume: bool, writes: bool = True) -> None:
+def prepare_run_dir(run: RunDir, resume: bool, writes: bool = True) -> None:
     """Check (and for the writer create) the run directory. A non-chief worker only
     checks that there is something to resume: the chief may be creating the folder."""
     if resume:
@@ -356,7 +356,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunDir:
     Under --strategy multiworker every worker runs this; only the chief writes
     config.out (train.distribute)."""
     out = RunDir(Path(config.out))
-    _prepare_run_dir(out, resume, writes_run_dir(config.strategy))
+    prepare_run_dir(out, resume, writes_run_dir(config.strategy))
     if resume:
         _check_resume_config(out, config)
     cluster = make_cluster(config.strategy)    # before any TensorFlow op: it joins the cluster

@@ -187,9 +187,9 @@ def _flags(classifier: Classifier, images: list[np.ndarray]) -> tuple[np.ndarray
 
 def _split_images(export_dir: Path, split: str, split_root: Path | None) -> list[np.ndarray]:
     from runtime.dataset import samples_of_split
-    from train.evaluate_export import _split_file
+    from runtime.manifest import split_file
 
-    doc = json.loads(_split_file(export_dir).read_text())
+    doc = json.loads(split_file(export_dir).read_text())
     return [read_image(s.path) for s in samples_of_split(doc, split, str(split_root) if split_root else None)]
 
 

@@ -65,13 +65,13 @@ def compare(export_dir: Path, variant: str = "onnx-int8", choices=DEFAULT_CHOICE
             split_root: Path | None = None, quantile: float = 0.99) -> list[dict]:
     from export.ood import fit_stats
     from runtime.dataset import samples_of_split
-    from train.evaluate_export import _split_file
+    from runtime.manifest import split_file
 
     manifest = read_manifest(export_dir)
     spec = PreprocessSpec.from_dict(manifest.preprocessing)
     layers = sorted({layer for choice in choices for layer in choice.split(",")})
     reader = FeatureReader(export_dir / manifest.variant(variant).file, layers, spec)
-    split = json.loads(_split_file(export_dir).read_text())
+    split = json.loads(split_file(export_dir).read_text())
     feats, labels = {}, {}
     for part in ("train", "val", "test"):
         samples = samples_of_split(split, part, str(split_root) if split_root else None)

@@ -38,7 +38,7 @@ from runtime.classifier import Classifier
 from runtime.manifest import read_manifest
 from runtime.dataset import CsvMapping, DataSource, Sample, read_source, recorded_folder
 from train.calibrate import CalibrationConfig, fit, probabilities
-from train.evaluate_export import _split_file
+from runtime.manifest import split_file
 from train.metrics import binary_metrics, bootstrap_ci
 from runtime.host import DISCLAIMER
 
@@ -87,7 +87,7 @@ def _split_relatives(split: dict, part: str, dataset: Path) -> list[str]:
 
 
 def _read_split(export_dir: Path) -> dict:
-    return json.loads(_split_file(Path(export_dir)).read_text())
+    return json.loads(split_file(Path(export_dir)).read_text())
 
 
 def _pick(samples: list[Sample], relatives: list[str]) -> list[Sample]:

@@ -40,6 +40,7 @@ import numpy as np
 from runtime import atomic
 from runtime.dataset import CsvMapping, DataSource, Sample, read_source
 from runtime.host import DISCLAIMER
+from train.metrics import grouped_paired_auc_difference
 
 BUSBRA_MAP = "path=Images/{ID}.png,label=Pathology,group=Case,mask=Masks/mask_{ID#bus_}.png"
 CSV_COLUMNS = ("path", "label", "group", "mask")
@@ -243,35 +244,6 @@ def _evaluate(config: TransferConfig, run: Path, test_csv: Path, out: Path, logs
             "probabilities": {str(Path(r["path"])): r["probability"] for r in predictions}}
 
 
-# ---- paired comparison -------------------------------------------------------------
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC as the Mann-Whitney statistic (ties count half): the same value as
-    scikit-learn's roc_auc_score, cheap enough for thousands of resamples."""
-    from scipy.stats import rankdata
-    ranks = rankdata(p)
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def paired_auc_difference(y, p_a, p_b, groups, n_resamples: int = 1000, seed: int = 0) -> dict:
-    """AUC(a) - AUC(b) on the same test images, with a 95% percentile CI from a bootstrap
-    that resamples whole patients (a patient's two images are not independent)."""
-    y, p_a, p_b = np.asarray(y), np.asarray(p_a), np.asarray(p_b)
-    _, group_index = np.unique(np.asarray(groups), return_inverse=True)
-    members = [np.flatnonzero(group_index == g) for g in range(group_index.max() + 1)]
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_resamples):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-        if 0 < y[idx].sum() < len(idx):
-            diffs.append(_auc(y[idx], p_a[idx]) - _auc(y[idx], p_b[idx]))
-    low, high = np.percentile(diffs, [2.5, 97.5])
-    return {"difference": _auc(y, p_a) - _auc(y, p_b), "ci95": {"low": float(low), "high": float(high)},
-            "share_above_zero": float(np.mean(np.asarray(diffs) > 0)), "n_resamples": len(diffs)}
-
-
 # ---- the benchmark -----------------------------------------------------------------
 
 def _read_target(config: TransferConfig) -> list[Sample]:
@@ -360,7 +332,7 @@ def _comparisons(config: TransferConfig, split: SiteSplit, evals: dict) -> list[
     out = []
     for r in range(1, config.repeats + 1):
         for other in ["source"] + [f"scratch-{arch}-{r}" for arch in config.scratch]:
-            d = paired_auc_difference(y, probs(f"finetuned-{r}"), probs(other), groups, config.bootstrap, seed=r)
+            d = grouped_paired_auc_difference(y, probs(f"finetuned-{r}"), probs(other), groups, config.bootstrap, seed=r)
             out.append({"draw": r, "a": f"finetuned-{r}", "b": other, **d})
     return out
 
