@@ -23,7 +23,9 @@ BUSI = REPO.parent / "shared" / "data" / "busi"
 
 
 def busi_files(cls: str, n: int) -> list[Path]:
-    files = sorted((BUSI / cls).glob("*.png"), key=lambda p: p.name)
+    """The first n BUSI images of a class (BUSI's lesion masks lie beside them: skipped)."""
+    from runtime.dataset import is_mask
+    files = sorted((p for p in (BUSI / cls).glob("*.png") if not is_mask(p)), key=lambda p: p.name)
     return files[:n]
 
 
