@@ -231,7 +231,7 @@ def test_workers_with_different_splits_refuse_to_train(tiny_dataset, tmp_path):
 
 
 def test_readme_example_is_the_test_command():
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "training.md").read_text()
     commands = re.findall(r"^\s*bcd train .*--strategy multiworker.*$", text, re.M)
     assert len(commands) == 2, "README: a two-machine `bcd train --strategy multiworker` example"
     for command in commands:

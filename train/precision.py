@@ -1,7 +1,7 @@
 """Training precision: mixed bfloat16 where the CPU computes bfloat16 natively.
 
 On CPUs with AVX-512 BF16 or AMX, Keras' "mixed_bfloat16" policy (bfloat16 compute,
-float32 variables) trains VGG16 several times faster (see README, "Training speed");
+float32 variables) trains VGG16 several times faster (see docs/training.md, "Training speed");
 elsewhere bfloat16 is emulated and slower, so `auto` reads the CPU flags. The model
 that is saved (model.keras) is always float32 (train.model.inference_model), so the
 export and the runtime never see bfloat16.
