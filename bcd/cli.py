@@ -391,7 +391,7 @@ def _add_calibrate(sub) -> None:
 
 def _cmd_calibrate(args) -> int:
     try:
-        from train.calibrate import CalibrationConfig, calibrate_export
+        from train.fit_site_profile import SiteProfileConfig, write_site_profile
     except ImportError as err:
         raise _missing_extra("train", err)
     from runtime.predict_files import default_model_path
@@ -410,13 +410,13 @@ def _cmd_calibrate(args) -> int:
     else:
         target, value = "sensitivity", args.target_sensitivity if args.target_sensitivity is not None else 0.90
     try:
-        config = CalibrationConfig(target=target, target_value=value, method=args.method,
+        config = SiteProfileConfig(target=target, target_value=value, method=args.method,
                                    min_per_class=args.min_per_class, max_ci_width=args.max_ci_width,
                                    n_resamples=args.bootstrap, force=args.force, name=args.name)
     except ValueError as err:
         raise UsageError(str(err)) from None
     _setup_logging()
-    result = calibrate_export(model, source, args.out, config, variant=args.variant)
+    result = write_site_profile(model, source, args.out, config, variant=args.variant)
     print(result.report)
     print(f"site profile written to {result.profile_path} (report: {result.report_path.name}); "
           f"use it with --site {result.profile_path} or BCD_SITE={result.profile_path}")

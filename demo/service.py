@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from runtime import heatmap
+from runtime import gradcam
 from runtime.classifier import Classifier
 from runtime.dataset import is_mask
 from runtime.images import IMAGE_EXTENSIONS, ImageReadError, decode_image
@@ -350,7 +350,7 @@ class DemoService:
         display = _display_size(image)
         outcome.image_rgb = cv2.cvtColor(display, cv2.COLOR_BGR2RGB)
         if pred.cam is not None:
-            over = heatmap.overlay(display, pred.cam)   # the map is resized to the display image
+            over = gradcam.overlay(display, pred.cam)   # the map is resized to the display image
             outcome.overlay_rgb = cv2.cvtColor(over, cv2.COLOR_BGR2RGB)
             if float(np.max(pred.cam)) <= 0.0:
                 outcome.notes.append("The Grad-CAM map is empty for this image: no region pushed the score "

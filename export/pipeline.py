@@ -30,10 +30,10 @@ from typing import Any, Callable
 import numpy as np
 
 from export import onnx_convert, tflite_convert
-from export.calibration import ImageCalibrationReader, representative_dataset
+from export.int8_calibration import ImageCalibrationReader, representative_dataset
 from export.config import ExportConfig, VariantSpec
 from export.datasets import ImageSet, RunInfo, calibration_images, open_run, parity_images, split_images
-from export.explain import with_cam_output
+from export.gradcam import with_cam_output
 from export.ood import OOD_OUTPUT, OodStats, onnx_node_names
 from export.parity import CAM, PROB, Tolerance, auc_or_none, compare, run_file
 from runtime import atomic

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from runtime import heatmap
+from runtime import gradcam
 from runtime.backends import (
     Backend,
     OnnxBackend,
@@ -383,7 +383,7 @@ class Classifier:
             pred.probability = p
             pred.label = self.positive if p >= self.threshold else self.negative
             if cams is not None:
-                pred.cam = heatmap.cam_to_image(cams[k], image.shape[0], image.shape[1])
+                pred.cam = gradcam.cam_to_image(cams[k], image.shape[0], image.shape[1])
             if scores is not None:
                 score = float(scores[k])
                 # a non-finite distance is as far from the training data as it gets

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from runtime import atomic, heatmap
+from runtime import atomic, gradcam
 from runtime.classifier import DEFAULT_BATCH_SIZE, Classifier, Prediction
 from runtime.dataset import is_image_file, is_mask, scan_folder
 from runtime.engines import AUTO, BACKENDS
@@ -199,7 +199,7 @@ def _read(path: Path, max_pixels: int):
 
 def _write_heatmap(pred: Prediction, image, target: Path) -> None:
     try:
-        heatmap.save_overlay(image, pred.cam, target)
+        gradcam.save_overlay(image, pred.cam, target)
     except OSError as err:
         pred.error = f"{pred.path}: classified, but the heat map could not be written ({err})"
 

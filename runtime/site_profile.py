@@ -2,7 +2,7 @@
 
 A threshold chosen on one hospital's validation images does not travel: at another
 site, with other scanners and patients, the same threshold gives another sensitivity
-and specificity. `bcd calibrate` (train/calibrate.py) fits a new operating point on a
+and specificity. `bcd calibrate` (train/fit_site_profile.py) fits a new operating point on a
 site's own labelled images and writes it as a small JSON file, the site profile:
 
     {"schema": "bcd-site-profile", "schema_version": 1, "name": "clinic-a",

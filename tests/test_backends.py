@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bcd.cli import BACKEND_CHOICES, main
+from bcd.cli import build_parser, main
 from runtime.backends import (
     BACKENDS,
     BACKENDS_FILE,
@@ -51,7 +51,9 @@ def checked_record(variant: str, sha: str, speed: dict | None = None) -> dict:
 # --------------------------------------------------------------------------- the auto rule
 
 def test_cli_offers_the_runtime_backends():
-    assert BACKEND_CHOICES == BACKENDS
+    predict = build_parser()._subparsers._group_actions[0].choices["predict"]
+    backend = next(a for a in predict._actions if a.dest == "backend")
+    assert tuple(backend.choices) == BACKENDS == ("auto", "onnxruntime", "openvino", "litert")
 
 
 def test_auto_rule():

@@ -28,7 +28,7 @@ from runtime.site_profile import (
     read_profile,
     write_profile,
 )
-from train.calibrate import CalibrationConfig, CalibrationError, fit
+from train.fit_site_profile import SiteProfileConfig, SiteProfileFitError, fit
 from train.metrics import ThresholdPolicy, choose_threshold
 
 from conftest import REPO, busi_files, gray_noise
@@ -184,17 +184,17 @@ def test_fit_refuses_a_wide_ci_and_a_model_worse_than_chance():
     rng = np.random.default_rng(0)
     y = np.r_[np.ones(25), np.zeros(25)].astype(int)
     p = np.clip(np.r_[rng.normal(0.6, 0.2, 25), rng.normal(0.4, 0.2, 25)], 0, 1)
-    assert fit(y, p, CalibrationConfig()).problems == []
-    wide = fit(y, p, CalibrationConfig(max_ci_width=0.05)).problems
+    assert fit(y, p, SiteProfileConfig()).problems == []
+    wide = fit(y, p, SiteProfileConfig(max_ci_width=0.05)).problems
     assert len(wide) == 1 and wide[0].startswith("the 95% CI of sensitivity on this data is")
-    youden = fit(y, p, CalibrationConfig(target="youden", max_ci_width=0.05)).problems
+    youden = fit(y, p, SiteProfileConfig(target="youden", max_ci_width=0.05)).problems
     assert [w.split(" on ")[0] for w in youden] == ["the 95% CI of sensitivity", "the 95% CI of specificity"]
-    backwards = fit(y, 1 - p, CalibrationConfig(max_ci_width=1.0)).problems
+    backwards = fit(y, 1 - p, SiteProfileConfig(max_ci_width=1.0)).problems
     assert any("below chance" in w for w in backwards)
-    with pytest.raises(CalibrationError, match="no increasing relation"):
-        fit(y, 1 - p, CalibrationConfig(method="platt"))
-    with pytest.raises(CalibrationError, match="only benign"):
-        fit(np.zeros(30, int), p[:30], CalibrationConfig())
+    with pytest.raises(SiteProfileFitError, match="no increasing relation"):
+        fit(y, 1 - p, SiteProfileConfig(method="platt"))
+    with pytest.raises(SiteProfileFitError, match="only benign"):
+        fit(np.zeros(30, int), p[:30], SiteProfileConfig())
 
 
 # ------------------------------------------------------------------------ binding to the model
@@ -280,7 +280,7 @@ def test_runtime_recalibration_equals_scikit_learn():
     from sklearn.isotonic import IsotonicRegression
     from sklearn.linear_model import LogisticRegression
 
-    from train.calibrate import fit_recalibration
+    from train.fit_site_profile import fit_recalibration
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 200)
@@ -295,8 +295,8 @@ def test_runtime_recalibration_equals_scikit_learn():
     assert np.allclose(platt.apply(grid), lr.predict_proba(np.log(q / (1 - q)).reshape(-1, 1))[:, 1], atol=1e-6)
     assert np.isnan(platt.apply(np.array([np.nan]))[0]) and np.isnan(iso.apply(np.array([np.nan]))[0])
     # both maps are increasing, so a platt threshold makes the plain threshold's decisions
-    t_plain = fit(y, p, CalibrationConfig(max_ci_width=1.0))
-    t_platt = fit(y, p, CalibrationConfig(method="platt", max_ci_width=1.0))
+    t_plain = fit(y, p, SiteProfileConfig(max_ci_width=1.0))
+    t_platt = fit(y, p, SiteProfileConfig(method="platt", max_ci_width=1.0))
     assert t_plain.achieved["confusion_matrix"] == t_platt.achieved["confusion_matrix"]
     assert Recalibration.from_dict(platt.to_dict()) == platt and Recalibration.from_dict(iso.to_dict()) == iso
 

@@ -38,7 +38,7 @@ LENIENT = {"max_auc_drop": 1.0, "max_flip_rate": 1.0}
 def val_images(tiny_run):
     """The tiny run's validation images, preprocessed by runtime.preprocessing, and the
     Keras model's outputs (probability, Grad-CAM) on them."""
-    from export.explain import with_cam_output
+    from export.gradcam import with_cam_output
     from runtime.preprocessing import PreprocessSpec, prepare_batch
     from train.data import load_files
     from train.tf_setup import keras
@@ -238,7 +238,7 @@ def test_quant_pre_process_failure_falls_back_and_cleans_up(tmp_path, monkeypatc
 # --------------------------------------------------------------------------- Grad-CAM
 
 def test_in_graph_cam_equals_gradient_tape_gradcam(val_images):
-    from export.explain import gradcam_reference, with_cam_output
+    from export.gradcam import gradcam_reference, with_cam_output
     from train.model import ModelConfig, build_model
 
     # the tiny run's model (2x2 maps) and an untrained 64x64 one (4x4 maps), real images
@@ -255,7 +255,7 @@ def test_in_graph_cam_equals_gradient_tape_gradcam(val_images):
         rs = [_pearson(c, r) for c, r in zip(cam, reference)]
         assert all(r is None or r > 0.99 for r in rs), rs
         correlations += [r for r in rs if r is not None]
-        # in fact equal up to the constant 1/(h*w) (see export/explain.py)
+        # in fact equal up to the constant 1/(h*w) (see export/gradcam.py)
         h, w = cam.shape[1:]
         np.testing.assert_allclose(reference * h * w, cam, rtol=1e-3, atol=1e-5 * max(float(cam.max()), 1e-6))
     assert len(correlations) >= 3, correlations
@@ -409,7 +409,7 @@ def test_config_resolves_formats():
 
 
 def test_calibration_reader_batches_and_strides():
-    from export.calibration import ImageCalibrationReader, representative_dataset
+    from export.int8_calibration import ImageCalibrationReader, representative_dataset
     from runtime.preprocessing import PreprocessSpec, prepare
 
     spec = PreprocessSpec(image_size=32)

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime import heatmap
+from runtime import gradcam
 from runtime.classifier import Classifier, Prediction, choose_variant
 from runtime.images import read_image
 from runtime.manifest import MANIFEST_NAME, Manifest, read_manifest
@@ -148,7 +148,7 @@ def test_int8_close_to_fp32(tiny_export, fp32, tiny_dataset):
 
 
 def tape_gradcam(model, x: np.ndarray) -> np.ndarray:
-    """Textbook Grad-CAM with a GradientTape, written independently of export/explain.py:
+    """Textbook Grad-CAM with a GradientTape, written independently of export/gradcam.py:
     gradient of the malignancy LOGIT w.r.t. block5_conv3's output, channel weights =
     spatial mean of that gradient, cam = relu(sum_k w_k A_k)."""
     from train.tf_setup import keras, tf
@@ -180,14 +180,14 @@ def test_gradcam_from_onnx_matches_gradient_tape(fp32, keras_model, tiny_dataset
     reference = tape_gradcam(keras_model, x)
     _, onnx_cams = fp32.backend.run(x.copy(), want_cam=True)
     assert onnx_cams.shape == reference.shape         # compared at the conv map resolution
-    # the graph computes relu(sum_k g_k A_k) = h*w times Grad-CAM (export/explain.py): a
+    # the graph computes relu(sum_k g_k A_k) = h*w times Grad-CAM (export/gradcam.py): a
     # constant factor that the per-image normalisation removes
     h, w = reference.shape[1:]
     expected = reference * (h * w)
     scale = float(np.abs(expected).max())
     np.testing.assert_allclose(onnx_cams, expected, rtol=1e-3, atol=1e-4 * scale + 1e-7)
     for got, want in zip(onnx_cams, reference):
-        a, b = heatmap.normalize_cam(got).ravel(), heatmap.normalize_cam(want).ravel()
+        a, b = gradcam.normalize_cam(got).ravel(), gradcam.normalize_cam(want).ravel()
         if np.ptp(b) > 1e-6:
             assert np.corrcoef(a, b)[0, 1] >= 0.95
 
@@ -196,7 +196,7 @@ def test_gradcam_matches_gradient_tape_on_a_4x4_map(tiny_export, tiny_dataset, t
     """The tiny run's 32x32 input leaves a 2x2 conv map, which says little; a fresh
     (untrained, He-initialised) 64x64 model gives 4x4 maps with varied channel weights.
     Converted like the export does it, run through Classifier, compared per image."""
-    from export.explain import with_cam_output
+    from export.gradcam import with_cam_output
     from export.onnx_convert import keras_to_onnx, save, set_metadata
     from train.model import ModelConfig, build_model
 
@@ -223,12 +223,12 @@ def test_gradcam_matches_gradient_tape_on_a_4x4_map(tiny_export, tiny_dataset, t
     assert clf.spec == spec
     _, cams = clf.backend.run(x.copy(), want_cam=True)
     assert cams.shape == reference.shape == (len(paths), 4, 4)
-    correlations = [np.corrcoef(heatmap.normalize_cam(a).ravel(), heatmap.normalize_cam(b).ravel())[0, 1]
+    correlations = [np.corrcoef(gradcam.normalize_cam(a).ravel(), gradcam.normalize_cam(b).ravel())[0, 1]
                     for a, b in zip(cams, reference) if np.ptp(b) > 1e-6]
     assert len(correlations) >= len(paths) // 2
     assert min(correlations) >= 0.95, correlations
     # and the comparison can tell maps apart: the maps of different images differ
-    shuffled = [np.corrcoef(heatmap.normalize_cam(a).ravel(), heatmap.normalize_cam(b).ravel())[0, 1]
+    shuffled = [np.corrcoef(gradcam.normalize_cam(a).ravel(), gradcam.normalize_cam(b).ravel())[0, 1]
                 for a, b in zip(cams, np.roll(reference, 1, axis=0)) if np.ptp(a) > 1e-6 and np.ptp(b) > 1e-6]
     assert np.mean(shuffled) < np.mean(correlations) - 0.05
 
@@ -590,21 +590,21 @@ def test_lone_tflite_is_refused(tflite_export, tmp_path):
 
 
 def test_normalize_cam():
-    np.testing.assert_allclose(heatmap.normalize_cam(np.array([[0.0, 2.0], [-1.0, 4.0]])),
+    np.testing.assert_allclose(gradcam.normalize_cam(np.array([[0.0, 2.0], [-1.0, 4.0]])),
                                [[0.0, 0.5], [0.0, 1.0]])
-    assert not heatmap.normalize_cam(np.zeros((3, 3))).any()
-    assert not heatmap.normalize_cam(np.full((2, 2), np.nan)).any()
+    assert not gradcam.normalize_cam(np.zeros((3, 3))).any()
+    assert not gradcam.normalize_cam(np.full((2, 2), np.nan)).any()
 
 
 def test_overlay_and_save(tmp_path):
     image = np.full((50, 80, 3), 128, np.uint8)
     cam = np.array([[0.0, 1.0], [0.0, 0.0]], np.float32)   # hot top-right corner
-    out = heatmap.overlay(image, cam)
+    out = gradcam.overlay(image, cam)
     assert out.shape == image.shape and out.dtype == np.uint8
     assert out[5, 75, 2] > out[45, 5, 2]                  # JET: hot = red, cold = blue
     assert out[45, 5, 0] > out[45, 5, 2]
     target = tmp_path / "sub" / "x_gradcam.png"
-    heatmap.save_overlay(image, cam, target)
+    gradcam.save_overlay(image, cam, target)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cv2.imread(str(target)).shape == image.shape
     assert [p.name for p in target.parent.iterdir()] == ["x_gradcam.png"]   # no temp files left

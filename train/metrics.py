@@ -137,7 +137,7 @@ class ThresholdPolicy:
         "sensitivity": best specificity among thresholds whose sensitivity is at least
         `min_sensitivity` (a screening-style operating point: miss few cancers).
         "specificity": best sensitivity among thresholds whose specificity is at least
-        `min_specificity` (few false alarms; used by site calibration, train/calibrate.py).
+        `min_specificity` (few false alarms; used by site calibration, train/fit_site_profile.py).
         "youden": maximise Youden's J = sensitivity + specificity - 1.
     Ties are broken towards the highest threshold (fewest false positives for the same
     trade-off).

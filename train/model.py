@@ -153,7 +153,7 @@ def last_activation_layer(batch_norm: bool) -> str:
 
 class CamLogits(keras.layers.Layer):
     """sum_k g_k A_k with g = W1 (step(h) * w2): the model's Grad-CAM map before its ReLU
-    (derivation in export/explain.py), computed with the head's live kernels so that a
+    (derivation in export/gradcam.py), computed with the head's live kernels so that a
     loss on it moves the features and the head together. Training only: it owns no
     weights, and checkpoints hold the model without it (`without_lesion_cam`)."""
 

@@ -12,7 +12,7 @@ For each site there is a calibration pool and a disjoint test set:
     the other the test set. No patient is in both.
 A clinic's calibration set is simulated by drawing N images at random from the pool
 (--draws times, without replacement within a draw), fitting exactly what `bcd calibrate`
-fits (train.calibrate.fit, forced: the share of draws `bcd calibrate` would refuse is
+fits (train.fit_site_profile.fit, forced: the share of draws `bcd calibrate` would refuse is
 reported), and applying the profile's recalibration and threshold to the test images
 (runtime.site_profile, as the runtime does). The test images are scored once, by the
 runtime, without any profile; the profile is then applied to those probabilities.
@@ -37,7 +37,7 @@ from runtime import atomic
 from runtime.classifier import Classifier
 from runtime.manifest import read_manifest
 from runtime.dataset import CsvMapping, DataSource, Sample, read_source, recorded_folder
-from train.calibrate import CalibrationConfig, fit, probabilities
+from train.fit_site_profile import SiteProfileConfig, fit, probabilities
 from runtime.manifest import split_file
 from train.metrics import binary_metrics, bootstrap_ci
 from runtime.host import DISCLAIMER
@@ -161,7 +161,7 @@ def measure_site(site: Site, p_pool: np.ndarray, p_test: np.ndarray, export_thre
             picks = [np.arange(len(site.pool))] if n == len(site.pool) else [
                 rng.choice(len(site.pool), n, replace=False) for _ in range(draws)]
             for method in methods:
-                config = CalibrationConfig(target=target, target_value=value, method=method, force=True)
+                config = SiteProfileConfig(target=target, target_value=value, method=method, force=True)
                 rows = {"sensitivity": [], "specificity": [], "threshold": [], "refused": 0, "one_class": 0,
                         "n_malignant": []}
                 for idx in picks:

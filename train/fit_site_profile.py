@@ -1,7 +1,7 @@
 """`bcd calibrate`: fit a site's own operating point for an exported model.
 
-    result = calibrate_export("models/bus-vgg16-w50-128", "site-data/", "clinic-a.json",
-                              CalibrationConfig(target="sensitivity", target_value=0.90))
+    result = write_site_profile("models/bus-vgg16-w50-128", "site-data/", "clinic-a.json",
+                              SiteProfileConfig(target="sensitivity", target_value=0.90))
 
 The model file is never touched. Its probabilities on the site's labelled images give:
   - optionally a recalibration of the probabilities (Platt scaling or isotonic
@@ -43,16 +43,16 @@ DEFAULT_MAX_CI_WIDTH = 0.30
 _PLATT_C = 1e4          # almost no regularisation: two parameters, fitted on >= 40 images
 
 
-class CalibrationError(ValueError):
+class SiteProfileFitError(ValueError):
     """Calibration is impossible on this data (e.g. one class only); --force does not help."""
 
 
-class CalibrationRefused(CalibrationError):
+class SiteProfileRefused(SiteProfileFitError):
     """The data is too small or too uncertain for the target; --force writes it anyway."""
 
 
 @dataclass(frozen=True)
-class CalibrationConfig:
+class SiteProfileConfig:
     target: str = "sensitivity"          # sensitivity | specificity | youden
     target_value: float = 0.90           # the minimum sensitivity / specificity (unused for youden)
     method: str = "threshold"            # threshold | platt | isotonic
@@ -129,7 +129,7 @@ def fit_recalibration(y: np.ndarray, p: np.ndarray, method: str) -> Recalibratio
         lr = LogisticRegression(C=_PLATT_C).fit(logit, y)
         a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
         if a <= 0:
-            raise CalibrationError("Platt scaling found no increasing relation between the model's probability "
+            raise SiteProfileFitError("Platt scaling found no increasing relation between the model's probability "
                                    "and malignancy on this data (slope <= 0): the model does not separate the "
                                    "classes at this site, and no recalibration or threshold can fix that")
         return Recalibration("platt", a=a, b=b)
@@ -156,14 +156,14 @@ def check_classes(y: np.ndarray) -> None:
     if n_pos == 0 or n_neg == 0:
         only = "benign (or normal)" if n_pos == 0 else "malignant"
         missing = "malignant" if n_pos == 0 else "benign"
-        raise CalibrationError(
+        raise SiteProfileFitError(
             f"the calibration data holds only {only} images ({n_pos} malignant, {n_neg} benign): "
             f"with no {missing} image, {'sensitivity' if n_pos == 0 else 'specificity'} cannot be measured and "
             "no threshold can be set between the classes. Add labelled images of both classes "
             f"(at least {DEFAULT_MIN_PER_CLASS} of each).")
 
 
-def fit(y, p, config: CalibrationConfig) -> Fit:
+def fit(y, p, config: SiteProfileConfig) -> Fit:
     """Recalibration + threshold + what they achieve on (y, p), and any reason to refuse."""
     y = np.asarray(y, dtype=np.int8)
     p = np.asarray(p, dtype=np.float64)
@@ -204,18 +204,18 @@ def fit(y, p, config: CalibrationConfig) -> Fit:
 
 
 @dataclass
-class CalibrationResult:
+class SiteProfileResult:
     profile: SiteProfile
     profile_path: Path
     report_path: Path
     report: str                          # Markdown
 
 
-def calibrate_export(export_dir: str | Path, data: DataSource | str | Path, out: str | Path, config: CalibrationConfig,
-                     variant: str | None = None, labels: dict | None = None) -> CalibrationResult:
+def write_site_profile(export_dir: str | Path, data: DataSource | str | Path, out: str | Path, config: SiteProfileConfig,
+                     variant: str | None = None, labels: dict | None = None) -> SiteProfileResult:
     """Score SITE_DATA with the export, fit, check and write OUT (+ OUT.md report).
 
-    Raises CalibrationError (one class), CalibrationRefused (too small, unless
+    Raises SiteProfileFitError (one class), SiteProfileRefused (too small, unless
     config.force), ValueError / FileNotFoundError for bad input."""
     out = Path(out)
     site = read_site_data(data, labels)
@@ -233,7 +233,7 @@ def calibrate_export(export_dir: str | Path, data: DataSource | str | Path, out:
     shipped = binary_metrics(site.labels, p, export_threshold)
     forced = bool(result.problems)
     if forced and not config.force:
-        raise CalibrationRefused("refusing to write a site profile: " + "; ".join(result.problems)
+        raise SiteProfileRefused("refusing to write a site profile: " + "; ".join(result.problems)
                                  + ". Add labelled images, or pass --force to write it anyway (the profile "
                                    "then records that it was forced).")
     profile = SiteProfile(
@@ -258,7 +258,7 @@ def calibrate_export(export_dir: str | Path, data: DataSource | str | Path, out:
     report_path = out.with_suffix(".md")
     atomic.write_text(report_path, report)
     log.info("wrote %s: %s", out, profile.describe())
-    return CalibrationResult(profile, out, report_path, report)
+    return SiteProfileResult(profile, out, report_path, report)
 
 
 def probabilities(classifier: Classifier, samples: list[Sample]) -> np.ndarray:
@@ -270,7 +270,7 @@ def probabilities(classifier: Classifier, samples: list[Sample]) -> np.ndarray:
 
     p, _, errors, _ = classify_samples(classifier, [replace(s, mask=None) for s in samples])
     if errors:
-        raise CalibrationError(f"{len(errors)} of {len(samples)} image(s) could not be classified, e.g. "
+        raise SiteProfileFitError(f"{len(errors)} of {len(samples)} image(s) could not be classified, e.g. "
                                f"{errors[0]}; fix or remove them and run again")
     return p
 
