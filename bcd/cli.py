@@ -394,7 +394,7 @@ def _cmd_calibrate(args) -> int:
         from train.fit_site_profile import SiteProfileConfig, write_site_profile
     except ImportError as err:
         raise _missing_extra("train", err)
-    from runtime.predict_files import default_model_path
+    from runtime.shipped import default_model_path
     model = args.model or default_model_path()
     if model is None or not Path(model).is_dir():
         raise UsageError(f"{model or 'EXPORT_DIR'}: give an export directory from `bcd export` to calibrate")
@@ -543,7 +543,7 @@ def _add_predict(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (searched recursively, lesion masks skipped) or glob patterns")
     p.add_argument("--model", type=Path, help="export directory from `bcd export`, its manifest.json, or an .onnx "
-                   "file with embedded metadata (default: $BCD_MODEL, else the shipped reference model in models/)")
+                   "file with embedded metadata (default: $BCD_MODEL, else the shipped reference model)")
     p.add_argument("--variant", help="variant to run, e.g. onnx-fp32 (default: onnx-int8 if it passed the export "
                    "checks, else onnx-fp32)")
     p.add_argument("--json", type=Path, dest="json_out", metavar="FILE", help="also write the results as JSON")
@@ -643,7 +643,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--model", type=Path, action="append",
                    help="export directory from `bcd export`; repeat it to offer several models side by side "
                         "(e.g. the full model and its slim version), each with its own threshold (default: "
-                        "$BCD_MODEL, else every model shipped in models/, the reference model first)")
+                        "$BCD_MODEL, else every shipped model, the reference model first)")
     p.add_argument("--host", default=_demo("host"),
                    help="address to listen on (default %(default)s: this computer only; 0.0.0.0 opens it to the "
                         "network, without any login)")
@@ -663,16 +663,16 @@ def _add_demo(sub) -> None:
 
 
 def _cmd_demo(args) -> int:
-    from runtime import predict_files
+    from runtime.shipped import default_models
 
     try:
         from demo.app import DemoConfig, launch
     except ImportError as err:
         raise _missing_extra("demo", err)
-    models = args.model or _default_demo_models(predict_files)
+    models = args.model or default_models()
     if not models:
         raise UsageError("--model is required here: pass an export directory from `bcd export` (the shipped "
-                         "reference model is missing from models/; set BCD_MODEL to use another default)")
+                         "reference model is missing from runtime/models/; set BCD_MODEL to use another default)")
     if args.examples is not None and not args.examples.is_dir():
         raise UsageError(f"--examples {args.examples}: no such folder")
     try:
@@ -687,20 +687,6 @@ def _cmd_demo(args) -> int:
         print(f"site profile: {config.site} (applies to the model file it was calibrated on)", file=sys.stderr)
     launch(config)
     return 0
-
-
-def _default_demo_models(predict_files) -> list[Path]:
-    """$BCD_MODEL when set (as for predict and evaluate), else every export shipped in
-    models/ (reference first), else the default model if any."""
-    import os
-
-    if os.environ.get(predict_files.MODEL_ENV):
-        return [predict_files.default_model_path()]
-    shipped = predict_files.shipped_models()
-    if shipped:
-        return shipped
-    fallback = predict_files.default_model_path()
-    return [fallback] if fallback is not None else []
 
 
 # ---- benchmark ---------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The engines side by side on the same .onnx file: timing.
 
-    python -m benchmarks.backends compare models/bus-vgg16-w50-128 models/bus-vgg16-w50-128-slim30
-    python -m benchmarks.backends profile models/bus-vgg16-w50-128
+    python -m benchmarks.backends compare runtime/models/bus-vgg16-w50-128 runtime/models/bus-vgg16-w50-128-slim30
+    python -m benchmarks.backends profile runtime/models/bus-vgg16-w50-128
 
 `compare` answers "is `bcd predict`, as installed, as fast as the best engine?". Every
 contender runs in a fresh process of its own (engines' thread pools spin and steal

@@ -5,7 +5,7 @@ variant's agreement with the original model.
     from demo.app import DemoConfig, build_app, launch
     launch(DemoConfig(model="exports/busi-224"))                 # blocks; Ctrl-C stops it
     blocks = build_app(DemoConfig(model="exports/busi-224"))     # a gr.Blocks to launch yourself
-    launch(DemoConfig(model=["models/bus-vgg16-w50-128", "models/bus-vgg16-w50-128-slim30"]))  # compare models
+    launch(DemoConfig(model=runtime.shipped.shipped_models()))  # compare the shipped models
 
 With several models the picker lists every variant of each as "MODEL · VARIANT", and
 the threshold, parity figures and baseline shown are the selected model's.

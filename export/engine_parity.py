@@ -1,7 +1,7 @@
 """May an engine other than ONNX Runtime serve an export's .onnx files? The parity check
 whose record (backends.json beside manifest.json) `--backend auto` follows.
 
-    python -m export.engine_parity models/bus-vgg16-w50-128 [--data DIR | --split val]
+    python -m export.engine_parity runtime/models/bus-vgg16-w50-128 [--data DIR | --split val]
 
 Each installed engine besides ONNX Runtime (today: OpenVINO) runs every usable .onnx
 variant on the export's validation split (its split.json) or a labelled dataset, with

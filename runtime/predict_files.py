@@ -27,6 +27,7 @@ from runtime.classifier import DEFAULT_BATCH_SIZE, Classifier, Prediction
 from runtime.dataset import is_image_file, is_mask, scan_folder
 from runtime.engines import AUTO, BACKENDS
 from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+from runtime.shipped import MODEL_ENV, default_model_path
 
 REPORT_FIELDS = ("path", "label", "probability", "threshold", "out_of_distribution", "ood_score", "error")
 SITE_FIELD = "site_profile"
@@ -34,31 +35,6 @@ HEATMAP_SUFFIX = "_gradcam.png"
 _GLOB_CHARS = set("*?[")
 
 Progress = Callable[[int, int], None]
-
-
-MODEL_ENV = "BCD_MODEL"
-SHIPPED_MODEL = "bus-vgg16-w50-128"
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-
-
-def default_model_path() -> Path | None:
-    """The model `bcd predict`, `bcd demo` and `bcd evaluate` use without --model:
-    $BCD_MODEL if set, else the reference model shipped in the checkout's models/
-    folder (present in a git clone installed with `pip install -e`); None if neither."""
-    override = os.environ.get(MODEL_ENV)
-    if override:
-        return Path(override)
-    shipped = MODELS_DIR / SHIPPED_MODEL
-    return shipped if (shipped / "manifest.json").is_file() else None
-
-
-def shipped_models() -> list[Path]:
-    """Every export directory shipped in models/, the reference model first (the demo
-    offers them all, e.g. the full model and its slim variant)."""
-    if not MODELS_DIR.is_dir():
-        return []
-    found = sorted(p.parent for p in MODELS_DIR.glob("*/manifest.json"))
-    return sorted(found, key=lambda p: p.name != SHIPPED_MODEL)
 
 
 # ---------------------------------------------------------------------- inputs

@@ -15,7 +15,7 @@ site's own labelled images and writes it as a small JSON file, the site profile:
 This module is the one place the schema is written (`SiteProfile.to_dict`, used by
 `write_profile`) and read (`read_profile`). It applies a profile without scikit-learn:
 
-    clf = Classifier.load("models/bus-vgg16-w50-128")
+    clf = Classifier.load("runtime/models/bus-vgg16-w50-128")
     clf.use_site(read_profile("clinic-a.json"))   # refuses a profile made for another model
     clf.predict("scan.png")                       # recalibrated probability, the site's threshold
 

@@ -19,7 +19,7 @@ import pytest
 from bcd.cli import main
 from runtime.classifier import Classifier
 from runtime.model_files import sha256_file
-from runtime.predict_files import MODELS_DIR, SHIPPED_MODEL
+from runtime.shipped import MODELS_DIR, SHIPPED_MODEL
 from runtime.site_profile import (
     SITE_ENV,
     Recalibration,

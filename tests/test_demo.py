@@ -108,10 +108,10 @@ def test_examples_stay_inside_their_folder(tmp_path):
 
 def test_cli_requires_a_model_when_none_is_shipped(capsys, monkeypatch, tmp_path):
     from bcd import cli
-    from runtime import predict_files
+    from runtime import shipped
 
     monkeypatch.delenv("BCD_MODEL", raising=False)
-    monkeypatch.setattr(predict_files, "MODELS_DIR", tmp_path)   # a checkout without models/
+    monkeypatch.setattr(shipped, "MODELS_DIR", tmp_path)   # an install without shipped models
     assert cli.main(["demo"]) == 2
     assert "--model is required" in capsys.readouterr().err
     assert cli.main(["demo", "--model", "x", "--max-file-size", "huge"]) == 2
@@ -120,7 +120,7 @@ def test_cli_requires_a_model_when_none_is_shipped(capsys, monkeypatch, tmp_path
 
 def test_cli_serves_every_shipped_model_or_each_model_given(monkeypatch, tmp_path):
     from bcd import cli
-    from runtime import predict_files
+    from runtime import shipped
 
     args = cli.build_parser().parse_args(["demo", "--model", "full", "--model", "slim"])
     assert args.model == [Path("full"), Path("slim")]
@@ -128,15 +128,15 @@ def test_cli_serves_every_shipped_model_or_each_model_given(monkeypatch, tmp_pat
     assert DemoConfig(model=[tmp_path]).model == tmp_path          # a list of one is one path
     with pytest.raises(ValueError):
         DemoConfig(model=[])
-    for name in ("a-other", predict_files.SHIPPED_MODEL, predict_files.SHIPPED_MODEL + "-slim"):
+    for name in ("a-other", shipped.SHIPPED_MODEL, shipped.SHIPPED_MODEL + "-slim"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "manifest.json").write_text("{}")
-    monkeypatch.setattr(predict_files, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(shipped, "MODELS_DIR", tmp_path)
     monkeypatch.delenv("BCD_MODEL", raising=False)
-    assert [p.name for p in cli._default_demo_models(predict_files)] == [
-        predict_files.SHIPPED_MODEL, "a-other", predict_files.SHIPPED_MODEL + "-slim"]
+    assert [p.name for p in shipped.default_models()] == [
+        shipped.SHIPPED_MODEL, "a-other", shipped.SHIPPED_MODEL + "-slim"]
     monkeypatch.setenv("BCD_MODEL", str(tmp_path / "a-other"))
-    assert cli._default_demo_models(predict_files) == [tmp_path / "a-other"]
+    assert shipped.default_models() == [tmp_path / "a-other"]
 
 
 # ---------------------------------------------------------------------- served app
@@ -573,13 +573,13 @@ def test_browser_with_the_shipped_models_on_a_real_image(tmp_path):
     import json
 
     from demo.app import launch
-    from runtime.predict_files import shipped_models
+    from runtime.shipped import shipped_models
 
     models = shipped_models()
     if not models or not SHIPPED_BUSI.is_dir() or not Path(CHROMIUM).exists():
         if IN_CI:
             pytest.fail("CI must have the shipped model, the BUSI folder and chromium")
-        pytest.skip("needs models/, ../shared/data/busi and chromium")
+        pytest.skip("needs runtime/models/, ../shared/data/busi and chromium")
 
     split = json.loads((models[0] / "split.json").read_text())
     name = next(f["path"] for f in split["files"]["test"]

@@ -1,4 +1,4 @@
-"""The reference model shipped in models/ (issue #7): small, loads on the light runtime,
+"""The reference model shipped in runtime/models/ (issue #7): small, loads on the light runtime,
 is the default of `bcd predict`, and its model card's numbers are what `bcd evaluate`
 measures on the committed split."""
 from __future__ import annotations
@@ -15,10 +15,10 @@ import pytest
 from runtime.classifier import Classifier
 from runtime.manifest import read_manifest
 from runtime.model_files import sha256_file
-from runtime.predict_files import SHIPPED_MODEL, default_model_path, shipped_models
+from runtime.shipped import SHIPPED_MODEL, default_model_path, shipped_models
 
 REPO = Path(__file__).resolve().parent.parent
-MODEL = REPO / "models" / SHIPPED_MODEL
+MODEL = REPO / "runtime" / "models" / SHIPPED_MODEL   # package data of runtime (issue 23)
 DATA = REPO.parent / "shared" / "data"      # holds busi/ and busbra/, the shipped models' sources
 CARD_ROWS = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "sensitivity": "sensitivity", "specificity": "specificity",
              "brier": "Brier score", "ece": "expected calibration error"}
@@ -36,7 +36,7 @@ def test_every_shipped_export_is_complete_and_small():
             assert sha256_file(export / v.file) == v.sha256
         assert "MODEL_CARD.md" in files and "split.json" in files
         total += sum(p.stat().st_size for p in export.rglob("*") if p.is_file())
-    assert total <= MAX_SHIPPED_BYTES, f"models/ holds {total / 1e6:.1f} MB"
+    assert total <= MAX_SHIPPED_BYTES, f"runtime/models/ holds {total / 1e6:.1f} MB"
 
 
 def test_predict_uses_the_shipped_model_without_model_flag(tmp_path):
@@ -49,7 +49,7 @@ def test_predict_uses_the_shipped_model_without_model_flag(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bcd.cli", "predict", str(image)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert f"models/{SHIPPED_MODEL}/onnx-int8.onnx" in proc.stderr and "variant onnx-int8" in proc.stderr
+    assert f"runtime/models/{SHIPPED_MODEL}/onnx-int8.onnx" in proc.stderr and "variant onnx-int8" in proc.stderr
     assert "not a diagnosis" in proc.stdout
     with Classifier.load(MODEL) as clf:
         expected = clf.predict(str(image)).probability

@@ -296,7 +296,7 @@ class EvaluateConfig:
 def evaluate(config: EvaluateConfig) -> dict:
     """Score a run (Keras, TensorFlow) or an export (through the runtime, as a clinic
     runs it) on its saved split or on the given datasets; returns metrics.json's content."""
-    from runtime.predict_files import default_model_path
+    from runtime.shipped import default_model_path
     from runtime.site_profile import site_path
     from train.evaluate_export import evaluate_export_data, evaluate_export_split, is_export_dir
 

@@ -1,6 +1,6 @@
 """`bcd calibrate`: fit a site's own operating point for an exported model.
 
-    result = write_site_profile("models/bus-vgg16-w50-128", "site-data/", "clinic-a.json",
+    result = write_site_profile("runtime/models/bus-vgg16-w50-128", "site-data/", "clinic-a.json",
                               SiteProfileConfig(target="sensitivity", target_value=0.90))
 
 The model file is never touched. Its probabilities on the site's labelled images give:

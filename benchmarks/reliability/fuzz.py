@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from runtime.classifier import Classifier
-    from runtime.predict_files import default_model_path
+    from runtime.shipped import default_model_path
 
     faulthandler.enable()
     model = args.model or default_model_path()

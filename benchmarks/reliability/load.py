@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from runtime.classifier import Classifier
     from runtime.dataset import scan_folder
-    from runtime.predict_files import default_model_path
+    from runtime.shipped import default_model_path
 
     model = args.model or default_model_path()
     images = [e.path for e in scan_folder(args.images).entries][:10]

@@ -1,6 +1,6 @@
 """Does site calibration work? Two development datasets play two sites.
 
-    python -m benchmarks.studies.site_profiles models/bus-vgg16-w50-128 \\
+    python -m benchmarks.studies.site_profiles runtime/models/bus-vgg16-w50-128 \\
         --busi ../shared/data/busi --busbra ../shared/data/busbra --out docs/results/site_profiles
 
 For each site there is a calibration pool and a disjoint test set:
