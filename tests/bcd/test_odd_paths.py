@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def scan(seed: int, side: int = 96) -> np.ndarray:

@@ -17,7 +17,7 @@ import pytest
 
 from bcd.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 VARIANTS = ("onnx-fp32", "onnx-int8", "tflite-fp32")
 

@@ -370,7 +370,7 @@ def test_manifest_module_is_stdlib_only():
     import ast
     import sys
 
-    source = Path(__file__).resolve().parent.parent / "runtime" / "manifest.py"
+    source = Path(__file__).resolve().parents[2] / "runtime" / "manifest.py"
     imported = set()
     for node in ast.walk(ast.parse(source.read_text())):
         if isinstance(node, ast.Import):

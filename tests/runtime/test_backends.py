@@ -25,7 +25,7 @@ from runtime.backends import (
 from runtime.classifier import Classifier
 from runtime.model_files import ModelLoadError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 INTEL_AMX = "processor\t: 0\nmodel name\t: Intel Xeon\nflags\t\t: avx512f avx512_vnni amx_int8 amx_bf16\n"
 AMD_VNNI = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: avx512f avx512_vnni avx512_bf16\n"
 

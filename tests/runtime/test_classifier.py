@@ -24,7 +24,7 @@ from runtime.model_files import ModelLoadError, check_onnx_external_data, onnx_e
 from runtime.preprocessing import PreprocessSpec, prepare_batch, resize
 from runtime.session import physical_cores
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # openvino: an optional engine, imported only when a model is served with it
 HEAVY = ("tensorflow", "tf_keras", "keras", "gradio", "sklearn", "torch", "onnx", "tf2onnx", "jax", "openvino")
 

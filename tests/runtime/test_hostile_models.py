@@ -1,6 +1,6 @@
 """Hostile or broken model files: each is built for real and must be refused with a
 clear ModelLoadError/ValueError, never run, never crash the process. (External data
-outside the folder, code-carrying suffixes and a flipped byte are in test_runtime.py.)"""
+outside the folder, code-carrying suffixes and a flipped byte are in test_classifier.py.)"""
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +17,7 @@ from runtime.classifier import Classifier
 from runtime.manifest import MANIFEST_NAME
 from runtime.model_files import ModelLoadError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def export_with(tiny_export: Path, dst: Path, name: str, fmt: str, data: bytes, *, checksum: bool = True) -> Path:

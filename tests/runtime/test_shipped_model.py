@@ -17,7 +17,7 @@ from runtime.manifest import read_manifest
 from runtime.model_files import sha256_file
 from runtime.predict_files import SHIPPED_MODEL, default_model_path, shipped_models
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "models" / SHIPPED_MODEL
 DATA = REPO.parent / "shared" / "data"      # holds busi/ and busbra/, the shipped models' sources
 CARD_ROWS = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "sensitivity": "sensitivity", "specificity": "specificity",

@@ -31,7 +31,7 @@ from runtime.site_profile import (
 from train.calibrate import CalibrationConfig, CalibrationError, fit
 from train.metrics import ThresholdPolicy, choose_threshold
 
-from conftest import REPO, busi_files, gray_noise
+from tests.conftest import REPO, busi_files, gray_noise
 
 SHIPPED = MODELS_DIR / SHIPPED_MODEL
 

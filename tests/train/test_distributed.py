@@ -24,7 +24,7 @@ import pytest
 
 from train.distribute import ClusterError, read_tf_config, split_sha256, writes_run_dir
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # The README's multi-worker example is this command (with other hosts, ports and paths).
 WORKER_ARGS = ["--image-size", "32", "--width", "0.25", "--epochs", "1", "--batch-size", "8",

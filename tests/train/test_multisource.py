@@ -13,7 +13,7 @@ import pytest
 from runtime.dataset import CsvMapping, DatasetError, DataSource, read_source
 from runtime.preprocessing import PreprocessSpec
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BUSBRA = REPO.parent / "shared" / "data" / "busbra"
 BUSBRA_MAP = "path=Images/{ID}.png,label=Pathology,group=Case,mask=Masks/mask_{ID#bus_}.png"
 
