@@ -6,9 +6,9 @@ run (10,000 inputs, the shipped model) is `python -m benchmarks.fuzz --inputs 10
 its figures are in docs/RELIABILITY.md."""
 from __future__ import annotations
 
-import pytest
+from tests.conftest import needs_module
 
-pytest.importorskip("hypothesis")
+needs_module("hypothesis")
 
 from benchmarks import fuzz  # noqa: E402
 from runtime.classifier import Classifier  # noqa: E402

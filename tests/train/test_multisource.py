@@ -12,6 +12,7 @@ import pytest
 
 from runtime.dataset import CsvMapping, DatasetError, DataSource, read_source
 from runtime.preprocessing import PreprocessSpec
+from tests.conftest import missing
 
 REPO = Path(__file__).resolve().parents[2]
 BUSBRA = REPO.parent / "shared" / "data" / "busbra"
@@ -125,8 +126,9 @@ def test_mapping_syntax_and_templates():
         CsvMapping.parse("picture=Images/{ID}.png")
 
 
-@pytest.mark.skipif(not BUSBRA.is_dir(), reason="BUS-BRA development data not present")
 def test_busbra_csv_is_read_as_shipped():
+    if not BUSBRA.is_dir():
+        missing("BUS-BRA development data not present")
     scan = read_source(DataSource.parse(str(BUSBRA / "bus_data.csv"), CsvMapping.parse(BUSBRA_MAP)))
     assert scan.source.name == "busbra" and not scan.bad_rows
     assert len(scan.samples) == 1500
