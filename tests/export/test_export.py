@@ -165,8 +165,24 @@ def test_qat_summary_compares_with_post_training_int8(full_export):
     assert set(summary["comparison"]) == {"onnx", "tflite"}
     for row in summary["comparison"].values():
         assert row["qat"]["auc"] is not None and row["post_training"]["flip_rate"] is not None
-        assert row["qat_better"] in (True, False, None) and row["verdict"]
-    assert "qat_beats_post_training_int8" in summary
+        # both INT8 variants have parity figures: the verdict is the one they call for
+        assert (row["verdict"], row["qat_better"]) == _qat_verdict(row["qat"], row["post_training"]), row
+    decided = [row["qat_better"] for row in summary["comparison"].values() if row["qat_better"] is not None]
+    assert summary["qat_beats_post_training_int8"] == (all(decided) if decided else None)
+
+
+def _qat_verdict(qat: dict, ptq: dict) -> tuple[str, bool | None]:
+    """The rule, stated on the two rows' parity figures: QAT is better when it is no
+    worse on AUC (higher is better) and flip rate (lower is better) and better on one."""
+    auc = int(np.sign(round(qat["auc"] - ptq["auc"], 9)))
+    flips = int(np.sign(round(ptq["flip_rate"] - qat["flip_rate"], 9)))
+    if auc == flips == 0:
+        return "tie", None
+    if auc >= 0 and flips >= 0:
+        return "QAT better", True
+    if auc <= 0 and flips <= 0:
+        return "post-training INT8 better", False
+    return "mixed (one metric better, the other worse)", None
 
 
 def test_onnx_files_carry_the_manifest_essentials(full_export):
@@ -395,6 +411,31 @@ def test_parity_compare_and_tolerance():
     assert one_class.auc is None and one_class.auc_drop is None
     worse = compare(np.array([0.7, 0.4, 0.6, 0.9]), ref, y, threshold=0.5)
     assert "AUC drop" in Tolerance(0.01, 1.0).violations(worse)[0]
+
+
+@pytest.mark.parametrize("qat, ptq, expected", [      # (AUC, flip rate) of each INT8 variant
+    ((0.9, 0.1), (0.8, 0.2), ("QAT better", True)),
+    ((0.8, 0.1), (0.8, 0.2), ("QAT better", True)),
+    ((0.7, 0.2), (0.8, 0.2), ("post-training INT8 better", False)),
+    ((0.7, 0.3), (0.8, 0.2), ("post-training INT8 better", False)),
+    ((0.8, 0.2), (0.8, 0.2), ("tie", None)),
+    ((0.9, 0.3), (0.8, 0.2), ("mixed (one metric better, the other worse)", None)),
+    ((0.9, 0.1), None, ("not comparable (a variant is missing or has no parity)", None)),
+])
+def test_qat_verdict_rule(qat, ptq, expected):
+    from export.pipeline import _verdict
+    from runtime.manifest import Parity, VariantEntry
+
+    def entry(name, figures):
+        auc, flips = figures
+        return VariantEntry(name=name, format="onnx", precision="int8", file=f"{name}.onnx", sha256=None,
+                            size_bytes=None, outputs=["malignancy"], status="ok",
+                            parity=Parity(max_abs_diff=0.1, flip_rate=flips, auc=auc, auc_original=0.85,
+                                          auc_drop=0.85 - auc, n=10))
+
+    assert _verdict(entry("onnx-int8-qat", qat), ptq and entry("onnx-int8", ptq)) == expected
+    if ptq:   # the end-to-end test states the same rule on the manifest's figures
+        assert _qat_verdict({"auc": qat[0], "flip_rate": qat[1]}, {"auc": ptq[0], "flip_rate": ptq[1]}) == expected
 
 
 def test_config_resolves_formats():
