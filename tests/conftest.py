@@ -43,6 +43,20 @@ def needs_module(name: str, minversion: str | None = None):
         raise   # importorskip's skip also works at module level
 
 
+# The session trains and exports the tiny model the first time a test asks for it (about a
+# minute here, more on a loaded machine): every test that needs it is slow.
+TRAINED_MODEL_FIXTURES = {"tiny_run", "graded_run", "tiny_export", "bench_export"}
+
+
+@pytest.hookimpl(tryfirst=True)   # before `-m "not slow"` deselects
+def pytest_collection_modifyitems(items):
+    """Mark `slow` every test that needs the trained tiny model, directly or through
+    another fixture (item.fixturenames is the whole closure), so none is forgotten."""
+    for item in items:
+        if TRAINED_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def busi_files(cls: str, n: int) -> list[Path]:
     """The first n BUSI images of a class (BUSI's lesion masks lie beside them: skipped)."""
     from runtime.dataset import is_mask

@@ -116,6 +116,7 @@ def test_unreadable_file_is_an_error_row(tiny_export, tmp_path):
     assert rows[str(fine)]["label"] in ("benign", "malignant")
 
 
+@pytest.mark.slow   # 1,000 files through a subprocess
 def test_folder_of_many_files(tiny_export, tmp_path):
     n = 10_000 if os.environ.get("BCD_FULL_RELIABILITY") else 1_000
     folder = tmp_path / "many"

@@ -6,6 +6,8 @@ run (10,000 inputs, the shipped model) is `python -m benchmarks.fuzz --inputs 10
 its figures are in docs/RELIABILITY.md."""
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import needs_module
 
 needs_module("hypothesis")
@@ -14,6 +16,7 @@ from benchmarks import fuzz  # noqa: E402
 from runtime.classifier import Classifier  # noqa: E402
 
 
+@pytest.mark.slow   # fuzz run
 def test_short_fuzz_run_has_no_crash(tiny_export, tmp_path):
     clf = Classifier.load(tiny_export, variant="onnx-fp32", threads=1)
     report = fuzz.run(clf, 300, tmp_path, timeout=60.0, seed=1)

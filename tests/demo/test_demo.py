@@ -442,6 +442,7 @@ def _load(url: str, images, expected, n_clients: int, per_client: int, budget: f
     return errors, latencies, answered, time.monotonic() - started
 
 
+@pytest.mark.slow   # load test
 def test_load_20_clients_x_10_requests(served, images, expected):
     """Every request answered correctly, 0 errors; p95 latency and the peak memory of
     this process (the server runs in it) are printed for docs/RELIABILITY.md."""
@@ -460,6 +461,7 @@ def test_load_20_clients_x_10_requests(served, images, expected):
           f"peak RSS of the test process (server + 20 clients) {peak_rss_mb():.0f} MB, {before:.0f} MB before")
 
 
+@pytest.mark.slow   # load test
 def test_a_full_queue_refuses_excess_load_with_a_message(demo_export, images, expected):
     """A server with 1 worker and room for 2 waiting requests, hit by 20 clients at
     once: the excess is refused with a clear message, the rest are answered correctly,
@@ -528,6 +530,7 @@ def _upload_and_wait(page, url: str, image: Path) -> None:
     page.wait_for_timeout(500)
 
 
+@pytest.mark.slow   # browser
 def test_browser_upload_shows_result_heatmap_and_disclaimer(served, images):
     if not Path(CHROMIUM).exists():
         missing(f"{CHROMIUM} not installed (apt-get install chromium; .ci/run installs Debian's chromium)")
@@ -560,6 +563,7 @@ def test_browser_upload_shows_result_heatmap_and_disclaimer(served, images):
 SHIPPED_BUSI = REPO.parent / "shared" / "data" / "busi"
 
 
+@pytest.mark.slow   # browser
 def test_browser_with_the_shipped_models_on_a_real_image(tmp_path):
     """results/demo.png: what a newcomer sees after `bcd demo`, the shipped reference
     model(s) on a malignant image of the shipped split's held-out test part."""

@@ -85,6 +85,7 @@ def _pearson(a, b):
 
 # --------------------------------------------------------------------------- the export
 
+@pytest.mark.slow   # full export, QAT included (module fixture ~80 s)
 def test_every_variant_is_exported_and_recorded(full_export):
     manifest = full_export.manifest
     assert [v.name for v in manifest.variants] == ALL_VARIANTS
@@ -102,6 +103,7 @@ def test_every_variant_is_exported_and_recorded(full_export):
     assert full_export.total_seconds > 0
 
 
+@pytest.mark.slow   # full export, QAT included (module fixture ~80 s)
 def test_files_load_and_match_keras(full_export, val_images):
     x, ref_prob, ref_cam = val_images["x"], val_images["prob"], val_images["cam"]
     for v in full_export.manifest.variants:
@@ -138,6 +140,7 @@ def test_files_load_and_match_keras(full_export, val_images):
             # manifest (parity.cam_correlation) and reported for the BUSI model.
 
 
+@pytest.mark.slow   # full export, QAT included (module fixture ~80 s)
 def test_manifest_round_trips_and_checksums_match(full_export, tmp_path):
     import hashlib
 
@@ -159,6 +162,7 @@ def test_manifest_round_trips_and_checksums_match(full_export, tmp_path):
     assert manifest.baseline["n"] == 3 and manifest.training_data["images"] == 20
 
 
+@pytest.mark.slow   # full export, QAT included (module fixture ~80 s)
 def test_qat_summary_compares_with_post_training_int8(full_export):
     summary = full_export.manifest.qat_summary
     assert summary["epochs"] == 1 and summary["n_train"] == 14
@@ -185,6 +189,7 @@ def _qat_verdict(qat: dict, ptq: dict) -> tuple[str, bool | None]:
     return "mixed (one metric better, the other worse)", None
 
 
+@pytest.mark.slow   # full export, QAT included (module fixture ~80 s)
 def test_onnx_files_carry_the_manifest_essentials(full_export):
     import onnx
 
@@ -202,6 +207,7 @@ def test_onnx_files_carry_the_manifest_essentials(full_export):
         assert "variants" not in embedded
 
 
+@pytest.mark.slow   # full export, QAT included (module fixture ~80 s)
 def test_int8_onnx_is_qdq_u8s8(full_export):
     import onnx
 
@@ -219,6 +225,7 @@ def test_int8_onnx_is_qdq_u8s8(full_export):
     assert any(i.data_type == onnx.TensorProto.INT8 for i in qat.graph.initializer)  # weights folded to int8
 
 
+@pytest.mark.slow   # full export, QAT included (module fixture ~80 s)
 def test_writes_leave_no_temporary_files(full_export):
     names = [p.name for p in full_export.export_dir.iterdir()]
     assert sorted(names) == sorted([f"{v}.{v.split('-')[0]}" for v in ALL_VARIANTS] + [MANIFEST_NAME, "split.json"])
@@ -279,6 +286,7 @@ def test_in_graph_cam_equals_gradient_tape_gradcam(val_images):
 
 # --------------------------------------------------------------------------- CLI
 
+@pytest.mark.slow   # exports
 def test_cli_broken_format_is_an_error_and_others_continue(tiny_run, tmp_path, capsys):
     out = tmp_path / "broken"
     # opset 1 predates ReLU's current definition: tf2onnx still writes a file (it only logs
@@ -296,6 +304,7 @@ def test_cli_broken_format_is_an_error_and_others_continue(tiny_run, tmp_path, c
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow   # exports twice
 def test_cli_success_exits_zero_and_strict_tolerance_fails(tiny_run, tmp_path, capsys):
     out = tmp_path / "ok"
     assert main(["export", str(tiny_run), "--out", str(out), "--formats", "tflite-dynamic",

@@ -208,6 +208,7 @@ def test_openvino_missing_is_a_clear_error(tiny_export, tiny_dataset):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow   # one process per engine
 def test_compare_times_each_engine_in_its_own_process(tiny_export, tmp_path):
     """Few runs, one round: only that every contender ran in a process of its own and
     the ratios are the ones its medians give (no timing assertions)."""

@@ -193,6 +193,7 @@ def test_gradcam_from_onnx_matches_gradient_tape(fp32, keras_model, tiny_dataset
             assert np.corrcoef(a, b)[0, 1] >= 0.95
 
 
+@pytest.mark.slow   # trains and exports a 64x64 model
 def test_gradcam_matches_gradient_tape_on_a_4x4_map(tiny_export, tiny_dataset, tmp_path):
     """The tiny run's 32x32 input leaves a 2x2 conv map, which says little; a fresh
     (untrained, He-initialised) 64x64 model gives 4x4 maps with varied channel weights.
@@ -568,6 +569,7 @@ def tflite_export(graded_run, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow   # exports TFLite
 def test_tflite_variant_matches_onnx(tflite_export, fp32, tiny_dataset):
     clf = Classifier.load(tflite_export)
     assert clf.info.format == "tflite" and clf.has_cam and clf.threads == physical_cores()
@@ -581,6 +583,7 @@ def test_tflite_variant_matches_onnx(tflite_export, fp32, tiny_dataset):
     assert Classifier.load(tflite_export / "tflite-fp32.tflite", threads=1).threads == 1
 
 
+@pytest.mark.slow   # exports TFLite
 def test_lone_tflite_is_refused(tflite_export, tmp_path):
     shutil.copy(tflite_export / "tflite-fp32.tflite", tmp_path / "m.tflite")
     with pytest.raises(ModelLoadError, match="carries no preprocessing"):

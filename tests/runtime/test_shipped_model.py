@@ -57,6 +57,7 @@ def test_predict_uses_the_shipped_model_without_model_flag(tmp_path):
     assert f"{expected:.4f}" in proc.stdout
 
 
+@pytest.mark.slow   # evaluates each shipped model on its whole test split (real images)
 @pytest.mark.parametrize("export", shipped_models(), ids=lambda p: p.name)
 def test_model_card_numbers_are_what_evaluate_measures(export, tmp_path):
     if not (DATA / "busi").is_dir() or not (DATA / "busbra").is_dir():
