@@ -20,7 +20,7 @@ written by its catch-all handler ("cannot read (SomeError: ...)", i.e. a decoder
 that was contained, not a clear error) is counted as a crash. Exit status 0 only if
 there were none.
 
-tests/test_fuzz.py runs a few hundred of the same inputs in CI.
+tests/benchmarks/test_fuzz.py runs a few hundred of the same inputs in CI.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ runtime's own prediction for that image.
 
 Prints the request count, errors (must be 0), latency p50/p95/max, and the server
 process's peak resident memory (VmHWM) before and after the load. The excess-load check
-(a full queue refuses with a message) is tests/test_demo.py::test_a_full_queue_refuses_excess_load_with_a_message.
+(a full queue refuses with a message) is tests/demo/test_demo.py::test_a_full_queue_refuses_excess_load_with_a_message.
 """
 from __future__ import annotations
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("hypothesis")
+from tests.conftest import needs_module
+
+needs_module("hypothesis")
 
 from benchmarks.reliability import fuzz  # noqa: E402
 from runtime.classifier import Classifier  # noqa: E402
 
 
+@pytest.mark.slow   # fuzz run
 def test_short_fuzz_run_has_no_crash(tiny_export, tmp_path):
     clf = Classifier.load(tiny_export, variant="onnx-fp32", threads=1)
     report = fuzz.run(clf, 300, tmp_path, timeout=60.0, seed=1)

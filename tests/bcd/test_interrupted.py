@@ -27,7 +27,9 @@ from runtime.classifier import Classifier
 from runtime.manifest import MANIFEST_NAME
 from runtime.model_files import sha256_file
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
+# every test here runs real `bcd` subprocesses (export, training, predict) and kills them
+pytestmark = pytest.mark.slow
 
 
 def bcd(*args: str, **kwargs) -> subprocess.Popen:

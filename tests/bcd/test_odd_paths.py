@@ -21,7 +21,7 @@ import pytest
 
 from runtime.host import peak_rss_mib
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def scan(seed: int, side: int = 96) -> np.ndarray:
@@ -108,6 +108,7 @@ def test_unreadable_file_is_an_error_row(tiny_export, tmp_path):
     assert rows[str(fine)]["label"] in ("benign", "malignant")
 
 
+@pytest.mark.slow   # 1,000 files through a subprocess
 def test_folder_of_many_files(tiny_export, tmp_path):
     n = 10_000 if os.environ.get("BCD_FULL_RELIABILITY") else 1_000
     folder = tmp_path / "many"

@@ -16,8 +16,9 @@ from runtime.classifier import Classifier
 from runtime.manifest import read_manifest
 from runtime.model_files import sha256_file
 from runtime.shipped import SHIPPED_MODEL, default_model_path, shipped_models
+from tests.conftest import missing
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "runtime" / "models" / SHIPPED_MODEL   # package data of runtime (issue 23)
 DATA = REPO.parent / "shared" / "data"      # holds busi/ and busbra/, the shipped models' sources
 CARD_ROWS = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "sensitivity": "sensitivity", "specificity": "specificity",
@@ -56,10 +57,11 @@ def test_predict_uses_the_shipped_model_without_model_flag(tmp_path):
     assert f"{expected:.4f}" in proc.stdout
 
 
-@pytest.mark.skipif(not (DATA / "busi").is_dir() or not (DATA / "busbra").is_dir(),
-                    reason="the development datasets are not here")
+@pytest.mark.slow   # evaluates each shipped model on its whole test split (real images)
 @pytest.mark.parametrize("export", shipped_models(), ids=lambda p: p.name)
 def test_model_card_numbers_are_what_evaluate_measures(export, tmp_path):
+    if not (DATA / "busi").is_dir() or not (DATA / "busbra").is_dir():
+        missing("the development datasets are not here")
     from train.evaluate_export import evaluate_export_split
 
     # the card's figures come from ONNX Runtime; OpenVINO (bf16) may flip a borderline case

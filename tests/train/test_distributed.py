@@ -24,7 +24,7 @@ import pytest
 
 from train.distribute import ClusterError, read_tf_config, split_sha256, writes_run_dir
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # The README's multi-worker example is this command (with other hosts, ports and paths).
 WORKER_ARGS = ["--image-size", "32", "--width", "0.25", "--epochs", "1", "--batch-size", "8",
@@ -130,6 +130,7 @@ def _hash_of_split_json(run: Path) -> str:
     return split_sha256(keys, labels, split)
 
 
+@pytest.mark.slow   # two training processes
 def test_two_workers_write_one_valid_run_directory(two_worker_run):
     run = two_worker_run
     info = json.loads((run / "run.json").read_text())
@@ -149,6 +150,7 @@ def test_two_workers_write_one_valid_run_directory(two_worker_run):
     assert 0.0 <= metrics["at_operating_threshold"]["roc_auc"] <= 1.0
 
 
+@pytest.mark.slow   # trains
 def test_single_process_run_agrees_on_schema_and_split(two_worker_run, tmp_path):
     from bcd.cli import main
     from train.config import TrainConfig
@@ -171,6 +173,7 @@ def test_single_process_run_agrees_on_schema_and_split(two_worker_run, tmp_path)
     assert main(["evaluate", str(copy), "--bootstrap", "50"]) == 0
 
 
+@pytest.mark.slow   # trains
 def test_one_process_resumes_a_two_worker_run(two_worker_run, tmp_path):
     from train.config import TrainConfig
     from train.trainer import train
@@ -185,6 +188,7 @@ def test_one_process_resumes_a_two_worker_run(two_worker_run, tmp_path):
     assert info["distribution"]["workers"] == 1 and info["status"] == "complete"
 
 
+@pytest.mark.slow   # training processes, waits for the timeout
 def test_a_dead_worker_fails_the_run_with_a_clear_message(tiny_dataset, tmp_path):
     procs = _start(tiny_dataset, tmp_path / "run", tmp_path, BCD_WORKER_TIMEOUT="300")
     try:
@@ -201,6 +205,7 @@ def test_a_dead_worker_fails_the_run_with_a_clear_message(tiny_dataset, tmp_path
     print(f"worker 0 exited {took:.0f} s after worker 1 was killed")
 
 
+@pytest.mark.slow   # a training process, waits for the timeout
 def test_a_worker_that_never_joins_ends_the_run(tiny_dataset, tmp_path):
     """Worker 1 is never started: worker 0 must not wait forever inside TensorFlow."""
     hosts = [f"127.0.0.1:{p}" for p in _free_ports(2)]
@@ -218,6 +223,7 @@ def test_a_worker_that_never_joins_ends_the_run(tiny_dataset, tmp_path):
     assert "bcd: error: not every worker joined the cluster within 20 s (BCD_WORKER_TIMEOUT)" in text, text[-3000:]
 
 
+@pytest.mark.slow   # two training processes
 def test_workers_with_different_splits_refuse_to_train(tiny_dataset, tmp_path):
     procs = _start(tiny_dataset, tmp_path / "run", tmp_path, extra_args=([], ["--seed", "7"]))
     try:

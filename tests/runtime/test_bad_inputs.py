@@ -11,7 +11,7 @@ import pytest
 
 from runtime.classifier import Classifier
 from runtime.images import read_image
-from tests.conftest import dicom_bytes
+from tests.conftest import dicom_bytes, needs_module
 from runtime.predict_files import predict_paths
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -37,7 +37,7 @@ def scan_like(height: int = 80, width: int = 96, seed: int = 0) -> np.ndarray:
 
 
 def cmyk_jpeg() -> bytes:
-    Image = pytest.importorskip("PIL.Image")
+    Image = needs_module("PIL.Image")
     buf = io.BytesIO()
     Image.fromarray(scan_like()).convert("CMYK").save(buf, "JPEG")
     return buf.getvalue()

@@ -116,6 +116,7 @@ def test_existing_run_is_never_overwritten(tiny_run, tiny_dataset, capsys):
     assert (tiny_run / "model.keras").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow   # trains twice
 def test_resume_continues_from_last_epoch(tiny_dataset, tmp_path):
     out = tmp_path / "resumable"
     config = TrainConfig(out=str(out), data=str(tiny_dataset), image_size=32, epochs=1,

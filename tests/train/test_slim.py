@@ -132,6 +132,7 @@ def _expected_macs(full, ratio: float) -> int:
     return total + cin * units + units * 1
 
 
+@pytest.mark.slow   # prunes, fine-tunes and exports
 def test_slim_end_to_end_gives_an_exportable_run(graded_run, tmp_path):
     from export import ExportConfig, export_run
     from train.cost import count_macs
@@ -215,6 +216,7 @@ def test_target_macs_picks_a_ratio_that_fits():
     assert count_macs(looser) > target        # the least pruning that fits, not just any
 
 
+@pytest.mark.slow   # fine-tunes twice
 def test_slim_resume_continues_with_the_pruned_model(graded_run, tmp_path):
     out = tmp_path / "slim"
     assert main(["slim", str(graded_run), "--out", str(out), "--ratio", "0.75", "--epochs", "1"]) == 0

@@ -12,8 +12,9 @@ import pytest
 
 from runtime.dataset import CsvMapping, DatasetError, DataSource, read_source
 from runtime.preprocessing import PreprocessSpec
+from tests.conftest import missing
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BUSBRA = REPO.parent / "shared" / "data" / "busbra"
 BUSBRA_MAP = "path=Images/{ID}.png,label=Pathology,group=Case,mask=Masks/mask_{ID#bus_}.png"
 
@@ -125,8 +126,9 @@ def test_mapping_syntax_and_templates():
         CsvMapping.parse("picture=Images/{ID}.png")
 
 
-@pytest.mark.skipif(not BUSBRA.is_dir(), reason="BUS-BRA development data not present")
 def test_busbra_csv_is_read_as_shipped():
+    if not BUSBRA.is_dir():
+        missing("BUS-BRA development data not present")
     scan = read_source(DataSource.parse(str(BUSBRA / "bus_data.csv"), CsvMapping.parse(BUSBRA_MAP)))
     assert scan.source.name == "busbra" and not scan.bad_rows
     assert len(scan.samples) == 1500
@@ -208,6 +210,7 @@ def two_site_run(two_sites, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow   # two_site_run trains
 def test_two_site_run_reports_per_source(two_site_run):
     split = json.loads((two_site_run / "split.json").read_text())
     assert [s["name"] for s in split["sources"]] == ["a", "site_b"]
@@ -227,6 +230,7 @@ def test_two_site_run_reports_per_source(two_site_run):
     assert "| a |" in (two_site_run / "metrics.md").read_text()
 
 
+@pytest.mark.slow   # two_site_run trains
 def test_saved_model_is_plain_float32_vgg16(two_site_run):
     from train.tf_setup import keras
     model = keras.models.load_model(two_site_run / "model.keras", compile=False)
@@ -236,6 +240,7 @@ def test_saved_model_is_plain_float32_vgg16(two_site_run):
     assert model.get_layer("block1_conv1").filters == 16      # width 0.25 of 64
 
 
+@pytest.mark.slow   # two_site_run trains
 def test_fine_tuning_starts_from_the_earlier_run(two_site_run):
     from train.model import ModelConfig, build_model
     from train.tf_setup import keras
@@ -250,6 +255,7 @@ def test_fine_tuning_starts_from_the_earlier_run(two_site_run):
         build_model(ModelConfig(32, str(two_site_run), width=1.0))
 
 
+@pytest.mark.slow   # two_site_run trains
 def test_bcd_train_from_a_folded_run_matches_the_restarted_batch_norms(two_site_run, two_sites, tmp_path):
     from bcd.cli import main
     out = tmp_path / "fine-tuned"
@@ -261,6 +267,7 @@ def test_bcd_train_from_a_folded_run_matches_the_restarted_batch_norms(two_site_
     assert "13 matched to" in (out / "train.log").read_text()
 
 
+@pytest.mark.slow   # two_site_run trains
 def test_evaluate_external_csv_with_masks(two_site_run, two_sites, tmp_path):
     from bcd.cli import main
     assert main(["evaluate", str(two_site_run), "--data", str(two_sites["csv"]), "--out", str(tmp_path / "ev")]) == 0

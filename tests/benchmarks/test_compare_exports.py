@@ -39,6 +39,7 @@ def _weight_zero_share(path) -> float:
     return zeros / total
 
 
+@pytest.mark.slow   # exports magnitude-pruned variants
 def test_sparse_variants_are_sparse_and_compress_better(sparse_export):
     from runtime.manifest import read_manifest
 
@@ -88,6 +89,7 @@ def also(tiny_export, bench_export, graded_run, tmp_path_factory):
     return code, out, json.loads((out / "results.json").read_text()), extra
 
 
+@pytest.mark.slow   # benchmarks two exports
 def test_also_rows_share_one_baseline(also):
     code, out, doc, extra = also
     assert code == 0
@@ -115,6 +117,7 @@ def test_also_rows_share_one_baseline(also):
     assert set(doc["pareto_front"]) <= set(rows)
 
 
+@pytest.mark.slow   # benchmarks two exports
 def test_macs_params_and_zip_size_per_row(also, tiny_export):
     _, out, doc, _ = also
     rows = {r["name"]: r for r in doc["variants"]}

@@ -6,7 +6,7 @@ from runtime.preprocessing import PreprocessSpec
 from train.data import load_folder
 from train.dedup import DedupConfig, find_groups, group_ids, pairwise_distances
 from train.split import SplitConfig, split_indices
-from tests.conftest import BUSI
+from tests.conftest import BUSI, missing
 
 
 def test_pairwise_distances_are_hamming():
@@ -75,8 +75,9 @@ def test_split_refuses_too_few_groups():
         split_indices([0, 1, 0], [0, 1, 2], SplitConfig())
 
 
-@pytest.mark.skipif(not BUSI.is_dir(), reason="BUSI development data not present")
 def test_busi_near_duplicates_never_straddle_splits():
+    if not BUSI.is_dir():
+        missing("BUSI development data not present")
     data = load_folder(BUSI, PreprocessSpec(image_size=32))
     groups = group_ids(data.hashes, DedupConfig().max_distance)
     n_dup_groups = int((np.bincount(groups) > 1).sum())

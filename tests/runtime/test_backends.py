@@ -24,12 +24,13 @@ from runtime.backends import (
 )
 from runtime.classifier import Classifier
 from runtime.model_files import ModelLoadError
+from tests.conftest import needs_module
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 INTEL_AMX = "processor\t: 0\nmodel name\t: Intel Xeon\nflags\t\t: avx512f avx512_vnni amx_int8 amx_bf16\n"
 AMD_VNNI = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: avx512f avx512_vnni avx512_bf16\n"
 
-openvino = pytest.importorskip("openvino", reason="the openvino extra (in the dev extra) is not installed")
+openvino = needs_module("openvino")   # the openvino extra (in the dev extra)
 
 
 def images(root: Path, n: int) -> list[Path]:
@@ -147,14 +148,17 @@ def test_check_writes_the_record_and_auto_follows_it(tiny_export, tiny_dataset, 
         assert ov["status"] == ("ok" if not ov["problems"] else "failed")
         assert ov["precision"] in ("f32", "bf16", "f16")
     variant = "onnx-int8"
-    if not engine_checked(record, variant, "openvino", record["variants"][variant]["sha256"]):
-        pytest.skip("OpenVINO did not pass the tiny model's parity check here")
-    # a speed record for this CPU saying OpenVINO is faster: auto serves OpenVINO
+    passed = engine_checked(record, variant, "openvino", record["variants"][variant]["sha256"])
+    # a speed record for this CPU saying OpenVINO is faster: auto serves OpenVINO when it
+    # passed the parity check, and never when it failed it (however fast)
     record["variants"][variant]["speed"] = {cpu_signature(): {"faster": "openvino", "created": "test"}}
     (export / BACKENDS_FILE).write_text(json.dumps(record))
     with Classifier.load(export, variant=variant) as clf:
-        assert clf.engine == "openvino" and "measured" in clf.info.backend_reason
-        assert clf.predict(images(tiny_dataset, 1)[0], with_cam=True).cam is not None
+        if passed:
+            assert clf.engine == "openvino" and "measured" in clf.info.backend_reason
+            assert clf.predict(images(tiny_dataset, 1)[0], with_cam=True).cam is not None
+        else:
+            assert clf.engine == "onnxruntime", clf.info.backend_reason
     # the same record for a changed file is ignored
     record["variants"][variant]["sha256"] = "0" * 64
     (export / BACKENDS_FILE).write_text(json.dumps(record))
@@ -206,6 +210,7 @@ def test_openvino_missing_is_a_clear_error(tiny_export, tiny_dataset):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow   # one process per engine
 def test_compare_times_each_engine_in_its_own_process(tiny_export, tmp_path):
     """Few runs, one round: only that every contender ran in a process of its own and
     the ratios are the ones its medians give (no timing assertions)."""

@@ -17,7 +17,7 @@ import pytest
 
 from bcd.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 VARIANTS = ("onnx-fp32", "onnx-int8", "onnx-fp16", "tflite-fp32")   # onnx-fp16@openvino: its OOD output was a KeyError
 
@@ -54,6 +54,7 @@ def bench(bench_export, graded_run, tmp_path_factory):
 
 # --------------------------------------------------------------------------- end to end
 
+@pytest.mark.slow   # bench_export (TFLite too) and a benchmark run with probe processes
 def test_schema_and_every_model_present(bench, bench_export):
     code, out, doc = bench
     assert code == 0
@@ -104,6 +105,7 @@ def test_schema_and_every_model_present(bench, bench_export):
     assert rows["onnx-int8"]["backend"] == "onnxruntime" and rows["tflite-fp32"]["backend"] == "litert"
 
 
+@pytest.mark.slow   # the benchmark run
 def test_ratios_are_consistent_with_the_raw_timings(bench, bench_export, graded_run):
     _, _, doc = bench
     rows = _rows(doc)
@@ -126,6 +128,7 @@ def test_ratios_are_consistent_with_the_raw_timings(bench, bench_export, graded_
     assert rows["onnx-int8"]["file_bytes"] < 0.5 * rows["onnx-fp32"]["file_bytes"]
 
 
+@pytest.mark.slow   # the benchmark run
 def test_markdown_and_plot(bench):
     _, out, doc = bench
     md = (out / "results.md").read_text()
@@ -148,6 +151,7 @@ def test_markdown_and_plot(bench):
     assert doc["pareto_front"] and set(doc["pareto_front"]) <= set(p50)
 
 
+@pytest.mark.slow   # bench_export, probe processes
 def test_broken_and_error_variants_get_failed_rows(bench_export, graded_run, tmp_path, capsys):
     from runtime.manifest import read_manifest, write_manifest
 
@@ -189,6 +193,7 @@ def test_broken_and_error_variants_get_failed_rows(bench_export, graded_run, tmp
     assert "onnx-int8: load: " in capsys.readouterr().out
 
 
+@pytest.mark.slow   # exports and benchmarks several input sizes
 def test_sweep_sizes_writes_sizes_json(bench_export, graded_run, tiny_dataset, tmp_path):
     out = tmp_path / "out"
     code = main(["benchmark", str(bench_export), "--original", str(graded_run), "--out", str(out),
@@ -217,6 +222,7 @@ def test_sweep_sizes_writes_sizes_json(bench_export, graded_run, tiny_dataset, t
 
 # --------------------------------------------------------------------------- usage errors
 
+@pytest.mark.slow   # bench_export
 def test_wrong_or_missing_original_is_a_usage_error(bench_export, tiny_run, tmp_path, capsys):
     # tiny_run is not the model bench_export was made from (graded_run is): refuse, exit 2
     assert main(["benchmark", str(bench_export), "--original", str(tiny_run), "--out", str(tmp_path / "a")]) == 2

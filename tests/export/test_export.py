@@ -85,6 +85,7 @@ def _pearson(a, b):
 
 # --------------------------------------------------------------------------- the export
 
+@pytest.mark.slow   # full export, QAT included (module fixture ~80 s)
 def test_every_variant_is_exported_and_recorded(full_export):
     manifest = full_export.manifest
     assert [v.name for v in manifest.variants] == ALL_VARIANTS
@@ -102,6 +103,7 @@ def test_every_variant_is_exported_and_recorded(full_export):
     assert full_export.total_seconds > 0
 
 
+@pytest.mark.slow   # full export, QAT included (module fixture ~80 s)
 def test_files_load_and_match_keras(full_export, val_images):
     x, ref_prob, ref_cam = val_images["x"], val_images["prob"], val_images["cam"]
     for v in full_export.manifest.variants:
@@ -138,6 +140,7 @@ def test_files_load_and_match_keras(full_export, val_images):
             # manifest (parity.cam_correlation) and reported for the BUSI model.
 
 
+@pytest.mark.slow   # full export, QAT included (module fixture ~80 s)
 def test_manifest_round_trips_and_checksums_match(full_export, tmp_path):
     import hashlib
 
@@ -159,16 +162,34 @@ def test_manifest_round_trips_and_checksums_match(full_export, tmp_path):
     assert manifest.baseline["n"] == 3 and manifest.training_data["images"] == 20
 
 
+@pytest.mark.slow   # full export, QAT included (module fixture ~80 s)
 def test_qat_summary_compares_with_post_training_int8(full_export):
     summary = full_export.manifest.qat_summary
     assert summary["epochs"] == 1 and summary["n_train"] == 14
     assert set(summary["comparison"]) == {"onnx", "tflite"}
     for row in summary["comparison"].values():
         assert row["qat"]["auc"] is not None and row["post_training"]["flip_rate"] is not None
-        assert row["qat_better"] in (True, False, None) and row["verdict"]
-    assert "qat_beats_post_training_int8" in summary
+        # both INT8 variants have parity figures: the verdict is the one they call for
+        assert (row["verdict"], row["qat_better"]) == _qat_verdict(row["qat"], row["post_training"]), row
+    decided = [row["qat_better"] for row in summary["comparison"].values() if row["qat_better"] is not None]
+    assert summary["qat_beats_post_training_int8"] == (all(decided) if decided else None)
 
 
+def _qat_verdict(qat: dict, ptq: dict) -> tuple[str, bool | None]:
+    """The rule, stated on the two rows' parity figures: QAT is better when it is no
+    worse on AUC (higher is better) and flip rate (lower is better) and better on one."""
+    auc = int(np.sign(round(qat["auc"] - ptq["auc"], 9)))
+    flips = int(np.sign(round(ptq["flip_rate"] - qat["flip_rate"], 9)))
+    if auc == flips == 0:
+        return "tie", None
+    if auc >= 0 and flips >= 0:
+        return "QAT better", True
+    if auc <= 0 and flips <= 0:
+        return "post-training INT8 better", False
+    return "mixed (one metric better, the other worse)", None
+
+
+@pytest.mark.slow   # full export, QAT included (module fixture ~80 s)
 def test_onnx_files_carry_the_manifest_essentials(full_export):
     import onnx
 
@@ -186,6 +207,7 @@ def test_onnx_files_carry_the_manifest_essentials(full_export):
         assert "variants" not in embedded
 
 
+@pytest.mark.slow   # full export, QAT included (module fixture ~80 s)
 def test_int8_onnx_is_qdq_u8s8(full_export):
     import onnx
 
@@ -203,6 +225,7 @@ def test_int8_onnx_is_qdq_u8s8(full_export):
     assert any(i.data_type == onnx.TensorProto.INT8 for i in qat.graph.initializer)  # weights folded to int8
 
 
+@pytest.mark.slow   # full export, QAT included (module fixture ~80 s)
 def test_writes_leave_no_temporary_files(full_export):
     names = [p.name for p in full_export.export_dir.iterdir()]
     assert sorted(names) == sorted([f"{v}.{v.split('-')[0]}" for v in ALL_VARIANTS] + [MANIFEST_NAME, "split.json"])
@@ -263,6 +286,7 @@ def test_in_graph_cam_equals_gradient_tape_gradcam(val_images):
 
 # --------------------------------------------------------------------------- CLI
 
+@pytest.mark.slow   # exports
 def test_cli_broken_format_is_an_error_and_others_continue(tiny_run, tmp_path, capsys):
     out = tmp_path / "broken"
     # opset 1 predates ReLU's current definition: tf2onnx still writes a file (it only logs
@@ -280,6 +304,7 @@ def test_cli_broken_format_is_an_error_and_others_continue(tiny_run, tmp_path, c
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow   # exports twice
 def test_cli_success_exits_zero_and_strict_tolerance_fails(tiny_run, tmp_path, capsys):
     out = tmp_path / "ok"
     assert main(["export", str(tiny_run), "--out", str(out), "--formats", "tflite-dynamic",
@@ -370,7 +395,7 @@ def test_manifest_module_is_stdlib_only():
     import ast
     import sys
 
-    source = Path(__file__).resolve().parent.parent / "runtime" / "manifest.py"
+    source = Path(__file__).resolve().parents[2] / "runtime" / "manifest.py"
     imported = set()
     for node in ast.walk(ast.parse(source.read_text())):
         if isinstance(node, ast.Import):
@@ -395,6 +420,31 @@ def test_parity_compare_and_tolerance():
     assert one_class.auc is None and one_class.auc_drop is None
     worse = compare(np.array([0.7, 0.4, 0.6, 0.9]), ref, y, threshold=0.5)
     assert "AUC drop" in Tolerance(0.01, 1.0).violations(worse)[0]
+
+
+@pytest.mark.parametrize("qat, ptq, expected", [      # (AUC, flip rate) of each INT8 variant
+    ((0.9, 0.1), (0.8, 0.2), ("QAT better", True)),
+    ((0.8, 0.1), (0.8, 0.2), ("QAT better", True)),
+    ((0.7, 0.2), (0.8, 0.2), ("post-training INT8 better", False)),
+    ((0.7, 0.3), (0.8, 0.2), ("post-training INT8 better", False)),
+    ((0.8, 0.2), (0.8, 0.2), ("tie", None)),
+    ((0.9, 0.3), (0.8, 0.2), ("mixed (one metric better, the other worse)", None)),
+    ((0.9, 0.1), None, ("not comparable (a variant is missing or has no parity)", None)),
+])
+def test_qat_verdict_rule(qat, ptq, expected):
+    from export.pipeline import _verdict
+    from runtime.manifest import Parity, VariantEntry
+
+    def entry(name, figures):
+        auc, flips = figures
+        return VariantEntry(name=name, format="onnx", precision="int8", file=f"{name}.onnx", sha256=None,
+                            size_bytes=None, outputs=["malignancy"], status="ok",
+                            parity=Parity(max_abs_diff=0.1, flip_rate=flips, auc=auc, auc_original=0.85,
+                                          auc_drop=0.85 - auc, n=10))
+
+    assert _verdict(entry("onnx-int8-qat", qat), ptq and entry("onnx-int8", ptq)) == expected
+    if ptq:   # the end-to-end test states the same rule on the manifest's figures
+        assert _qat_verdict({"auc": qat[0], "flip_rate": qat[1]}, {"auc": ptq[0], "flip_rate": ptq[1]}) == expected
 
 
 def test_config_resolves_formats():

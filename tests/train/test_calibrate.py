@@ -31,7 +31,7 @@ from runtime.site_profile import (
 from train.fit_site_profile import SiteProfileConfig, SiteProfileFitError, fit
 from train.metrics import ThresholdPolicy, choose_threshold
 
-from conftest import REPO, busi_files, gray_noise
+from tests.conftest import REPO, busi_files, gray_noise, missing, needs_module
 
 SHIPPED = MODELS_DIR / SHIPPED_MODEL
 
@@ -39,7 +39,7 @@ SHIPPED = MODELS_DIR / SHIPPED_MODEL
 @pytest.fixture(scope="module")
 def shipped() -> Path:
     if not (SHIPPED / "manifest.json").is_file():
-        pytest.skip("the shipped reference model is missing")
+        missing("the shipped reference model is missing")
     return SHIPPED
 
 
@@ -210,7 +210,7 @@ def _profile_for(file: Path, **kw) -> SiteProfile:
 def other_export(shipped, tmp_path_factory) -> Path:
     """Another export: the shipped one with one metadata entry added to its ONNX file (a
     different model file that loads and verifies like any export)."""
-    onnx = pytest.importorskip("onnx")
+    onnx = needs_module("onnx")
     out = tmp_path_factory.mktemp("other") / "other-export"
     shutil.copytree(shipped, out, ignore=shutil.ignore_patterns("eval-*"))
     model = onnx.load(str(out / "onnx-int8.onnx"))
@@ -345,7 +345,7 @@ def test_busbra_patient_split_keeps_patients_apart(shipped, tmp_path):
 
     data = REPO.parent / "shared" / "data" / "busbra"
     if not (data / "bus_data.csv").is_file():
-        pytest.skip("BUS-BRA development data not present")
+        missing("BUS-BRA development data not present")
     root = _moved_copy(data, tmp_path / "elsewhere" / "busbra")
     a, b = busbra_site(shipped, root, seed=0), busbra_site(shipped, root, seed=0)
     assert a.pool == b.pool                                    # a fixed seed: the same split every time
@@ -369,7 +369,7 @@ def test_busi_site_is_the_exports_validation_and_test_images_wherever_busi_lives
 
     data = REPO.parent / "shared" / "data" / "busi"
     if not data.is_dir():
-        pytest.skip("BUSI development data not present")
+        missing("BUSI development data not present")
     site = busi_site(shipped, _moved_copy(data, tmp_path / "moved" / "busi"))
     counts = json.loads((shipped / "split.json").read_text())["counts_per_source"]["busi"]
     assert (len(site.pool), len(site.test)) == (counts["val"]["total"], counts["test"]["total"])

@@ -25,11 +25,11 @@ import pytest
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 from demo.config import DemoConfig, parse_size  # noqa: E402  (no gradio import)
+from tests.conftest import missing, needs_module  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "results"
 CHROMIUM = "/usr/bin/chromium"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -141,7 +141,7 @@ def test_cli_serves_every_shipped_model_or_each_model_given(monkeypatch, tmp_pat
 
 # ---------------------------------------------------------------------- served app
 
-gradio_client = pytest.importorskip("gradio_client")
+gradio_client = needs_module("gradio_client")
 
 
 def _free_port() -> int:
@@ -442,6 +442,7 @@ def _load(url: str, images, expected, n_clients: int, per_client: int, budget: f
     return errors, latencies, answered, time.monotonic() - started
 
 
+@pytest.mark.slow   # load test
 def test_load_20_clients_x_10_requests(served, images, expected):
     """Every request answered correctly, 0 errors; p95 latency and the peak memory of
     this process (the server runs in it) are printed for docs/RELIABILITY.md."""
@@ -460,6 +461,7 @@ def test_load_20_clients_x_10_requests(served, images, expected):
           f"peak RSS of the test process (server + 20 clients) {peak_rss_mb():.0f} MB, {before:.0f} MB before")
 
 
+@pytest.mark.slow   # load test
 def test_a_full_queue_refuses_excess_load_with_a_message(demo_export, images, expected):
     """A server with 1 worker and room for 2 waiting requests, hit by 20 clients at
     once: the excess is refused with a clear message, the rest are answered correctly,
@@ -528,17 +530,11 @@ def _upload_and_wait(page, url: str, image: Path) -> None:
     page.wait_for_timeout(500)
 
 
+@pytest.mark.slow   # browser
 def test_browser_upload_shows_result_heatmap_and_disclaimer(served, images):
     if not Path(CHROMIUM).exists():
-        if IN_CI:
-            pytest.fail(f"{CHROMIUM} is missing in CI (.ci/run installs Debian's chromium)")
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        if IN_CI:
-            raise
-        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
+        missing(f"{CHROMIUM} not installed (apt-get install chromium; .ci/run installs Debian's chromium)")
+    needs_module("playwright.sync_api")   # the dev extra
     _, url = served
     RESULTS.mkdir(exist_ok=True)
     shot = RESULTS / "demo-tiny.png"
@@ -567,6 +563,7 @@ def test_browser_upload_shows_result_heatmap_and_disclaimer(served, images):
 SHIPPED_BUSI = REPO.parent / "shared" / "data" / "busi"
 
 
+@pytest.mark.slow   # browser
 def test_browser_with_the_shipped_models_on_a_real_image(tmp_path):
     """results/demo.png: what a newcomer sees after `bcd demo`, the shipped reference
     model(s) on a malignant image of the shipped split's held-out test part."""
@@ -577,9 +574,7 @@ def test_browser_with_the_shipped_models_on_a_real_image(tmp_path):
 
     models = shipped_models()
     if not models or not SHIPPED_BUSI.is_dir() or not Path(CHROMIUM).exists():
-        if IN_CI:
-            pytest.fail("CI must have the shipped model, the BUSI folder and chromium")
-        pytest.skip("needs runtime/models/, ../shared/data/busi and chromium")
+        missing("needs runtime/models/, ../shared/data/busi and chromium")
 
     split = json.loads((models[0] / "split.json").read_text())
     name = next(f["path"] for f in split["files"]["test"]

@@ -23,8 +23,9 @@ from runtime.manifest import MANIFEST_NAME, Manifest, read_manifest
 from runtime.model_files import ModelLoadError, check_onnx_external_data, onnx_external_data, onnx_metadata
 from runtime.preprocessing import PreprocessSpec, prepare_batch, resize
 from runtime.session import physical_cores
+from tests.conftest import missing, needs_module
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # openvino: an optional engine, imported only when a model is served with it
 HEAVY = ("tensorflow", "tf_keras", "keras", "gradio", "sklearn", "torch", "onnx", "tf2onnx", "jax", "openvino")
 
@@ -105,7 +106,7 @@ def test_lone_onnx_uses_embedded_metadata(tiny_export, tiny_dataset, fp32, tmp_p
 
 
 def test_onnx_without_metadata_is_refused(tmp_path):
-    onnx = pytest.importorskip("onnx")
+    onnx = needs_module("onnx")
     from onnx import TensorProto, helper
     graph = helper.make_graph([helper.make_node("Identity", ["image"], ["malignancy"])], "g",
                               [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1])],
@@ -192,6 +193,7 @@ def test_gradcam_from_onnx_matches_gradient_tape(fp32, keras_model, tiny_dataset
             assert np.corrcoef(a, b)[0, 1] >= 0.95
 
 
+@pytest.mark.slow   # trains and exports a 64x64 model
 def test_gradcam_matches_gradient_tape_on_a_4x4_map(tiny_export, tiny_dataset, tmp_path):
     """The tiny run's 32x32 input leaves a 2x2 conv map, which says little; a fresh
     (untrained, He-initialised) 64x64 model gives 4x4 maps with varied channel weights.
@@ -397,7 +399,7 @@ def test_not_an_export_folder(tmp_path):
 def external_copy(src_onnx: Path, model_dir: Path, data_name: str = "weights.bin") -> tuple[Path, "object"]:
     """Save the model with its weights as external data `model_dir/data_name`; return
     the model path and its ModelProto (with external references) for editing."""
-    onnx = pytest.importorskip("onnx")
+    onnx = needs_module("onnx")
     model = onnx.load(src_onnx)
     model_dir.mkdir(parents=True, exist_ok=True)
     target = model_dir / "model.onnx"
@@ -450,7 +452,7 @@ def test_external_data_outside_the_folder_is_refused(tiny_export, tmp_path, how)
 
 
 def test_external_data_walker_finds_attributes_and_subgraphs():
-    pytest.importorskip("onnx")
+    needs_module("onnx")
     from onnx import TensorProto, helper
 
     def external(name: str, location: str) -> TensorProto:
@@ -513,7 +515,7 @@ def test_threads_are_honoured_by_onnx_runtime(tiny_export):
     """ONNX Runtime starts threads-1 intra-op worker threads (the caller is the first):
     count the process's threads in a fresh interpreter (Linux /proc)."""
     if not Path("/proc/self/task").is_dir():
-        pytest.skip("needs /proc")
+        missing("needs /proc")
     code = textwrap.dedent(f"""
         import os, sys, numpy as np
         from runtime.classifier import Classifier
@@ -558,7 +560,7 @@ def test_runtime_imports_no_heavy_packages(tiny_export, tiny_dataset):
 
 @pytest.fixture(scope="module")
 def tflite_export(graded_run, tmp_path_factory) -> Path:
-    pytest.importorskip("ai_edge_litert")
+    needs_module("ai_edge_litert")
     from export import ExportConfig, export_run
 
     out = tmp_path_factory.mktemp("tflite-export")
@@ -567,6 +569,7 @@ def tflite_export(graded_run, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow   # exports TFLite
 def test_tflite_variant_matches_onnx(tflite_export, fp32, tiny_dataset):
     clf = Classifier.load(tflite_export)
     assert clf.info.format == "tflite" and clf.has_cam and clf.threads == physical_cores()
@@ -580,6 +583,7 @@ def test_tflite_variant_matches_onnx(tflite_export, fp32, tiny_dataset):
     assert Classifier.load(tflite_export / "tflite-fp32.tflite", threads=1).threads == 1
 
 
+@pytest.mark.slow   # exports TFLite
 def test_lone_tflite_is_refused(tflite_export, tmp_path):
     shutil.copy(tflite_export / "tflite-fp32.tflite", tmp_path / "m.tflite")
     with pytest.raises(ModelLoadError, match="carries no preprocessing"):

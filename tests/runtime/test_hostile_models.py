@@ -1,6 +1,6 @@
 """Hostile or broken model files: each is built for real and must be refused with a
 clear ModelLoadError/ValueError, never run, never crash the process. (External data
-outside the folder, code-carrying suffixes and a flipped byte are in test_runtime.py.)"""
+outside the folder, code-carrying suffixes and a flipped byte are in test_classifier.py.)"""
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +16,9 @@ import pytest
 from runtime.classifier import Classifier
 from runtime.manifest import MANIFEST_NAME
 from runtime.model_files import ModelLoadError
+from tests.conftest import needs_module
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def export_with(tiny_export: Path, dst: Path, name: str, fmt: str, data: bytes, *, checksum: bool = True) -> Path:
@@ -56,7 +57,7 @@ def test_broken_onnx_files_are_refused(tiny_export, tmp_path, kind):
 
 @pytest.mark.parametrize("kind", ["truncated onnx bytes", "random bytes", "tflite header only"])
 def test_broken_tflite_files_are_refused(tiny_export, tmp_path, kind):
-    pytest.importorskip("ai_edge_litert", reason="LiteRT (the 'tflite' extra) is not installed")
+    needs_module("ai_edge_litert")   # LiteRT, the 'tflite' extra
     data = {"truncated onnx bytes": (tiny_export / "onnx-fp32.onnx").read_bytes()[:4000],
             "random bytes": RANDOM,
             # the FlatBuffer file identifier "TFL3" at offset 4, then garbage offsets

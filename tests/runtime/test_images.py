@@ -27,7 +27,7 @@ from runtime.images import (
     read_image,
     to_bgr_uint8,
 )
-from tests.conftest import dicom_bytes
+from tests.conftest import dicom_bytes, missing, needs_module
 
 BUSI = Path("/work/shared/data/busi")
 
@@ -181,7 +181,7 @@ def test_bigtiff_dimensions_and_decode():
 def test_real_busi_image():
     path = BUSI / "benign" / "benign (1).png"
     if not path.exists():
-        pytest.skip("BUSI data not available")
+        missing("BUSI data not available")
     out = read_image(path)
     assert out.ndim == 3 and out.shape[2] == 3 and out.dtype == np.uint8
     assert image_dimensions(path.read_bytes()) == (out.shape[1], out.shape[0])
@@ -511,7 +511,7 @@ def test_dicom_burned_in_annotation_warns():
 
 
 def test_dicom_garbage_with_dcm_name_is_image_read_error(tmp_path):
-    pytest.importorskip("pydicom")
+    needs_module("pydicom")
     path = tmp_path / "broken.dcm"
     path.write_bytes(b"this is not dicom at all" * 10)
     with pytest.raises(ImageReadError, match="broken.dcm"):

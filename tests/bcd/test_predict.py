@@ -18,7 +18,7 @@ from bcd.cli import DISCLAIMER, main
 from runtime.classifier import Classifier
 from runtime.predict_files import expand_inputs, format_table, predict_paths, write_csv, write_json
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
