@@ -26,7 +26,7 @@ import pytest
 from runtime.classifier import Classifier
 from runtime.shipped import SHIPPED_MODEL, shipped_models
 
-from conftest import BUSI, REPO, busi_files
+from tests.conftest import BUSI, REPO, busi_files
 
 pytestmark = pytest.mark.slow
 
