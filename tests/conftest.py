@@ -28,7 +28,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def missing(reason: str) -> NoReturn:
     """A precondition is missing: skip here, fail in CI (which always has it)."""
     if IN_CI:
-        pytest.fail(f"{reason} (CI must have it)")
+        pytest.fail(f"{reason} (CI must have it)", pytrace=False)
     pytest.skip(reason)
 
 
