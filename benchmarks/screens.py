@@ -48,6 +48,7 @@ class Layout:
     background: tuple[int, int, int] = (0, 0, 0)    # BGR
     pane: tuple[int, int, int] | None = None        # a black image pane inside a screen of `background`
     probe: str = "linear"                           # linear | curved | sector
+    apex: float = 0.8                               # fan apex above the image, share of its height
     panels: tuple[str, ...] = ("left",)             # sides with text panels
     ruler: str | None = "right"                     # side of the depth ruler
     ruler_gap: int = 3                              # px between the scan and the ruler
@@ -97,6 +98,7 @@ def random_layout(rng: np.random.Generator, **fixed) -> Layout:
         background=background,
         pane=pane,
         probe=str(rng.choice(PROBES, p=[0.5, 0.3, 0.2])),
+        apex=float(rng.uniform(0.4, 1.4)),
         panels=panels,
         ruler=(None if rng.random() < 0.15 else str(rng.choice(["left", "right"]))),
         ruler_gap=int(rng.integers(0, 7)),
@@ -126,12 +128,15 @@ def make_screen(scan: np.ndarray, rng: np.random.Generator, layout: Layout | Non
     placed = cv2.resize(scan, (sw, sh), interpolation=cv2.INTER_AREA if sh < scan.shape[0] else cv2.INTER_LINEAR)
     x, y = _scan_place(layout, sw, sh)
     inner = (0, 0, 0) if layout.pane is not None else layout.background
-    if layout.pane is not None:                      # a black image pane around the scan
+    if layout.pane is not None:
+        # a black image pane holding the scan with its ruler, bars and body marker, as
+        # scanners draw it; text panels may fall inside or outside it
+        side_pad, end_pad = int(110 * max(ch / 1000, 0.6)), 70
         pad = int(rng.integers(12, 40))
-        cv2.rectangle(canvas, (max(0, x - pad), max(0, y - pad)), (min(cw, x + sw + pad) - 1, min(ch, y + sh + pad) - 1),
-                      layout.pane, -1)
+        cv2.rectangle(canvas, (max(0, x - side_pad - pad), max(0, y - end_pad - pad)),
+                      (min(cw, x + sw + side_pad + pad) - 1, min(ch, y + sh + end_pad + pad) - 1), layout.pane, -1)
     if layout.probe != "linear":
-        fan = fan_mask(sh, sw, layout.probe, rng)
+        fan = fan_mask(sh, sw, layout.probe, layout.apex)
         placed = placed.copy()
         placed[fan == 0] = inner
     canvas[y:y + sh, x:x + sw] = placed
@@ -184,10 +189,13 @@ def _scan_place(layout: Layout, sw: int, sh: int) -> tuple[int, int]:
     return max(0, min(x, cw - sw)), max(0, min(y, ch - sh))
 
 
-def fan_mask(height: int, width: int, probe: str, rng: np.random.Generator) -> np.ndarray:
+def fan_mask(height: int, width: int, probe: str, apex: float = 0.8) -> np.ndarray:
     """0/255 mask of a fan whose bounding box is the whole height x width: a curved
-    probe's (an arc on top, apex above the image) or a sector probe's (a point apex)."""
-    apex_above = float(rng.uniform(0.4, 1.4)) * height if probe == "curved" else float(rng.uniform(0.0, 0.03)) * height
+    probe's (an arc on top, the apex `apex` x height above the image) or a sector
+    probe's (a point apex at the top edge); a linear probe's is everything."""
+    if probe == "linear":
+        return np.full((height, width), 255, np.uint8)
+    apex_above = apex * height if probe == "curved" else 0.0
     r_out = apex_above + height
     half = math.asin(min(1.0, width / 2 / r_out))
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -196,6 +204,17 @@ def fan_mask(height: int, width: int, probe: str, rng: np.random.Generator) -> n
     angle = np.abs(np.arctan2(dx, dy))
     inside = (radius >= apex_above) & (radius <= r_out) & (angle <= half + 1e-3)
     return inside.astype(np.uint8) * 255
+
+
+def plain_scan(scan: np.ndarray, layout: Layout) -> np.ndarray:
+    """The scan as the layout's probe shows it, without the screen: a curved or sector
+    probe's fan on black (the scan itself for a linear probe). The reference a framed
+    scan is compared with."""
+    if layout.probe == "linear":
+        return scan
+    out = scan.copy()
+    out[fan_mask(scan.shape[0], scan.shape[1], layout.probe, layout.apex) == 0] = 0
+    return out
 
 
 def _text(canvas, text, org, colour, scale, thickness=1, font=cv2.FONT_HERSHEY_SIMPLEX):

@@ -211,11 +211,13 @@ def _solid(content: np.ndarray, config: RegionConfig) -> tuple[np.ndarray, np.nd
 
 def _round_edges(filled: np.ndarray, piece: np.ndarray, box, straight, k: int):
     """The box with its curved edges (a fan's tips, arcs and apex, which the opening
-    rounds off) taken from the content within k/2 px of the piece, opened with a 5x5
+    rounds off) taken from the content within k/2 px of the piece, opened with a small
     square (text and lines stay out)."""
     r = max(1, k // 2)
     near = cv2.dilate(piece.astype(np.uint8) * 255, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * r + 1, 2 * r + 1)))
-    around = cv2.bitwise_and(cv2.morphologyEx(filled, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8)), near)
+    # the small square scales with the piece, so a fan's apex is cut alike at any zoom
+    small = max(3, int(round(0.02 * max(box[2], box[3]))))
+    around = cv2.bitwise_and(cv2.morphologyEx(filled, cv2.MORPH_OPEN, np.ones((small, small), np.uint8)), near)
     ys, xs = np.nonzero(around)
     if xs.size == 0:
         return box
