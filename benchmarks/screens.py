@@ -449,3 +449,55 @@ def _region_item(item, box, data_type: int, mm_per_pixel):
         item.PhysicalUnitsXDirection = item.PhysicalUnitsYDirection = 0
         item.PhysicalDeltaX = item.PhysicalDeltaY = 0.0
     return item
+
+
+# ------------------------------------------------------------------------ colour modes
+
+OVERLAYS = ("colour Doppler", "power Doppler", "elastography")
+
+
+def add_overlay(scan: np.ndarray, rng: np.random.Generator, kind: str, size: float) -> np.ndarray:
+    """A copy of `scan` with a colour overlay in a box covering `size` of its area, as a
+    scanner draws it: colour Doppler (red and blue flow blobs, bright at their centre),
+    power Doppler (orange-to-yellow blobs) or elastography (the whole box tinted with a
+    smooth rainbow stiffness map, about 60 % opaque). The box's outline is drawn in gray."""
+    if kind not in OVERLAYS:
+        raise ValueError(f"unknown overlay {kind!r}; choose from {', '.join(OVERLAYS)}")
+    out = scan.copy()
+    h, w = out.shape[:2]
+    bw = int(np.clip(round(math.sqrt(size * h * w) * rng.uniform(0.8, 1.25)), 8, w))
+    bh = int(np.clip(round(size * h * w / bw), 8, h))
+    x, y = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+    box = out[y:y + bh, x:x + bw]
+    if kind == "elastography":
+        field_ = cv2.GaussianBlur(rng.random((bh, bw)).astype(np.float32), (0, 0), max(2.0, min(bh, bw) / 6))
+        field_ = cv2.normalize(field_, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        colours = cv2.applyColorMap(field_, cv2.COLORMAP_JET)
+        box[:] = cv2.addWeighted(box, 0.4, colours, 0.6, 0)
+    else:
+        flow = np.zeros((bh, bw), np.float32)
+        n = int(rng.integers(2, 6))
+        for v in range(n):                              # vessels: thick curved strokes
+            points = np.cumsum(rng.normal(0, min(bh, bw) / 5, (5, 2)), axis=0) + (rng.uniform(0, bw), rng.uniform(0, bh))
+            points = np.clip(points, 0, (bw - 1, bh - 1)).astype(np.int32)
+            sign = 1.0 if kind == "power Doppler" or v % 2 == 0 else -1.0   # flow towards and away
+            width = max(2, int(min(bh, bw) * rng.uniform(0.06, 0.16)))
+            cv2.polylines(flow, [points], False, sign, width, cv2.LINE_AA)
+        flow = cv2.GaussianBlur(flow, (0, 0), 1.2)
+        strength = np.clip(np.abs(flow), 0, 1)
+        on = strength > 0.25
+        ramp = np.zeros((bh, bw, 3), np.uint8)
+        if kind == "power Doppler":                     # dark orange-red to amber, yellow at the brightest
+            ramp[..., 2] = (150 + 105 * strength).astype(np.uint8)
+            ramp[..., 1] = (30 + 170 * strength ** 2).astype(np.uint8)
+            ramp[..., 0] = (20 * strength).astype(np.uint8)
+        else:                                           # red to yellow towards, blue to cyan away
+            value = (90 + 165 * strength).astype(np.uint8)
+            fast = (np.clip(strength - 0.7, 0, 1) * 600).astype(np.uint8)
+            towards = flow > 0
+            ramp[..., 2] = np.where(towards, value, 0)
+            ramp[..., 1] = fast
+            ramp[..., 0] = np.where(towards, 0, value)
+        box[on] = ramp[on]
+    cv2.rectangle(out, (x, y), (x + bw - 1, y + bh - 1), (180, 180, 180), 1)
+    return out
