@@ -218,14 +218,14 @@ def _round_edges(filled: np.ndarray, piece: np.ndarray, box, straight, k: int):
     # the small square scales with the piece, so a fan's apex is cut alike at any zoom
     small = max(3, int(round(0.02 * max(box[2], box[3]))))
     around = cv2.bitwise_and(cv2.morphologyEx(filled, cv2.MORPH_OPEN, np.ones((small, small), np.uint8)), near)
-    ys, xs = np.nonzero(around)
-    if xs.size == 0:
+    ax, ay, aw, ah = cv2.boundingRect(around)
+    if aw == 0 or ah == 0:
         return box
     x, y, w, h = box
-    x0 = int(xs.min()) if not straight[0] else x
-    y0 = int(ys.min()) if not straight[1] else y
-    x1 = int(xs.max()) + 1 if not straight[2] else x + w
-    y1 = int(ys.max()) + 1 if not straight[3] else y + h
+    x0 = ax if not straight[0] else x
+    y0 = ay if not straight[1] else y
+    x1 = ax + aw if not straight[2] else x + w
+    y1 = ay + ah if not straight[3] else y + h
     return x0, y0, x1 - x0, y1 - y0
 
 
@@ -236,28 +236,30 @@ def _textured_piece(solid: np.ndarray, texture: np.ndarray):
     n, labels, stats, _ = cv2.connectedComponentsWithStats(solid, connectivity=8)
     if n <= 1:
         return None
-    area = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
-    per_piece = np.bincount(labels.ravel(), weights=texture.ravel(), minlength=n)
-    per_piece[0] = -1                                  # the background label
-    best = int(np.argmax(per_piece))
-    if per_piece[best] <= 0:
-        best = 1 + int(np.argmax(area[1:]))            # no texture anywhere: the largest piece
-    density = per_piece / np.maximum(area, 1)
+    area = stats[:, cv2.CC_STAT_AREA]
+    candidates = [int(k) for k in np.argsort(-area[1:])[:8] + 1]      # the largest few pieces
+    texture_sum, boxes = {}, {}
+    for k in candidates:
+        x, y, w, h = (int(v) for v in stats[k, :4])
+        boxes[k] = (x, y, x + w, y + h)
+        inside = (labels[y:y + h, x:x + w] == k)
+        texture_sum[k] = float(texture[y:y + h, x:x + w][inside].sum())
+    best = max(candidates, key=lambda k: (texture_sum[k], area[k]))
+    density = {k: texture_sum[k] / max(1, int(area[k])) for k in candidates}
     chosen = [best]
-    x0, y0, w, h = (int(v) for v in stats[best, :4])
-    x1, y1 = x0 + w, y0 + h
-    for k in np.argsort(-per_piece)[:8]:              # the most textured few are enough
-        k = int(k)
-        if k in (0, best):
+    x0, y0, x1, y1 = boxes[best]
+    for k in sorted(candidates, key=lambda k: -texture_sum[k]):
+        if k == best:
             continue
-        kx0, ky0, kw, kh = (int(v) for v in stats[k, :4])
-        kx1, ky1 = kx0 + kw, ky0 + kh
-        same_columns = kx0 >= x0 - 2 and kx1 <= x1 + 2 and kw >= 0.5 * (x1 - x0)
+        kx0, ky0, kx1, ky1 = boxes[k]
+        same_columns = kx0 >= x0 - 2 and kx1 <= x1 + 2 and kx1 - kx0 >= 0.5 * (x1 - x0)
         near = max(ky0 - y1, y0 - ky1) < 0.5 * (y1 - y0)
         if same_columns and near and density[k] >= 0.15 * density[best]:
             chosen.append(k)
             y0, y1 = min(y0, ky0), max(y1, ky1)
-    mask = np.isin(labels, chosen) if len(chosen) > 1 else labels == best
+    part = labels[y0:y1, x0:x1]
+    mask = np.zeros(labels.shape, bool)
+    mask[y0:y1, x0:x1] = (part == chosen[0]) if len(chosen) == 1 else np.isin(part, chosen)
     return mask, (x0, y0, x1 - x0, y1 - y0)
 
 
