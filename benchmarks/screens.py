@@ -78,6 +78,27 @@ class Screen:
         return self.image[y:y + h, x:x + w]
 
 
+# ------------------------------------------------------------------------ a stand-in scan
+
+
+def synthetic_scan(height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(BGR image, bool lesion mask): speckle-like tissue (multiplicative noise, smoothed,
+    brighter layers near the probe, darker with depth) with a dark oval lesion, for tests
+    and examples where no real scan is at hand."""
+    noise = rng.gamma(1.5, 1.0, (height, width)).astype(np.float32)
+    speckle = cv2.GaussianBlur(noise, (0, 0), 1.0)
+    depth = np.linspace(1.2, 0.45, height, dtype=np.float32)[:, None]
+    layers = 1 + 0.35 * np.sin(np.linspace(0, 9, height, dtype=np.float32))[:, None]
+    tissue = speckle * depth * layers
+    mask = np.zeros((height, width), np.uint8)
+    centre = (int(width * rng.uniform(0.35, 0.65)), int(height * rng.uniform(0.3, 0.6)))
+    axes = (int(width * rng.uniform(0.08, 0.16)), int(height * rng.uniform(0.06, 0.12)))
+    cv2.ellipse(mask, centre, axes, float(rng.uniform(-20, 20)), 0, 360, 1, -1)
+    tissue = np.where(mask > 0, tissue * 0.25, tissue)
+    gray = np.clip(tissue * 70 + 10, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), mask > 0
+
+
 # ------------------------------------------------------------------------ layouts
 
 
@@ -281,7 +302,8 @@ def _text_panel(canvas, box, side, colour, scale, rng):
     line_h = int(28 * size) + 4
     lines = [str(rng.choice(PANEL_LINES)) for _ in range(n)]
     if side in ("left", "right"):
-        x0 = int(rng.integers(4, 12)) if side == "left" else x + w + int(rng.integers(60, 90) * scale)
+        # right of the scan: beyond the ruler and the bars
+        x0 = int(rng.integers(4, 12)) if side == "left" else x + w + int(100 * max(scale, 0.6)) + int(rng.integers(0, 30))
         limit = x - 12 if side == "left" else cw
         y0 = y + int(rng.integers(10, 40))
         for i, line in enumerate(lines):

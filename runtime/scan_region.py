@@ -162,11 +162,11 @@ def _find_in(gray: np.ndarray, config: RegionConfig) -> tuple[int, int, int, int
     if piece is None:
         return None
     mask, (cx, cy, cw, ch) = piece
-    straight = _straight_edges(mask[cy:cy + ch, cx:cx + cw])
+    straight = _straight_edges(mask[cy:cy + ch, cx:cx + cw], k)
     if not all(straight):
         cx, cy, cw, ch = _round_edges(filled, mask, (cx, cy, cw, ch), straight, k)
     box = (cx * factor, cy * factor, min(width, (cx + cw) * factor), min(height, (cy + ch) * factor))
-    return _exact_edges(gray, box, straight, background, factor + 2, k * factor, config)
+    return _exact_edges(gray, box, straight, background, factor + 2, 2 * k * factor, config)
 
 
 def _background(gray: np.ndarray, config: RegionConfig) -> int | None:
@@ -263,13 +263,14 @@ def _textured_piece(solid: np.ndarray, texture: np.ndarray):
     return mask, (x0, y0, x1 - x0, y1 - y0)
 
 
-def _straight_edges(piece: np.ndarray) -> tuple[bool, bool, bool, bool]:
-    """Whether the piece fills most of one of the 3 outermost lines on its box's left,
-    top, right and bottom: a rectangle's edges (refined at full resolution), not a fan's
-    tip or arc (found from the content around the piece)."""
-    n = 3
+def _straight_edges(piece: np.ndarray, depth: int) -> tuple[bool, bool, bool, bool]:
+    """Whether the piece fills most of one of the `depth` outermost lines on its box's
+    left, top, right and bottom: a rectangle's edges (refined at full resolution, where a
+    text line taken in with them is trimmed), not a fan's tip or arc (found from the
+    content around the piece)."""
+    n = max(1, min(depth, piece.shape[0] // 4, piece.shape[1] // 4))
     cols = piece[:, :n].mean(axis=0), piece[:n].mean(axis=1), piece[:, -n:].mean(axis=0), piece[-n:].mean(axis=1)
-    return tuple(bool(c.max() > 0.5) for c in cols)
+    return tuple(bool(c.max() > 0.9) for c in cols)
 
 
 # ---------------------------------------------------------------------- exact edges
@@ -283,10 +284,10 @@ def _exact_edges(gray: np.ndarray, box: tuple[int, int, int, int], straight: tup
     `trim` px), then outwards while lines keep the scan's texture (at most `reach` px)."""
     x0, y0, x1, y1 = box
     if straight[0] or straight[2]:           # left/right: each column over the box's rows
-        lo, hi = _snap(_line_stats(gray[y0:y1], background, 0, config), x0, x1, reach, trim, config)
+        lo, hi = _snap(_line_stats(gray[y0:y1], background, 0, config), x0, x1, reach, trim, config, True)
         x0, x1 = (lo if straight[0] else x0), (hi if straight[2] else x1)
     if straight[1] or straight[3]:           # top/bottom: each row over the box's columns
-        lo, hi = _snap(_line_stats(gray[:, x0:x1], background, 1, config), y0, y1, reach, trim, config)
+        lo, hi = _snap(_line_stats(gray[:, x0:x1], background, 1, config), y0, y1, reach, trim, config, False)
         y0, y1 = (lo if straight[1] else y0), (hi if straight[3] else y1)
     return x0, y0, x1, y1
 
@@ -297,7 +298,8 @@ def _line_stats(part: np.ndarray, background: int, axis: int, config: RegionConf
     steps = cv2.absdiff(part[1:], part[:-1]) if axis == 0 else cv2.absdiff(part[:, 1:], part[:, :-1])
     texture = _mean(cv2.threshold(steps, config.texture_step, 1, cv2.THRESH_BINARY)[1], axis)
     near = cv2.absdiff(part, np.full_like(part, background))
-    background_share = _mean(cv2.threshold(near, config.background_tolerance, 1, cv2.THRESH_BINARY_INV)[1], axis)
+    # a looser tolerance than for content: JPEG rings around text on the background
+    background_share = _mean(cv2.threshold(near, config.background_tolerance + 4, 1, cv2.THRESH_BINARY_INV)[1], axis)
     mean = _mean(part, axis)
     spread = np.sqrt(np.maximum(_mean(cv2.multiply(part, part, dtype=cv2.CV_32F), axis) - mean * mean, 0))
     return texture, background_share, spread
@@ -307,15 +309,20 @@ def _mean(values: np.ndarray, axis: int) -> np.ndarray:
     return cv2.reduce(values, axis, cv2.REDUCE_AVG, dtype=cv2.CV_32F).ravel()
 
 
-def _snap(stats, start: int, stop: int, reach: int, trim: int, config: RegionConfig) -> tuple[int, int]:
+def _snap(stats, start: int, stop: int, reach: int, trim: int, config: RegionConfig,
+          columns: bool) -> tuple[int, int]:
     """New [start, stop) along one axis: see `_exact_edges`."""
     texture, background_share, spread = stats
     inside = texture[start:stop]
     if inside.size < 4 * max(reach, trim, 1):
         return start, stop
     enough = texture >= config.edge_texture * float(np.median(inside))
-    # not the scan: mostly background (gaps, sparse ticks) or one flat colour (a line)
+    # not the scan: mostly background (gaps, sparse ticks, text), one flat colour (a line)
+    # or, for columns, far less texture than the scan has (a ruler line crossed by its
+    # ticks; rows are not judged so: the deep rows of many scans are dark and smooth)
     foreign = (background_share >= 0.7) | (spread < 2.0)
+    if columns:
+        foreign |= ~enough
     lo, hi = start, stop
     while lo < start + trim and foreign[lo]:
         lo += 1
