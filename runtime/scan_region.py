@@ -7,45 +7,50 @@ says which box it used. One definition serves training, INT8 calibration data, e
 prediction and the demo; the manifest records the finder's settings so that a model and
 its runtime agree.
 
-What `find_scan_region` does (numpy + OpenCV only, a few ms on an 856x606 screen):
+What `find_scan_region` does (numpy + OpenCV only; a few ms on an 856x606 screen, see
+benchmarks/frames.py):
 
-1. Background. A screen has a background: the colour that fills most of the image's
-   outermost ring of pixels (black or a dark gray, within `background_tolerance`
-   levels). If no one colour fills at least `min_background_share` of the ring, the
-   picture reaches the edges on most sides: it is already a crop of the scan (BUSI,
-   BUS-BRA, a tidy export) and the whole image is its region.
-2. Content. Pixels that differ from the background, on a working copy whose long side is
-   at most `work_side` (an integer downscale), smoothed over a small window so that the
-   dark, grainy parts of a scan (which touch the background colour pixel by pixel) stay
-   solid; a sharp edge keeps its place because the threshold is half the window.
-3. Drop what is thin. A morphological opening with a square of `min_feature` pixels
-   removes everything that no such square fits in: text (strokes), depth-ruler ticks and
-   lines, caliper marks, dotted lines, body-marker outlines, arrows.
-4. Choose the scan. Of the solid pieces left (the scan, and perhaps a gray or colour bar,
-   a logo block, a filled panel) the one holding the most texture (speckle) is the scan;
-   bars and panels are smooth. Its bounding box is the answer: a linear probe's rectangle,
-   or the box around a curved/sector probe's fan.
-5. Exact edges. On the full-resolution pixels, each edge moves by at most a few pixels
-   to the outermost row/column that still has the scan's texture (a flat frame line or a
-   strip of ruler ticks touching the scan is left out; the scan's own first column is
-   kept). Transitions are counted within a column (left/right edges) or a row (top/
-   bottom), so what lies outside the scan does not change where its edge is found: the
-   box found on a screen is the box found on the scan alone, shifted.
-6. Repeat inside the box (at most `passes` times) while it keeps shrinking: a black image
-   pane inside a gray screen gives the pane first, then the scan inside it.
+1. Background. A screen has a background: the colour that fills at least
+   `min_background_share` of a band 4-8 px inside the picture's edges (black, a dark
+   gray, a blue-gray; within `background_tolerance` levels). Without one, the picture
+   reaches its edges: it is already a crop of the scan (BUSI, BUS-BRA, a tidy export)
+   and the whole image is its region (source "found": the finder looked).
+2. Content. Pixels that differ from the background or have speckle texture (a step of
+   more than `texture_step` levels to the pixel two away), averaged onto a working copy
+   whose long side is at most `work_side`, then a 5x5 majority: the dark, grainy parts of
+   a scan stay solid and a straight edge keeps its place.
+3. Drop what is thin. A morphological opening with a square of `min_feature` (a share of
+   the long side, ~30 px on an 856 px screen) removes everything no such square fits in:
+   text, depth-ruler ticks and lines, caliper marks, dotted lines, body-marker icons,
+   arrows, narrow gray/colour bars.
+4. Choose the scan. Of the solid pieces left (the scan, perhaps a wide bar, a logo
+   block, a filled panel) the one holding the most texture is the scan; bars and panels
+   are smooth. Pieces of the same scan cut off by a band of background-coloured tissue
+   (a black shadow across it) are joined back.
+5. Edges. An edge the piece fills along most of a line near its box (a linear probe's
+   rectangle) is moved on the full-resolution pixels: inwards past lines that are mostly
+   background, one flat colour, or (columns) far less textured than the scan (a text
+   line, a ruler line with its ticks, a frame line the coarse box took in), then outwards
+   by a few px while lines keep the scan's texture. Lines are judged along themselves
+   only, so what lies outside the scan does not move its edge. Curved edges (a fan's
+   tips, arcs and apex, which the opening rounds off) come from the content near the
+   piece opened with a small square that scales with the piece.
+6. Repeat inside the box (at most `passes` times) while it keeps shrinking: a black
+   image pane inside a gray screen gives the pane first, then the scan inside it.
 
-Never fails: an image that is blank, tiny, not 8-bit 3-channel, or where nothing
+Never fails: an image that is blank, tiny, not 8-bit (gray or BGR), or where nothing
 scan-like is found, gives the whole image (source "whole"); a found box smaller than
 `min_side` pixels or `min_area` of the image does too.
 
-Where it fails (see benchmarks/frames.py for the figures):
-- Anything solid touching the scan is taken as part of it: text or a filled panel drawn
-  flush against the scan edge, a colour bar with no gap, an image pane with no margin.
-  Thin things touching it (ticks, a frame line) are handled.
-- Parts of the scan that are exactly the background colour and reach its edge (a fully
-  black band along one side) are indistinguishable from the background and are cut, on
-  the plain scan too when its ring is mostly that colour.
-- A sector probe's narrow apex (narrower than `min_feature`) is left out of the box.
+Where it fails (benchmarks/frames.py measures how often on synthetic screens):
+- Anything solid touching the scan is taken as part of it: a filled panel or a wide bar
+  flush against the scan, an image pane with no margin, large bold text within a few
+  px of its edge (thin marks touching it are handled).
+- Tissue exactly the background colour and smooth, reaching the scan's edge (a black
+  band along the bottom, a dark fan tip on a black screen), cannot be told from the
+  background and is cut; the plain scan keeps it unless its own border is mostly that
+  colour, so framed and plain boxes then differ by that band.
+- A sector probe's point apex (narrower than the small square) is left out of the box.
 - Two scans side by side (dual mode) give the one with more texture, not both.
 - A screen whose background is a gradient or a photograph has no background colour:
   the whole image is returned.
