@@ -88,10 +88,12 @@ def dev_samples(doc: dict, split_root: Path | None) -> list[Sample]:
 
 
 def read_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray | None:
-    """The lesion mask as bool, None without one (or an empty one: normal scans)."""
-    if sample.mask is None or not Path(sample.mask).is_file():
+    """The lesion mask as bool, None without one (or an empty one: normal scans). Folder
+    sources (BUSI) keep theirs beside the image as `<name>_mask.png`."""
+    path = Path(sample.mask) if sample.mask is not None else Path(sample.path).with_name(Path(sample.path).stem + "_mask.png")
+    if not path.is_file():
         return None
-    mask = cv2.imread(str(sample.mask), cv2.IMREAD_GRAYSCALE)
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         return None
     if mask.shape != shape:
@@ -437,13 +439,17 @@ def overlay_figures(samples: list[Sample], config: FramesConfig) -> dict:
 def framed_bmode_flags(run_screens: int, samples: list[Sample], config: FramesConfig) -> dict:
     """Colour flags on B-mode screens (the region found on each screen): coloured text,
     logos, colour bars and yellow markers around the scan must not raise a flag."""
-    flagged = 0
+    flagged = []
     for i, sample in enumerate(samples):
         image = read_image(sample.path)
         rng = _screen_rng(config.seed, i, 0)
         screen = make_screen(image, rng, random_layout(rng))
-        flagged += colour_overlay(screen.image, find_scan_region(screen.image)) is not None
-    return {"screens": len(samples), "flagged": int(flagged)}
+        region = find_scan_region(screen.image)
+        reason = colour_overlay(screen.image, region)
+        if reason:
+            flagged.append({"image": f"{sample.source}/{sample.relative}", "layout": 0, "reason": reason,
+                            "found": list(_box(region)), "placed": list(screen.box)})
+    return {"screens": len(samples), "flagged": len(flagged), "which": flagged}
 
 
 # ---------------------------------------------------------------------- timing
@@ -550,6 +556,8 @@ def markdown(doc: dict) -> str:
     if "bmode_screens" in doc:
         b = doc["bmode_screens"]
         lines += ["", f"Colour flags on B-mode screens (region found on the screen): {b['flagged']} of {b['screens']}."]
+        lines += [f"- {f['image']} (screen 0): {f['reason']}; box found {f['found']}, scan placed at {f['placed']}"
+                  for f in b["which"]]
     if "overlays" in doc:
         lines += ["", "## Synthetic colour overlays: detection", "",
                   "| overlay | box (share of the scan) | scans | flagged (plain) | named right (plain) | flagged (framed) |",

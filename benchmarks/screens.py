@@ -149,13 +149,16 @@ def make_screen(scan: np.ndarray, rng: np.random.Generator, layout: Layout | Non
     placed = cv2.resize(scan, (sw, sh), interpolation=cv2.INTER_AREA if sh < scan.shape[0] else cv2.INTER_LINEAR)
     x, y = _scan_place(layout, sw, sh)
     inner = (0, 0, 0) if layout.pane is not None else layout.background
+    keep_out = (x, y, sw, sh)                        # where the logo must not go
     if layout.pane is not None:
         # a black image pane holding the scan with its ruler, bars and body marker, as
         # scanners draw it; text panels may fall inside or outside it
         side_pad, end_pad = int(110 * max(ch / 1000, 0.6)), 70
         pad = int(rng.integers(12, 40))
-        cv2.rectangle(canvas, (max(0, x - side_pad - pad), max(0, y - end_pad - pad)),
-                      (min(cw, x + sw + side_pad + pad) - 1, min(ch, y + sh + end_pad + pad) - 1), layout.pane, -1)
+        px0, py0 = max(0, x - side_pad - pad), max(0, y - end_pad - pad)
+        px1, py1 = min(cw, x + sw + side_pad + pad), min(ch, y + sh + end_pad + pad)
+        cv2.rectangle(canvas, (px0, py0), (px1 - 1, py1 - 1), layout.pane, -1)
+        keep_out = (px0, py0, px1 - px0, py1 - py0)
     if layout.probe != "linear":
         fan = fan_mask(sh, sw, layout.probe, layout.apex)
         placed = placed.copy()
@@ -174,7 +177,7 @@ def make_screen(scan: np.ndarray, rng: np.random.Generator, layout: Layout | Non
     for panel in layout.panels:
         _text_panel(canvas, box, panel, layout.text_colour, scale, rng)
     if layout.logo:
-        _logo(canvas, box, scale, rng)
+        _logo(canvas, keep_out, scale, rng)
     if layout.body_marker:
         _body_marker(canvas, box, scale, rng)
     if layout.frame_line:
@@ -324,7 +327,8 @@ def _fit(line: str, room: int, size: float, font) -> str:
 
 
 def _logo(canvas, box, scale, rng):
-    """A logo block in a corner of the screen: a filled rounded box with the maker's name."""
+    """A logo block in a corner of the screen, clear of `box` (the scan, or the image
+    pane): a filled box with the maker's name."""
     ch, cw = canvas.shape[:2]
     x, y, w, h = box
     lw, lh = int(110 * scale + 30), int(34 * scale + 12)

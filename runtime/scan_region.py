@@ -118,9 +118,14 @@ def find_scan_region(image_bgr: np.ndarray, config: RegionConfig = RegionConfig(
     gray = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY) if image_bgr.ndim == 3 else image_bgr
     height, width = gray.shape
     x0, y0, x1, y1 = 0, 0, width, height
-    found = False
+    found, background = False, None
     for _ in range(max(1, config.passes)):
-        box = _find_in(gray[y0:y1, x0:x1], config)
+        part = gray[y0:y1, x0:x1]
+        box, used = _find_in(part, config)
+        if box == (0, 0, x1 - x0, y1 - y0) and background is not None and used == background:
+            # no progress with the same colour: a pane of another colour inside the screen?
+            box, used = _find_in(part, config, exclude=background)
+        background = used
         if box is None:
             break
         bx0, by0, bx1, by1 = box
@@ -145,15 +150,17 @@ def _usable(image: np.ndarray) -> bool:
             and (image.ndim == 2 or image.shape[2] == 3) and min(image.shape[:2]) >= 8)
 
 
-def _find_in(gray: np.ndarray, config: RegionConfig) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1) of the scan in `gray`, its own size when there is no background
-    to trim, None when nothing scan-like is there."""
+def _find_in(gray: np.ndarray, config: RegionConfig, exclude: int | None = None):
+    """((x0, y0, x1, y1) of the scan in `gray`, its own size when there is no background
+    to trim, None when nothing scan-like is there; the background colour used). With
+    `exclude`, that colour is not a background and another one must fill half the band
+    (a black pane inside a gray screen)."""
     height, width = gray.shape
     if min(height, width) < config.min_side:
-        return None
-    background = _background(gray, config)
+        return None, None
+    background = _background(gray, config, exclude)
     if background is None:
-        return 0, 0, width, height
+        return (0, 0, width, height), None
     factor = max(1, -(-max(height, width) // config.work_side))          # ceil
     size = (max(1, width // factor), max(1, height // factor))
     differs = cv2.threshold(cv2.absdiff(gray, np.full_like(gray, background)), config.background_tolerance,
@@ -165,16 +172,16 @@ def _find_in(gray: np.ndarray, config: RegionConfig) -> tuple[int, int, int, int
     filled, solid, k = _solid(content, config)
     piece = _textured_piece(solid, texture)
     if piece is None:
-        return None
+        return None, background
     mask, (cx, cy, cw, ch) = piece
     straight = _straight_edges(mask[cy:cy + ch, cx:cx + cw], k)
     if not all(straight):
         cx, cy, cw, ch = _round_edges(filled, mask, (cx, cy, cw, ch), straight, k)
     box = (cx * factor, cy * factor, min(width, (cx + cw) * factor), min(height, (cy + ch) * factor))
-    return _exact_edges(gray, box, straight, background, factor + 2, 2 * k * factor, config)
+    return _exact_edges(gray, box, straight, background, factor + 2, 2 * k * factor, config), background
 
 
-def _background(gray: np.ndarray, config: RegionConfig) -> int | None:
+def _background(gray: np.ndarray, config: RegionConfig, exclude: int | None = None) -> int | None:
     """The colour filling most of a band 4 to 8 px inside the picture's edges, or None
     when no colour fills `min_background_share` of it (the picture reaches the edges: a
     crop of the scan). Inside, not on the edge: a box from the previous pass may carry
@@ -185,9 +192,13 @@ def _background(gray: np.ndarray, config: RegionConfig) -> int | None:
                            gray[b:h - b, a:b].ravel(), gray[b:h - b, w - b:w - a].ravel()])
     counts = np.bincount(band, minlength=256).astype(np.int64)
     tol = config.background_tolerance
+    share = config.min_background_share
+    if exclude is not None:
+        counts[max(0, exclude - 2 * tol):exclude + 2 * tol + 1] = 0
+        share = max(share, 0.5)
     window = np.convolve(counts, np.ones(2 * tol + 1, np.int64), mode="same")   # pixels within +-tol
     level = int(np.argmax(window))
-    if window[level] < config.min_background_share * band.size:
+    if window[level] < share * band.size:
         return None
     return level
 
