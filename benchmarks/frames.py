@@ -42,7 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.screens import (OVERLAYS, Layout, add_overlay, draw_calipers, make_screen, plain_scan,
+from benchmarks.screens import (OVERLAYS, add_overlay, draw_calipers, make_screen, plain_scan,
                                 random_layout)
 from runtime import atomic
 from runtime.classifier import Classifier
@@ -436,7 +436,7 @@ def overlay_figures(samples: list[Sample], config: FramesConfig) -> dict:
             for key, v in hits.items()}
 
 
-def framed_bmode_flags(run_screens: int, samples: list[Sample], config: FramesConfig) -> dict:
+def framed_bmode_flags(samples: list[Sample], config: FramesConfig) -> dict:
     """Colour flags on B-mode screens (the region found on each screen): coloured text,
     logos, colour bars and yellow markers around the scan must not raise a flag."""
     flagged = []
@@ -598,7 +598,7 @@ def run(config: FramesConfig, command: str = "") -> dict:
             dev = dev_samples(doc_split, config.split_root)
             doc["dev_scans"] = dev_scan_figures(clf, dev, config)
     doc["overlays"] = overlay_figures(samples, config)
-    doc["bmode_screens"] = framed_bmode_flags(len(samples), samples, config)
+    doc["bmode_screens"] = framed_bmode_flags(samples, config)
     doc["timing"] = timing(samples, config)
     doc["seconds"] = time.perf_counter() - started
     doc["examples"] = _write_examples(out, examples, samples, config)

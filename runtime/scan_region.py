@@ -11,7 +11,7 @@ What `find_scan_region` does (numpy + OpenCV only; a few ms on an 856x606 screen
 benchmarks/frames.py):
 
 1. Background. A screen has a background: the colour that fills at least
-   `min_background_share` of a band 4-8 px inside the picture's edges (black, a dark
+   `min_background_share` (half) of a band 4-8 px inside the picture's edges (black, a dark
    gray, a blue-gray; within `background_tolerance` levels). Without one, the picture
    reaches its edges: it is already a crop of the scan (BUSI, BUS-BRA, a tidy export)
    and the whole image is its region (source "found": the finder looked).
@@ -48,8 +48,8 @@ Where it fails (benchmarks/frames.py measures how often on synthetic screens):
   px of its edge (thin marks touching it are handled).
 - Tissue exactly the background colour and smooth, reaching the scan's edge (a black
   band along the bottom, a dark fan tip on a black screen), cannot be told from the
-  background and is cut; the plain scan keeps it unless its own border is mostly that
-  colour, so framed and plain boxes then differ by that band.
+  background and is cut on a screen; the plain scan keeps it (its border is not half
+  one colour), so framed and plain boxes then differ by that band.
 - A sector probe's point apex (narrower than the small square) is left out of the box.
 - Two scans side by side (dual mode) give the one with more texture, not both.
 - A screen whose background is a gradient or a photograph has no background colour:
@@ -94,7 +94,7 @@ class RegionConfig:
     version: int = 1
     work_side: int = 480                 # long side of the working copy (integer downscale of larger images)
     background_tolerance: int = 2        # gray levels within which a pixel is the background colour
-    min_background_share: float = 0.3    # share of the outer ring the background colour must fill
+    min_background_share: float = 0.5    # share of the border band the background colour must fill
     min_feature: float = 0.035           # share of the long side: thinner things are not the scan
     texture_step: int = 3                # gray-level step between neighbours that counts as texture
     edge_texture: float = 0.3            # an edge row/column needs this share of the scan's median texture

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.screens import Layout, add_overlay, draw_calipers, make_screen, synthetic_scan
-from runtime.colour_modes import colour_overlay, measure_colour
+from runtime.colour_modes import colour_overlay
 from runtime.scan_region import ScanRegion, find_scan_region
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
