@@ -88,6 +88,44 @@ def mark_bank(size: int, n: int = 96, seed: int = 0) -> np.ndarray:
     return bank
 
 
+def lesion_calipers(image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """A copy of `image` (HxWx3 uint8) with a sonographer's measurement drawn where it is
+    drawn in a clinic: calipers ('+' or 'x') on the lesion's edges (from `mask`, with a
+    few px of slack; anywhere without one), a dotted line between them, a small number,
+    in white, yellow, green or cyan. Issue 20 measured that such marks change the
+    reference model's calls (benchmarks/frames.py); the random marks of `mark_bank` are
+    gray and not on the lesion. Not wired into `build_augment`: a training pipeline can
+    apply it per image (e.g. with tf.numpy_function) before the geometric changes."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    colour = [(255, 255, 255), (0, 255, 255), (0, 230, 0), (255, 230, 120)][int(rng.integers(0, 4))]
+    ends = _lesion_ends(mask, h, w, rng)
+    size = max(4, int(round(max(h, w) * rng.uniform(0.02, 0.04))))
+    marker = cv2.MARKER_CROSS if rng.random() < 0.6 else cv2.MARKER_TILTED_CROSS
+    for k, (a, b) in enumerate(ends[:int(rng.integers(1, 3))], start=1):
+        for p in (a, b):
+            cv2.drawMarker(out, p, colour, marker, size, 1, cv2.LINE_AA)
+        n = max(2, int(np.hypot(b[0] - a[0], b[1] - a[1]) / max(3, size // 2)))
+        for t in np.linspace(0, 1, n + 1)[1:-1]:
+            cv2.circle(out, (int(a[0] + t * (b[0] - a[0])), int(a[1] + t * (b[1] - a[1]))), 0, colour, -1)
+        cv2.putText(out, str(k), (b[0] + size // 2, b[1] + size), cv2.FONT_HERSHEY_SIMPLEX, size / 30, colour, 1,
+                    cv2.LINE_AA)
+    return out
+
+
+def _lesion_ends(mask, h, w, rng) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The lesion's width and depth through its centre (jittered a few px), else two
+    random segments."""
+    if mask is not None and np.count_nonzero(mask) >= 10:
+        ys, xs = np.nonzero(mask)
+        cy, cx = int(np.median(ys)), int(np.median(xs))
+        jitter = lambda v, top: int(np.clip(v + rng.integers(-3, 4), 0, top - 1))  # noqa: E731
+        return [((jitter(xs.min(), w), jitter(cy, h)), (jitter(xs.max(), w), jitter(cy, h))),
+                ((jitter(cx, w), jitter(ys.min(), h)), (jitter(cx, w), jitter(ys.max(), h)))]
+    pts = rng.integers((w // 8, h // 8), (w - w // 8, h - h // 8), size=(4, 2))
+    return [(tuple(map(int, pts[0])), tuple(map(int, pts[1]))), (tuple(map(int, pts[2])), tuple(map(int, pts[3])))]
+
+
 # ---- the tf.data function ----------------------------------------------------------
 
 def _gaussian_kernel(sigma: float = 1.2, radius: int = 2) -> np.ndarray:
