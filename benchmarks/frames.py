@@ -3,7 +3,7 @@
 Does the model give the same answer for a scan on a scanner screen, with calipers drawn
 on it, or cropped by the scan-region finder, as for the tidy scan it was tested on?
 
-    python -m benchmarks.frames [--model models/bus-vgg16-w50-128] [--split-root ../shared/data]
+    python -m benchmarks.frames [--model runtime/models/bus-vgg16-w50-128] [--split-root ../shared/data]
                                 [--layouts 4] [--seed 0] [--out runs/frames] [--limit N]
 
 Over the model's test split (its split.json), per source (busi, busbra), scored with the
@@ -51,9 +51,9 @@ from runtime.dataset import Sample, read_source, samples_of_split, sources_of_sp
 from runtime.images import ImageReadError, read_image
 from runtime.progress import Progress
 from runtime.scan_region import ScanRegion, find_scan_region
+from runtime.shipped import MODELS_DIR, SHIPPED_MODEL
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = ROOT / "models" / "bus-vgg16-w50-128"
+DEFAULT_MODEL = MODELS_DIR / SHIPPED_MODEL
 SPLIT_FILE = "split.json"
 OVERLAY_SIZES = (0.01, 0.03, 0.1, 0.25)     # overlay box, share of the scan's area
 BATCH = 16
