@@ -124,6 +124,10 @@ def _add_train(sub) -> None:
     p.add_argument("--val-source", metavar="NAME",
                    help="hold this source out entirely as the validation split (early stopping, threshold): an honest "
                         "estimate of a hospital the model has not seen")
+    p.add_argument("--scan-region", choices=["auto", "off"], default=None,
+                   help="auto (default for a new run): cut every image and its lesion mask to its scan region (a "
+                        "DICOM file's tissue region, else the scan-region finder), as `bcd predict` does; off: whole "
+                        "images. Recorded in the run and its exports. With --resume: the run's own setting")
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="auto (default): mixed bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX), "
                         "else float32. The saved model is float32 either way")
@@ -155,7 +159,7 @@ def _cmd_train(args) -> int:
     try:
         from runtime.dataset import LabelMap
         from train.augment import AugmentConfig
-        from train.config import TrainConfig
+        from train.config import TrainConfig, saved_scan_region
         from train.distribute import writes_run_dir
         from train.trainer import LOG_NAME, train
     except ImportError as err:
@@ -163,6 +167,7 @@ def _cmd_train(args) -> int:
     labels = LabelMap.parse(args.labels) if args.labels else None
     sources = _sources(args.data, labels)
     bn = args.arch == "vgg16-bn"
+    scan_region = args.scan_region or (saved_scan_region(args.out) if args.resume else "auto")
     try:
         config = TrainConfig(
             out=str(args.out), image_size=args.image_size, epochs=args.epochs, weights=args.weights, seed=args.seed,
@@ -172,7 +177,7 @@ def _cmd_train(args) -> int:
                        for s in sources) or None,
             val_source=args.val_source, precision=args.precision, batch_norm=bn, width=args.width,
             lesion_weight=args.lesion_weight, lesion_loss=args.lesion_loss, augment=AugmentConfig.preset(args.augment),
-            strategy=args.strategy,
+            strategy=args.strategy, scan_region=scan_region,
             lr_scratch=args.lr if args.lr is not None else (1e-3 if bn else 3e-4),
             **({"class_labels": labels.to_dict()} if labels else {}),
         )
@@ -498,6 +503,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="run a variant that failed the export's checks against the original model (investigation only)")
     _add_site_flags(p)
+    _add_region_flags(p)
     p.add_argument("--partial-every", type=float, default=10.0, metavar="SECONDS",
                    help="with --json/--csv, keep FILE.partial.json up to date with the results so far at most every "
                         "SECONDS (default 10), so an interrupted run loses nothing; removed when FILE is written")
@@ -520,8 +526,10 @@ def _cmd_predict(args) -> int:
             raise UsageError(f"{flag} must be at least 1")
     if args.partial_every < 0:
         raise UsageError("--partial-every must not be negative")
+    region, frames = _region_settings(args)
     classifier = Classifier.load(model, variant=args.variant, threads=args.threads, force=args.force,
-                                 max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, backend=args.backend)
+                                 max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, backend=args.backend,
+                                 region=region, frames=frames)
     site = load_for(classifier, _site(args))
     if args.heatmap is not None and not classifier.has_cam:
         raise UsageError(f"variant {classifier.variant} has no Grad-CAM output; use --variant onnx-fp32 or onnx-int8 "
@@ -530,6 +538,7 @@ def _cmd_predict(args) -> int:
           f"{classifier.engine}, {classifier.threads} thread(s))", file=sys.stderr)
     if site is not None:
         print(f"operating point: {site.describe()}", file=sys.stderr)
+    print(f"scan region: {classifier.region}, cine frames: {classifier.frames}", file=sys.stderr)
 
     reporter: list[Progress] = []
 
@@ -574,6 +583,29 @@ def _cmd_predict(args) -> int:
     if failed:
         print(f"{failed} of {len(results)} input(s) could not be classified (see the ERROR rows)", file=sys.stderr)
     return 1 if failed else 0
+
+
+# ---- scan region and cine frames (predict) ------------------------------------------
+
+def _add_region_flags(p) -> None:
+    p.add_argument("--region", metavar="auto|off|X,Y,W,H",
+                   help="the part of each image the model classifies: auto (a DICOM file's own tissue region, "
+                        "else the scan-region finder), off (the whole image) or a box X,Y,W,H in the image's "
+                        "pixels (default: the export's setting, auto for exports that record none)")
+    p.add_argument("--frames", default="middle", metavar="middle|all|N",
+                   help="frames of a cine loop (multi-frame DICOM) to classify: middle (default), all (each "
+                        "frame's probability is reported, the call uses their mean) or frame number N (from 1)")
+
+
+def _region_settings(args):
+    """(RegionSetting or None, FrameChoice) from --region / --frames; bad values are usage errors."""
+    from runtime.scan_crop import RegionSetting
+    from runtime.scan_input import FrameChoice
+    try:
+        region = RegionSetting.parse(args.region) if args.region is not None else None
+        return region, FrameChoice.parse(args.frames)
+    except ValueError as err:
+        raise UsageError(f"{err}") from None
 
 
 # ---- demo --------------------------------------------------------------------------
