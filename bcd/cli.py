@@ -594,7 +594,8 @@ def _add_region_flags(p) -> None:
                         "pixels (default: the export's setting, auto for exports that record none)")
     p.add_argument("--frames", default="middle", metavar="middle|all|N",
                    help="frames of a cine loop (multi-frame DICOM) to classify: middle (default), all (each "
-                        "frame's probability is reported, the call uses their mean) or frame number N (from 1)")
+                        "frame's probability is reported, the call uses their mean) or frame number N (from 1); still images "
+                        "are classified as they are")
 
 
 def _region_settings(args):

@@ -10,8 +10,9 @@ export carries beyond that:
 - the Sequence of Ultrasound Regions (runtime.dicom_regions), read once here so that the
   region, its mm per pixel and a declared colour flow region reach the prediction.
 
-A still image (PNG, JPEG, ..., a single-frame DICOM) has one frame: `middle` and `all`
-give it, frame 1 is it, any other number is an error.
+A still image (PNG, JPEG, ..., a single-frame DICOM) is classified as it is whatever the
+choice, so `bcd predict FOLDER --frames 12` works on a folder that mixes cine loops and
+stills; a frame number beyond the end of a cine loop is an error.
 """
 from __future__ import annotations
 
@@ -127,14 +128,12 @@ def decode_scan(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "
     data = bytes(data)
     if data and looks_like_dicom(data, name):
         return _decode_dicom_scan(data, max_pixels, name, choice)
-    image = decode_image(data, max_pixels, name)
-    choice.indices(1, name)                  # a still image has one frame: only frame 1 exists
-    return DecodedScan([image], [1])
+    return DecodedScan([decode_image(data, max_pixels, name)], [1])
 
 
 def _decode_dicom_scan(data: bytes, max_pixels: int, name: str, choice: FrameChoice) -> DecodedScan:
     ds, count = open_dicom(data, max_pixels, name)
-    picked = choice.indices(count, name)
+    picked = choice.indices(count, name) if count > 1 else [0]     # a single-frame file is its one frame
     rows, cols = int(ds.Rows), int(ds.Columns)
     if len(picked) * rows * cols > max_pixels:
         raise ImageReadError(
