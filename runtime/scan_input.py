@@ -147,5 +147,6 @@ def _decode_dicom_scan(data: bytes, max_pixels: int, name: str, choice: FrameCho
         regions = []
     dicom = choose_tissue_region(regions, width, height)
     if dicom.reason is not None:   # shown like the burned-in annotation warning (bcd predict, the demo)
-        warnings.warn(f"{name}: {dicom.reason}; the scan-region finder is used instead", UserWarning, stacklevel=4)
+        warnings.warn(f"{name}: {dicom.reason} (region auto falls back to the scan-region finder)", UserWarning,
+                      stacklevel=4)
     return DecodedScan(images, [i + 1 for i in picked], count, dicom)
