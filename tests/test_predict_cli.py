@@ -147,7 +147,9 @@ def test_predict_paths_library(clf, folder, tmp_path):
     write_csv(tmp_path / "r.csv", results)
     assert len(json.loads((tmp_path / "r.json").read_text())) == 4
     assert (tmp_path / "r.csv").read_text().splitlines()[0] == \
-        "path,label,probability,threshold,out_of_distribution,ood_score,error"
+        ("path,label,probability,threshold,out_of_distribution,ood_score,error,region_x,region_y,region_width,"
+         "region_height,region_source,mm_per_pixel_x,mm_per_pixel_y,frames_in_file,frames_used,frame_probabilities,"
+         "frame_summary,max_frame_probability")
     table = format_table(results)
     assert table.splitlines()[0].split() == ["path", "label", "probability", "threshold"]
     assert "ERROR: not a readable image" in table
