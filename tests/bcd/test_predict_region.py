@@ -11,7 +11,8 @@ import pytest
 
 from bcd.cli import DISCLAIMER, main
 from runtime.classifier import Classifier
-from runtime.predict_files import FRAME_FIELDS, REGION_FIELDS, REPORT_FIELDS, format_table, predict_paths, write_csv, write_json
+from runtime.predict_files import (FRAME_FIELDS, REGION_FIELDS, REPORT_FIELDS, format_table, predict_paths, write_csv,
+                                   write_json)
 from tests.conftest import dicom_bytes
 
 

@@ -87,7 +87,8 @@ def test_the_largest_2d_tissue_region_is_chosen():
 
 
 def test_equal_regions_keep_the_first():
-    regions = [UltrasoundRegion(0, 0, 9, 9, 1, 1, 3, 3, 0.1, 0.1), UltrasoundRegion(20, 20, 29, 29, 1, 1, 3, 3, 0.1, 0.1)]
+    regions = [UltrasoundRegion(0, 0, 9, 9, 1, 1, 3, 3, 0.1, 0.1),
+               UltrasoundRegion(20, 20, 29, 29, 1, 1, 3, 3, 0.1, 0.1)]
     assert choose_tissue_region(regions, 64, 64).region.x == 0
 
 
