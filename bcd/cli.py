@@ -127,7 +127,8 @@ _TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "wei
                  "batch_size": "batch_size", "patience": "patience", "lr_decay_patience": "lr_decay_patience",
                  "threshold": "threshold_method", "min_sensitivity": "min_sensitivity", "val_source": "val_source",
                  "precision": "precision", "width": "width", "lesion_weight": "lesion_weight",
-                 "lesion_loss": "lesion_loss", "strategy": "strategy", "lr": "lr_scratch"}
+                 "lesion_loss": "lesion_loss", "strategy": "strategy", "lr": "lr_scratch",
+                 "scan_region": "scan_region"}
 
 
 def _add_train(sub) -> None:
@@ -158,6 +159,10 @@ def _add_train(sub) -> None:
     p.add_argument("--val-source", metavar="NAME", default=_train("val_source"),
                    help="hold this source out entirely as the validation split (early stopping, threshold): an honest "
                         "estimate of a hospital the model has not seen")
+    p.add_argument("--scan-region", choices=["auto", "off"], default=_train("scan_region"),
+                   help="auto: cut every image and its lesion mask to its scan region (a DICOM file's tissue region, "
+                        "else the scan-region finder), as `bcd predict` does; off: whole images. Recorded in the run "
+                        "and its exports. With --resume and no --scan-region: the run's own setting (default %(default)s)")
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=_train("precision"),
                    help="auto: mixed bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX), "
                         "else float32. The saved model is float32 either way (default %(default)s)")
@@ -189,9 +194,11 @@ def _add_train(sub) -> None:
 def train_config(args, sources=(), labels=None):
     """The TrainConfig that `bcd train` ARGS ask for (only the given options are set)."""
     from train.augment import AugmentConfig
-    from train.config import TrainConfig
+    from train.config import TrainConfig, saved_scan_region
 
     options = given(args, _TRAIN_FIELDS)
+    if is_default(args.scan_region) and args.resume:     # resuming keeps the run's own setting
+        options["scan_region"] = saved_scan_region(args.out)
     if not isinstance(args.arch, LibraryDefault):
         options["batch_norm"] = args.arch == "vgg16-bn"
     if not isinstance(args.augment, LibraryDefault):
@@ -526,7 +533,8 @@ def _predict(name: str) -> LibraryDefault:
 
 _PREDICT_FIELDS = {"model": "model", "variant": "variant", "threads": "threads", "backend": "backend",
                    "max_pixels": "max_pixels", "batch_size": "batch_size", "force": "force",
-                   "heatmap": "heatmap_dir", "partial_every": "partial_every"}
+                   "heatmap": "heatmap_dir", "partial_every": "partial_every", "region": "region",
+                   "frames": "frames"}
 
 
 def predict_config(args):
@@ -558,6 +566,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="run a variant that failed the export's checks against the original model (investigation only)")
     _add_site_flags(p)
+    _add_region_flags(p)
     p.add_argument("--partial-every", type=float, default=_predict("partial_every"), metavar="SECONDS",
                    help="with --json/--csv, keep FILE.partial.json up to date with the results so far at most every "
                         "SECONDS (default %(default)s), so an interrupted run loses nothing; removed when FILE is written")
@@ -582,6 +591,7 @@ def _cmd_predict(args) -> int:
           f"{classifier.engine}, {classifier.threads} thread(s))", file=sys.stderr)
     if site is not None:
         print(f"operating point: {site.describe()}", file=sys.stderr)
+    print(f"scan region: {classifier.region}, cine frames: {classifier.frames}", file=sys.stderr)
 
     reporter: list[Progress] = []
 
@@ -626,6 +636,19 @@ def _cmd_predict(args) -> int:
     if failed:
         print(f"{failed} of {len(results)} input(s) could not be classified (see the ERROR rows)", file=sys.stderr)
     return 1 if failed else 0
+
+
+# ---- scan region and cine frames (predict) ------------------------------------------
+
+def _add_region_flags(p) -> None:
+    p.add_argument("--region", metavar="auto|off|X,Y,W,H",
+                   help="the part of each image the model classifies: auto (a DICOM file's own tissue region, "
+                        "else the scan-region finder), off (the whole image) or a box X,Y,W,H in the image's "
+                        "pixels (default: the export's setting, auto for exports that record none)")
+    p.add_argument("--frames", default=_predict("frames"), metavar="middle|all|N",
+                   help="frames of a cine loop (multi-frame DICOM) to classify (default %(default)s): middle, all (each "
+                        "frame's probability is reported, the call uses their mean) or frame number N (from 1); still images "
+                        "are classified as they are")
 
 
 # ---- demo --------------------------------------------------------------------------

@@ -484,6 +484,7 @@ def _export_into(config: ExportConfig, run, out: Path, staging: Path, started: f
         created=created,
         source_model={"path": f"{run.run.root.name}/{run.run.model.name}", "sha256": sha256_file(run.run.model)},
         preprocessing=run.spec.to_dict(),
+        scan_region=run.scan_region.to_dict(),     # the runtime cuts images as training did
         labels={"names": list(run.info["labels"]["names"]), "positive": run.info["labels"]["positive"]},
         threshold={k: run.info["threshold"][k] for k in ("value", "chosen_on", "policy")},
         input={"name": "image", "shape": [None, size, size, 3], "dtype": "float32", "layout": "NHWC"},

@@ -232,6 +232,10 @@ class Manifest:
     # "feature_layer", "dim", "n_train", "classes", "shrinkage", "quantile", "rule", "chosen_on"}.
     # The thresholds are per variant (VariantEntry.ood).
     ood: dict[str, Any] | None = None
+    # Optional (older manifests lack it; then the runtime uses the default finder, auto):
+    # the scan-region finder's settings, runtime.scan_region.RegionConfig.to_dict(), so the
+    # runtime crops images the way the model's training images were cropped.
+    scan_region: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     # ---- access
@@ -275,6 +279,7 @@ class Manifest:
             "created": self.created,
             "source_model": dict(self.source_model),
             "preprocessing": dict(self.preprocessing),
+            **({"scan_region": dict(self.scan_region)} if self.scan_region is not None else {}),
             "labels": dict(self.labels),
             "threshold": dict(self.threshold),
             "input": dict(self.input),
@@ -347,6 +352,7 @@ class Manifest:
             export_settings=dict(_get(d, "export_settings", "", dict, optional=True) or {}),
             model_cost=_model_cost(d),
             ood=_ood(d),
+            scan_region=_scan_region(d),
         )
 
 
@@ -372,6 +378,17 @@ def _ood(d: dict[str, Any]) -> dict[str, Any] | None:
     if quantile is not None and not 0.0 < quantile < 1.0:
         raise _fail("ood.quantile", f"{quantile} is not in 0..1")
     return dict(ood)
+
+
+def _scan_region(d: dict[str, Any]) -> dict[str, Any] | None:
+    region = _get(d, "scan_region", "", dict, optional=True)
+    if region is None:
+        return None
+    from runtime.scan_crop import region_config_from_dict   # numpy and OpenCV: loaded only for this check
+    try:
+        return region_config_from_dict(region).to_dict()
+    except ValueError as err:
+        raise ValueError(f"invalid manifest: {err}") from None
 
 
 def manifest_path(path_or_dir: str | os.PathLike) -> Path:

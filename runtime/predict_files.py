@@ -26,10 +26,17 @@ from runtime import atomic, gradcam
 from runtime.classifier import DEFAULT_BATCH_SIZE, Classifier, Prediction
 from runtime.dataset import is_image_file, is_mask, scan_folder
 from runtime.engines import AUTO, BACKENDS
-from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
+from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError
+from runtime.scan_crop import RegionSetting
+from runtime.scan_input import FrameChoice, read_scan
 from runtime.shipped import MODEL_ENV, default_model_path
 
 REPORT_FIELDS = ("path", "label", "probability", "threshold", "out_of_distribution", "ood_score", "error")
+# CSV columns of the region classified and of a cine loop's frames (JSON nests them as
+# "region" and "frames", see Prediction.to_dict); empty cells where they do not apply.
+REGION_FIELDS = ("region_x", "region_y", "region_width", "region_height", "region_source",
+                 "mm_per_pixel_x", "mm_per_pixel_y")
+FRAME_FIELDS = ("frames_in_file", "frames_used", "frame_probabilities", "frame_summary", "max_frame_probability")
 SITE_FIELD = "site_profile"
 HEATMAP_SUFFIX = "_gradcam.png"
 _GLOB_CHARS = set("*?[")
@@ -97,6 +104,8 @@ class PredictConfig:
     force: bool = False                      # run a variant that failed the export's checks (investigation only)
     heatmap_dir: str | os.PathLike | None = None
     partial_every: float = 10.0              # seconds between updates of FILE.partial.json
+    region: str | None = None                # auto | off | "X,Y,W,H"; None: the export's setting (auto if none)
+    frames: str | int = "middle"             # a cine loop's frames: middle | all | frame number N (from 1)
 
     def __post_init__(self) -> None:
         for name in ("threads", "max_pixels", "batch_size"):
@@ -107,6 +116,9 @@ class PredictConfig:
             raise ValueError("the partial-results interval must not be negative")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.region is not None:
+            RegionSetting.parse(self.region)            # bad boxes fail here, before any file is read
+        FrameChoice.parse(self.frames)
 
     def model_path(self) -> Path | None:
         return Path(self.model) if self.model is not None else default_model_path()
@@ -117,7 +129,8 @@ class PredictConfig:
             raise ValueError("no model: pass an export directory from `bcd export` (the shipped reference model is "
                              f"missing; set {MODEL_ENV} to use another default)")
         return Classifier.load(model, variant=self.variant, threads=self.threads, force=self.force,
-                               max_pixels=self.max_pixels, backend=self.backend)
+                               max_pixels=self.max_pixels, backend=self.backend, region=self.region,
+                               frames=self.frames)
 
 
 def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *, heatmap_dir: str | os.PathLike | None = None,
@@ -142,7 +155,7 @@ def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *
     total = len(files)
     for start in range(0, total, batch_size):
         chunk = files[start:start + batch_size]
-        decoded = [_read(path, classifier.max_pixels) for path in chunk]
+        decoded = [_read(path, classifier.max_pixels, classifier.frames) for path in chunk]
         good = [(path, image) for path, image, _ in decoded if image is not None]
         batch = classifier.predict_decoded([image for _, image in good], [str(path) for path, _ in good],
                                            with_cam=heatmap_dir is not None) if good else []
@@ -153,7 +166,7 @@ def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *
                 continue
             pred = by_path[path]
             if heatmap_dir is not None and pred.ok and pred.cam is not None:
-                _write_heatmap(pred, image, Path(heatmap_dir) / heat_names[path])
+                _write_heatmap(pred, image.display, Path(heatmap_dir) / heat_names[path])
             results.append(pred)
         if progress is not None:
             progress(min(start + batch_size, total), total)
@@ -162,9 +175,10 @@ def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *
     return sorted(results + problems, key=lambda p: p.path or "")
 
 
-def _read(path: Path, max_pixels: int):
+def _read(path: Path, max_pixels: int, frames: FrameChoice | None = None):
+    """(path, runtime.scan_input.DecodedScan or None, error or None)"""
     try:
-        return path, read_image(path, max_pixels), None
+        return path, read_scan(path, max_pixels, frames), None
     except ImageReadError as err:
         return path, None, str(err)
     except MemoryError:
@@ -221,15 +235,31 @@ def write_json(target: str | os.PathLike, predictions: Iterable[Prediction], sit
 
 
 def write_csv(target: str | os.PathLike, predictions: Iterable[Prediction], site: str | None = None) -> None:
-    """CSV with the columns of REPORT_FIELDS (an empty cell for null; + site_profile when
-    one is in use); atomically."""
+    """CSV with the columns of REPORT_FIELDS, REGION_FIELDS and FRAME_FIELDS (an empty
+    cell for null; lists of frames joined with ";"; + site_profile when one is in use);
+    atomically."""
     buffer = io.StringIO()
-    fields = REPORT_FIELDS + ((SITE_FIELD,) if site is not None else ())
+    fields = REPORT_FIELDS + REGION_FIELDS + FRAME_FIELDS + ((SITE_FIELD,) if site is not None else ())
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows(predictions, site):
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        writer.writerow({k: "" if v is None else v for k, v in _flat(row).items()})
     atomic.write_text(target, buffer.getvalue())
+
+
+def _flat(row: dict) -> dict:
+    """A report row with its nested region and frames as CSV columns."""
+    out = {k: v for k, v in row.items() if k not in ("region", "frames")}
+    region, frames = row.get("region") or {}, row.get("frames") or {}
+    mm = region.get("mm_per_pixel") or (None, None)
+    out.update(region_x=region.get("x"), region_y=region.get("y"), region_width=region.get("width"),
+               region_height=region.get("height"), region_source=region.get("source"),
+               mm_per_pixel_x=mm[0], mm_per_pixel_y=mm[1])
+    joined = lambda key: ";".join(map(str, frames[key])) if frames.get(key) is not None else None  # noqa: E731
+    out.update(frames_in_file=frames.get("count"), frames_used=joined("used"),
+               frame_probabilities=joined("probabilities"), frame_summary=frames.get("summary"),
+               max_frame_probability=frames.get("max_probability"))
+    return out
 
 
 class PartialResults:
@@ -272,6 +302,11 @@ def format_table(predictions: Sequence[Prediction]) -> str:
     for p in predictions:
         threshold = "" if p.threshold is None or p.threshold != p.threshold else f"{p.threshold:.4f}"
         if p.ok:
+            if p.frames is not None and len(p.frames.numbers) > 1:
+                threshold = (f"{threshold}  mean of {len(p.frames.numbers)} frames "
+                             f"(highest {p.frames.max_probability:.4f})")
+            elif p.frames is not None:
+                threshold = f"{threshold}  frame {p.frames.numbers[0]} of {p.frames.count}"
             if p.out_of_distribution:
                 threshold = f"{threshold}  {OOD_NOTE}"
             cells.append((p.path or "-", p.label or "", f"{p.probability:.4f}", threshold))

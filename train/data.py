@@ -4,7 +4,10 @@ Images are decoded once (runtime.images), hashed for near-duplicate grouping at 
 resolution, then resized with the shared preprocessing and kept as uint8, with their
 lesion masks where the source has them. The result of decoding a source is cached per
 source and image size (train.cache), so --resume, `bcd slim` and `bcd export` do not
-decode thousands of images again. Augmentation
+decode thousands of images again. With a scan-region setting (TrainConfig.scan_region)
+every image and its lesion mask are first cut to the scan region by
+runtime.scan_crop.apply_region, the step the runtime applies before it classifies.
+Augmentation
 runs on 0..255 pixels in tf.data; `runtime.preprocessing.normalize` runs last, the same
 function the runtime applies at inference.
 """
@@ -21,6 +24,9 @@ import numpy as np
 from runtime.dataset import DataSource, DatasetError, LabelMap, SourceScan, read_source, sources_of_split, unique_names
 from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from runtime.preprocessing import PreprocessSpec, normalize, resize
+from runtime.scan_crop import RegionSetting, apply_region
+from runtime.scan_input import read_scan
+from runtime.scan_region import RegionConfig
 from runtime.progress import Progress
 from train.augment import AugmentConfig, build_augment
 from train.cache import DecodeCache
@@ -90,14 +96,33 @@ class LoadedDataset:
                        has_mask=self.has_mask[idx])
 
 
-def _read_mask(path: Path, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+NO_REGION = RegionConfig(mode="off")
+
+
+def _mask_to_input(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A lesion mask resized to the model input: 1 inside the lesion, 0 outside."""
-    mask = read_image(path, max_pixels=max_pixels)[..., 0]
     return (cv2.resize(mask, size, interpolation=cv2.INTER_AREA) >= 128).astype(np.uint8)
 
 
-def _decode_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig, max_pixels: int) -> dict:
-    """Decode, hash and resize every sample of one source (the expensive part)."""
+def read_sample(path: Path, mask_path: Path | None, region: RegionConfig = NO_REGION,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
+    """One image (a cine loop's middle frame) and its lesion mask (None: none, or
+    unreadable: logged), both cut to the scan region. ImageReadError for the image."""
+    scan = read_scan(path, max_pixels)
+    mask = None
+    if mask_path is not None:
+        try:
+            mask = read_image(mask_path, max_pixels=max_pixels)[..., 0]
+        except ImageReadError as err:
+            log.warning("lesion mask ignored: %s", err)
+    cropped = apply_region(scan.display, mask, RegionSetting(region.mode), region, scan.dicom)
+    return cropped.image, cropped.mask
+
+
+def _decode_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig, max_pixels: int,
+                   region: RegionConfig = NO_REGION) -> dict:
+    """Decode, crop to the scan region, hash and resize every sample of one source (the
+    expensive part)."""
     out = {k: [] for k in ("relative", "classes", "labels", "images", "hashes", "patients", "masks", "has_mask")}
     unreadable = []
     samples = scan.labelled
@@ -105,16 +130,12 @@ def _decode_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig, m
     progress = Progress(len(samples), f"reading {scan.source.name} ({scan.source.path})")
     for i, sample in enumerate(samples, 1):
         try:
-            full = read_image(sample.path, max_pixels=max_pixels)
+            full, full_mask = read_sample(sample.path, sample.mask, region, max_pixels)
         except ImageReadError as err:
             unreadable.append({"source": scan.source.name, "path": sample.relative, "reason": str(err)})
         else:
-            mask, has = np.zeros(size, np.uint8), False
-            if sample.mask is not None:
-                try:
-                    mask, has = _read_mask(sample.mask, size, max_pixels), True
-                except ImageReadError as err:
-                    log.warning("lesion mask ignored: %s", err)
+            has = full_mask is not None
+            mask = _mask_to_input(full_mask, size) if has else np.zeros(size, np.uint8)
             for key, value in (("relative", sample.relative), ("classes", sample.class_name),
                                ("labels", sample.label), ("images", resize(full, spec)),
                                ("hashes", image_hash(full, dedup)), ("patients", sample.group),
@@ -140,13 +161,17 @@ def _as_arrays(decoded: dict, spec: PreprocessSpec, dedup: DedupConfig) -> dict:
 
 
 def load_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig = DedupConfig(),
-                max_pixels: int = DEFAULT_MAX_PIXELS, cache: DecodeCache | None = None) -> dict:
+                max_pixels: int = DEFAULT_MAX_PIXELS, cache: DecodeCache | None = None,
+                region: RegionConfig = NO_REGION) -> dict:
     """Arrays of one source, from the decode cache when its files have not changed."""
     cache = cache if cache is not None else DecodeCache.default()
-    key = cache.key(scan, {"spec": spec.to_dict(), "dedup": asdict(dedup), "max_pixels": max_pixels})
+    settings = {"spec": spec.to_dict(), "dedup": asdict(dedup), "max_pixels": max_pixels}
+    if region.mode != "off":     # whole images: the same key as before the finder existed
+        settings["scan_region"] = region.to_dict()
+    key = cache.key(scan, settings)
     arrays = cache.get(key)
     if arrays is None:
-        arrays = _as_arrays(_decode_source(scan, spec, dedup, max_pixels), spec, dedup)
+        arrays = _as_arrays(_decode_source(scan, spec, dedup, max_pixels, region), spec, dedup)
         cache.put(key, arrays)
     else:
         log.info("%s: %d decoded images from the cache", scan.source.name, len(arrays["labels"]))
@@ -154,9 +179,10 @@ def load_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig = Ded
 
 
 def load_sources(sources: list[DataSource], spec: PreprocessSpec, dedup: DedupConfig = DedupConfig(),
-                 max_pixels: int = DEFAULT_MAX_PIXELS, cache: DecodeCache | None = None) -> LoadedDataset:
-    """Read every labelled image of every source; unreadable files and bad CSV rows are
-    skipped and listed."""
+                 max_pixels: int = DEFAULT_MAX_PIXELS, cache: DecodeCache | None = None,
+                 region: RegionConfig = NO_REGION) -> LoadedDataset:
+    """Read every labelled image of every source (cut to its scan region unless `region`
+    is off); unreadable files and bad CSV rows are skipped and listed."""
     sources = unique_names(list(sources))
     parts, bad_rows, masks_skipped, unlabelled = [], [], 0, 0
     for source in sources:
@@ -169,7 +195,7 @@ def load_sources(sources: list[DataSource], spec: PreprocessSpec, dedup: DedupCo
                 f"no labelled images found in {source.path}: expected class folders such as "
                 f"{', '.join(sorted(source.labels.classes))}" if not source.is_csv else
                 f"no usable rows in {source.path} ({len(scan.bad_rows)} bad rows)")
-        arrays = load_source(scan, spec, dedup, max_pixels, cache)
+        arrays = load_source(scan, spec, dedup, max_pixels, cache, region)
         if len(arrays["labels"]) == 0:
             raise DatasetError(f"none of the {len(scan.labelled)} images of {source.path} could be read")
         parts.append((source, arrays))
@@ -208,10 +234,11 @@ def split_from_doc(doc: dict, data: LoadedDataset) -> dict[str, np.ndarray]:
 
 
 def load_saved_split(doc: dict, spec: PreprocessSpec, data_override: str | None = None,
-                     class_labels: dict | None = None, dedup: DedupConfig = DedupConfig()) -> tuple[LoadedDataset, dict]:
+                     class_labels: dict | None = None, dedup: DedupConfig = DedupConfig(),
+                     region: RegionConfig = NO_REGION) -> tuple[LoadedDataset, dict]:
     """The data of a saved split.json (from the decode cache when possible) and its
-    indices per split."""
-    data = load_sources(sources_of_split(doc, data_override, class_labels), spec, dedup)
+    indices per split; `region`: the run's scan-region setting (train.config.run_scan_region)."""
+    data = load_sources(sources_of_split(doc, data_override, class_labels), spec, dedup, region=region)
     return data, split_from_doc(doc, data)
 
 

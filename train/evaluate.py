@@ -17,6 +17,7 @@ from runtime.dataset import DataSource, LabelMap
 from runtime.engines import AUTO, BACKENDS
 from runtime.localisation import localisation_summary
 from runtime.preprocessing import PreprocessSpec
+from train.config import run_scan_region
 from train.data import LoadedDataset, load_saved_split, load_sources, to_model_input
 from train.metrics import ThresholdPolicy, binary_metrics, choose_threshold, evaluate_predictions
 from train.plots import plot_roc_per_source, write_evaluation_plots
@@ -225,7 +226,7 @@ def evaluate_run(run_path: Path, split_root: Path | None = None, n_resamples: in
     run, info = _open_run(Path(run_path))
     spec = PreprocessSpec.from_dict(info["preprocessing"])
     data, parts = load_saved_split(run.read_json(run.split), spec, str(split_root) if split_root else None,
-                                   info["labels"]["class_labels"])
+                                   info["labels"]["class_labels"], region=run_scan_region(info))
     model = _load_keras(run.model)
     idx = parts[split]
     p = predict_probabilities(model, data.images[idx], spec)
@@ -248,7 +249,7 @@ def evaluate_folder(model_path: Path, sources: list[DataSource], out: Path | Non
     run, info = _open_run(Path(model_path))
     spec = PreprocessSpec.from_dict(info["preprocessing"])
     labels = LabelMap(info["labels"]["class_labels"])
-    data = load_sources([replace(s, labels=labels) for s in sources], spec)
+    data = load_sources([replace(s, labels=labels) for s in sources], spec, region=run_scan_region(info))
     model_file = Path(model_path) if Path(model_path).is_file() else run.model
     model = _load_keras(model_file)
     p = predict_probabilities(model, data.images, spec)

@@ -19,7 +19,7 @@ from runtime.dataset import CsvMapping, DataSource, LabelMap
 from runtime.host import tool_record
 from runtime.preprocessing import PreprocessSpec
 from train import evaluate
-from train.config import TrainConfig
+from train.config import LEGACY_DEFAULTS, TrainConfig
 from train.cost import model_cost
 from train.data import (LesionTargets, LoadedDataset, balanced_class_weights, load_sources, make_tf_dataset,
                         split_from_doc)
@@ -159,6 +159,7 @@ def prepare_run_dir(run: RunDir, resume: bool, writes: bool = True) -> None:
 def _check_resume_config(run: RunDir, config: TrainConfig) -> None:
     saved = run.read_json(run.run_info)["config"]
     current = config.to_dict()
+    saved = {**LEGACY_DEFAULTS, **saved}      # a run from before a setting existed resumes as it was trained
     diff = [k for k in current if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != current[k]]
     if diff:
         raise RunExists(f"--resume with settings that differ from the original run: {', '.join(diff)}")
@@ -194,7 +195,7 @@ def _load_data(config: TrainConfig, run: RunDir, spec: PreprocessSpec) -> Loaded
         sources = [DataSource.parse(str(root), labels=LabelMap(dict(config.class_labels)))]
     else:
         sources = data_sources(config)
-    return load_sources(sources, spec, DedupConfig(max_distance=config.dedup_max_distance))
+    return load_sources(sources, spec, DedupConfig(max_distance=config.dedup_max_distance), region=config.region)
 
 
 def _split(config: TrainConfig, run: RunDir, data: LoadedDataset, resume: bool,
@@ -259,6 +260,7 @@ def _run_info(config, spec, model_info, data, phases, status, extra=None) -> dic
         "status": status,
         "config": config.to_dict(),
         "preprocessing": spec.to_dict(),
+        "scan_region": config.region.to_dict(),
         "labels": {"names": ["benign", "malignant"], "positive": "malignant",
                    "class_labels": dict(config.class_labels)},
         "model": model_info,

@@ -69,7 +69,8 @@ def test_cli_folder_with_a_corrupt_file(tiny_export, folder, tmp_path):
         assert row["error"] is None and row["label"] in ("benign", "malignant")
         assert 0.0 <= row["probability"] <= 1.0
         assert (row["label"] == "malignant") == (row["probability"] >= row["threshold"])
-        assert set(row) == {"path", "label", "probability", "threshold", "out_of_distribution", "ood_score", "error"}
+        assert set(row) == {"path", "label", "probability", "threshold", "out_of_distribution", "ood_score", "error",
+                            "region", "frames"}
         assert isinstance(row["out_of_distribution"], bool) and row["ood_score"] > 0
 
     with open(out_csv, newline="") as f:
@@ -146,7 +147,9 @@ def test_predict_paths_library(clf, folder, tmp_path):
     write_csv(tmp_path / "r.csv", results)
     assert len(json.loads((tmp_path / "r.json").read_text())) == 4
     assert (tmp_path / "r.csv").read_text().splitlines()[0] == \
-        "path,label,probability,threshold,out_of_distribution,ood_score,error"
+        ("path,label,probability,threshold,out_of_distribution,ood_score,error,region_x,region_y,region_width,"
+         "region_height,region_source,mm_per_pixel_x,mm_per_pixel_y,frames_in_file,frames_used,frame_probabilities,"
+         "frame_summary,max_frame_probability")
     table = format_table(results)
     assert table.splitlines()[0].split() == ["path", "label", "probability", "threshold"]
     assert "ERROR: not a readable image" in table
