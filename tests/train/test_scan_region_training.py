@@ -61,11 +61,16 @@ def test_an_old_run_resumes_unchanged(tmp_path):
         _check_resume_config(RunDir(tmp_path), TrainConfig(out=str(tmp_path), scan_region="auto"))
 
 
-def test_bcd_train_flag():
-    from bcd.cli import build_parser
+def test_bcd_train_flag(tmp_path):
+    import json
+
+    from bcd.cli import build_parser, train_config
     parser = build_parser()
-    assert parser.parse_args(["train", "--out", "r", "--scan-region", "off"]).scan_region == "off"
-    assert parser.parse_args(["train", "--out", "r"]).scan_region is None      # new run: auto; --resume: the run's
+    assert train_config(parser.parse_args(["train", "--out", "r", "--scan-region", "off"])).scan_region == "off"
+    assert train_config(parser.parse_args(["train", "--out", "r"])).scan_region == "auto"     # a new run
+    (tmp_path / "run.json").write_text(json.dumps({"config": {"epochs": 3}}))               # a run from before
+    resumed = train_config(parser.parse_args(["train", "--out", str(tmp_path), "--resume"]))
+    assert resumed.scan_region == "off"                                                     # keeps the run's
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--out", "r", "--scan-region", "box"])
 
