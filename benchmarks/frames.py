@@ -167,7 +167,7 @@ def frame_views(image: np.ndarray, mask: np.ndarray | None, idx: int, config: Fr
         found_c = find_scan_region(screen_c.image)
         views[f"calipers_framed{j}"] = found_c.crop(screen_c.image)
         record = {"layout": j, "probe": layout.probe, "canvas": list(layout.canvas),
-                  "placed": list(screen.box), "found": list(_box(found)), "source": found.source,
+                  "placed": list(screen.box), "found": list(_box(found)), "region_source": found.source,
                   "error_vs_placed_px": edge_error(_box(found), screen.box),
                   "error_vs_plain_px": edge_error(_box(found), expected),
                   "scan_height_px": screen.box[3]}
@@ -333,7 +333,7 @@ def box_figures(screens: list[dict]) -> dict:
             "error_vs_plain_px": _quantiles(plain),
             "share_within_4px_of_plain": float(np.mean(plain <= 4)),
             "share_within_2pct_of_plain": float(np.mean(rel <= 0.02)),
-            "whole_screen_returned": int(sum(s["source"] != "found" for s in chosen)),
+            "whole_screen_returned": int(sum(s["region_source"] != "found" for s in chosen)),
             "mask_coverage_at_least_99pct": float(np.mean(cov >= 0.99)) if cov.size else None,
             "mask_coverage_min": float(cov.min()) if cov.size else None,
             "masks": int(cov.size),

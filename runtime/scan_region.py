@@ -182,25 +182,40 @@ def _find_in(gray: np.ndarray, config: RegionConfig, exclude: int | None = None)
 
 
 def _background(gray: np.ndarray, config: RegionConfig, exclude: int | None = None) -> int | None:
-    """The colour filling most of a band 4 to 8 px inside the picture's edges, or None
-    when no colour fills `min_background_share` of it (the picture reaches the edges: a
-    crop of the scan). Inside, not on the edge: a box from the previous pass may carry
-    a few lines of what lies outside it."""
+    """The background colour, from a band 4 to 8 px inside the picture's edges (inside,
+    not on the edge: a box from the previous pass may carry a few lines of what lies
+    outside it): the colour filling `min_background_share` of the band, or else one
+    colour filling 80 % of two of its sides (a black pane reaching the top and bottom of
+    a screen with gray panels on its sides). None when there is none: the picture
+    reaches its edges, a crop of the scan. With `exclude`, that colour is no background
+    and another must fill half the band (a black pane inside a gray screen)."""
     a, b = 4, 8
     h, w = gray.shape
-    band = np.concatenate([gray[a:b, a:w - a].ravel(), gray[h - b:h - a, a:w - a].ravel(),
-                           gray[b:h - b, a:b].ravel(), gray[b:h - b, w - b:w - a].ravel()])
-    counts = np.bincount(band, minlength=256).astype(np.int64)
+    sides = [gray[a:b, a:w - a], gray[h - b:h - a, a:w - a], gray[b:h - b, a:b], gray[b:h - b, w - b:w - a]]
     tol = config.background_tolerance
     share = config.min_background_share
+    counts = [_near_counts(side, tol) for side in sides]
+    total = np.sum(counts, axis=0)
     if exclude is not None:
-        counts[max(0, exclude - 2 * tol):exclude + 2 * tol + 1] = 0
+        total[max(0, exclude - 2 * tol):exclude + 2 * tol + 1] = 0
         share = max(share, 0.5)
-    window = np.convolve(counts, np.ones(2 * tol + 1, np.int64), mode="same")   # pixels within +-tol
-    level = int(np.argmax(window))
-    if window[level] < share * band.size:
+    size = sum(side.size for side in sides)
+    level = int(np.argmax(total))
+    if total[level] >= share * size:
+        return level
+    if exclude is not None:
         return None
-    return level
+    for c, side in zip(counts, sides):             # a colour filling two sides
+        top = int(np.argmax(c))
+        if c[top] >= 0.8 * side.size and sum(o[top] >= 0.8 * s.size for o, s in zip(counts, sides)) >= 2:
+            return top
+    return None
+
+
+def _near_counts(values: np.ndarray, tol: int) -> np.ndarray:
+    """For each gray level, how many of `values` lie within +-tol of it."""
+    counts = np.bincount(values.ravel(), minlength=256).astype(np.int64)
+    return np.convolve(counts, np.ones(2 * tol + 1, np.int64), mode="same")
 
 
 def _texture(gray: np.ndarray, step: int) -> np.ndarray:
