@@ -443,7 +443,7 @@ def screen_dicom(screen: Screen, mm_per_pixel: tuple[float, float] = (0.1, 0.1),
         from pydicom.sequence import Sequence
     except ImportError:
         return None
-    from benchmarks.fuzz import dicom
+    from benchmarks.reliability.fuzz import dicom
 
     items = []
     for region in screen.regions:

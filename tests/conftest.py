@@ -58,10 +58,18 @@ def pytest_collection_modifyitems(items):
 
 
 def busi_files(cls: str, n: int) -> list[Path]:
-    """The first n BUSI images of a class (BUSI's lesion masks lie beside them: skipped)."""
+    """The first n BUSI B-mode images of a class. BUSI's lesion masks lie beside them, and
+    a few BUSI images are colour Doppler screens, which the runtime refuses: both skipped."""
+    from runtime.colour_modes import colour_overlay
     from runtime.dataset import is_mask
-    files = sorted((p for p in (BUSI / cls).glob("*.png") if not is_mask(p)), key=lambda p: p.name)
-    return files[:n]
+    from runtime.images import read_image
+    files = []
+    for path in sorted((p for p in (BUSI / cls).glob("*.png") if not is_mask(p)), key=lambda p: p.name):
+        if len(files) == n:
+            break
+        if colour_overlay(read_image(path)) is None:
+            files.append(path)
+    return files
 
 
 @pytest.fixture(scope="session")
