@@ -28,6 +28,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from train.augment import fan_mask  # noqa: F401 - the probe fan, one definition for training and the screens
+
 WHITE, YELLOW, GREEN, CYAN = (255, 255, 255), (0, 255, 255), (0, 230, 0), (255, 230, 120)
 MARK_COLOURS = (WHITE, YELLOW, GREEN)
 FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX)
@@ -211,23 +213,6 @@ def _scan_place(layout: Layout, sw: int, sh: int) -> tuple[int, int]:
     x = left + int(layout.position * free_x) if right - left >= sw else (cw - sw) // 2
     y = top + int(layout.vertical * free_y) if bottom - top >= sh else (ch - sh) // 2
     return max(0, min(x, cw - sw)), max(0, min(y, ch - sh))
-
-
-def fan_mask(height: int, width: int, probe: str, apex: float = 0.8) -> np.ndarray:
-    """0/255 mask of a fan whose bounding box is the whole height x width: a curved
-    probe's (an arc on top, the apex `apex` x height above the image) or a sector
-    probe's (a point apex at the top edge); a linear probe's is everything."""
-    if probe == "linear":
-        return np.full((height, width), 255, np.uint8)
-    apex_above = apex * height if probe == "curved" else 0.0
-    r_out = apex_above + height
-    half = math.asin(min(1.0, width / 2 / r_out))
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    dx, dy = xx - (width - 1) / 2, yy + apex_above
-    radius = np.sqrt(dx * dx + dy * dy)
-    angle = np.abs(np.arctan2(dx, dy))
-    inside = (radius >= apex_above) & (radius <= r_out) & (angle <= half + 1e-3)
-    return inside.astype(np.uint8) * 255
 
 
 def plain_scan(scan: np.ndarray, layout: Layout) -> np.ndarray:
