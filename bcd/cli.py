@@ -109,7 +109,7 @@ def _arch_name(batch_norm: bool) -> str:
     return ARCHS[1] if batch_norm else ARCHS[0]
 
 
-PRESETS = ("basic", "ultrasound")   # train.augment.PRESETS (not imported here: it loads OpenCV)
+PRESETS = ("basic", "ultrasound", "scanner")   # train.augment.PRESETS (not imported here: it loads OpenCV)
 
 
 def _preset_name(augment) -> str:
@@ -148,8 +148,9 @@ def _add_train(sub) -> None:
     p.add_argument("--width", type=float, default=_train("width"),
                    help="share of VGG16's filters per conv layer, e.g. 0.5 (from scratch; default %(default)s)")
     p.add_argument("--augment", choices=PRESETS, default=_train("augment", _preset_name),
-                   help="augmentation preset: basic (flips, rotation, zoom, gain, contrast) or ultrasound "
-                        "(adds gamma, speckle, blur, aspect-ratio crops and pasted burned-in marks) (default %(default)s)")
+                   help="augmentation preset: basic (flips, rotation, zoom, gain, contrast), ultrasound "
+                        "(adds gamma, speckle, blur, aspect-ratio crops and pasted burned-in marks) or scanner "
+                        "(ultrasound plus calipers on the lesion and curved/sector probe fans) (default %(default)s)")
     p.add_argument("--lesion-weight", type=float, default=_train("lesion_weight"),
                    help="> 0: a loss on the lesion masks (where a source has them) with this weight, e.g. 0.5, so "
                         "that the model looks at the lesion (default %(default)s: off; see --lesion-loss)")
