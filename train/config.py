@@ -45,6 +45,8 @@ class TrainConfig:
     width: float = 1.0
     lesion_weight: float = 0.0       # > 0: a lesion-mask loss with this weight (where masks exist)
     lesion_loss: str = "cam"         # cam: on the Grad-CAM map itself; head: an auxiliary segmentation head
+    birads_weight: float = 0.0       # > 0: an ordinal BI-RADS head (training only) with this loss weight,
+                                     # on the images whose CSV row has a BI-RADS (--csv-map birads=COLUMN)
     strategy: str = "auto"           # tf.distribute: auto | none | mirrored | multiworker (TF_CONFIG)
 
     def __post_init__(self) -> None:
@@ -57,6 +59,8 @@ class TrainConfig:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
         if self.lesion_weight < 0:
             raise ValueError("the lesion loss weight must be >= 0")
+        if self.birads_weight < 0:
+            raise ValueError("the BI-RADS loss weight must be >= 0")
         if self.lesion_loss not in ("cam", "head"):
             raise ValueError("the lesion loss must be 'cam' or 'head'")
         if self.data is not None:
