@@ -129,7 +129,7 @@ _TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "wei
                  "threshold": "threshold_method", "min_sensitivity": "min_sensitivity", "val_source": "val_source",
                  "precision": "precision", "width": "width", "lesion_weight": "lesion_weight",
                  "lesion_loss": "lesion_loss", "strategy": "strategy", "lr": "lr_scratch",
-                 "birads_weight": "birads_weight"}
+                 "birads_weight": "birads_weight", "lr_schedule": "lr_schedule"}
 
 
 def _add_train(sub) -> None:
@@ -182,6 +182,9 @@ def _add_train(sub) -> None:
     p.add_argument("--lr-decay-patience", type=int, default=_train("lr_decay_patience"),
                    help="multiply the learning rate by 0.3 after this many epochs without validation AUC gain "
                         "(default %(default)s; 0 turns it off)")
+    p.add_argument("--lr-schedule", choices=["plateau", "cosine"], default=_train("lr_schedule"),
+                   help="plateau: lower the rate after --lr-decay-patience epochs without gain; cosine: a half "
+                        "cosine from --lr down to 1e-6 over each phase's epochs (default %(default)s)")
     p.add_argument("--labels", default=_train("class_labels", lambda d: ",".join(f"{k}={v}" for k, v in d.items())),
                    help="class folder / label value to label map (default %(default)s)")
     p.add_argument("--threshold", choices=["sensitivity", "youden"], default=_train("threshold_method"),

@@ -31,6 +31,7 @@ class TrainConfig:
     patience: int = 8                # early stopping on validation AUC
     lr_decay_patience: int = 4       # learning rate x lr_decay_factor after this many epochs without gain (0: off)
     lr_decay_factor: float = 0.3
+    lr_schedule: str = "plateau"     # plateau: the decay above; cosine: a half cosine over each phase
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     class_labels: dict = field(default_factory=lambda: dict(DEFAULT_CLASS_LABELS))
@@ -73,6 +74,8 @@ class TrainConfig:
             raise ValueError("learning-rate decay: patience must be >= 0 and the factor in (0, 1]")
         if self.image_size < 32:
             raise ValueError("image size must be at least 32 (VGG16 needs 32x32 inputs)")
+        if self.lr_schedule not in ("plateau", "cosine"):
+            raise ValueError("the learning-rate schedule must be 'plateau' or 'cosine'")
         if self.threshold_method not in ("sensitivity", "youden"):
             raise ValueError("threshold method must be 'sensitivity' or 'youden'")
 

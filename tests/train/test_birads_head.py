@@ -68,3 +68,13 @@ def test_tiny_run_learns_birads_beside_the_label_and_saves_the_classifier_alone(
     assert len(history["birads_loss"]) == 2 and all(np.isfinite(history["birads_loss"]))
     model = keras.models.load_model(out / "model.keras", compile=False)
     assert len(model.outputs) == 1 and "birads" not in [layer.name for layer in model.layers]
+
+
+def test_cosine_schedule_runs_from_the_phase_rate_down_to_the_floor():
+    from train.trainer import LrDecay, Phase
+    decay = LrDecay(schedule="cosine", min_lr=1e-6)
+    phase = Phase("finetune", 5, 15, "all", 3e-4)       # 10 epochs, 0-based 5..14
+    rates = [decay.cosine_rate(phase, e) for e in range(5, 15)]
+    assert rates[0] == pytest.approx(3e-4) and rates[-1] == pytest.approx(1e-6)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[4] > (3e-4 + 1e-6) / 2 > rates[5]           # the half-way point lies between epochs 4 and 5
