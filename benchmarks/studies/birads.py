@@ -131,7 +131,8 @@ def _v(entry: dict | None, key: str) -> str:
 
 
 def birads_markdown(doc: dict) -> str:
-    lines = [f"**The radiologists' yardstick on BUS-BRA.** {doc['model_what'] or 'No model given.'} "
+    model = f"Model: {doc['model_what']}." if doc["model_what"] else "No model given."
+    lines = [f"**The radiologists' yardstick on BUS-BRA.** {model} "
              "BI-RADS (the radiologist's category, 2–5) used as a score against biopsy, on the same images; "
              f"sensitivity / specificity at BI-RADS ≥ {BIOPSY_FROM} for BI-RADS, at the model's threshold "
              "for the model. 95% CIs: bootstrap of images within each class; the difference: bootstrap of "
