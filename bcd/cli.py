@@ -43,7 +43,8 @@ def _missing_extra(extra: str, err: ImportError) -> UsageError:
 _CSV_MAP_HELP = ("how a CSV index's columns map to image path, label, group (patient) and lesion mask; applies to "
                  "the --data given just before it. BUS-BRA's bus_data.csv: "
                  "'path=Images/{ID}.png,label=Pathology,group=Case,mask=Masks/mask_{ID#bus_}.png' "
-                 "({COL#PREFIX} drops PREFIX from the value). Default: the columns path,label[,group][,mask]")
+                 "({COL#PREFIX} drops PREFIX from the value); birads=COLUMN adds the BI-RADS category (for "
+                 "--birads-weight). Default: the columns path,label[,group][,mask][,birads]")
 
 
 class _DataAction(argparse.Action):
@@ -128,7 +129,7 @@ _TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "wei
                  "threshold": "threshold_method", "min_sensitivity": "min_sensitivity", "val_source": "val_source",
                  "precision": "precision", "width": "width", "lesion_weight": "lesion_weight",
                  "lesion_loss": "lesion_loss", "strategy": "strategy", "lr": "lr_scratch",
-                 "scan_region": "scan_region"}
+                 "scan_region": "scan_region", "birads_weight": "birads_weight", "lr_schedule": "lr_schedule"}
 
 
 def _add_train(sub) -> None:
@@ -157,6 +158,10 @@ def _add_train(sub) -> None:
     p.add_argument("--lesion-loss", choices=["cam", "head"], default=_train("lesion_loss"),
                    help="with --lesion-weight: cam pulls the model's own Grad-CAM map toward the lesion; "
                         "head trains an auxiliary segmentation head instead (default %(default)s)")
+    p.add_argument("--birads-weight", type=float, default=_train("birads_weight"),
+                   help="> 0: also learn the radiologists' BI-RADS category (an ordinal head, training only) with "
+                        "this loss weight, on the CSV rows that have one (--csv-map ...,birads=COLUMN) "
+                        "(default %(default)s: off)")
     p.add_argument("--val-source", metavar="NAME", default=_train("val_source"),
                    help="hold this source out entirely as the validation split (early stopping, threshold): an honest "
                         "estimate of a hospital the model has not seen")
@@ -182,6 +187,9 @@ def _add_train(sub) -> None:
     p.add_argument("--lr-decay-patience", type=int, default=_train("lr_decay_patience"),
                    help="multiply the learning rate by 0.3 after this many epochs without validation AUC gain "
                         "(default %(default)s; 0 turns it off)")
+    p.add_argument("--lr-schedule", choices=["plateau", "cosine"], default=_train("lr_schedule"),
+                   help="plateau: lower the rate after --lr-decay-patience epochs without gain; cosine: a half "
+                        "cosine from --lr down to 1e-6 over each phase's epochs (default %(default)s)")
     p.add_argument("--labels", default=_train("class_labels", lambda d: ",".join(f"{k}={v}" for k, v in d.items())),
                    help="class folder / label value to label map (default %(default)s)")
     p.add_argument("--threshold", choices=["sensitivity", "youden"], default=_train("threshold_method"),

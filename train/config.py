@@ -37,6 +37,7 @@ class TrainConfig:
     patience: int = 8                # early stopping on validation AUC
     lr_decay_patience: int = 4       # learning rate x lr_decay_factor after this many epochs without gain (0: off)
     lr_decay_factor: float = 0.3
+    lr_schedule: str = "plateau"     # plateau: the decay above; cosine: a half cosine over each phase
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     class_labels: dict = field(default_factory=lambda: dict(DEFAULT_CLASS_LABELS))
@@ -51,6 +52,8 @@ class TrainConfig:
     width: float = 1.0
     lesion_weight: float = 0.0       # > 0: a lesion-mask loss with this weight (where masks exist)
     lesion_loss: str = "cam"         # cam: on the Grad-CAM map itself; head: an auxiliary segmentation head
+    birads_weight: float = 0.0       # > 0: an ordinal BI-RADS head (training only) with this loss weight,
+                                     # on the images whose CSV row has a BI-RADS (--csv-map birads=COLUMN)
     strategy: str = "auto"           # tf.distribute: auto | none | mirrored | multiworker (TF_CONFIG)
     # auto: every image (and its lesion mask) is cut to its scan region, as the runtime
     # does (runtime.scan_crop.apply_region: a DICOM file's tissue region, else the finder);
@@ -67,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
         if self.lesion_weight < 0:
             raise ValueError("the lesion loss weight must be >= 0")
+        if self.birads_weight < 0:
+            raise ValueError("the BI-RADS loss weight must be >= 0")
         if self.lesion_loss not in ("cam", "head"):
             raise ValueError("the lesion loss must be 'cam' or 'head'")
         if self.scan_region not in SCAN_REGIONS:
@@ -81,6 +86,8 @@ class TrainConfig:
             raise ValueError("learning-rate decay: patience must be >= 0 and the factor in (0, 1]")
         if self.image_size < 32:
             raise ValueError("image size must be at least 32 (VGG16 needs 32x32 inputs)")
+        if self.lr_schedule not in ("plateau", "cosine"):
+            raise ValueError("the learning-rate schedule must be 'plateau' or 'cosine'")
         if self.threshold_method not in ("sensitivity", "youden"):
             raise ValueError("threshold method must be 'sensitivity' or 'youden'")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from runtime.colour_modes import colour_overlay
 from runtime.dataset import DataSource, DatasetError, LabelMap, SourceScan, read_source, sources_of_split, unique_names
 from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from runtime.preprocessing import PreprocessSpec, normalize, resize
@@ -49,6 +50,7 @@ class LoadedDataset:
     patients: list[str | None]    # patient/study id within its source, if the source has one
     masks: np.ndarray             # (n, size, size) uint8 0/1 lesion masks (zeros where none)
     has_mask: np.ndarray          # (n,) bool
+    birads: np.ndarray | None = None   # (n,) int BI-RADS category, 0 where unknown (None: all unknown)
     unreadable: list[dict] = field(default_factory=list)   # {"source", "path", "reason"}
     bad_rows: list[dict] = field(default_factory=list)     # {"source", "row", "path", "reason"}
     masks_skipped: int = 0
@@ -93,7 +95,11 @@ class LoadedDataset:
                        class_names=[self.class_names[i] for i in pick], labels=self.labels[idx],
                        images=self.images[idx], hashes=self.hashes[idx],
                        patients=[self.patients[i] for i in pick], masks=self.masks[idx],
-                       has_mask=self.has_mask[idx])
+                       has_mask=self.has_mask[idx], birads=None if self.birads is None else self.birads[idx])
+
+    def birads_levels(self) -> np.ndarray:
+        """(n,) int BI-RADS category per image, 0 where unknown."""
+        return np.zeros(len(self.labels), np.int64) if self.birads is None else self.birads
 
 
 NO_REGION = RegionConfig(mode="off")
@@ -107,8 +113,13 @@ def _mask_to_input(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def read_sample(path: Path, mask_path: Path | None, region: RegionConfig = NO_REGION,
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
     """One image (a cine loop's middle frame) and its lesion mask (None: none, or
-    unreadable: logged), both cut to the scan region. ImageReadError for the image."""
+    unreadable: logged), both cut to the scan region. ImageReadError for the image (with
+    the scan region on, also for a colour Doppler or elastography screen)."""
     scan = read_scan(path, max_pixels)
+    if region.mode != "off":     # as the runtime sees images: a colour overlay is refused, not learnt from
+        reason = colour_overlay(scan.display)
+        if reason is not None:
+            raise ImageReadError(f"{path}: {reason}")
     mask = None
     if mask_path is not None:
         try:
@@ -123,7 +134,8 @@ def _decode_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig, m
                    region: RegionConfig = NO_REGION) -> dict:
     """Decode, crop to the scan region, hash and resize every sample of one source (the
     expensive part)."""
-    out = {k: [] for k in ("relative", "classes", "labels", "images", "hashes", "patients", "masks", "has_mask")}
+    out = {k: [] for k in ("relative", "classes", "labels", "images", "hashes", "patients", "masks", "has_mask",
+                           "birads")}
     unreadable = []
     samples = scan.labelled
     size = (spec.image_size, spec.image_size)
@@ -139,7 +151,7 @@ def _decode_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig, m
             for key, value in (("relative", sample.relative), ("classes", sample.class_name),
                                ("labels", sample.label), ("images", resize(full, spec)),
                                ("hashes", image_hash(full, dedup)), ("patients", sample.group),
-                               ("masks", mask), ("has_mask", has)):
+                               ("masks", mask), ("has_mask", has), ("birads", sample.birads or 0)):
                 out[key].append(value)
         progress.update(i)
     out["unreadable"] = unreadable
@@ -156,6 +168,7 @@ def _as_arrays(decoded: dict, spec: PreprocessSpec, dedup: DedupConfig) -> dict:
         "patients": np.array(["" if p is None else p for p in decoded["patients"]], dtype=str),
         "masks": np.stack(decoded["masks"]) if n else np.zeros((0, size, size), np.uint8),
         "has_mask": np.array(decoded["has_mask"], dtype=bool),
+        "birads": np.array(decoded["birads"], dtype=np.int64),
         "unreadable": np.array(json.dumps(decoded["unreadable"])),
     }
 
@@ -168,6 +181,7 @@ def load_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig = Ded
     settings = {"spec": spec.to_dict(), "dedup": asdict(dedup), "max_pixels": max_pixels}
     if region.mode != "off":     # whole images: the same key as before the finder existed
         settings["scan_region"] = region.to_dict()
+        settings["colour_overlays"] = "refused"
     key = cache.key(scan, settings)
     arrays = cache.get(key)
     if arrays is None:
@@ -210,6 +224,7 @@ def load_sources(sources: list[DataSource], spec: PreprocessSpec, dedup: DedupCo
         relative_paths=cat("relative").tolist(), class_names=cat("classes").tolist(), labels=cat("labels"),
         images=cat("images"), hashes=cat("hashes"),
         patients=[p or None for p in cat("patients").tolist()], masks=cat("masks"), has_mask=cat("has_mask"),
+        birads=cat("birads"),
         unreadable=unreadable, bad_rows=bad_rows, masks_skipped=masks_skipped, unlabelled=unlabelled,
     )
 
@@ -259,12 +274,15 @@ def load_files(root: Path, relative_paths: list[str], spec: PreprocessSpec,
 
 def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec,
                     batch_size: int, training: bool, seed: int = 0,
-                    augment: AugmentConfig | None = None, lesion: LesionTargets | None = None):
+                    augment: AugmentConfig | None = None, lesion: LesionTargets | None = None,
+                    birads: BiradsTargets | None = None):
     """A batched tf.data pipeline of (normalized float32 images, float32 labels).
 
     With `lesion` (the lesion head is on) it yields (images, {"malignancy": labels,
     "lesion": lesion maps}, {"malignancy": class weight, "lesion": 1 where a mask is
-    known, else 0}); masks follow every geometric augmentation."""
+    known, else 0}); masks follow every geometric augmentation. With `birads` the
+    targets and weights also hold "birads": the cumulative targets [BI-RADS >= k for k in
+    BIRADS_CUTS], weighted 1 where the image's BI-RADS is known, else 0."""
     from train.tf_setup import tf
 
     n = len(images)
@@ -272,24 +290,32 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
         masks, known = np.zeros((n, 1, 1), np.uint8), np.zeros(n, np.float32)
     else:
         masks, known = lesion.masks, lesion.has_mask.astype(np.float32)
-    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32), masks, known))
+    levels = birads.levels if birads is not None else np.zeros(n, np.int64)
+    class_weights = (lesion or birads).class_weights if (lesion or birads) is not None else None
+    cuts = tf.constant(BIRADS_CUTS, tf.int64)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32), masks, known, levels))
     if training:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     aug = build_augment(augment or AugmentConfig(), spec.image_size, seed) if training else None
 
-    def to_input(x, y, m, k):
+    def to_input(x, y, m, k, b):
         x = tf.cast(x, tf.float32)
         m = tf.cast(m, tf.float32)[..., None]
         if aug is not None:
             x, m = aug(x, m if lesion is not None else tf.zeros_like(x[..., :1]))
         x = normalize(x, spec)
-        if lesion is None:
+        if class_weights is None:
             return x, y
-        target = tf.nn.avg_pool2d(m, lesion.cell, lesion.cell, "VALID")  # lesion share of each map cell
-        w = tf.where(y > 0.5, lesion.class_weights[1], lesion.class_weights[0])
-        k = k if lesion.per_sample_weight else k[:, None, None]   # a per-image loss, or one per map cell
-        return x, {"malignancy": y, "lesion": target}, {"malignancy": w, "lesion": k}
+        targets = {"malignancy": y}
+        weights = {"malignancy": tf.where(y > 0.5, class_weights[1], class_weights[0])}
+        if lesion is not None:
+            targets["lesion"] = tf.nn.avg_pool2d(m, lesion.cell, lesion.cell, "VALID")  # lesion share of each map cell
+            weights["lesion"] = k if lesion.per_sample_weight else k[:, None, None]   # per image, or per map cell
+        if birads is not None:
+            targets["birads"] = tf.cast(b[:, None] >= cuts[None, :], tf.float32)
+            weights["birads"] = tf.cast(b > 0, tf.float32)
+        return x, targets, weights
 
     return ds.map(to_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -305,6 +331,20 @@ class LesionTargets:
     class_weights: dict[int, float]
     cell: int = 16
     per_sample_weight: bool = False     # the lesion loss gives one value per image (Grad-CAM loss)
+
+
+# The ordinal BI-RADS head predicts P(BI-RADS >= k) for each cut: 3 (not benign-appearing),
+# 4 (suspicious: the biopsy threshold), 5 (highly suggestive of malignancy).
+BIRADS_CUTS = (3, 4, 5)
+
+
+@dataclass
+class BiradsTargets:
+    """The radiologists' BI-RADS category per image (0 where unknown: such images add
+    nothing to the BI-RADS loss) for the auxiliary ordinal head."""
+
+    levels: np.ndarray
+    class_weights: dict[int, float]
 
 
 def to_model_input(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
