@@ -196,6 +196,7 @@ def child_main() -> int:
     try:
         result = CHILD_TASKS[task["task"]](task)
         result["ok"] = True
+        result["load_average"] = load_average()
     except Exception as err:  # noqa: BLE001 - reported to the parent as a failed measurement
         result = {"ok": False, "error": f"{err.__class__.__name__}: {err}"}
     print(json.dumps(result))
@@ -320,7 +321,10 @@ def summarise(measured: dict[str, Any]) -> dict[str, Any]:
     cores, runs = measured["cores"], measured["runs"]
     ms = {name: per_image(rounds, "seconds") for name, rounds in runs.items()}
     cpu_ms = {name: per_image(rounds, "cpu_seconds") for name, rounds in runs.items()}
-    floor = max(ms["cls@T"], (ms["read"] + ms["cls@1"]) / cores)
+    floor = floor_ms(ms["read"], ms["cls@T"], ms["cls@1"], cores)
+    rounds_floor = [floor_ms(*(1000 * runs[name][k]["seconds"] / max(1, runs[name][k]["images"])
+                               for name in ("read", "cls@T", "cls@1")), cores)
+                    for k in range(len(runs["read"]))]
     settings = {}
     for name, rounds in runs.items():
         if rounds[0].get("digest") is None:
@@ -332,6 +336,7 @@ def summarise(measured: dict[str, Any]) -> dict[str, Any]:
             "decode_workers": first["decode_workers"], "threads": first["threads"],
             "prefetch_batches": first["prefetch_batches"], "images": first["images"], "failed": first["failed"],
             "ms_per_image_each_round": [1000 * r["seconds"] / max(1, r["images"]) for r in rounds],
+            "ratio_to_floor_each_round": [f * r["images"] / (1000 * r["seconds"]) for f, r in zip(rounds_floor, rounds)],
         }
     digests = {r["digest"] for name in settings for r in runs[name]}
     classify = runs["cls@T"][0]
@@ -345,11 +350,19 @@ def summarise(measured: dict[str, Any]) -> dict[str, Any]:
                                         "classify_1_thread": cpu_ms["cls@1"]},
         "floor_ms_per_image": floor, "floor_files_per_second": 1000 / floor,
         "floor_definition": "max(cls@T, (read + cls@1) / cores)",
+        "floor_ms_each_round": rounds_floor,
+        "load_average_each_round": [r.get("load_average") for r in runs["read"]],
         "settings": settings,
         "identical_results": len(digests) == 1,
         "target_ratio": TARGET_RATIO,
         "target_met": settings["pipelined"]["ratio_to_floor"] >= TARGET_RATIO,
     }
+
+
+def floor_ms(read: float, classify_default: float, classify_1: float, cores: int) -> float:
+    """The least time per image: all the work, at its one-thread cost, spread perfectly
+    over the cores, but never below the classify step alone (one batch at a time)."""
+    return max(classify_default, (read + classify_1) / cores)
 
 
 def per_image(rounds: list[dict], key: str) -> float:
@@ -451,6 +464,10 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{'met' if doc['target_met'] else 'NOT met'}); "
         f"{doc['settings']['sequential']['ms_per_image'] / pipelined['ms_per_image']:.2f}x the sequential throughput. "
         f"Results of every setting identical: {'yes' if doc['identical_results'] else 'NO'}.", "",
+        "Per round (floor and pipelined from the same round): floor / pipelined "
+        + ", ".join(f"{x:.2f}" for x in pipelined["ratio_to_floor_each_round"])
+        + "; 1-minute load average " + ", ".join("?" if x is None else f"{x[0]:.1f}" for x in doc["load_average_each_round"])
+        + ".", "",
         "The floor assumes the work measured alone spreads perfectly over the cores with no cost for "
         "sharing them (memory bandwidth, turbo clocks, the GIL), so it is a bound that is never quite reached. "
         "A sequential run of predict_paths decodes each batch in the thread that then classifies it; a "
