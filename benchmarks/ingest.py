@@ -7,16 +7,22 @@ Over a folder, `runtime.predict_files.predict_paths` does two kinds of work per 
 the per-file step (read the file, decode it, find the scan region) and the classify step
 (input checks, resize, the model). Each is measured alone, in its own fresh process:
 
-  read     the per-file step, one image after another on one thread (ms per image);
+  read     the per-file step, one image after another on one thread;
   cls@T    the classify step at the predict batch size with the default T inference
-           threads, on images already decoded (ms per image);
+           threads, on images already decoded;
   cls@1    the same with one inference thread: the least core time it needs.
 
-The floor is the time per image if that work were spread perfectly over the machine's C
-physical cores, but never less than the classify step alone (batches are classified one
-at a time):
+each as wall time and CPU time (time.process_time) per image. The floor is the time per
+image if the work, counted as the CPU time of read and cls@1 (the core time each needs;
+on a quiet machine about their wall time), were spread perfectly over the machine's C
+physical cores, but never less than the classify step alone at its fastest (wall time
+of cls@T: batches are classified one at a time):
 
-    floor = max(cls@T, (read + cls@1) / C)
+    floor = max(cls@T wall, (read CPU + cls@1 CPU) / C)
+
+CPU time, not wall time, counts the work because it does not grow when other processes
+take the cores: on a busy machine a one-thread phase waits for a core more than the
+multi-threaded pipeline does, and its wall time would make the floor look too slow.
 
 `predict_paths` is then run end to end over the folder, each setting in a fresh process
 (after a warm-up on two batches): sequential (decode_workers=0, the loop before read-
@@ -321,10 +327,9 @@ def summarise(measured: dict[str, Any]) -> dict[str, Any]:
     cores, runs = measured["cores"], measured["runs"]
     ms = {name: per_image(rounds, "seconds") for name, rounds in runs.items()}
     cpu_ms = {name: per_image(rounds, "cpu_seconds") for name, rounds in runs.items()}
-    floor = floor_ms(ms["read"], ms["cls@T"], ms["cls@1"], cores)
-    rounds_floor = [floor_ms(*(1000 * runs[name][k]["seconds"] / max(1, runs[name][k]["images"])
-                               for name in ("read", "cls@T", "cls@1")), cores)
-                    for k in range(len(runs["read"]))]
+    floor = floor_ms(cpu_ms["read"], ms["cls@T"], cpu_ms["cls@1"], cores)
+    rounds_floor = [floor_ms(one(runs["read"][k], "cpu_seconds"), one(runs["cls@T"][k], "seconds"),
+                             one(runs["cls@1"][k], "cpu_seconds"), cores) for k in range(len(runs["read"]))]
     settings = {}
     for name, rounds in runs.items():
         if rounds[0].get("digest") is None:
@@ -335,8 +340,8 @@ def summarise(measured: dict[str, Any]) -> dict[str, Any]:
             "cpu_ms_per_image": cpu_ms[name],
             "decode_workers": first["decode_workers"], "threads": first["threads"],
             "prefetch_batches": first["prefetch_batches"], "images": first["images"], "failed": first["failed"],
-            "ms_per_image_each_round": [1000 * r["seconds"] / max(1, r["images"]) for r in rounds],
-            "ratio_to_floor_each_round": [f * r["images"] / (1000 * r["seconds"]) for f, r in zip(rounds_floor, rounds)],
+            "ms_per_image_each_round": [one(r, "seconds") for r in rounds],
+            "ratio_to_floor_each_round": [f / one(r, "seconds") for f, r in zip(rounds_floor, rounds)],
         }
     digests = {r["digest"] for name in settings for r in runs[name]}
     classify = runs["cls@T"][0]
@@ -349,7 +354,7 @@ def summarise(measured: dict[str, Any]) -> dict[str, Any]:
         "components_cpu_ms_per_image": {"read": cpu_ms["read"], "classify_default_threads": cpu_ms["cls@T"],
                                         "classify_1_thread": cpu_ms["cls@1"]},
         "floor_ms_per_image": floor, "floor_files_per_second": 1000 / floor,
-        "floor_definition": "max(cls@T, (read + cls@1) / cores)",
+        "floor_definition": "max(cls@T wall, (read CPU + cls@1 CPU) / cores)",
         "floor_ms_each_round": rounds_floor,
         "load_average_each_round": [r.get("load_average") for r in runs["read"]],
         "settings": settings,
@@ -359,15 +364,20 @@ def summarise(measured: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def floor_ms(read: float, classify_default: float, classify_1: float, cores: int) -> float:
-    """The least time per image: all the work, at its one-thread cost, spread perfectly
-    over the cores, but never below the classify step alone (one batch at a time)."""
-    return max(classify_default, (read + classify_1) / cores)
+def floor_ms(read_cpu: float, classify_default_wall: float, classify_1_cpu: float, cores: int) -> float:
+    """The least time per image: all the work, at its one-thread core time, spread
+    perfectly over the cores, but never below the classify step alone (one batch at a time)."""
+    return max(classify_default_wall, (read_cpu + classify_1_cpu) / cores)
+
+
+def one(result: dict, key: str) -> float:
+    """1000 * result[key] / images: ms per image of one measurement."""
+    return 1000 * result[key] / max(1, result["images"])
 
 
 def per_image(rounds: list[dict], key: str) -> float:
-    """Median over the rounds of 1000 * result[key] / images: ms per image."""
-    return statistics.median(1000 * r[key] / max(1, r["images"]) for r in rounds)
+    """Median over the rounds of the ms per image."""
+    return statistics.median(one(r, key) for r in rounds)
 
 
 def host() -> dict[str, Any]:
@@ -447,7 +457,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"| cls@T: classify step (input checks, resize, model), {doc['inference_threads']} inference threads | "
         f"{c['classify_default_threads']:.2f} | {cpu['classify_default_threads']:.2f} |",
         f"| cls@1: the same with 1 inference thread | {c['classify_1_thread']:.2f} | {cpu['classify_1_thread']:.2f} |",
-        f"| **floor** = max(cls@T, (read + cls@1) / {doc['cores']} cores) | **{doc['floor_ms_per_image']:.2f}** "
+        f"| **floor** = max(cls@T wall, (read CPU + cls@1 CPU) / {doc['cores']} cores) | **{doc['floor_ms_per_image']:.2f}** "
         f"({doc['floor_files_per_second']:.1f} files/s) | |", "",
         "| predict_paths end to end | decode threads | inference threads | prefetch | ms / image | files / s "
         "| floor / this | CPU ms / image |",
@@ -468,8 +478,10 @@ def markdown(doc: dict[str, Any]) -> str:
         + ", ".join(f"{x:.2f}" for x in pipelined["ratio_to_floor_each_round"])
         + "; 1-minute load average " + ", ".join("?" if x is None else f"{x[0]:.1f}" for x in doc["load_average_each_round"])
         + ".", "",
-        "The floor assumes the work measured alone spreads perfectly over the cores with no cost for "
-        "sharing them (memory bandwidth, turbo clocks, the GIL), so it is a bound that is never quite reached. "
+        "The floor counts the work as the CPU time of read and cls@1 measured alone (on a quiet machine about "
+        "their wall time; CPU time because it does not grow while other processes hold the cores) and assumes it "
+        "spreads perfectly over the cores with no cost for sharing them (memory bandwidth, turbo clocks, the GIL), "
+        "so it is a bound that is never quite reached. "
         "A sequential run of predict_paths decodes each batch in the thread that then classifies it; a "
         "pipelined one decodes in worker threads up to `prefetch` batches ahead (runtime.read_ahead).",
     ]
@@ -517,9 +529,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def summary_table(doc: dict[str, Any]) -> str:
-    c = doc["components_ms_per_image"]
-    lines = [f"read {c['read']:.2f} ms, cls@{doc['inference_threads']} {c['classify_default_threads']:.2f} ms, "
-             f"cls@1 {c['classify_1_thread']:.2f} ms per image; floor {doc['floor_ms_per_image']:.2f} ms "
+    c, cpu = doc["components_ms_per_image"], doc["components_cpu_ms_per_image"]
+    lines = [f"read {c['read']:.2f} ms (CPU {cpu['read']:.2f}), cls@{doc['inference_threads']} "
+             f"{c['classify_default_threads']:.2f} ms, cls@1 {c['classify_1_thread']:.2f} ms (CPU "
+             f"{cpu['classify_1_thread']:.2f}) per image; floor {doc['floor_ms_per_image']:.2f} ms "
              f"({doc['floor_files_per_second']:.1f} files/s) on {doc['cores']} cores",
              f"{'setting':<36} {'ms/img':>7} {'files/s':>8} {'floor/this':>10}"]
     for name, s in doc["settings"].items():

@@ -33,10 +33,12 @@ def test_build_folder_makes_scanner_sized_pngs(tmp_path, real):
     assert len({image.tobytes() for image in images}) == 3
 
 
-def fake_round(seconds_per_image: dict[str, float], images: int = 10) -> dict[str, list[dict]]:
+def fake_round(seconds_per_image: dict[str, float], images: int = 10,
+               cpu_share: dict[str, float] | None = None) -> dict[str, list[dict]]:
     runs = {}
     for name, s in seconds_per_image.items():
-        result = {"images": images, "seconds": s * images, "cpu_seconds": s * images, "threads": 2,
+        result = {"images": images, "seconds": s * images, "cpu_seconds": s * images * (cpu_share or {}).get(name, 1.0),
+                  "threads": 2,
                   "engine": "onnxruntime", "variant": "onnx-int8"}
         if name in ("sequential", "pipelined"):
             result.update(decode_workers=0 if name == "sequential" else 2, prefetch_batches=2, failed=0, digest="x")
@@ -45,9 +47,12 @@ def fake_round(seconds_per_image: dict[str, float], images: int = 10) -> dict[st
 
 
 def test_floor_is_the_work_spread_over_the_cores_but_never_below_inference():
-    runs = fake_round({"read": 0.010, "cls@T": 0.002, "cls@1": 0.003, "sequential": 0.014, "pipelined": 0.008})
+    # a busy machine: the one-thread phases got half a core, so their CPU time is half their wall time
+    runs = fake_round({"read": 0.020, "cls@T": 0.002, "cls@1": 0.006, "sequential": 0.014, "pipelined": 0.008},
+                      cpu_share={"read": 0.5, "cls@1": 0.5})
     doc = ingest.summarise({"cores": 2, "batch_size": 8, "runs": runs})
     assert doc["floor_ms_per_image"] == pytest.approx((10 + 3) / 2)
+    assert doc["settings"]["pipelined"]["ratio_to_floor_each_round"] == [pytest.approx(6.5 / 8)]
     assert doc["settings"]["pipelined"]["ratio_to_floor"] == pytest.approx(6.5 / 8)
     assert doc["settings"]["sequential"]["files_per_second"] == pytest.approx(1000 / 14)
     assert doc["target_met"] and doc["identical_results"]
@@ -84,8 +89,9 @@ def test_end_to_end_on_a_tiny_folder(tmp_path, capsys):
     assert doc["settings"]["sequential"]["decode_workers"] == 0
     assert doc["settings"]["pipelined"]["decode_workers"] >= 1
     c = doc["components_ms_per_image"]
+    cpu = doc["components_cpu_ms_per_image"]
     assert doc["floor_ms_per_image"] == pytest.approx(max(c["classify_default_threads"],
-                                                          (c["read"] + c["classify_1_thread"]) / doc["cores"]))
+                                                          (cpu["read"] + cpu["classify_1_thread"]) / doc["cores"]))
     assert all(s["images"] == 12 and s["failed"] == 0 and s["ms_per_image"] > 0 for s in doc["settings"].values())
     text = (out / "results.md").read_text()
     assert "floor" in text and "not a diagnosis" in text and f"{doc['floor_ms_per_image']:.2f}" in text
