@@ -14,6 +14,7 @@ input data.
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import io
 import os
@@ -30,6 +31,7 @@ from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError
 from runtime.scan_crop import RegionSetting
 from runtime.scan_input import FrameChoice, read_scan
 from runtime.shipped import MODEL_ENV, default_model_path
+from runtime.read_ahead import Pipeline, read_ahead
 
 REPORT_FIELDS = ("path", "label", "probability", "threshold", "out_of_distribution", "ood_score", "error")
 # CSV columns of the region classified and of a cine loop's frames (JSON nests them as
@@ -135,7 +137,7 @@ class PredictConfig:
 
 def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *, heatmap_dir: str | os.PathLike | None = None,
                   batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
-                  partial: "PartialResults | None" = None) -> list[Prediction]:
+                  partial: "PartialResults | None" = None, pipeline: "Pipeline | None" = None) -> list[Prediction]:
     """One Prediction per file named by `inputs` (files, folders, globs), sorted by path.
 
     heatmap_dir: also write a Grad-CAM overlay `<stem>_gradcam.png` per classified image
@@ -143,19 +145,25 @@ def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *
     progress: called as progress(done, total) after each batch.
     partial: kept up to date with the results so far (see PartialResults), so a run that
         dies half-way leaves what it had done.
+    pipeline: how many threads read and decode files ahead of inference (see Pipeline);
+        the results are the same with any setting.
     """
     if heatmap_dir is not None and not classifier.has_cam:
         raise ValueError(f"variant {classifier.variant!r} has no Grad-CAM output; choose another variant "
                          "for heat maps (e.g. onnx-fp32 or onnx-int8)")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
     files, problems = expand_inputs(inputs)
     for row in problems:
         row.threshold = classifier.threshold
     heat_names = _heatmap_names(files) if heatmap_dir is not None else {}
     results: list[Prediction] = []
     total = len(files)
-    for start in range(0, total, batch_size):
-        chunk = files[start:start + batch_size]
-        decoded = [_read(path, classifier.max_pixels, classifier.frames) for path in chunk]
+    chunks = [files[start:start + batch_size] for start in range(0, total, batch_size)]
+    read = functools.partial(_read, max_pixels=classifier.max_pixels, frames=classifier.frames)
+    # Files are read and decoded in worker threads a few batches ahead of the one being
+    # classified (runtime.read_ahead); this loop sees them in order, as if read here.
+    for decoded in read_ahead(chunks, read, pipeline or Pipeline()):
         good = [(path, image) for path, image, _ in decoded if image is not None]
         batch = classifier.predict_decoded([image for _, image in good], [str(path) for path, _ in good],
                                            with_cam=heatmap_dir is not None) if good else []
@@ -169,14 +177,16 @@ def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *
                 _write_heatmap(pred, image.display, Path(heatmap_dir) / heat_names[path])
             results.append(pred)
         if progress is not None:
-            progress(min(start + batch_size, total), total)
+            progress(len(results), total)
         if partial is not None:
             partial.update(results + problems, len(files) + len(problems))
     return sorted(results + problems, key=lambda p: p.path or "")
 
 
 def _read(path: Path, max_pixels: int, frames: FrameChoice | None = None):
-    """(path, runtime.scan_input.DecodedScan or None, error or None)"""
+    """Everything done to one file before inference: (path, runtime.scan_input.DecodedScan,
+    None) or (path, None, error). Runs in the read-ahead threads, so it must not touch
+    shared state."""
     try:
         return path, read_scan(path, max_pixels, frames), None
     except ImageReadError as err:
