@@ -60,9 +60,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from runtime.shipped import MODELS_DIR, SHIPPED_MODEL
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data"
-DEFAULT_MODEL = REPO / "models" / "bus-vgg16-w50-128"
+DEFAULT_MODEL = MODELS_DIR / SHIPPED_MODEL
 SCREEN_SIZE = (856, 606)          # width, height of the scanner screen captures made
 TARGET_RATIO = 0.8
 WARMUP_BATCHES = 2

@@ -121,6 +121,17 @@ class Prediction:
                 "frames": self.frames.to_dict() if self.frames is not None else None}
 
 
+@dataclass
+class Placed:
+    """One input made ready for the model by Classifier.place: its Prediction so far
+    (region set, or error set when refused), its decoded scan, and its frames
+    preprocessed for the model (None when refused)."""
+
+    pred: Prediction
+    scan: DecodedScan | None
+    arrays: list[np.ndarray] | None
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """Which model file is being served and where its settings came from."""
@@ -451,46 +462,58 @@ class Classifier:
             crops.append(crop)
         return crops
 
+    def place(self, path: str | None, scan: DecodedScan | None, error: str | None = None,
+              region: "RegionSetting | str | Sequence | None" = None) -> "Placed":
+        """Everything done to one decoded input before inference: its scan region, the
+        colour and input checks, the crop and the model's preprocessing. Touches no shared
+        state, so folder prediction runs it in its read-ahead threads (runtime.read_ahead),
+        beside inference; `infer` classifies the results."""
+        pred = Prediction(path, None, None, self.threshold, error=error)
+        if error is not None or scan is None:
+            return Placed(pred, scan, None)
+        setting = RegionSetting.parse(region) if region is not None else self.region
+        crops = self._place(pred, scan, setting)
+        return Placed(pred, scan, None if crops is None else [prepare(crop, self.spec) for crop in crops])
+
+    def infer(self, placed: Sequence["Placed"], with_cam: bool = False) -> list[Prediction]:
+        """Classify inputs made ready by `place`, as one batch (a cine loop's frames each
+        count as an image); one Prediction per input, in order."""
+        ready = [item for item in placed if item.arrays is not None]
+        if ready:
+            self._infer(ready, with_cam and self.has_cam)
+        return [item.pred for item in placed]
+
     def _run(self, entries: list[tuple[str | None, DecodedScan | None, str | None]],
              with_cam: bool, setting: RegionSetting) -> list[Prediction]:
-        preds = [Prediction(path, None, None, self.threshold, error=err) for path, _, err in entries]
-        ready: list[tuple[int, DecodedScan, list[np.ndarray]]] = []
-        for i, (path, scan, err) in enumerate(entries):
-            if err is not None:
-                continue
-            crops = self._place(preds[i], scan, setting)
-            if crops is not None:
-                ready.append((i, scan, crops))
-        if not ready:
-            return preds
-        want_cam = with_cam and self.has_cam
-        n_frames = sum(len(crops) for _, _, crops in ready)
+        return self.infer([self.place(path, scan, err, setting) for path, scan, err in entries], with_cam)
+
+    def _infer(self, ready: list["Placed"], want_cam: bool) -> None:
+        n_frames = sum(len(item.arrays) for item in ready)
         with self._lock:
             batch = self.backend.input_buffer(n_frames)
             k = 0
-            for _, _, crops in ready:
-                for crop in crops:
-                    batch[k] = prepare(crop, self.spec)
+            for item in ready:
+                for array in item.arrays:
+                    batch[k] = array
                     k += 1
             started = time.perf_counter()
             try:
                 probs, cams, scores = self.backend.run_all(batch, want_cam, self.has_ood)
             except Exception as err:  # noqa: BLE001 - reported per image, never a crash
                 reason = f"inference failed ({err.__class__.__name__}: {' '.join(str(err).split())[:300]})"
-                for i, _, _ in ready:
-                    preds[i].error = f"{preds[i].path or 'image'}: {reason}"
-                return preds
+                for item in ready:
+                    item.pred.error = f"{item.pred.path or 'image'}: {reason}"
+                return
             per_frame = (time.perf_counter() - started) / n_frames
         if self.site is not None:
             probs = self.site.recalibrate(np.asarray(probs, dtype=np.float64).reshape(-1))
         k = 0
-        for i, scan, crops in ready:
-            rows = slice(k, k + len(crops))
-            k += len(crops)
-            self._fill(preds[i], scan, probs[rows], None if cams is None else cams[rows],
+        for item in ready:
+            rows = slice(k, k + len(item.arrays))
+            k += len(item.arrays)
+            self._fill(item.pred, item.scan, probs[rows], None if cams is None else cams[rows],
                        None if scores is None else scores[rows])
-            preds[i].seconds = per_frame * len(crops)
-        return preds
+            item.pred.seconds = per_frame * len(item.arrays)
 
     def _fill(self, pred: Prediction, scan: DecodedScan, probs, cams, scores) -> None:
         """One input's result from the model's outputs for its frames."""

@@ -160,21 +160,15 @@ def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *
     results: list[Prediction] = []
     total = len(files)
     chunks = [files[start:start + batch_size] for start in range(0, total, batch_size)]
-    read = functools.partial(_read, max_pixels=classifier.max_pixels, frames=classifier.frames)
-    # Files are read and decoded in worker threads a few batches ahead of the one being
-    # classified (runtime.read_ahead); this loop sees them in order, as if read here.
-    for decoded in read_ahead(chunks, read, pipeline or Pipeline()):
-        good = [(path, image) for path, image, _ in decoded if image is not None]
-        batch = classifier.predict_decoded([image for _, image in good], [str(path) for path, _ in good],
-                                           with_cam=heatmap_dir is not None) if good else []
-        by_path = {path: pred for (path, _), pred in zip(good, batch)}
-        for path, image, error in decoded:
-            if error is not None:
-                results.append(Prediction(str(path), None, None, classifier.threshold, error=error))
-                continue
-            pred = by_path[path]
+    place = functools.partial(_read_and_place, classifier=classifier)
+    # Files are read, decoded, cut to their scan region and preprocessed in worker threads
+    # a few batches ahead of the one being classified (runtime.read_ahead); this loop sees
+    # them in order, as if done here.
+    for placed in read_ahead(chunks, place, pipeline or Pipeline()):
+        preds = classifier.infer([item for _, item in placed], with_cam=heatmap_dir is not None)
+        for (path, item), pred in zip(placed, preds):
             if heatmap_dir is not None and pred.ok and pred.cam is not None:
-                _write_heatmap(pred, image.display, Path(heatmap_dir) / heat_names[path])
+                _write_heatmap(pred, item.scan.display, Path(heatmap_dir) / heat_names[path])
             results.append(pred)
         if progress is not None:
             progress(len(results), total)
@@ -183,10 +177,15 @@ def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *
     return sorted(results + problems, key=lambda p: p.path or "")
 
 
+def _read_and_place(path: Path, classifier: Classifier):
+    """Everything done to one file before inference (runs in the read-ahead threads):
+    (path, runtime.classifier.Placed)."""
+    path, scan, error = _read(path, classifier.max_pixels, classifier.frames)
+    return path, classifier.place(str(path), scan, error)
+
+
 def _read(path: Path, max_pixels: int, frames: FrameChoice | None = None):
-    """Everything done to one file before inference: (path, runtime.scan_input.DecodedScan,
-    None) or (path, None, error). Runs in the read-ahead threads, so it must not touch
-    shared state."""
+    """(path, runtime.scan_input.DecodedScan, None) or (path, None, error)."""
     try:
         return path, read_scan(path, max_pixels, frames), None
     except ImageReadError as err:
