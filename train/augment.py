@@ -1,12 +1,14 @@
 """Training augmentation for breast ultrasound from many scanners.
 
-Two presets (`AugmentConfig.preset`):
+Three presets (`AugmentConfig.preset`):
 - basic: left-right flips, small rotations and zoom, gain (brightness) and contrast;
 - ultrasound: basic plus what differs between scanners and sites: gamma, speckle-like
   multiplicative noise, blur, crops with scale and aspect-ratio changes (a published
   cross-site study found aspect-ratio crops helped external AUC by about 0.03), and
   burned-in marks (calipers, text, scanner UI) pasted at random, so that marks stop
-  being a shortcut to the label.
+  being a shortcut to the label;
+- scanner: ultrasound plus what a scanner's screen capture adds (issue 20): a
+  sonographer's calipers drawn on the lesion, and curved or sector probes' fans.
 
 The probe sits at the top of the image, so flips are left-right only. Geometric changes
 move the lesion mask with the image (they run on image and mask stacked as 4
@@ -15,9 +17,8 @@ inside tf.data, before `runtime.preprocessing.normalize`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 import math
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -102,8 +103,8 @@ def lesion_calipers(image: np.ndarray, mask: np.ndarray | None, rng: np.random.G
     few px of slack; anywhere without one), a dotted line between them, a small number,
     in white, yellow, green or cyan. Issue 20 measured that such marks change the
     reference model's calls (benchmarks/frames.py); the random marks of `mark_bank` are
-    gray and not on the lesion. Not wired into `build_augment`: a training pipeline can
-    apply it per image (e.g. with tf.numpy_function) before the geometric changes."""
+    gray and not on the lesion. `build_augment` draws it (draw_calipers_batch) before the
+    geometric changes, on a share `AugmentConfig.calipers` of the images."""
     out = image.copy()
     h, w = out.shape[:2]
     colour = [(255, 255, 255), (0, 255, 255), (0, 230, 0), (255, 230, 120)][int(rng.integers(0, 4))]
