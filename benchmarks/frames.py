@@ -587,7 +587,7 @@ def run(config: FramesConfig, command: str = "") -> dict:
         samples = samples[:config.limit]
     out = Path(config.out)
     examples: list[np.ndarray] = []
-    with Classifier.load(config.model, backend="onnxruntime") as clf:
+    with Classifier.load(config.model, backend="onnxruntime", region="off") as clf:   # the benchmark crops itself
         started = time.perf_counter()
         test = run_test_split(clf, samples, config, examples)
         doc = {"command": command, "model": str(config.model), "variant": clf.variant, "engine": clf.engine,
