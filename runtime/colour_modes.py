@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 KINDS = ("colour Doppler", "power Doppler", "elastography")
+OVERLAY_REASON = "overlay: give the B-mode image"     # how every refusal of this module ends
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def colour_overlay(image_bgr: np.ndarray, region=None, config: ColourConfig = Co
     runtime.scan_region.ScanRegion (or anything with x, y, width, height); None: the
     whole image."""
     kind = measure_colour(image_bgr, region, config).kind
-    return None if kind is None else f"{kind} overlay: give the B-mode image"
+    return None if kind is None else f"{kind} {OVERLAY_REASON}"
 
 
 def measure_colour(image_bgr: np.ndarray, region=None, config: ColourConfig = ColourConfig()) -> ColourStats:

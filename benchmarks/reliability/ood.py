@@ -32,6 +32,7 @@ import numpy as np
 
 from runtime import atomic
 from runtime.classifier import Classifier
+from runtime.colour_modes import OVERLAY_REASON
 from runtime.input_checks import REFUSED
 from runtime.images import read_image
 
@@ -168,14 +169,14 @@ def is_colour(image: np.ndarray) -> bool:
 
 
 def _flags(classifier: Classifier, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """OOD score and flag per image. An image the runtime's input checks refuse (too
-    small, flat, strongly coloured: runtime.input_checks) never gets a prediction, so it
-    counts as caught, with a NaN score."""
+    """OOD score and flag per image. An image the runtime refuses (its input checks: too
+    small, flat, strongly coloured; or a colour overlay: runtime.colour_modes) never gets
+    a prediction, so it counts as caught, with a NaN score."""
     scores, flags = [], []
     for start in range(0, len(images), BATCH):
         for pred in classifier.predict_decoded(images[start:start + BATCH]):
             if not pred.ok:
-                if REFUSED not in (pred.error or ""):
+                if REFUSED not in (pred.error or "") and OVERLAY_REASON not in (pred.error or ""):
                     raise RuntimeError(pred.error)
                 scores.append(np.nan)
                 flags.append(True)
