@@ -35,6 +35,8 @@ from runtime.classifier import Classifier
 from runtime.input_checks import REFUSED
 from runtime.images import read_image
 
+COLOUR_REFUSED = "overlay: give the B-mode image"     # runtime.colour_modes.colour_overlay's reason
+
 BATCH = 16
 # scikit-image's bundled sample files (skimage/data/*; the others need a download)
 SKIMAGE_FILES = (
@@ -169,13 +171,14 @@ def is_colour(image: np.ndarray) -> bool:
 
 def _flags(classifier: Classifier, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """OOD score and flag per image. An image the runtime's input checks refuse (too
-    small, flat, strongly coloured: runtime.input_checks) never gets a prediction, so it
-    counts as caught, with a NaN score."""
+    small, flat, strongly coloured: runtime.input_checks) or its colour check refuses (a
+    colour Doppler, power Doppler or elastography overlay: runtime.colour_modes) never
+    gets a prediction, so it counts as caught, with a NaN score."""
     scores, flags = [], []
     for start in range(0, len(images), BATCH):
         for pred in classifier.predict_decoded(images[start:start + BATCH]):
             if not pred.ok:
-                if REFUSED not in (pred.error or ""):
+                if REFUSED not in (pred.error or "") and COLOUR_REFUSED not in (pred.error or ""):
                     raise RuntimeError(pred.error)
                 scores.append(np.nan)
                 flags.append(True)
