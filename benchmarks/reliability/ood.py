@@ -36,7 +36,6 @@ from runtime.colour_modes import OVERLAY_REASON
 from runtime.input_checks import REFUSED
 from runtime.images import read_image
 
-COLOUR_REFUSED = "overlay: give the B-mode image"     # runtime.colour_modes.colour_overlay's reason
 
 BATCH = 16
 # scikit-image's bundled sample files (skimage/data/*; the others need a download)
