@@ -12,7 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from runtime.cli_options import LibraryDefault, given, is_default, library
+from bcd.cli_options import LibraryDefault, given, is_default, library
 from runtime.engines import BACKENDS
 from runtime.host import DISCLAIMER, tool_version
 
@@ -376,6 +376,14 @@ def _cmd_evaluate(args) -> int:
 
 # ---- calibrate ---------------------------------------------------------------------
 
+def _site_profile(name: str) -> LibraryDefault:
+    return library("train.fit_site_profile:SiteProfileConfig", name)
+
+
+_SITE_PROFILE_FIELDS = {"method": "method", "min_per_class": "min_per_class", "max_ci_width": "max_ci_width",
+                        "bootstrap": "n_resamples", "force": "force", "name": "name"}
+
+
 def _add_calibrate(sub) -> None:
     p = sub.add_parser("calibrate", help="set a site's own operating point for an export on its labelled images: "
                                          "writes a site profile for --site (the model file is not changed)")
@@ -386,20 +394,21 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="SITE_PROFILE",
                    help="site profile to write (JSON; a Markdown report is written beside it)")
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--target-sensitivity", type=float, metavar="S",
-                        help="best specificity at sensitivity >= S (default: 0.90)")
+    target.add_argument("--target-sensitivity", type=float, metavar="S", default=_site_profile("target_value"),
+                        help="best specificity at sensitivity >= S (the default target, S = %(default)s)")
     target.add_argument("--target-specificity", type=float, metavar="S", help="best sensitivity at specificity >= S")
     target.add_argument("--youden", action="store_true", help="maximise sensitivity + specificity - 1")
-    p.add_argument("--method", choices=["threshold", "platt", "isotonic"], default="threshold",
-                   help="threshold only (default), or also recalibrate the probabilities first: platt (2 numbers) "
-                        "or isotonic (a lookup table)")
+    p.add_argument("--method", choices=["threshold", "platt", "isotonic"], default=_site_profile("method"),
+                   help="threshold only, or also recalibrate the probabilities first: platt (2 numbers) "
+                        "or isotonic (a lookup table) (default %(default)s)")
     p.add_argument("--variant", help="variant to calibrate (default as `bcd predict`); the profile applies to it only")
     p.add_argument("--name", help="the profile's name shown in reports and the demo (default: the file's stem)")
-    p.add_argument("--min-per-class", type=int, default=20,
-                   help="refuse with fewer malignant or benign images than this (default 20)")
-    p.add_argument("--max-ci-width", type=float, default=0.30,
-                   help="refuse when the 95%% CI of the target metric is wider than this (default 0.30)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--min-per-class", type=int, default=_site_profile("min_per_class"),
+                   help="refuse with fewer malignant or benign images than this (default %(default)s)")
+    p.add_argument("--max-ci-width", type=float, default=_site_profile("max_ci_width"),
+                   help="refuse when the 95%% CI of the target metric is wider than this (default %(default)s)")
+    p.add_argument("--bootstrap", type=int, default=_site_profile("n_resamples"),
+                   help="bootstrap resamples for the 95%% CIs (default %(default)s)")
     p.add_argument("--force", action="store_true",
                    help="write the profile even when the data is too small for the target (recorded in it)")
     p.set_defaults(func=_cmd_calibrate)
@@ -419,16 +428,15 @@ def _cmd_calibrate(args) -> int:
     source = _sources(args.data, single="--data")[0]
     if args.out.exists():
         raise UsageError(f"--out {args.out} already exists; choose another name (or delete it first)")
+    options = given(args, _SITE_PROFILE_FIELDS)
     if args.target_specificity is not None:
-        target, value = "specificity", args.target_specificity
+        options.update(target="specificity", target_value=args.target_specificity)
     elif args.youden:
-        target, value = "youden", 0.90
-    else:
-        target, value = "sensitivity", args.target_sensitivity if args.target_sensitivity is not None else 0.90
+        options["target"] = "youden"
+    elif not is_default(args.target_sensitivity):
+        options.update(target="sensitivity", target_value=args.target_sensitivity)
     try:
-        config = SiteProfileConfig(target=target, target_value=value, method=args.method,
-                                   min_per_class=args.min_per_class, max_ci_width=args.max_ci_width,
-                                   n_resamples=args.bootstrap, force=args.force, name=args.name)
+        config = SiteProfileConfig(**options)
     except ValueError as err:
         raise UsageError(str(err)) from None
     _setup_logging()
@@ -588,10 +596,7 @@ def _cmd_predict(args) -> int:
     from runtime.site_profile import load_for
 
     config = predict_config(args)
-    if config.model_path() is None:
-        raise UsageError("--model is required here: pass an export directory from `bcd export` (the shipped "
-                         "reference model is missing; set BCD_MODEL to use another default)")
-    classifier = config.load_classifier()
+    classifier = config.load_classifier()     # no model at all: a clear error naming what to pass
     site = load_for(classifier, _site(args))
     if args.heatmap is not None and not classifier.has_cam:
         raise UsageError(f"variant {classifier.variant} has no Grad-CAM output; use --variant onnx-fp32 or onnx-int8 "

@@ -23,7 +23,7 @@ import numpy as np
 from runtime import gradcam
 from runtime.classifier import Classifier
 from runtime.dataset import is_mask
-from runtime.images import IMAGE_EXTENSIONS, ImageReadError, decode_image
+from runtime.images import IMAGE_EXTENSIONS, ImageReadError, decode_image, looks_like_dicom
 from runtime.input_checks import REFUSED
 from runtime.scan_crop import RegionSetting
 from runtime.scan_input import DecodedScan, decode_scan
@@ -499,8 +499,7 @@ _warn_lock = threading.Lock()
 def _decode_scan(data: bytes, name: str, max_pixels: int) -> tuple[DecodedScan, list[str]]:
     """Every frame of a cine loop, and a DICOM file's region; warnings (burned-in patient
     data, a region that does not fit the pixels) become notes."""
-    maybe_dicom = data[128:132] == b"DICM" or name.lower().endswith(".dcm")
-    if not maybe_dicom:
+    if not looks_like_dicom(data, name):
         return decode_scan(data, max_pixels, name), []
     with _warn_lock, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

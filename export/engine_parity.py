@@ -27,11 +27,15 @@ from runtime.host import cpu_model, package_version, utc_now
 def _split_images(export_dir: Path, manifest, data: Path | None, split: str):
     """(resized uint8 BGR images, labels, description) of a split of the export's
     split.json (its dataset found where the split says) or of a labelled folder / CSV
-    index (`runtime.dataset`, the same readers as training and `bcd evaluate`)."""
+    index (`runtime.dataset`, the same readers as training and `bcd evaluate`), each cut
+    to its scan region as the export's run was (train.data.read_sample: the inputs the
+    manifest's baseline AUC was measured on); images the runtime refuses are left out."""
     import numpy as np
     from runtime.dataset import DataSource, read_source, samples_of_split
-    from runtime.images import read_image
+    from runtime.images import ImageReadError
     from runtime.preprocessing import PreprocessSpec, resize
+    from runtime.scan_crop import region_config_from_dict
+    from train.data import read_sample
 
     spec = PreprocessSpec.from_dict(manifest.preprocessing)
     if data is not None:
@@ -43,12 +47,20 @@ def _split_images(export_dir: Path, manifest, data: Path | None, split: str):
             raise FileNotFoundError(f"{export_dir}: no split.json beside the manifest; pass --data DIR")
         samples = samples_of_split(json.loads(split_file.read_text()), split)
         source = f"{split} split of {split_file}"
-    samples = [s for s in samples if s.label is not None]
-    if not samples:
+    region = region_config_from_dict(manifest.scan_region or {"mode": "off"})
+    images, labels = [], []
+    for s in samples:
+        if s.label is None:
+            continue
+        try:
+            images.append(resize(read_sample(s.path, None, region)[0], spec))
+        except ImageReadError:        # a colour Doppler screen: the runtime refuses it too
+            continue
+        labels.append(int(s.label))
+    if not images:
         raise ValueError(f"no labelled images to check on ({source})")
-    labels = [int(s.label) for s in samples]
-    images = np.stack([resize(read_image(s.path), spec) for s in samples])
-    return images, np.asarray(labels, dtype=np.int64), {"source": source, "n": len(samples),
+    images = np.stack(images)
+    return images, np.asarray(labels, dtype=np.int64), {"source": source, "n": len(labels),
                                                         "n_malignant": int(sum(labels))}
 
 
@@ -92,16 +104,17 @@ def check(export_dir: Path, data: Path | None = None, split: str = "val", engine
     for entry in manifest.variants:
         if entry.format != "onnx" or not entry.usable:
             continue
-        ref = Classifier.load(export_dir, variant=entry.name, backend="onnxruntime")
-        ref_probs, ref_cams = _run_all(ref, images)
-        ref.close()
+        # the images are cut to their region already: the classifiers take them as they are
+        with Classifier.load(export_dir, variant=entry.name, backend="onnxruntime", region="off") as ref:
+            ref_probs, ref_cams = _run_all(ref, images)
         by_engine: dict = {"sha256": entry.sha256, "onnxruntime": {
             "status": entry.status, "version": package_version("onnxruntime"),
             "parity": entry.parity.to_dict() if entry.parity else None,
             "checked": "by the export, against the Keras original"}}
         for engine in engines:
-            clf = Classifier.load(export_dir, variant=entry.name, backend=engine)
-            probs, cams = _run_all(clf, images)
+            with Classifier.load(export_dir, variant=entry.name, backend=engine, region="off") as clf:
+                probs, cams = _run_all(clf, images)
+                precision = getattr(clf.backend, "precision", None)
             parity = parity_compare(probs, ref_probs, labels, manifest.threshold_value, cams, ref_cams)
             problems = tol.violations(parity)
             vs_original = None
@@ -110,9 +123,8 @@ def check(export_dir: Path, data: Path | None = None, split: str = "val", engine
                 if vs_original > tol.max_auc_drop:
                     problems.append(f"AUC drop vs the Keras original {vs_original:.4f} > {tol.max_auc_drop:g}")
             by_engine[engine] = {"status": "failed" if problems else "ok", "problems": problems,
-                                 "version": package_version(engine), "precision": getattr(clf.backend, "precision", None),
+                                 "version": package_version(engine), "precision": precision,
                                  "parity": parity.to_dict(), "auc_drop_vs_original": vs_original}
-            clf.close()
         old = previous.get(entry.name) or {}
         if old.get("speed") and old.get("sha256") == entry.sha256:
             by_engine["speed"] = old["speed"]          # speed records of the same file stay valid
@@ -140,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                           + (f"; {'; '.join(e['problems'])}" if e["problems"] else ""))
         print(f"written: {Path(args.export) / 'backends.json'}")
         return 0
-    except (ValueError, FileNotFoundError, OSError) as err:
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as err:
         print(f"export.engine_parity: error: {err}", file=sys.stderr)
         return 2
 

@@ -39,8 +39,6 @@ from runtime.backends import (
     choose_backend,
     read_backend_record,
 )
-from runtime.colour_modes import colour_overlay
-from runtime.dicom_regions import colour_flow_reason
 from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError
 from runtime.input_checks import DEFAULT_CHECKS, InputChecks
 from runtime.manifest import MANIFEST_NAME, ONNX_METADATA_KEY, Manifest, VariantEntry, read_manifest, variant_ood
@@ -55,7 +53,8 @@ from runtime.model_files import (
     sha256_bytes,
 )
 from runtime.preprocessing import PreprocessSpec, prepare
-from runtime.scan_crop import RegionError, RegionSetting, apply_region, choose_region, region_config_from_dict
+from runtime.scan_crop import (RegionError, RegionSetting, apply_region, choose_region, colour_refusal,
+                                region_config_from_dict)
 from runtime.scan_input import DecodedScan, FrameChoice, decode_scan, read_scan, still
 from runtime.scan_region import RegionConfig, ScanRegion
 from runtime.session import resolve_threads
@@ -386,7 +385,7 @@ class Classifier:
         results: list[Prediction] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
-            decoded = [self._decode(item, choice) for item in chunk]
+            decoded = [self.decode_or_error(item, choice) for item in chunk]
             results.extend(self._run(decoded, with_cam, setting))
         return results[0] if single else results
 
@@ -416,12 +415,15 @@ class Classifier:
             return still(item)
         raise TypeError(f"cannot classify a {type(item).__name__}: pass a path, image bytes or an image array")
 
-    def _decode(self, item, frames: FrameChoice) -> tuple[str | None, DecodedScan | None, str | None]:
+    def decode_or_error(self, item, frames: "FrameChoice | str | int | None" = None
+                        ) -> tuple[str | None, DecodedScan | None, str | None]:
+        """(name, decoded scan, None), or (name, None, the reason) for an input that cannot
+        be used: one bad file never stops a batch. TypeError for an input of another kind."""
+        if not isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)):
+            raise TypeError(f"cannot classify a {type(item).__name__}: pass a path, image bytes or an image array")
         name = _item_name(item)
         try:
             return name, self.decode(item, frames), None
-        except TypeError:
-            raise
         except ImageReadError as err:
             return name, None, str(err)
         except MemoryError:
@@ -444,7 +446,7 @@ class Classifier:
         except RegionError as err:
             pred.error = f"{name}: {err}"
             return None
-        colour = colour_flow_reason(scan.dicom) or colour_overlay(display, pred.region)
+        colour = colour_refusal(display, pred.region, scan.dicom)
         if colour is not None:
             pred.error = f"{name}: {colour}"
             return None
@@ -472,8 +474,13 @@ class Classifier:
         if error is not None or scan is None:
             return Placed(pred, scan, None)
         setting = RegionSetting.parse(region) if region is not None else self.region
-        crops = self._place(pred, scan, setting)
-        return Placed(pred, scan, None if crops is None else [prepare(crop, self.spec) for crop in crops])
+        try:
+            crops = self._place(pred, scan, setting)
+            arrays = None if crops is None else [prepare(crop, self.spec) for crop in crops]
+        except Exception as err:  # noqa: BLE001 - one odd image must not stop a batch or a folder
+            pred.error = f"{path or 'image'}: cannot prepare it ({err.__class__.__name__}: {err})"
+            arrays = None
+        return Placed(pred, scan, arrays)
 
     def infer(self, placed: Sequence["Placed"], with_cam: bool = False) -> list[Prediction]:
         """Classify inputs made ready by `place`, as one batch (a cine loop's frames each

@@ -59,11 +59,11 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     usable image: missing file, directory, no permission, empty, corrupt, too large.
     """
     name = str(path)
-    data = _read_file(Path(path), name)
+    data = read_file_bytes(Path(path), name)
     return decode_image(data, max_pixels=max_pixels, name=name)
 
 
-def _read_file(path: Path, name: str) -> bytes:
+def read_file_bytes(path: Path, name: str) -> bytes:
     # Checked up front because opening a directory raises PermissionError on Windows,
     # which would give a misleading message.
     if path.is_dir():

@@ -27,9 +27,9 @@ from runtime import atomic, gradcam
 from runtime.classifier import DEFAULT_BATCH_SIZE, Classifier, Prediction
 from runtime.dataset import is_image_file, is_mask, scan_folder
 from runtime.engines import AUTO, BACKENDS
-from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError
+from runtime.images import DEFAULT_MAX_PIXELS
 from runtime.scan_crop import RegionSetting
-from runtime.scan_input import FrameChoice, read_scan
+from runtime.scan_input import FrameChoice
 from runtime.shipped import MODEL_ENV, default_model_path
 from runtime.read_ahead import Pipeline, read_ahead
 
@@ -180,20 +180,14 @@ def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *
 def _read_and_place(path: Path, classifier: Classifier):
     """Everything done to one file before inference (runs in the read-ahead threads):
     (path, runtime.classifier.Placed)."""
-    path, scan, error = _read(path, classifier.max_pixels, classifier.frames)
+    scan, error = _read(path, classifier)
     return path, classifier.place(str(path), scan, error)
 
 
-def _read(path: Path, max_pixels: int, frames: FrameChoice | None = None):
-    """(path, runtime.scan_input.DecodedScan, None) or (path, None, error)."""
-    try:
-        return path, read_scan(path, max_pixels, frames), None
-    except ImageReadError as err:
-        return path, None, str(err)
-    except MemoryError:
-        return path, None, f"{path}: not enough memory to decode it"
-    except Exception as err:  # noqa: BLE001 - one odd file must not stop the others
-        return path, None, f"{path}: cannot read ({err.__class__.__name__}: {err})"
+def _read(path: Path, classifier: Classifier):
+    """(the decoded scan, None) or (None, the reason it cannot be used)."""
+    _, scan, error = classifier.decode_or_error(path)
+    return scan, error
 
 
 def _write_heatmap(pred: Prediction, image, target: Path) -> None:

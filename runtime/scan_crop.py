@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from runtime.dicom_regions import DicomRegionChoice
+from runtime.colour_modes import colour_overlay
+from runtime.dicom_regions import DicomRegionChoice, colour_flow_reason
 from runtime.scan_region import RegionConfig, ScanRegion, find_scan_region, whole_image
 
 REGION_MODES = ("auto", "off", "box")
@@ -85,6 +86,13 @@ class Cropped:
     image: np.ndarray
     mask: np.ndarray | None
     region: ScanRegion
+
+
+def colour_refusal(display: np.ndarray, region: ScanRegion, dicom: DicomRegionChoice | None = None) -> str | None:
+    """Why an image is refused for its colour (a DICOM file's colour-flow region, or a
+    colour Doppler / power Doppler / elastography overlay inside the scan region), else
+    None: one rule for the runtime and training."""
+    return colour_flow_reason(dicom) or colour_overlay(display, region)
 
 
 def choose_region(image: np.ndarray, setting: RegionSetting = RegionSetting(),

@@ -27,7 +27,7 @@ from runtime.dicom_regions import DicomRegionChoice, choose_tissue_region, read_
 from runtime.images import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
-    _read_file,
+    read_file_bytes,
     decode_image,
     dicom_frame,
     looks_like_dicom,
@@ -118,7 +118,7 @@ def read_scan(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
               frames: "FrameChoice | str | int | None" = None) -> DecodedScan:
     """Read a file; raises ImageReadError (message starting with the path) when it can't be used."""
     name = str(path)
-    return decode_scan(_read_file(Path(path), name), max_pixels, name, frames)
+    return decode_scan(read_file_bytes(Path(path), name), max_pixels, name, frames)
 
 
 def decode_scan(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image",

@@ -35,6 +35,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from runtime import atomic
+from runtime.host import DISCLAIMER
 from runtime.model_files import sha256_file
 
 SCHEMA = "bcd-site-profile"
@@ -195,8 +196,7 @@ class SiteProfile:
             "data": dict(self.data),
             "achieved": dict(self.achieved),
             "checks": dict(self.checks),
-            "note": "Research and education only: not a diagnosis. Recalibrate for a new scanner, site or "
-                    "patient population.",
+            "note": f"{DISCLAIMER} Recalibrate for a new scanner, site or patient population.",
         }
 
     @classmethod

@@ -21,11 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.colour_modes import colour_overlay
 from runtime.dataset import DataSource, DatasetError, LabelMap, SourceScan, read_source, sources_of_split, unique_names
 from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from runtime.preprocessing import PreprocessSpec, normalize, resize
-from runtime.scan_crop import RegionSetting, apply_region
+from runtime.scan_crop import RegionSetting, apply_region, colour_refusal
 from runtime.scan_input import read_scan
 from runtime.scan_region import RegionConfig
 from runtime.progress import Progress
@@ -116,10 +115,6 @@ def read_sample(path: Path, mask_path: Path | None, region: RegionConfig = NO_RE
     unreadable: logged), both cut to the scan region. ImageReadError for the image (with
     the scan region on, also for a colour Doppler or elastography screen)."""
     scan = read_scan(path, max_pixels)
-    if region.mode != "off":     # as the runtime sees images: a colour overlay is refused, not learnt from
-        reason = colour_overlay(scan.display)
-        if reason is not None:
-            raise ImageReadError(f"{path}: {reason}")
     mask = None
     if mask_path is not None:
         try:
@@ -127,6 +122,10 @@ def read_sample(path: Path, mask_path: Path | None, region: RegionConfig = NO_RE
         except ImageReadError as err:
             log.warning("lesion mask ignored: %s", err)
     cropped = apply_region(scan.display, mask, RegionSetting(region.mode), region, scan.dicom)
+    if region.mode != "off":     # as the runtime sees images: a colour overlay is refused, not learnt from
+        reason = colour_refusal(scan.display, cropped.region, scan.dicom)
+        if reason is not None:
+            raise ImageReadError(f"{path}: {reason}")
     return cropped.image, cropped.mask
 
 
@@ -181,7 +180,7 @@ def load_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig = Ded
     settings = {"spec": spec.to_dict(), "dedup": asdict(dedup), "max_pixels": max_pixels}
     if region.mode != "off":     # whole images: the same key as before the finder existed
         settings["scan_region"] = region.to_dict()
-        settings["colour_overlays"] = "refused"
+        settings["colour_overlays"] = "refused inside the scan region"
     key = cache.key(scan, settings)
     arrays = cache.get(key)
     if arrays is None:

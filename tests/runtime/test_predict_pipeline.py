@@ -132,8 +132,8 @@ def test_decoded_images_ahead_of_inference_stay_within_the_bound(clf, tmp_path, 
     finished = []
     real_read = predict_files._read
 
-    def counted_read(path, max_pixels, frames=None):
-        result = real_read(path, max_pixels, frames)
+    def counted_read(path, classifier):
+        result = real_read(path, classifier)
         finished.append(path)
         return result
 

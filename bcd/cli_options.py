@@ -4,7 +4,7 @@ the config dataclasses; a command line only parses and calls).
 An option the user leaves out keeps a `LibraryDefault` marker; `given()` drops those, so
 the config dataclass fills in its own default. The marker's str() is what --help shows,
 read from the dataclass only when help is printed, so building a parser stays cheap and
-imports nothing heavy. Standard library only: `bcd` and `python -m benchmarks` share it.
+imports nothing heavy. Standard library only.
 """
 from __future__ import annotations
 
