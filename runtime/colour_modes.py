@@ -73,7 +73,9 @@ def measure_colour(image_bgr: np.ndarray, region=None, config: ColourConfig = Co
         return ColourStats(0.0, 0.0, {}, None)
     factor = max(1, -(-max(part.shape[:2]) // config.work_side))
     if factor > 1:
-        part = cv2.resize(part, (part.shape[1] // factor, part.shape[0] // factor), interpolation=cv2.INTER_AREA)
+        # at least 1 px each way: a very long, thin image (found by fuzzing) would give 0
+        part = cv2.resize(part, (max(1, part.shape[1] // factor), max(1, part.shape[0] // factor)),
+                          interpolation=cv2.INTER_AREA)
     b, g, r = cv2.split(part)
     spread = cv2.subtract(cv2.max(cv2.max(b, g), r), cv2.min(cv2.min(b, g), r))
     coloured = cv2.threshold(spread, config.chroma - 1, 255, cv2.THRESH_BINARY)[1]

@@ -48,11 +48,12 @@ MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b
 
 # Error kinds, in the order they are tried; the first pattern found names the kind.
 KINDS = (
-    ("crash: unexpected exception", r"cannot read \(\w+(Error|Exception)?:"),
+    ("crash: unexpected exception", r"cannot (read|prepare it) \(\w+(Error|Exception)?:"),
     ("inference failed", r"inference failed|non-finite probability"),
     ("refused: too small", r"refused, not a usable ultrasound scan: the image is only"),
     ("refused: flat", r"refused, not a usable ultrasound scan: the image is \(nearly\)"),
     ("refused: coloured", r"refused, not a usable ultrasound scan: .* strongly coloured"),
+    ("refused: colour overlay", r"overlay: give the B-mode image"),
     ("too many pixels", r"over the limit"),
     ("empty file", r"empty file"),
     ("DICOM", r"DICOM"),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks.screens import Layout, add_overlay, draw_calipers, make_screen, synthetic_scan
-from runtime.colour_modes import colour_overlay
+from runtime.colour_modes import colour_overlay, measure_colour
 from runtime.scan_region import ScanRegion, find_scan_region
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -82,3 +82,10 @@ def test_busi_colour_doppler_images_are_flagged():
         pytest.skip("BUSI development data not present")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     assert colour_overlay(image, find_scan_region(image)) == "colour Doppler overlay: give the B-mode image"
+
+
+def test_a_long_thin_image_is_measured_not_a_crash():
+    # found by fuzzing: a 9 px wide, 5000 px tall image was downscaled to 0 px
+    thin = np.zeros((5000, 9, 3), np.uint8)
+    thin[::2, :, 2] = 255                                   # red stripes: coloured, so it is measured
+    assert measure_colour(thin).coloured_share > 0.3        # measured on the downscaled copy
