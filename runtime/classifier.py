@@ -446,10 +446,6 @@ class Classifier:
         except RegionError as err:
             pred.error = f"{name}: {err}"
             return None
-        colour = colour_refusal(display, pred.region, scan.dicom)
-        if colour is not None:
-            pred.error = f"{name}: {colour}"
-            return None
         crops = []
         for number, image in zip(scan.frame_numbers, scan.frames):
             if image.shape != display.shape:
@@ -462,6 +458,12 @@ class Classifier:
                 pred.error = f"{name}: {problem}{where}"
                 return None
             crops.append(crop)
+        # after the input checks: a photograph is "not a scan" (strongly coloured), while a
+        # B-mode scan with a Doppler or elastography box gets that reason
+        colour = colour_refusal(display, pred.region, scan.dicom)
+        if colour is not None:
+            pred.error = f"{name}: {colour}"
+            return None
         return crops
 
     def place(self, path: str | None, scan: DecodedScan | None, error: str | None = None,

@@ -25,6 +25,7 @@ import pytest
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 from demo.config import DemoConfig, parse_size  # noqa: E402  (no gradio import)
+from runtime.host import DISCLAIMER  # noqa: E402
 from tests.conftest import missing, needs_module  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -547,7 +548,7 @@ def test_browser_upload_shows_result_heatmap_and_disclaimer(served, images):
         _upload_and_wait(page, url, image)
         card = page.locator("#bcd-result").inner_text()
         assert "probability" in card and "threshold" in card
-        assert views.DISCLAIMER in card
+        assert DISCLAIMER in card
         assert page.locator("#bcd-input img").is_visible() and page.locator("#bcd-overlay img").is_visible()
         assert "onnx-int8" in page.locator("#bcd-variant").inner_text()
         assert "AUC" in page.locator("#bcd-parity").inner_text()

@@ -94,7 +94,8 @@ CASES = {
     "noisy flat jpeg": ("flatjpg.jpg", lambda: encode(".jpg", np.full((300, 300), 90, np.uint8)
                                                       + (scan_like(300, 300) % 3)), "error", "flat colour"),
     "colour photo": ("photo.jpg", lambda: encode(".jpg", colour_photo()), "error", "strongly coloured"),
-    "scan with doppler box": ("doppler.png", lambda: encode(".png", with_doppler_box(scan_like())), "ok", ""),
+    "scan with doppler box": ("doppler.png", lambda: encode(".png", with_doppler_box(scan_like())), "error",
+                              "colour Doppler overlay: give the B-mode image"),   # issue 20: refused, not classified
     "gif": ("anim.gif", lambda: b"GIF89a" + b"\x01\x00\x01\x00" + b"\x00" * 20, "error", "not a readable image"),
 }
 
