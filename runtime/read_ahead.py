@@ -35,9 +35,10 @@ class Pipeline:
     decode_workers: threads running the per-file step; 0 reads each batch in the calling
         thread just before it is classified (no threads, the old sequential loop); None
         (default) is one per physical core. Measured with `python -m benchmarks.ingest`
-        (see benchmarks/README-ingest.md): decoding a 856x606 PNG scan takes ~5.5 ms and
-        the shipped model's inference ~0.6 ms per image, so decoding is ~90 % of the work
-        and needs every core; with fewer workers than cores a core idles.
+        (docs/results/ingest/): the per-file step of a 856x606 PNG scan (read, decode,
+        scan region, checks, preprocessing) took 11.9 ms of CPU and the shipped model's
+        inference 1.4 ms per image, so the per-file step is ~90 % of the work and needs
+        every core; with fewer workers than cores a core idles.
     prefetch_batches: batches read ahead of the one being classified. 2 keeps a worker
         busy across the short pause while a batch is handed over; more only holds more
         images in memory (each batch of 856x606 images is ~12 MB decoded).
