@@ -240,7 +240,7 @@ def test_a_colour_overlay_reason_refuses_the_image(clf, monkeypatch):
         seen.append((image.shape, region))
         return "colour Doppler overlay: give the B-mode image"
 
-    monkeypatch.setattr("runtime.classifier.colour_overlay", detector)
+    monkeypatch.setattr("runtime.scan_crop.colour_overlay", detector)    # the one colour-refusal rule
     pred = clf.predict(scan(10), region=BOX)
     assert pred.error == "image: colour Doppler overlay: give the B-mode image" and pred.probability is None
     assert seen == [((H, W, 3), pred.region)]                  # the whole image and the region found in it
