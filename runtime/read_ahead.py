@@ -34,13 +34,19 @@ class Pipeline:
 
     decode_workers: threads running the per-file step; 0 reads each batch in the calling
         thread just before it is classified (no threads, the old sequential loop); None
-        (default) is one per physical core. Measured with `python -m benchmarks.ingest`
-        (see benchmarks/README-ingest.md): decoding a 856x606 PNG scan takes ~5.5 ms and
-        the shipped model's inference ~0.6 ms per image, so decoding is ~90 % of the work
-        and needs every core; with fewer workers than cores a core idles.
-    prefetch_batches: batches read ahead of the one being classified. 2 keeps a worker
-        busy across the short pause while a batch is handed over; more only holds more
-        images in memory (each batch of 856x606 images is ~12 MB decoded).
+        (default) is one per physical core.
+    prefetch_batches: batches read ahead of the one being classified (memory: a batch of
+        8 decoded 856x606 scans is ~12 MB).
+
+    The defaults come from `python -m benchmarks.ingest --sweep` (2 physical cores, 200
+    856x606 PNG scans, the shipped model on OpenVINO, batch 8, two rounds at 1-minute load
+    0.6-1.2): reading + decoding alone took 6.8 ms per image on one thread (6.9 ms CPU),
+    classifying 3.7 ms (4.9 ms CPU with one inference thread), floor 5.9 ms per image.
+    Sequential 10.1 ms; decode_workers=2 with prefetch 1, 2 or 4: 6.2-6.4 ms (0.92-0.96
+    of the floor); decode_workers=1: 6.5-6.6 ms, close to one thread's reading time,
+    which the scan-region finder will lengthen; decode_workers=3: 6.3 ms (nothing gained
+    from more threads than cores); 1 inference thread instead of 2: 6.8-6.9 ms. Prefetch 2
+    rather than 1 leaves a margin for uneven files at no measurable cost.
     """
 
     decode_workers: int | None = None
