@@ -38,15 +38,15 @@ class Pipeline:
     prefetch_batches: batches read ahead of the one being classified (memory: a batch of
         8 decoded 856x606 scans is ~12 MB).
 
-    The defaults come from `python -m benchmarks.ingest --sweep` (2 physical cores, 200
-    856x606 PNG scans, the shipped model on OpenVINO, batch 8, two rounds at 1-minute load
-    0.6-1.2): reading + decoding alone took 6.8 ms per image on one thread (6.9 ms CPU),
-    classifying 3.7 ms (4.9 ms CPU with one inference thread), floor 5.9 ms per image.
-    Sequential 10.1 ms; decode_workers=2 with prefetch 1, 2 or 4: 6.2-6.4 ms (0.92-0.96
-    of the floor); decode_workers=1: 6.5-6.6 ms, close to one thread's reading time,
-    which the scan-region finder will lengthen; decode_workers=3: 6.3 ms (nothing gained
-    from more threads than cores); 1 inference thread instead of 2: 6.8-6.9 ms. Prefetch 2
-    rather than 1 leaves a margin for uneven files at no measurable cost.
+    The defaults come from `python -m benchmarks.ingest --sweep --rounds 2` (2 physical
+    cores, 200 856x606 PNG scans, the shipped model on OpenVINO, batch 8), two runs in
+    quiet moments of the shared machine (4 rounds, 1-minute load 0.5-1.5, our own
+    threads included): reading + decoding alone 6.1-6.8 ms per image on one thread,
+    floor 5.4-5.9 ms. Sequential 9.2-10.2 ms; the defaults 5.6-6.4 ms (0.92-0.98 of the
+    floor); decode_workers=1: 6.1-6.6 ms (0.86-0.91), bounded by one thread's reading,
+    which the scan-region finder will lengthen; decode_workers=3: 6.0-6.3 ms (nothing
+    gained from more threads than cores); prefetch 1 or 4: 5.8-6.4 ms (no difference;
+    2 leaves a margin for uneven files); 1 inference thread instead of 2: 6.2-6.9 ms.
     """
 
     decode_workers: int | None = None
