@@ -41,7 +41,8 @@ an existing folder instead (every image file in it, recursively).
 
 Results: results.json and results.md in --out (default runs/ingest), written
 atomically; progress on stderr; a short table on stdout. Timings depend on the machine
-and on whatever else runs on it: the output records the load average before and after.
+and on whatever else runs on it: around every measurement the share of the CPU time that
+other processes used is taken from /proc/stat, and the outputs say when it was not quiet.
 Research and education only: the predictions timed here are not a diagnosis.
 """
 from __future__ import annotations
@@ -174,20 +175,49 @@ def scanner_screen(scan, index: int):
 
 def run_child(task: dict, env: dict[str, str]) -> dict:
     """Run one measurement in a fresh Python (`--child`, the task as JSON on stdin) and
-    return its JSON result; {"ok": False, "error": ...} if it fails."""
+    return its JSON result, with `others_cpu_share`: the share of the machine's CPU time
+    that other processes used meanwhile; {"ok": False, "error": ...} if it fails."""
     command = [sys.executable, "-m", "benchmarks.ingest", "--child"]
+    ticks, own = cpu_ticks(), children_cpu_seconds()
     try:
         proc = subprocess.run(command, input=json.dumps(task), capture_output=True, text=True,
                               timeout=CHILD_TIMEOUT, env=env, cwd=str(REPO))
     except (subprocess.TimeoutExpired, OSError) as err:
         return {"ok": False, "error": f"measuring process ({task['task']}): {err}"}
+    others = others_share(ticks, cpu_ticks(), children_cpu_seconds() - own)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     try:
-        return json.loads(lines[-1])
+        return {**json.loads(lines[-1]), "others_cpu_share": others}
     except (IndexError, json.JSONDecodeError):
         tail = " ".join(proc.stderr.split())[-400:]
         return {"ok": False, "error": f"measuring process ({task['task']}) exited with status "
                                       f"{proc.returncode} without a result: {tail}"}
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all CPUs since boot (Linux /proc/stat; None elsewhere).
+    Busy counts user, nice, system, irq, softirq and steal time; total adds idle and iowait."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
+    busy = user + nice + system + irq + softirq + steal
+    return busy, busy + idle + iowait
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's finished children (the measuring processes)."""
+    times = os.times()
+    return times.children_user + times.children_system
+
+
+def others_share(before: tuple[int, int] | None, after: tuple[int, int] | None, own_seconds: float) -> float | None:
+    """Share (0..1) of all CPU time between two cpu_ticks() that was not ours."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    own_ticks = own_seconds * os.sysconf("SC_CLK_TCK")
+    return min(1.0, max(0.0, (after[0] - before[0] - own_ticks) / (after[1] - before[1])))
 
 
 def checkout_env() -> dict[str, str]:
@@ -357,6 +387,7 @@ def summarise(measured: dict[str, Any]) -> dict[str, Any]:
         "floor_definition": "max(cls@T wall, (read CPU + cls@1 CPU) / cores)",
         "floor_ms_each_round": rounds_floor,
         "load_average_each_round": [r.get("load_average") for r in runs["read"]],
+        "others_cpu_share_each_round": [max_share(runs[name][k] for name in runs) for k in range(len(runs["read"]))],
         "settings": settings,
         "identical_results": len(digests) == 1,
         "target_ratio": TARGET_RATIO,
@@ -431,13 +462,28 @@ def run_ingest(config: IngestConfig, say=lambda msg: None) -> dict[str, Any]:
     return doc
 
 
+def max_share(results) -> float | None:
+    shares = [r.get("others_cpu_share") for r in results]
+    return None if None in shares else max(shares)
+
+
+QUIET_SHARE = 0.05
+
+
 def loaded_note(doc: dict[str, Any]) -> str:
-    loads = [x for key in ("load_average_before", "load_average_after") for x in (doc.get(key) or [])[:1]]
-    if loads and max(loads) >= 0.5:
-        return (f"Measured on a busy machine (1-minute load average {', '.join(f'{x:.2f}' for x in loads)} "
-                f"before/after on {doc['cores']} cores): other processes took CPU time, so the figures are "
-                "noisy and the ratios less reliable than on a quiet machine.")
-    return "The machine was quiet (1-minute load average below 0.5 before and after)."
+    """Whether other processes used the CPUs while we measured (from /proc/stat)."""
+    shares = doc["others_cpu_share_each_round"]
+    if None in shares:
+        return ("Could not tell whether other processes used the CPUs meanwhile (no /proc/stat); "
+                f"1-minute load average before the run: {(doc.get('load_average_before') or ['?'])[0]}.")
+    worst = max(shares)
+    if worst >= QUIET_SHARE:
+        return (f"Measured on a busy machine: other processes used up to {100 * worst:.0f} % of the CPU time "
+                "during a measurement (per round: " + ", ".join(f"{100 * x:.0f} %" for x in shares) + "), so the "
+                "figures are noisy and the ratios less reliable than on a quiet machine; the per-round ratios "
+                "of the quietest rounds are the better estimate.")
+    return (f"The machine was quiet: other processes used at most {100 * worst:.1f} % of the CPU time "
+            "during any measurement.")
 
 
 # ---------------------------------------------------------------------- reporting
@@ -476,7 +522,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Results of every setting identical: {'yes' if doc['identical_results'] else 'NO'}.", "",
         "Per round (floor and pipelined from the same round): floor / pipelined "
         + ", ".join(f"{x:.2f}" for x in pipelined["ratio_to_floor_each_round"])
-        + "; 1-minute load average " + ", ".join("?" if x is None else f"{x[0]:.1f}" for x in doc["load_average_each_round"])
+        + "; CPU time used by other processes " + ", ".join("?" if x is None else f"{100 * x:.0f} %"
+                                                            for x in doc["others_cpu_share_each_round"])
         + ".", "",
         "The floor counts the work as the CPU time of read and cls@1 measured alone (on a quiet machine about "
         "their wall time; CPU time because it does not grow while other processes hold the cores) and assumes it "
