@@ -6,14 +6,18 @@ subcommand that needs them, so `bcd predict` on a runtime-only install never loa
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import warnings
 from pathlib import Path
 
+from bcd.cli_options import LibraryDefault, given, is_default, library
+from runtime.engines import BACKENDS
+from runtime.host import DISCLAIMER, tool_version
+
 log = logging.getLogger("bcd")
 
-DISCLAIMER = "Research and education only: not a diagnosis."
 
 
 class UsageError(Exception):
@@ -39,7 +43,8 @@ def _missing_extra(extra: str, err: ImportError) -> UsageError:
 _CSV_MAP_HELP = ("how a CSV index's columns map to image path, label, group (patient) and lesion mask; applies to "
                  "the --data given just before it. BUS-BRA's bus_data.csv: "
                  "'path=Images/{ID}.png,label=Pathology,group=Case,mask=Masks/mask_{ID#bus_}.png' "
-                 "({COL#PREFIX} drops PREFIX from the value). Default: the columns path,label[,group][,mask]")
+                 "({COL#PREFIX} drops PREFIX from the value); birads=COLUMN adds the BI-RADS category (for "
+                 "--birads-weight). Default: the columns path,label[,group][,mask][,birads]")
 
 
 class _DataAction(argparse.Action):
@@ -82,12 +87,10 @@ def _sources(items, labels=None, single: str | None = None):
         raise UsageError(str(err)) from None
 
 
-# the same names as runtime.backends.BACKENDS (not imported here: it loads ONNX Runtime)
-BACKEND_CHOICES = ("auto", "onnxruntime", "openvino", "litert")
 
 
 def _add_backend(p, prefix: str = "") -> None:
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help=prefix + "inference engine (default auto: OpenVINO for an .onnx variant when it is installed, "
                         "passed the parity check recorded in the export's backends.json and is the faster engine on "
                         "this CPU by that file's speed record (no record: CPUs with AMX); else ONNX Runtime; LiteRT "
@@ -96,92 +99,144 @@ def _add_backend(p, prefix: str = "") -> None:
 
 # ---- train -------------------------------------------------------------------------
 
+ARCHS = ("vgg16", "vgg16-bn")
+
+
+def _train(name: str, show=None) -> LibraryDefault:
+    return library("train.config:TrainConfig", name, show)
+
+
+def _arch_name(batch_norm: bool) -> str:
+    return ARCHS[1] if batch_norm else ARCHS[0]
+
+
+PRESETS = ("basic", "ultrasound", "scanner")   # train.augment.PRESETS (not imported here: it loads OpenCV)
+
+
+def _preset_name(augment) -> str:
+    from train.augment import AugmentConfig
+    return next((name for name in PRESETS if AugmentConfig.preset(name) == augment), "custom")
+
+
+def _lr_scratch_text() -> str:
+    from train.config import LR_SCRATCH
+    return f"{LR_SCRATCH['plain']:g}, or {LR_SCRATCH['batch_norm']:g} with --arch vgg16-bn"
+
+
+# option dest -> TrainConfig field, for the options passed through as they are
+_TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "weights", "seed": "seed",
+                 "batch_size": "batch_size", "patience": "patience", "lr_decay_patience": "lr_decay_patience",
+                 "threshold": "threshold_method", "min_sensitivity": "min_sensitivity", "val_source": "val_source",
+                 "precision": "precision", "width": "width", "lesion_weight": "lesion_weight",
+                 "lesion_loss": "lesion_loss", "strategy": "strategy", "lr": "lr_scratch",
+                 "scan_region": "scan_region", "birads_weight": "birads_weight", "lr_schedule": "lr_schedule"}
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train VGG16 on one or more datasets (class folders or CSV indexes) and evaluate it")
     _add_data_options(p, help_text="dataset: a folder of class folders (benign/, malignant/, normal/ ...) or a CSV "
                       "index; NAME= names the source (default: the folder's name, or the CSV's folder's); "
                       "omitted: a small built-in synthetic set, to check the pipeline")
     p.add_argument("--out", type=Path, required=True, help="run directory to create")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--weights", default="none",
+    p.add_argument("--image-size", type=int, default=_train("image_size"), help="input size (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=_train("epochs"), help="epochs at most (default %(default)s)")
+    p.add_argument("--weights", default=_train("weights"),
                    help="imagenet | none | PATH to a no-top VGG16 .h5 file | an earlier RUN directory or .keras model "
-                        "of the same architecture (fine-tuning from it, offline)")
-    p.add_argument("--arch", choices=["vgg16", "vgg16-bn"], default="vgg16",
-                   help="vgg16 (plain, default; the only one ImageNet weights fit) or vgg16-bn (batch norm after every "
-                        "conv, from scratch; folded into the convs in the saved model)")
-    p.add_argument("--width", type=float, default=1.0,
-                   help="share of VGG16's filters per conv layer, e.g. 0.5 (from scratch; default 1)")
-    p.add_argument("--augment", choices=["basic", "ultrasound"], default="basic",
-                   help="augmentation preset: basic (flips, rotation, zoom, gain, contrast; default) or ultrasound "
-                        "(adds gamma, speckle, blur, aspect-ratio crops and pasted burned-in marks)")
-    p.add_argument("--lesion-weight", type=float, default=0.0,
+                        "of the same architecture (fine-tuning from it, offline) (default %(default)s)")
+    p.add_argument("--arch", choices=ARCHS, default=_train("batch_norm", _arch_name),
+                   help="vgg16 (plain; the only one ImageNet weights fit) or vgg16-bn (batch norm after every "
+                        "conv, from scratch; folded into the convs in the saved model) (default %(default)s)")
+    p.add_argument("--width", type=float, default=_train("width"),
+                   help="share of VGG16's filters per conv layer, e.g. 0.5 (from scratch; default %(default)s)")
+    p.add_argument("--augment", choices=PRESETS, default=_train("augment", _preset_name),
+                   help="augmentation preset: basic (flips, rotation, zoom, gain, contrast), ultrasound "
+                        "(adds gamma, speckle, blur, aspect-ratio crops and pasted burned-in marks) or scanner "
+                        "(ultrasound plus calipers on the lesion and curved/sector probe fans) (default %(default)s)")
+    p.add_argument("--lesion-weight", type=float, default=_train("lesion_weight"),
                    help="> 0: a loss on the lesion masks (where a source has them) with this weight, e.g. 0.5, so "
-                        "that the model looks at the lesion (default 0: off; see --lesion-loss)")
-    p.add_argument("--lesion-loss", choices=["cam", "head"], default="cam",
-                   help="with --lesion-weight: cam (default) pulls the model's own Grad-CAM map toward the lesion; "
-                        "head trains an auxiliary segmentation head instead")
-    p.add_argument("--val-source", metavar="NAME",
+                        "that the model looks at the lesion (default %(default)s: off; see --lesion-loss)")
+    p.add_argument("--lesion-loss", choices=["cam", "head"], default=_train("lesion_loss"),
+                   help="with --lesion-weight: cam pulls the model's own Grad-CAM map toward the lesion; "
+                        "head trains an auxiliary segmentation head instead (default %(default)s)")
+    p.add_argument("--birads-weight", type=float, default=_train("birads_weight"),
+                   help="> 0: also learn the radiologists' BI-RADS category (an ordinal head, training only) with "
+                        "this loss weight, on the CSV rows that have one (--csv-map ...,birads=COLUMN) "
+                        "(default %(default)s: off)")
+    p.add_argument("--val-source", metavar="NAME", default=_train("val_source"),
                    help="hold this source out entirely as the validation split (early stopping, threshold): an honest "
                         "estimate of a hospital the model has not seen")
-    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
-                   help="auto (default): mixed bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX), "
-                        "else float32. The saved model is float32 either way")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--batch-size", type=int, default=16,
-                   help="images per step and replica (default 16); with several replicas a step takes "
+    p.add_argument("--scan-region", choices=["auto", "off"], default=_train("scan_region"),
+                   help="auto: cut every image and its lesion mask to its scan region (a DICOM file's tissue region, "
+                        "else the scan-region finder), as `bcd predict` does; off: whole images. Recorded in the run "
+                        "and its exports. With --resume and no --scan-region: the run's own setting (default %(default)s)")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=_train("precision"),
+                   help="auto: mixed bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX), "
+                        "else float32. The saved model is float32 either way (default %(default)s)")
+    p.add_argument("--seed", type=int, default=_train("seed"), help="default %(default)s")
+    p.add_argument("--batch-size", type=int, default=_train("batch_size"),
+                   help="images per step and replica (default %(default)s); with several replicas a step takes "
                         "batch size x replicas images")
-    p.add_argument("--strategy", choices=["auto", "none", "mirrored", "multiworker"], default="auto",
-                   help="tf.distribute: auto (default; all GPUs when there are several, else one device), none, "
+    p.add_argument("--strategy", choices=["auto", "none", "mirrored", "multiworker"], default=_train("strategy"),
+                   help="tf.distribute: auto (all GPUs when there are several, else one device), none, "
                         "mirrored (this machine's GPUs), multiworker (several machines, one process each, "
-                        "described by the TF_CONFIG environment variable; see the README)")
-    p.add_argument("--patience", type=int, default=8, help="early stopping: epochs without validation AUC gain")
-    p.add_argument("--lr", type=float, default=None,
-                   help="learning rate from scratch (Adam; default 3e-4, or 1e-3 with --arch vgg16-bn)")
-    p.add_argument("--lr-decay-patience", type=int, default=4,
+                        "described by the TF_CONFIG environment variable; see docs/training.md) (default %(default)s)")
+    p.add_argument("--patience", type=int, default=_train("patience"),
+                   help="early stopping: epochs without validation AUC gain (default %(default)s)")
+    p.add_argument("--lr", type=float, default=LibraryDefault(_lr_scratch_text),
+                   help="learning rate from scratch (Adam; default %(default)s)")
+    p.add_argument("--lr-decay-patience", type=int, default=_train("lr_decay_patience"),
                    help="multiply the learning rate by 0.3 after this many epochs without validation AUC gain "
-                        "(default 4; 0 turns it off)")
-    p.add_argument("--labels", default=None, help="class folder / label value to label map, e.g. "
-                   "'benign=0,normal=0,malignant=1' (default)")
-    p.add_argument("--threshold", choices=["sensitivity", "youden"], default="sensitivity",
+                        "(default %(default)s; 0 turns it off)")
+    p.add_argument("--lr-schedule", choices=["plateau", "cosine"], default=_train("lr_schedule"),
+                   help="plateau: lower the rate after --lr-decay-patience epochs without gain; cosine: a half "
+                        "cosine from --lr down to 1e-6 over each phase's epochs (default %(default)s)")
+    p.add_argument("--labels", default=_train("class_labels", lambda d: ",".join(f"{k}={v}" for k, v in d.items())),
+                   help="class folder / label value to label map (default %(default)s)")
+    p.add_argument("--threshold", choices=["sensitivity", "youden"], default=_train("threshold_method"),
                    help="operating threshold chosen on validation: best specificity at sensitivity >= "
-                        "--min-sensitivity (default), or Youden's J")
-    p.add_argument("--min-sensitivity", type=float, default=0.90)
+                        "--min-sensitivity, or Youden's J (default %(default)s)")
+    p.add_argument("--min-sensitivity", type=float, default=_train("min_sensitivity"), help="default %(default)s")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.set_defaults(func=_cmd_train)
+
+
+def train_config(args, sources=(), labels=None):
+    """The TrainConfig that `bcd train` ARGS ask for (only the given options are set)."""
+    from train.augment import AugmentConfig
+    from train.config import TrainConfig, saved_scan_region
+
+    options = given(args, _TRAIN_FIELDS)
+    if is_default(args.scan_region) and args.resume:     # resuming keeps the run's own setting
+        options["scan_region"] = saved_scan_region(args.out)
+    if not isinstance(args.arch, LibraryDefault):
+        options["batch_norm"] = args.arch == "vgg16-bn"
+    if not isinstance(args.augment, LibraryDefault):
+        options["augment"] = AugmentConfig.preset(args.augment)
+    if labels is not None:
+        options["class_labels"] = labels.to_dict()
+    if sources:
+        options["data"] = tuple({"path": str(s.path), "name": s.name,
+                               "mapping": s.mapping.to_dict() if s.mapping else None} for s in sources)
+    try:
+        return TrainConfig(out=str(args.out), **options)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _cmd_train(args) -> int:
     try:
         from runtime.dataset import LabelMap
-        from train.augment import AugmentConfig
-        from train.config import TrainConfig
         from train.distribute import writes_run_dir
         from train.trainer import LOG_NAME, train
     except ImportError as err:
         raise _missing_extra("train", err)
-    labels = LabelMap.parse(args.labels) if args.labels else None
+    labels = None if isinstance(args.labels, LibraryDefault) else LabelMap.parse(args.labels)
     sources = _sources(args.data, labels)
-    bn = args.arch == "vgg16-bn"
-    try:
-        config = TrainConfig(
-            out=str(args.out), image_size=args.image_size, epochs=args.epochs, weights=args.weights, seed=args.seed,
-            batch_size=args.batch_size, patience=args.patience, lr_decay_patience=args.lr_decay_patience,
-            threshold_method=args.threshold, min_sensitivity=args.min_sensitivity,
-            data=tuple({"path": str(s.path), "name": s.name, "mapping": s.mapping.to_dict() if s.mapping else None}
-                       for s in sources) or None,
-            val_source=args.val_source, precision=args.precision, batch_norm=bn, width=args.width,
-            lesion_weight=args.lesion_weight, lesion_loss=args.lesion_loss, augment=AugmentConfig.preset(args.augment),
-            strategy=args.strategy,
-            lr_scratch=args.lr if args.lr is not None else (1e-3 if bn else 3e-4),
-            **({"class_labels": labels.to_dict()} if labels else {}),
-        )
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    if args.val_source and args.val_source not in {s.name for s in sources}:
-        raise UsageError(f"--val-source {args.val_source}: not one of the sources "
+    config = train_config(args, sources, labels)
+    if config.val_source and config.val_source not in {s.name for s in sources}:
+        raise UsageError(f"--val-source {config.val_source}: not one of the sources "
                          f"({', '.join(s.name for s in sources) or 'none given'})")
-    chief = writes_run_dir(args.strategy)     # a non-chief worker logs to stderr only
+    chief = writes_run_dir(config.strategy)     # a non-chief worker logs to stderr only
     _setup_logging(args.out / LOG_NAME if chief else None)
     run = train(config, resume=args.resume)
     if not chief:
@@ -203,6 +258,15 @@ def _macs(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of MACs: {text!r} (e.g. 2.5e9 or 2.5G)") from None
 
 
+def _slim(name: str) -> LibraryDefault:
+    return library("train.slim:SlimConfig", name)
+
+
+_SLIM_FIELDS = {"ratio": "ratio", "target_macs": "target_macs", "criterion": "criterion", "min_filters": "min_filters",
+                "epochs": "epochs", "patience": "patience", "lr": "learning_rate",
+                "lr_decay_patience": "lr_decay_patience", "batch_size": "batch_size"}
+
+
 def _add_slim(sub) -> None:
     p = sub.add_parser("slim", help="prune a finished run's VGG16 to fewer conv filters (faster on CPU), "
                                     "fine-tune and evaluate it as a new run")
@@ -214,17 +278,20 @@ def _add_slim(sub) -> None:
     p.add_argument("--target-macs", type=_macs, metavar="MACS",
                      help="instead of --ratio: remove just enough filters (the same share in every layer) to fit "
                           "this many multiply-accumulates per image, e.g. 1.5G")
-    p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs at most (default 30)")
-    p.add_argument("--patience", type=int, default=8, help="early stopping: epochs without validation AUC gain")
-    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate, Adam (default 1e-4)")
-    p.add_argument("--lr-decay-patience", type=int, default=3,
+    p.add_argument("--epochs", type=int, default=_slim("epochs"), help="fine-tuning epochs at most (default %(default)s)")
+    p.add_argument("--patience", type=int, default=_slim("patience"),
+                   help="early stopping: epochs without validation AUC gain (default %(default)s)")
+    p.add_argument("--lr", type=float, default=_slim("learning_rate"),
+                   help="fine-tuning learning rate, Adam (default %(default)s)")
+    p.add_argument("--lr-decay-patience", type=int, default=_slim("lr_decay_patience"),
                    help="multiply the learning rate by 0.3 after this many epochs without validation AUC gain "
-                        "(default 3; 0 turns it off)")
+                        "(default %(default)s; 0 turns it off)")
     p.add_argument("--batch-size", type=int, help="default: the parent run's")
-    p.add_argument("--criterion", choices=["l1", "activation"], default="l1",
-                   help="filter importance: l1 (default), the L1 norm of the filter's weights; activation, its mean "
-                        "output on 128 training images")
-    p.add_argument("--min-filters", type=int, default=8, help="never keep fewer filters in a layer (default 8)")
+    p.add_argument("--criterion", choices=["l1", "activation"], default=_slim("criterion"),
+                   help="filter importance: l1, the L1 norm of the filter's weights; activation, its mean "
+                        "output on 128 training images (default %(default)s)")
+    p.add_argument("--min-filters", type=int, default=_slim("min_filters"),
+                   help="never keep fewer filters in a layer (default %(default)s)")
     p.add_argument("--data", type=Path, help="where the parent run's dataset lives now, if it moved")
     p.add_argument("--resume", action="store_true", help="continue an interrupted slim run in --out")
     p.set_defaults(func=_cmd_slim)
@@ -239,12 +306,8 @@ def _cmd_slim(args) -> int:
     if args.ratio is not None and args.target_macs is not None:
         raise UsageError("give either --ratio or --target-macs, not both")
     try:
-        config = SlimConfig(
-            parent=str(args.run), out=str(args.out), ratio=args.ratio, target_macs=args.target_macs,
-            criterion=args.criterion, min_filters=args.min_filters, epochs=args.epochs, patience=args.patience,
-            learning_rate=args.lr, lr_decay_patience=args.lr_decay_patience, batch_size=args.batch_size,
-            data=str(args.data) if args.data else None,
-        )
+        config = SlimConfig(parent=str(args.run), out=str(args.out), data=str(args.data) if args.data else None,
+                            **{k: v for k, v in given(args, _SLIM_FIELDS).items() if v is not None})
         open_parent(args.run)
     except ValueError as err:   # bad numbers, or RUN is not a finished run
         raise UsageError(str(err)) from None
@@ -262,6 +325,14 @@ def _cmd_slim(args) -> int:
 
 # ---- evaluate ----------------------------------------------------------------------
 
+def _evaluate(name: str) -> LibraryDefault:
+    return library("train.evaluate:EvaluateConfig", name)
+
+
+_EVALUATE_FIELDS = {"model": "model", "split": "split", "flip_tta": "flip_tta", "variant": "variant",
+                    "backend": "backend", "split_root": "split_root", "out": "out", "bootstrap": "bootstrap"}
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="score a run's or an export's test split, or a labelled folder with --data")
     p.add_argument("model", type=Path, nargs="?",
@@ -269,8 +340,8 @@ def _add_evaluate(sub) -> None:
                         "as a clinic runs it; default: the shipped reference model)")
     _add_data_options(p, help_text="score every labelled image of this dataset (class folders or a CSV index) "
                       "instead of the test split")
-    p.add_argument("--split", choices=["val", "test"], default="test",
-                   help="which part of the saved split to score (default test; a run's other splits and flip "
+    p.add_argument("--split", choices=["val", "test"], default=_evaluate("split"),
+                   help="which part of the saved split to score (default %(default)s; a run's other splits and flip "
                         "averaging are written to RUN/eval-<split>[-flip]/)")
     p.add_argument("--flip-tta", action="store_true",
                    help="run directory only: average each probability with the left-right mirrored image's "
@@ -280,7 +351,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--split-root", type=Path, help="where the run's dataset lives now, if it moved")
     p.add_argument("--out", type=Path, help="output folder (default: with --data RUN/eval-<folder name>; for an "
                    "export EXPORT/eval-<variant>-<split or folder>)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--bootstrap", type=int, default=_evaluate("bootstrap"),
+                   help="bootstrap resamples for the 95%% CIs (default %(default)s)")
     _add_site_flags(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -288,43 +360,29 @@ def _add_evaluate(sub) -> None:
 def _cmd_evaluate(args) -> int:
     try:
         from train import evaluate
-        from train.evaluate_export import evaluate_export_data, evaluate_export_split, is_export_dir
     except ImportError as err:
         raise _missing_extra("train", err)
-    from runtime.predict_files import default_model_path
-    model = args.model or default_model_path()
-    if model is None:
-        raise UsageError("give a run or export directory to evaluate (no reference model is shipped)")
-    if not Path(model).exists():
-        raise UsageError(f"{model}: no such run or export directory")
-    sources = _sources(args.data)
+    try:
+        if args.site and args.no_site:
+            raise ValueError("give either --site or --no-site, not both")
+        config = evaluate.EvaluateConfig(data=tuple(_sources(args.data)), site=args.site, no_site=args.no_site,
+                                         **given(args, _EVALUATE_FIELDS))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     _setup_logging()
-    if is_export_dir(Path(model)):
-        if args.flip_tta:
-            raise UsageError("--flip-tta applies to a run directory (the Keras model)")
-        site = _site(args)
-        if sources:
-            doc = evaluate_export_data(model, sources, args.variant, args.out, args.bootstrap, site=site,
-                                       backend=args.backend)
-        else:
-            doc = evaluate_export_split(model, args.variant, args.split_root, args.out, args.split, args.bootstrap,
-                                        site=site, backend=args.backend)
-    else:
-        if args.variant or args.backend != "auto":
-            raise UsageError("--variant and --backend apply to export directories; a run has one Keras model, "
-                             "run by TensorFlow")
-        if args.site:
-            raise UsageError("--site applies to export directories (a site profile belongs to an exported model "
-                             "file); a run is scored at its own threshold")
-        if sources:
-            doc = evaluate.evaluate_folder(model, sources, args.out, args.bootstrap)
-        else:
-            doc = evaluate.evaluate_run(model, args.split_root, args.bootstrap, args.split, args.flip_tta, args.out)
-    print(evaluate.metrics_markdown(doc))
+    print(evaluate.metrics_markdown(evaluate.evaluate(config)))
     return 0
 
 
 # ---- calibrate ---------------------------------------------------------------------
+
+def _site_profile(name: str) -> LibraryDefault:
+    return library("train.fit_site_profile:SiteProfileConfig", name)
+
+
+_SITE_PROFILE_FIELDS = {"method": "method", "min_per_class": "min_per_class", "max_ci_width": "max_ci_width",
+                        "bootstrap": "n_resamples", "force": "force", "name": "name"}
+
 
 def _add_calibrate(sub) -> None:
     p = sub.add_parser("calibrate", help="set a site's own operating point for an export on its labelled images: "
@@ -336,20 +394,21 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="SITE_PROFILE",
                    help="site profile to write (JSON; a Markdown report is written beside it)")
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--target-sensitivity", type=float, metavar="S",
-                        help="best specificity at sensitivity >= S (default: 0.90)")
+    target.add_argument("--target-sensitivity", type=float, metavar="S", default=_site_profile("target_value"),
+                        help="best specificity at sensitivity >= S (the default target, S = %(default)s)")
     target.add_argument("--target-specificity", type=float, metavar="S", help="best sensitivity at specificity >= S")
     target.add_argument("--youden", action="store_true", help="maximise sensitivity + specificity - 1")
-    p.add_argument("--method", choices=["threshold", "platt", "isotonic"], default="threshold",
-                   help="threshold only (default), or also recalibrate the probabilities first: platt (2 numbers) "
-                        "or isotonic (a lookup table)")
+    p.add_argument("--method", choices=["threshold", "platt", "isotonic"], default=_site_profile("method"),
+                   help="threshold only, or also recalibrate the probabilities first: platt (2 numbers) "
+                        "or isotonic (a lookup table) (default %(default)s)")
     p.add_argument("--variant", help="variant to calibrate (default as `bcd predict`); the profile applies to it only")
     p.add_argument("--name", help="the profile's name shown in reports and the demo (default: the file's stem)")
-    p.add_argument("--min-per-class", type=int, default=20,
-                   help="refuse with fewer malignant or benign images than this (default 20)")
-    p.add_argument("--max-ci-width", type=float, default=0.30,
-                   help="refuse when the 95%% CI of the target metric is wider than this (default 0.30)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--min-per-class", type=int, default=_site_profile("min_per_class"),
+                   help="refuse with fewer malignant or benign images than this (default %(default)s)")
+    p.add_argument("--max-ci-width", type=float, default=_site_profile("max_ci_width"),
+                   help="refuse when the 95%% CI of the target metric is wider than this (default %(default)s)")
+    p.add_argument("--bootstrap", type=int, default=_site_profile("n_resamples"),
+                   help="bootstrap resamples for the 95%% CIs (default %(default)s)")
     p.add_argument("--force", action="store_true",
                    help="write the profile even when the data is too small for the target (recorded in it)")
     p.set_defaults(func=_cmd_calibrate)
@@ -357,10 +416,10 @@ def _add_calibrate(sub) -> None:
 
 def _cmd_calibrate(args) -> int:
     try:
-        from train.calibrate import CalibrationConfig, calibrate_export
+        from train.fit_site_profile import SiteProfileConfig, write_site_profile
     except ImportError as err:
         raise _missing_extra("train", err)
-    from runtime.predict_files import default_model_path
+    from runtime.shipped import default_model_path
     model = args.model or default_model_path()
     if model is None or not Path(model).is_dir():
         raise UsageError(f"{model or 'EXPORT_DIR'}: give an export directory from `bcd export` to calibrate")
@@ -369,20 +428,19 @@ def _cmd_calibrate(args) -> int:
     source = _sources(args.data, single="--data")[0]
     if args.out.exists():
         raise UsageError(f"--out {args.out} already exists; choose another name (or delete it first)")
+    options = given(args, _SITE_PROFILE_FIELDS)
     if args.target_specificity is not None:
-        target, value = "specificity", args.target_specificity
+        options.update(target="specificity", target_value=args.target_specificity)
     elif args.youden:
-        target, value = "youden", 0.90
-    else:
-        target, value = "sensitivity", args.target_sensitivity if args.target_sensitivity is not None else 0.90
+        options["target"] = "youden"
+    elif not is_default(args.target_sensitivity):
+        options.update(target="sensitivity", target_value=args.target_sensitivity)
     try:
-        config = CalibrationConfig(target=target, target_value=value, method=args.method,
-                                   min_per_class=args.min_per_class, max_ci_width=args.max_ci_width,
-                                   n_resamples=args.bootstrap, force=args.force, name=args.name)
+        config = SiteProfileConfig(**options)
     except ValueError as err:
         raise UsageError(str(err)) from None
     _setup_logging()
-    result = calibrate_export(model, source, args.out, config, variant=args.variant)
+    result = write_site_profile(model, source, args.out, config, variant=args.variant)
     print(result.report)
     print(f"site profile written to {result.profile_path} (report: {result.report_path.name}); "
           f"use it with --site {result.profile_path} or BCD_SITE={result.profile_path}")
@@ -407,6 +465,15 @@ def _site(args) -> Path | None:
 
 # ---- export ------------------------------------------------------------------------
 
+def _export(name: str, show=None) -> LibraryDefault:
+    return library("export.config:ExportConfig", name, show)
+
+
+_EXPORT_FIELDS = {"calib_size": "calib_size", "calib_method": "calib_method", "qat": "qat_epochs",
+                  "max_auc_drop": "max_auc_drop", "max_flip_rate": "max_flip_rate", "opset": "onnx_opset",
+                  "sparsity": "sparsity", "sparsity_epochs": "sparsity_epochs", "ood_quantile": "ood_quantile"}
+
+
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export a run to ONNX/TFLite variants, check each against the Keras model, "
                                       "write manifest.json")
@@ -419,28 +486,30 @@ def _add_export(sub) -> None:
     _add_data_options(p, dest="calib_data", flag="--calib-data", multiple=False,
                       help_text="labelled dataset (class folders or CSV index) of calibration images (default: the "
                                 "run's training split)")
-    p.add_argument("--calib-size", type=int, default=200, help="calibration images, at most (default 200)")
-    p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default="minmax",
-                   help="ONNX Runtime calibration method for onnx-int8 (default minmax)")
-    p.add_argument("--qat", type=int, default=0, metavar="EPOCHS",
+    p.add_argument("--calib-size", type=int, default=_export("calib_size"),
+                   help="INT8 calibration images, at most (default %(default)s)")
+    p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default=_export("calib_method"),
+                   help="ONNX Runtime calibration method for onnx-int8 (default %(default)s)")
+    p.add_argument("--qat", type=int, default=_export("qat_epochs"), metavar="EPOCHS",
                    help="also export quantization-aware-trained INT8 variants, fine-tuned EPOCHS epochs")
     _add_data_options(p, multiple=False, help_text="labelled dataset (class folders or CSV index) for the parity "
                       "checks (default: the run's validation split)")
-    p.add_argument("--max-auc-drop", type=float, default=0.01, help="tolerated AUC drop vs Keras (default 0.01)")
-    p.add_argument("--max-flip-rate", type=float, default=0.02,
-                   help="tolerated share of changed decisions at the operating threshold (default 0.02)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--sparsity", type=float, default=0.0, metavar="FRACTION",
+    p.add_argument("--max-auc-drop", type=float, default=_export("max_auc_drop"),
+                   help="tolerated AUC drop vs Keras (default %(default)s)")
+    p.add_argument("--max-flip-rate", type=float, default=_export("max_flip_rate"),
+                   help="tolerated share of changed decisions at the operating threshold (default %(default)s)")
+    p.add_argument("--opset", type=int, default=_export("onnx_opset"), help="ONNX opset (default %(default)s)")
+    p.add_argument("--sparsity", type=float, default=_export("sparsity"), metavar="FRACTION",
                    help="also export magnitude-pruned variants (onnx-fp32-sparseNN, onnx-int8-sparseNN) with this "
                         "share of zero weights, e.g. 0.5: a smaller COMPRESSED download, NOT faster in ONNX Runtime")
-    p.add_argument("--sparsity-epochs", type=int, default=2,
-                   help="fine-tuning epochs on the training split while pruning (default 2)")
-    p.add_argument("--ood-quantile", type=float, default=0.99,
+    p.add_argument("--sparsity-epochs", type=int, default=_export("sparsity_epochs"),
+                   help="fine-tuning epochs on the training split while pruning (default %(default)s)")
+    p.add_argument("--ood-quantile", type=float, default=_export("ood_quantile"),
                    help="out-of-distribution flag threshold: this quantile of each variant's scores on the "
-                        "validation split (default 0.99: about 1%% of validation images flagged)")
-    p.add_argument("--ood-layers", default="block3_pool,gap",
+                        "validation split (default %(default)s: about 1%% of validation images flagged)")
+    p.add_argument("--ood-layers", default=_export("ood_layers", ",".join),
                    help="comma-separated layers whose pooled activations the out-of-distribution score uses "
-                        "(default block3_pool,gap; see export/README.md for the measured trade-offs)")
+                        "(default %(default)s; see export/README.md for the measured trade-offs)")
     p.add_argument("--no-ood", action="store_true",
                    help="leave out the out-of-distribution score (no image is ever flagged)")
     p.set_defaults(func=_cmd_export)
@@ -456,17 +525,13 @@ def _cmd_export(args) -> int:
         raise UsageError(f"{args.run}: no such run directory")
     calib = (_sources(args.calib_data, single="--calib-data") or [None])[0]
     parity = (_sources(args.data, single="--data") or [None])[0]
-    options = {}
+    options = given(args, _EXPORT_FIELDS)
     if args.formats:
         options["formats"] = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    config = ExportConfig(
-        run_dir=str(args.run), out=str(args.out), calib_data=calib,
-        calib_size=args.calib_size, calib_method=args.calib_method, qat_epochs=args.qat,
-        parity_data=parity, max_auc_drop=args.max_auc_drop,
-        max_flip_rate=args.max_flip_rate, onnx_opset=args.opset, sparsity=args.sparsity,
-        sparsity_epochs=args.sparsity_epochs, ood=not args.no_ood, ood_quantile=args.ood_quantile,
-        ood_layers=tuple(x.strip() for x in args.ood_layers.split(",") if x.strip()), **options,
-    )
+    if not is_default(args.ood_layers):
+        options["ood_layers"] = tuple(x.strip() for x in args.ood_layers.split(",") if x.strip())
+    config = ExportConfig(run_dir=str(args.run), out=str(args.out), calib_data=calib, parity_data=parity,
+                          ood=not args.no_ood, **options)
     _setup_logging()
     result = export_run(config)
     print(summary_table(result.manifest, result.seconds))
@@ -479,12 +544,31 @@ def _cmd_export(args) -> int:
 _PROGRESS_MIN = 20  # report progress on stderr from this many images on
 
 
+def _predict(name: str) -> LibraryDefault:
+    return library("runtime.predict_files:PredictConfig", name)
+
+
+_PREDICT_FIELDS = {"model": "model", "variant": "variant", "threads": "threads", "backend": "backend",
+                   "max_pixels": "max_pixels", "batch_size": "batch_size", "force": "force",
+                   "heatmap": "heatmap_dir", "partial_every": "partial_every", "region": "region",
+                   "frames": "frames"}
+
+
+def predict_config(args):
+    """The PredictConfig that `bcd predict` ARGS ask for."""
+    from runtime.predict_files import PredictConfig
+    try:
+        return PredictConfig(**given(args, _PREDICT_FIELDS))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="classify images with an exported model (ONNX Runtime/LiteRT, no TensorFlow)")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (searched recursively, lesion masks skipped) or glob patterns")
     p.add_argument("--model", type=Path, help="export directory from `bcd export`, its manifest.json, or an .onnx "
-                   "file with embedded metadata (default: $BCD_MODEL, else the shipped reference model in models/)")
+                   "file with embedded metadata (default: $BCD_MODEL, else the shipped reference model)")
     p.add_argument("--variant", help="variant to run, e.g. onnx-fp32 (default: onnx-int8 if it passed the export "
                    "checks, else onnx-fp32)")
     p.add_argument("--json", type=Path, dest="json_out", metavar="FILE", help="also write the results as JSON")
@@ -492,36 +576,27 @@ def _add_predict(sub) -> None:
     p.add_argument("--heatmap", type=Path, metavar="DIR", help="write a Grad-CAM overlay <stem>_gradcam.png per image")
     p.add_argument("--threads", type=int, help="CPU threads for inference (default: physical cores)")
     _add_backend(p)
-    p.add_argument("--max-pixels", type=int, default=None,
-                   help="refuse images with more pixels than this (default 64000000; decompression-bomb guard)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default 8)")
+    p.add_argument("--max-pixels", type=int, default=_predict("max_pixels"),
+                   help="refuse images with more pixels than this (default %(default)s; decompression-bomb guard)")
+    p.add_argument("--batch-size", type=int, default=_predict("batch_size"),
+                   help="images per inference batch (default %(default)s)")
     p.add_argument("--force", action="store_true",
                    help="run a variant that failed the export's checks against the original model (investigation only)")
     _add_site_flags(p)
-    p.add_argument("--partial-every", type=float, default=10.0, metavar="SECONDS",
+    _add_region_flags(p)
+    p.add_argument("--partial-every", type=float, default=_predict("partial_every"), metavar="SECONDS",
                    help="with --json/--csv, keep FILE.partial.json up to date with the results so far at most every "
-                        "SECONDS (default 10), so an interrupted run loses nothing; removed when FILE is written")
+                        "SECONDS (default %(default)s), so an interrupted run loses nothing; removed when FILE is written")
     p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_predict(args) -> int:
     from runtime import predict_files
-    from runtime.classifier import Classifier
-    from runtime.images import DEFAULT_MAX_PIXELS
     from runtime.progress import Progress
     from runtime.site_profile import load_for
 
-    model = args.model or predict_files.default_model_path()
-    if model is None:
-        raise UsageError("--model is required here: pass an export directory from `bcd export` (the shipped "
-                         "reference model is missing from models/; set BCD_MODEL to use another default)")
-    for flag, value in (("--threads", args.threads), ("--max-pixels", args.max_pixels), ("--batch-size", args.batch_size)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be at least 1")
-    if args.partial_every < 0:
-        raise UsageError("--partial-every must not be negative")
-    classifier = Classifier.load(model, variant=args.variant, threads=args.threads, force=args.force,
-                                 max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, backend=args.backend)
+    config = predict_config(args)
+    classifier = config.load_classifier()     # no model at all: a clear error naming what to pass
     site = load_for(classifier, _site(args))
     if args.heatmap is not None and not classifier.has_cam:
         raise UsageError(f"variant {classifier.variant} has no Grad-CAM output; use --variant onnx-fp32 or onnx-int8 "
@@ -530,6 +605,7 @@ def _cmd_predict(args) -> int:
           f"{classifier.engine}, {classifier.threads} thread(s))", file=sys.stderr)
     if site is not None:
         print(f"operating point: {site.describe()}", file=sys.stderr)
+    print(f"scan region: {classifier.region}, cine frames: {classifier.frames}", file=sys.stderr)
 
     reporter: list[Progress] = []
 
@@ -546,11 +622,11 @@ def _cmd_predict(args) -> int:
     # The reports are written atomically at the end; meanwhile one partial file (next to
     # the first of them) keeps the results so far.
     target = args.json_out or args.csv_out
-    partial = predict_files.PartialResults(target, args.partial_every) if target is not None else None
+    partial = predict_files.PartialResults(target, config.partial_every) if target is not None else None
     with warnings.catch_warnings():
         warnings.showwarning = one_line_warning
-        results = predict_files.predict_paths(classifier, [str(i) for i in args.inputs], heatmap_dir=args.heatmap,
-                                              batch_size=args.batch_size, progress=progress, partial=partial)
+        results = predict_files.predict_paths(classifier, [str(i) for i in args.inputs], heatmap_dir=config.heatmap_dir,
+                                              batch_size=config.batch_size, progress=progress, partial=partial)
     print(predict_files.format_table(results))
     if site is not None:
         print(f"\nLabels at the operating point of site profile '{site.name}' ({site.path}), not the export's.")
@@ -576,48 +652,69 @@ def _cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+# ---- scan region and cine frames (predict) ------------------------------------------
+
+def _add_region_flags(p) -> None:
+    p.add_argument("--region", metavar="auto|off|X,Y,W,H",
+                   help="the part of each image the model classifies: auto (a DICOM file's own tissue region, "
+                        "else the scan-region finder), off (the whole image) or a box X,Y,W,H in the image's "
+                        "pixels (default: the export's setting, auto for exports that record none)")
+    p.add_argument("--frames", default=_predict("frames"), metavar="middle|all|N",
+                   help="frames of a cine loop (multi-frame DICOM) to classify (default %(default)s): middle, all (each "
+                        "frame's probability is reported, the call uses their mean) or frame number N (from 1); still images "
+                        "are classified as they are")
+
+
 # ---- demo --------------------------------------------------------------------------
+
+def _demo(name: str) -> LibraryDefault:
+    return library("demo.config:DemoConfig", name)
+
+
+_DEMO_FIELDS = {"host": "host", "port": "port", "max_file_size": "max_file_size", "concurrency": "concurrency",
+                "backend": "backend"}
+
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="serve a local web page (Gradio) to try an exported model on images")
     p.add_argument("--model", type=Path, action="append",
                    help="export directory from `bcd export`; repeat it to offer several models side by side "
                         "(e.g. the full model and its slim version), each with its own threshold (default: "
-                        "$BCD_MODEL, else every model shipped in models/, the reference model first)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this computer only; 0.0.0.0 opens it to the "
+                        "$BCD_MODEL, else every shipped model, the reference model first)")
+    p.add_argument("--host", default=_demo("host"),
+                   help="address to listen on (default %(default)s: this computer only; 0.0.0.0 opens it to the "
                         "network, without any login)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=int, default=_demo("port"), help="port (default %(default)s)")
     p.add_argument("--examples", type=Path, metavar="DIR", help="folder of example images to offer on the page")
     p.add_argument("--share", action="store_true",
                    help="also create a public gradio.live link (needs internet; anyone with the link can use it)")
-    p.add_argument("--max-file-size", default="20MB", help="largest upload accepted (default 20MB)")
+    p.add_argument("--max-file-size", default=_demo("max_file_size"), help="largest upload accepted (default %(default)s)")
     p.add_argument("--threads", type=int, help="CPU threads per model (default: physical cores)")
     _add_backend(p)
     p.add_argument("--variant", help="variant selected when the page opens (default: the runtime's default of "
                    "the first model; with several models 'MODEL · VARIANT' picks another model's)")
-    p.add_argument("--concurrency", type=int, default=2, help="requests processed at once (default 2)")
+    p.add_argument("--concurrency", type=int, default=_demo("concurrency"),
+                   help="requests processed at once (default %(default)s)")
     _add_site_flags(p)
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args) -> int:
-    from runtime import predict_files
+    from runtime.shipped import default_models
 
     try:
         from demo.app import DemoConfig, launch
     except ImportError as err:
         raise _missing_extra("demo", err)
-    models = args.model or _default_demo_models(predict_files)
+    models = args.model or default_models()
     if not models:
         raise UsageError("--model is required here: pass an export directory from `bcd export` (the shipped "
-                         "reference model is missing from models/; set BCD_MODEL to use another default)")
+                         "reference model is missing from runtime/models/; set BCD_MODEL to use another default)")
     if args.examples is not None and not args.examples.is_dir():
         raise UsageError(f"--examples {args.examples}: no such folder")
     try:
-        config = DemoConfig(model=models, host=args.host, port=args.port, examples=args.examples, share=args.share,
-                            max_file_size=args.max_file_size, threads=args.threads, variant=args.variant,
-                            concurrency=args.concurrency, site=_site(args), backend=args.backend)
+        config = DemoConfig(model=models, examples=args.examples, share=args.share, threads=args.threads,
+                            variant=args.variant, site=_site(args), **given(args, _DEMO_FIELDS))
     except ValueError as err:
         raise UsageError(str(err)) from None
     _setup_logging()
@@ -627,20 +724,6 @@ def _cmd_demo(args) -> int:
         print(f"site profile: {config.site} (applies to the model file it was calibrated on)", file=sys.stderr)
     launch(config)
     return 0
-
-
-def _default_demo_models(predict_files) -> list[Path]:
-    """$BCD_MODEL when set (as for predict and evaluate), else every export shipped in
-    models/ (reference first), else the default model if any."""
-    import os
-
-    if os.environ.get(predict_files.MODEL_ENV):
-        return [predict_files.default_model_path()]
-    shipped = predict_files.shipped_models()
-    if shipped:
-        return shipped
-    fallback = predict_files.default_model_path()
-    return [fallback] if fallback is not None else []
 
 
 # ---- benchmark ---------------------------------------------------------------------
@@ -674,13 +757,14 @@ def _add_pick(sub) -> None:
                                     "budget of the original's")
     p.add_argument("results", type=Path, metavar="RESULTS_JSON",
                    help="results.json written by `bcd benchmark` (or its folder); measure on --split val")
-    p.add_argument("--budget", type=float, default=0.01, help="largest tolerated AUC drop vs the original (default 0.01)")
+    p.add_argument("--budget", type=float, default=LibraryDefault(lambda: importlib.import_module("benchmarks.pick").DEFAULT_BUDGET),
+                   help="largest tolerated AUC drop vs the original (default %(default)s)")
     p.set_defaults(func=_cmd_pick)
 
 
 def _cmd_pick(args) -> int:
     from benchmarks.pick import load_results, pick, pick_text
-    choice = pick(load_results(args.results), args.budget)
+    choice = pick(load_results(args.results), **({} if is_default(args.budget) else {"budget": args.budget}))
     for warning in choice.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(pick_text(choice))
@@ -690,24 +774,13 @@ def _cmd_pick(args) -> int:
 
 # ---- main --------------------------------------------------------------------------
 
-def version() -> str:
-    """The installed package's version (a source checkout run without installing: 'unknown')."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
-
-    try:
-        return installed("breast-cancer-edge")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bcd",
         description="Breast cancer detection on CPU-only clinic PCs: train VGG16, evaluate, "
                     "export and run it. " + DISCLAIMER,
     )
-    parser.add_argument("--version", action="version", version=f"bcd {version()}")
+    parser.add_argument("--version", action="version", version=f"bcd {tool_version()}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     # not required: a bare `bcd` prints the help instead of an argparse error
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -1,8 +1,7 @@
-"""The engines side by side on the same .onnx file: timing and parity.
+"""The engines side by side on the same .onnx file: timing.
 
-    python -m benchmarks.backends compare models/bus-vgg16-w50-128 models/bus-vgg16-w50-128-slim30
-    python -m benchmarks.backends check models/bus-vgg16-w50-128
-    python -m benchmarks.backends profile models/bus-vgg16-w50-128
+    python -m benchmarks.backends compare runtime/models/bus-vgg16-w50-128 runtime/models/bus-vgg16-w50-128-slim30
+    python -m benchmarks.backends profile runtime/models/bus-vgg16-w50-128
 
 `compare` answers "is `bcd predict`, as installed, as fast as the best engine?". Every
 contender runs in a fresh process of its own (engines' thread pools spin and steal
@@ -30,12 +29,8 @@ backends.json, under this CPU's signature (runtime.backends.cpu_signature): what
 `profile` runs ONNX Runtime's profiler with the runtime's session options and prints the
 time per operator type (where ONNX Runtime spends the time).
 
-`check` runs each installed engine on the export's validation split and compares it
-with ONNX Runtime on the same file (the engine the export checked against the Keras
-original: flip rate, AUC drop, max |delta p|, CAM correlation) and with the manifest's
-baseline AUC of the Keras original; the export's tolerances decide. It writes
-backends.json beside manifest.json: `--backend auto` serves a variant with OpenVINO only
-where this file records a pass for that very file (sha256).
+The parity check that allows an engine to serve a file (backends.json) is
+`python -m export.engine_parity`.
 """
 from __future__ import annotations
 
@@ -52,13 +47,13 @@ from pathlib import Path
 
 from benchmarks.child import checkout_env, run_json_child
 from benchmarks.timing import SelfTimed
+from runtime.host import DISCLAIMER, package_version, utc_now
 
 CONTENDERS = ("bcd-default", "bcd-onnxruntime", "bcd-openvino", "onnxruntime-spinning", "openvino-latency",
               "openvino-default")
 OPENVINO_OWN = ("openvino-latency", "openvino-default")
 ENGINE_CONTENDERS = ("bcd-onnxruntime", "bcd-openvino", "bcd-litert")   # one engine through the runtime
 CHILD_TIMEOUT_S = 600
-DISCLAIMER = "Research and education only: not a diagnosis."
 
 
 # --------------------------------------------------------------------------- child side
@@ -293,7 +288,7 @@ def compare(exports: list[Path], runs: int = 30, warmup: int = 5, rounds: int = 
         for c in contenders:
             jobs[f"{Path(export).name}|{c}"] = child_command(c, Path(export), runs, warmup, threads)
     machine = machine_info(resolve_threads(threads))
-    machine["versions"]["openvino"] = _version("openvino")
+    machine["versions"]["openvino"] = package_version("openvino")
     started = time.monotonic()
     timed = time_in_processes(jobs, rounds, log)
     machine["load_average_end"] = load_average()
@@ -319,7 +314,7 @@ def compare(exports: list[Path], runs: int = 30, warmup: int = 5, rounds: int = 
             "bcd_openvino_vs_onnxruntime": _ratio(ov_bcd, ort_new),
             "variant": rows.get("bcd-onnxruntime", {}).get("variant"),
         })
-    return {"created": _now(), "machine": machine, "runs_per_process": runs, "warmup": warmup, "rounds": rounds,
+    return {"created": utc_now(), "machine": machine, "runs_per_process": runs, "warmup": warmup, "rounds": rounds,
             "seconds": round(time.monotonic() - started, 1), "models": models,
             "note": "each contender in a fresh process per round, rounds interleaved; p50 pools every timed run "
                     "of every round; ratio < 1 means the first is faster"}
@@ -327,19 +322,6 @@ def compare(exports: list[Path], runs: int = 30, warmup: int = 5, rounds: int = 
 
 def _ratio(a, b):
     return None if a is None or b in (None, 0) else a / b
-
-
-def _version(package: str) -> str | None:
-    from importlib import metadata
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
 def record_speed(doc: dict, command: str) -> list[str]:
@@ -357,7 +339,7 @@ def record_speed(doc: dict, command: str) -> list[str]:
         record = read_backend_record(export_dir)
         if ort is None or ov is None or not variant or variant not in record.get("variants", {}):
             said.append(f"{export_dir}: nothing recorded (needs both bcd-onnxruntime and bcd-openvino timings and "
-                        f"a backends.json from `python -m benchmarks.backends check {export_dir}`)")
+                        f"a backends.json from `python -m export.engine_parity {export_dir}`)")
             continue
         entry = {"faster": "openvino" if ov < ort else "onnxruntime", "p50_ms": {"onnxruntime": ort, "openvino": ov},
                  "created": doc["created"], "command": command, "rounds": doc["rounds"],
@@ -455,115 +437,6 @@ def profile_markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------- parity check
-
-def _split_images(export_dir: Path, manifest, data: Path | None, split: str):
-    """(resized uint8 BGR images, labels, description) of a split of the export's
-    split.json (its dataset found where the split says) or of a labelled folder / CSV
-    index (`runtime.dataset`, the same readers as training and `bcd evaluate`)."""
-    import numpy as np
-    from runtime.dataset import DataSource, read_source, samples_of_split
-    from runtime.images import read_image
-    from runtime.preprocessing import PreprocessSpec, resize
-
-    spec = PreprocessSpec.from_dict(manifest.preprocessing)
-    if data is not None:
-        samples = read_source(DataSource.parse(str(data))).samples
-        source = f"data {data}"
-    else:
-        split_file = export_dir / "split.json"
-        if not split_file.is_file():
-            raise FileNotFoundError(f"{export_dir}: no split.json beside the manifest; pass --data DIR")
-        samples = samples_of_split(json.loads(split_file.read_text()), split)
-        source = f"{split} split of {split_file}"
-    samples = [s for s in samples if s.label is not None]
-    if not samples:
-        raise ValueError(f"no labelled images to check on ({source})")
-    labels = [int(s.label) for s in samples]
-    images = np.stack([resize(read_image(s.path), spec) for s in samples])
-    return images, np.asarray(labels, dtype=np.int64), {"source": source, "n": len(samples),
-                                                        "n_malignant": int(sum(labels))}
-
-
-def _run_all(clf, images, batch: int = 16):
-    import numpy as np
-    probs, cams = [], []
-    clf.input_checks = None   # dataset scans resized to the model input: the model is measured, not clinic input
-    for start in range(0, len(images), batch):
-        preds = clf.predict_decoded(list(images[start:start + batch]), with_cam=clf.has_cam)
-        bad = [p.error for p in preds if p.error]
-        if bad:
-            raise RuntimeError(bad[0])
-        probs += [p.probability for p in preds]
-        cams += [p.cam for p in preds] if clf.has_cam else []
-    return np.asarray(probs), (np.stack(cams) if cams else None)
-
-
-def check(export_dir: Path, data: Path | None = None, split: str = "val", engines: tuple[str, ...] | None = None,
-          command: str | None = None) -> dict:
-    """Parity of every installed engine on every usable .onnx variant; writes backends.json."""
-    from export.parity import Tolerance, compare as parity_compare
-    from runtime import atomic
-    from runtime.backends import BACKENDS_FILE, openvino_installed, read_backend_record
-    from runtime.classifier import Classifier
-    from runtime.manifest import read_manifest
-
-    export_dir = Path(export_dir)
-    manifest = read_manifest(export_dir)
-    tol = Tolerance(**(manifest.export_settings.get("tolerance") or {}))
-    engines = engines or (("openvino",) if openvino_installed() else ())
-    images, labels, described = _split_images(export_dir, manifest, data, split)
-    previous = read_backend_record(export_dir).get("variants", {})
-    baseline = manifest.baseline or {}
-    same_data = data is None and split == "val" and baseline.get("n") == len(labels)
-    record = {"schema_version": 1, "created": _now(), "command": command, "data": described,
-              "tolerance": {"max_auc_drop": tol.max_auc_drop, "max_flip_rate": tol.max_flip_rate},
-              "reference": "ONNX Runtime on the same file (the engine the export checked against the Keras "
-                           "original); AUC also against the manifest's baseline AUC of the Keras original when "
-                           "the data are its validation split",
-              "machine": {"cpu": _cpu(), "architecture": _arch()}, "variants": {}}
-    for entry in manifest.variants:
-        if entry.format != "onnx" or not entry.usable:
-            continue
-        ref = Classifier.load(export_dir, variant=entry.name, backend="onnxruntime")
-        ref_probs, ref_cams = _run_all(ref, images)
-        ref.close()
-        by_engine: dict = {"sha256": entry.sha256, "onnxruntime": {
-            "status": entry.status, "version": _version("onnxruntime"),
-            "parity": entry.parity.to_dict() if entry.parity else None,
-            "checked": "by the export, against the Keras original"}}
-        for engine in engines:
-            clf = Classifier.load(export_dir, variant=entry.name, backend=engine)
-            probs, cams = _run_all(clf, images)
-            parity = parity_compare(probs, ref_probs, labels, manifest.threshold_value, cams, ref_cams)
-            problems = tol.violations(parity)
-            vs_original = None
-            if same_data and baseline.get("auc") is not None and parity.auc is not None:
-                vs_original = float(baseline["auc"]) - parity.auc
-                if vs_original > tol.max_auc_drop:
-                    problems.append(f"AUC drop vs the Keras original {vs_original:.4f} > {tol.max_auc_drop:g}")
-            by_engine[engine] = {"status": "failed" if problems else "ok", "problems": problems,
-                                 "version": _version(engine), "precision": getattr(clf.backend, "precision", None),
-                                 "parity": parity.to_dict(), "auc_drop_vs_original": vs_original}
-            clf.close()
-        old = previous.get(entry.name) or {}
-        if old.get("speed") and old.get("sha256") == entry.sha256:
-            by_engine["speed"] = old["speed"]          # speed records of the same file stay valid
-        record["variants"][entry.name] = by_engine
-    atomic.write_json(export_dir / BACKENDS_FILE, record)
-    return record
-
-
-def _cpu() -> str:
-    from benchmarks.machine import cpu_model
-    return cpu_model()
-
-
-def _arch() -> str:
-    import platform
-    return platform.machine()
-
-
 # --------------------------------------------------------------------------- command line
 
 def main(argv: list[str] | None = None) -> int:
@@ -581,10 +454,6 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--record", action="store_true",
                    help="write the faster engine on this CPU into each export's backends.json (what --backend auto "
                         "follows here)")
-    k = sub.add_parser("check", help="parity of each installed engine vs ONNX Runtime; writes backends.json")
-    k.add_argument("export", type=Path, metavar="EXPORT_DIR")
-    k.add_argument("--data", type=Path, help="labelled folder instead of the split in split.json")
-    k.add_argument("--split", default="val", choices=["val", "test"])
     f = sub.add_parser("profile", help="ONNX Runtime's profiler: time per operator type")
     f.add_argument("export", type=Path, metavar="EXPORT_DIR")
     f.add_argument("--runs", type=int, default=30)
@@ -616,18 +485,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "profile":
             print(profile_markdown(profile(args.export, args.runs, args.threads, args.variant)))
-            return 0
-        if args.cmd == "check":
-            doc = check(args.export, args.data, args.split, command=command)
-            for name, engines in doc["variants"].items():
-                for engine, e in engines.items():
-                    if isinstance(e, dict) and engine != "onnxruntime":
-                        p = e["parity"]
-                        print(f"{args.export} {name} {engine} ({e['precision']}): {e['status']}; flip rate "
-                              f"{p['flip_rate']:.4f}, max |dp| {p['max_abs_diff']:.4f}, AUC {p['auc']} vs ORT "
-                              f"{p['auc_original']}, CAM r {p['cam_correlation']}"
-                              + (f"; {'; '.join(e['problems'])}" if e["problems"] else ""))
-            print(f"written: {Path(args.export) / 'backends.json'}")
             return 0
         contenders = tuple(s.strip() for s in args.contenders.split(",")) if args.contenders else CONTENDERS
         unknown = [s for s in contenders if s not in CONTENDERS]

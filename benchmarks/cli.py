@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from benchmarks.config import BenchmarkConfig, parse_list, parse_sizes
+from runtime.host import DISCLAIMER
 
-DISCLAIMER = "Research and education only: not a diagnosis."
 HELP = "latency, throughput, cold start, memory and accuracy of every exported variant vs the original Keras model"
 
 

@@ -4,12 +4,13 @@
                                 [--rounds 3] [--sweep] [--out runs/ingest]
 
 Over a folder, `runtime.predict_files.predict_paths` does two kinds of work per image:
-the per-file step (read the file, decode it, find the scan region) and the classify step
-(input checks, resize, the model). Each is measured alone, in its own fresh process:
+the per-file step (read the file, decode it, find the scan region, the colour and input
+checks, crop, resize: runtime.classifier.Classifier.place) and the classify step (the
+model: Classifier.infer). Each is measured alone, in its own fresh process:
 
   read     the per-file step, one image after another on one thread;
   cls@T    the classify step at the predict batch size with the default T inference
-           threads, on images already decoded;
+           threads, on images already placed;
   cls@1    the same with one inference thread: the least core time it needs.
 
 each as wall time and CPU time (time.process_time) per image. The floor is the time per
@@ -61,14 +62,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from runtime.host import DISCLAIMER, cpu_model
+from runtime.shipped import MODELS_DIR, SHIPPED_MODEL
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data"
-DEFAULT_MODEL = REPO / "models" / "bus-vgg16-w50-128"
+DEFAULT_MODEL = MODELS_DIR / SHIPPED_MODEL
 SCREEN_SIZE = (856, 606)          # width, height of the scanner screen captures made
 TARGET_RATIO = 0.8
 WARMUP_BATCHES = 2
 CHILD_TIMEOUT = 1800.0
-DISCLAIMER = "Research and education only: not a diagnosis."
 
 
 @dataclass(frozen=True)
@@ -244,17 +247,12 @@ def _files(folder: str) -> list[Path]:
     return expand_inputs([folder])[0]
 
 
-def per_file_step(path: Path, max_pixels: int):
-    """What predict_paths does to one file before inference: read, decode, crop to the
-    scan region. None for a file that cannot be read."""
-    from runtime.images import ImageReadError, read_image
-    from runtime.scan_region import find_scan_region
-
-    try:
-        image = read_image(path, max_pixels)
-    except ImageReadError:
-        return None
-    return find_scan_region(image).crop(image)
+def per_file_step(path: Path, clf):
+    """What predict_paths does to one file before inference, in its read-ahead threads:
+    read, decode, find the scan region, the colour and input checks, crop, preprocess
+    (runtime.classifier.Classifier.place). A runtime.classifier.Placed."""
+    from runtime.predict_files import _read_and_place
+    return _read_and_place(path, clf)[1]
 
 
 def _load(task: dict):
@@ -263,28 +261,28 @@ def _load(task: dict):
 
 
 def task_read(task: dict) -> dict:
-    from runtime.images import DEFAULT_MAX_PIXELS
-
+    clf = _load(task)
     files = _files(task["folder"])
     for path in files[:WARMUP_BATCHES]:
-        per_file_step(path, DEFAULT_MAX_PIXELS)
+        per_file_step(path, clf)
     cpu, started = time.process_time(), time.perf_counter()
     for path in files:
-        per_file_step(path, DEFAULT_MAX_PIXELS)
+        per_file_step(path, clf)
     return {"images": len(files), "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu}
 
 
 def task_classify(task: dict) -> dict:
+    """The inference step alone (runtime.classifier.Classifier.infer) on files placed before."""
     clf = _load(task)
-    images = [image for image in (per_file_step(p, clf.max_pixels) for p in _files(task["folder"])) if image is not None]
+    placed = [item for item in (per_file_step(p, clf) for p in _files(task["folder"])) if item.arrays is not None]
     size = task["batch_size"]
-    batches = [images[start:start + size] for start in range(0, len(images), size)]
+    batches = [placed[start:start + size] for start in range(0, len(placed), size)]
     for batch in batches[:WARMUP_BATCHES]:
-        clf.predict_decoded(batch)
+        clf.infer(batch)
     cpu, started = time.process_time(), time.perf_counter()
     for batch in batches:
-        clf.predict_decoded(batch)
-    return {"images": len(images), "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
+        clf.infer(batch)
+    return {"images": len(placed), "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu,
             "threads": clf.threads,
             "engine": clf.engine, "variant": clf.variant}
 
@@ -412,15 +410,7 @@ def per_image(rounds: list[dict], key: str) -> float:
 
 
 def host() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model or platform.processor(), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform()}
 
 
@@ -499,7 +489,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Median of {doc['rounds']} rounds, every figure from a fresh process.", "",
         f"**{doc['note']}**", "",
         "| component (alone) | ms / image | CPU ms / image |", "|---|---:|---:|",
-        f"| read: read + decode + scan-region finder, one thread | {c['read']:.2f} | {cpu['read']:.2f} |",
+        f"| read: read + decode + scan region + checks + preprocessing (Classifier.place), one thread | {c['read']:.2f} | {cpu['read']:.2f} |",
         f"| cls@T: classify step (input checks, resize, model), {doc['inference_threads']} inference threads | "
         f"{c['classify_default_threads']:.2f} | {cpu['classify_default_threads']:.2f} |",
         f"| cls@1: the same with 1 inference thread | {c['classify_1_thread']:.2f} | {cpu['classify_1_thread']:.2f} |",

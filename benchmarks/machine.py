@@ -12,62 +12,14 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from importlib import metadata
-from pathlib import Path
 
-from runtime.backends import cpu_fields
+from runtime.host import cpu_flags, cpu_model, package_version
 
-# flag name in /proc/cpuinfo -> name in results.json
-_X86_FLAGS = {
-    "avx2": "avx2",
-    "fma": "fma",
-    "avx512f": "avx512f",
-    "avx512bw": "avx512bw",
-    "avx512_vnni": "avx512_vnni",
-    "avx_vnni": "avx_vnni",
-    "avx512_bf16": "avx512_bf16",
-    "amx_int8": "amx_int8",
-    "amx_bf16": "amx_bf16",
-}
-_ARM_FLAGS = {"asimd": "neon", "asimddp": "dotprod", "i8mm": "i8mm", "sve": "sve"}
 _PACKAGES = ("onnxruntime", "tensorflow", "tf-keras", "ai-edge-litert", "numpy", "opencv-python-headless")
 
 
-def _cpuinfo_text() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def cpu_flags(cpuinfo: str | None = None) -> dict[str, bool]:
-    """The instruction-set extensions that matter here, each True/False."""
-    fields = cpu_fields(_cpuinfo_text() if cpuinfo is None else cpuinfo)
-    present = set((fields.get("flags") or fields.get("features") or "").split())
-    flags = {name: flag in present for flag, name in {**_X86_FLAGS, **_ARM_FLAGS}.items()}
-    flags["avx512"] = flags.get("avx512f", False)
-    flags["vnni"] = flags.get("avx512_vnni", False) or flags.get("avx_vnni", False)
-    flags["amx"] = flags.get("amx_int8", False)
-    # any 8-bit integer dot-product instruction (what makes INT8 fast)
-    flags["int8_dot_product"] = flags["vnni"] or flags["amx"] or flags.get("dotprod", False)
-    return flags
-
-
-def cpu_model(cpuinfo: str | None = None) -> str:
-    fields = cpu_fields(_cpuinfo_text() if cpuinfo is None else cpuinfo)
-    name = fields.get("model name") or fields.get("hardware") or platform.processor() or platform.machine()
-    details = [f"{k} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields]
-    return f"{name} ({', '.join(details)})" if details else name
-
-
 def versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+    return {"python": platform.python_version(), **{name: package_version(name) for name in _PACKAGES}}
 
 
 def load_average() -> list[float] | None:

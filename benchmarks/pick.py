@@ -10,7 +10,7 @@ held-out data. Stdlib only.
 """
 from __future__ import annotations
 
-import json
+from runtime import atomic
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +35,8 @@ def load_results(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (give the results.json of `bcd benchmark`)")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not a results.json of `bcd benchmark` (not JSON: {err})") from None
+    doc = atomic.read_json(path, missing="{path}: no such file (give the results.json of `bcd benchmark`)",
+                           invalid="{path} is not a results.json of `bcd benchmark` (not JSON: {reason})")
     if (not isinstance(doc, dict) or not isinstance(doc.get("variants"), list) or "baseline" not in doc
             or "settings" not in doc):
         raise ValueError(f"{path} is not a results.json of `bcd benchmark` (no 'variants'/'baseline'/'settings')")

@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from runtime import atomic  # noqa: E402
+from runtime.host import DISCLAIMER
 
-DISCLAIMER = "Research and education only: not a diagnosis."
 
 
 def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:

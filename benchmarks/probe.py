@@ -37,29 +37,19 @@ PROBE_TIMEOUT_S = 600
 
 
 def _peak_rss() -> dict:
-    """Peak resident memory of this process, in MiB.
-
-    Linux: VmHWM from /proc/self/status, the high-water mark of this process's own
-    address space. `resource.getrusage(RUSAGE_SELF).ru_maxrss` is reported too, but on
-    Linux it is inherited across fork/exec: a probe started by a big parent (the benchmark
-    holds TensorFlow and every model) reports at least the parent's RSS there.
-    Elsewhere ru_maxrss is all there is (KiB on Linux, bytes on macOS)."""
-    out: dict = {"peak_rss_mib": None, "ru_maxrss_mib": None, "peak_rss_source": None}
+    """Peak resident memory of this process, in MiB (runtime.host.peak_rss_mib: VmHWM on
+    Linux). `ru_maxrss` is reported beside it for reference only: on Linux it is inherited
+    across fork/exec, so a probe started by a big parent (the benchmark holds TensorFlow
+    and every model) would report at least the parent's RSS there."""
+    from runtime.host import peak_rss_mib
+    vm_hwm = Path("/proc/self/status").is_file()
+    out: dict = {"peak_rss_mib": peak_rss_mib(), "peak_rss_source": "VmHWM" if vm_hwm else "ru_maxrss",
+                 "ru_maxrss_mib": None}
     try:
         import resource
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         scale = 1.0 if sys.platform == "darwin" else 1024.0
-        out["ru_maxrss_mib"] = peak * scale / (1024.0 * 1024.0)
-        out["peak_rss_mib"], out["peak_rss_source"] = out["ru_maxrss_mib"], "ru_maxrss"
+        out["ru_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / (1024.0 * 1024.0)
     except ImportError:          # Windows
-        pass
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                out["peak_rss_mib"] = int(line.split()[1]) / 1024.0      # "VmHWM:  123456 kB"
-                out["peak_rss_source"] = "VmHWM"
-                break
-    except (OSError, ValueError, IndexError):
         pass
     return out
 

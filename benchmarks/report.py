@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from benchmarks.machine import int8_note, machine_line
 from benchmarks.sweep import sweep_markdown
+from runtime.engines import engine_label
+from runtime.host import DISCLAIMER
 
-DISCLAIMER = "Research and education only: not a diagnosis."
 
 
 def _f(value, fmt: str = ".1f", suffix: str = "") -> str:
@@ -58,8 +59,7 @@ def _label(r: dict) -> str:
 
 
 def _backend(r: dict) -> str:
-    return {"tensorflow": "TensorFlow", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO",
-            "litert": "LiteRT"}.get(r.get("backend") or "", r.get("backend") or "-")
+    return engine_label(r.get("backend"))
 
 
 def _exports_lines(doc: dict) -> list[str]:

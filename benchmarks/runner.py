@@ -29,7 +29,6 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from benchmarks.timing import interleaved, ratio, settle, stats_ms
 import numpy as np
 
 from runtime import atomic
+from runtime.host import utc_now
 from runtime.manifest import Manifest, read_manifest
 from runtime.preprocessing import PreprocessSpec, prepare_batch
 from runtime.session import resolve_threads
@@ -437,7 +437,7 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
     doc = {
         "schema_version": RESULTS_SCHEMA_VERSION,
         "tool": dict(manifest.tool, benchmark="benchmarks"),
-        "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "created": utc_now(),
         "export_dir": str(export_dir),
         "manifest": {"created": manifest.created, "source_model": dict(manifest.source_model),
                      "export_settings": manifest.export_settings},
@@ -448,7 +448,7 @@ def run_benchmark(config: BenchmarkConfig) -> BenchmarkResult:
         "machine": machine,
         "settings": {
             "command": _command(config),
-            "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            "date": utc_now(),
             "runs": config.runs, "warmup": config.warmup, "rounds": min(config.rounds, config.runs),
             "batch": config.batch, "throughput_runs": config.timed_batches, "cold_starts": config.cold_starts,
             "threads": threads, "tf_threads": tf_threads, "bootstrap": config.bootstrap, "seed": config.seed,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.engines import ENGINES_OF_FORMAT, engine_label
 from runtime.manifest import VariantEntry
 from runtime.preprocessing import PreprocessSpec
 
@@ -122,13 +123,10 @@ class KerasOriginal(Target):
         self.model = None
 
 
-ENGINE_LABELS = {"onnxruntime": "ONNX Runtime (CPU)", "openvino": "OpenVINO (CPU)", "litert": "LiteRT"}
-
-
 def engines_for(fmt: str) -> tuple[str, ...]:
     """The engines a variant of this format is benchmarked on: each the runtime can use
     and that is installed (OpenVINO is an extra)."""
-    from runtime.backends import ENGINES_OF_FORMAT, openvino_installed
+    from runtime.backends import openvino_installed
 
     return tuple(e for e in ENGINES_OF_FORMAT.get(fmt, ("onnxruntime",))
                  if e != "openvino" or openvino_installed())
@@ -143,7 +141,8 @@ class RuntimeVariant(Target):
         self.backend = backend or first
         self.name = entry.name if self.backend == first else f"{entry.name}@{self.backend}"
         self.format, self.precision = entry.format, entry.precision
-        self.engine = ENGINE_LABELS.get(self.backend, self.backend)
+        # ONNX Runtime and OpenVINO have other devices; here they run on the CPU
+        self.engine = engine_label(self.backend) + (" (CPU)" if self.backend != "litert" else "")
         self.file = self.export_dir / entry.file if entry.file else None
         self.threads = threads
         self.classifier = None

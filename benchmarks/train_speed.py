@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     if args.child:
         _child(args)
         return 0
-    from train.precision import cpu_flags, resolve_precision
+    from runtime.host import cpu_flag_set
+    from train.precision import resolve_precision
     speeds: dict[str, list[float]] = {"float32": [], "bfloat16": []}
     for r in range(args.rounds):
         for precision in (("float32", "bfloat16") if r % 2 == 0 else ("bfloat16", "float32")):
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
             print(f"round {r + 1}: {precision} {speeds[precision][-1]:.1f} images/s", file=sys.stderr)
     median = {k: statistics.median(v) for k, v in speeds.items()}
     result = {"settings": {k: v for k, v in vars(args).items() if k not in ("child", "precision", "out")},
-              "native_bf16_flags": sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"}),
+              "native_bf16_flags": sorted(cpu_flag_set() & {"avx512_bf16", "amx_bf16"}),
               "auto_picks": resolve_precision("auto"), "images_per_second": speeds,
               "median_images_per_second": median, "bfloat16_speedup": median["bfloat16"] / median["float32"]}
     print(json.dumps(result, indent=2))

@@ -5,7 +5,7 @@ variant's agreement with the original model.
     from demo.app import DemoConfig, build_app, launch
     launch(DemoConfig(model="exports/busi-224"))                 # blocks; Ctrl-C stops it
     blocks = build_app(DemoConfig(model="exports/busi-224"))     # a gr.Blocks to launch yourself
-    launch(DemoConfig(model=["models/bus-vgg16-w50-128", "models/bus-vgg16-w50-128-slim30"]))  # compare models
+    launch(DemoConfig(model=runtime.shipped.shipped_models()))  # compare the shipped models
 
 With several models the picker lists every variant of each as "MODEL · VARIANT", and
 the threshold, parity figures and baseline shown are the selected model's.
@@ -47,6 +47,8 @@ __all__ = ["DemoConfig", "build_app", "launch", "private_cache_dir"]
 log = logging.getLogger("bcd.demo")
 
 API_NAME = "classify"            # gradio_client: client.predict(handle_file(path), variant, api_name="/classify")
+# (an optional third argument: the scan region, "auto" or "off")
+REGION_CHOICES = [("auto: the scan inside the screen", "auto"), ("off: the whole image", "off")]
                                  # variant: a picker value or label ("MODEL · VARIANT" with several models)
 
 _cache_lock = threading.Lock()
@@ -108,6 +110,10 @@ def build_app(config: DemoConfig, service: DemoService | None = None) -> gr.Bloc
                             "uses its own model's threshold. " + info)
                 variant = gr.Radio(views.variant_choices(service), value=service.default_variant,
                                    label="Model variant", elem_id="bcd-variant", info=info)
+                region = gr.Radio(REGION_CHOICES, value=service.default_region(), label="Scan region",
+                                  elem_id="bcd-region",
+                                  info="auto classifies only the ultrasound image inside a scanner's screen (a DICOM "
+                                       "file's own region, else the one found); off classifies the whole image")
                 parity = gr.Markdown(views.parity_markdown(service, service.default_variant), label="variant details",
                                      elem_id="bcd-parity")
                 with gr.Accordion("All variants", open=False):
@@ -139,7 +145,7 @@ def build_app(config: DemoConfig, service: DemoService | None = None) -> gr.Bloc
             return (views.error_html(file, message), None, None, {"file": file, "error": message}, keep,
                     views.parity_markdown(service, variant_name), views.variants_table_markdown(service))
 
-        def on_upload(file, variant_name):
+        def on_upload(file, variant_name, region_mode=None):
             # Runs with preprocess=False: `file` is Gradio's FileData for the upload, already
             # checked by Gradio to lie in its cache; the bytes are read and the file deleted here.
             variant_name = variant_name or service.default_variant
@@ -152,19 +158,19 @@ def build_app(config: DemoConfig, service: DemoService | None = None) -> gr.Bloc
             except Exception:  # noqa: BLE001 - never an exception dialog
                 log.exception("reading an upload failed")
                 return fail("The upload could not be read on the server. Please try again.", variant_name)
-            return _classify(data, name, variant_name)
+            return _classify(data, name, variant_name, region_mode)
 
-        def _classify(data: bytes, name: str, variant_name: str):
+        def _classify(data: bytes, name: str, variant_name: str, region_mode: str | None = None):
             try:
-                outcome = service.classify_bytes(data, name, variant_name)
+                outcome = service.classify_bytes(data, name, variant_name, region_mode)
             except Exception as err:  # noqa: BLE001 - the app keeps serving
                 log.exception("classifying %s failed", name)
                 return fail(f"Internal error while classifying ({err.__class__.__name__}).", variant_name, name)
             return respond(outcome, data, variant_name)
 
-        def on_variant(variant_name, kept):
+        def on_variant(variant_name, kept, region_mode=None):
             if kept and kept.get("data") is not None:
-                return _classify(kept["data"], kept["name"], variant_name)
+                return _classify(kept["data"], kept["name"], variant_name, region_mode)
             return (gr.update(), gr.update(), gr.update(), gr.update(), kept,
                     views.parity_markdown(service, variant_name), views.variants_table_markdown(service))
 
@@ -172,27 +178,30 @@ def build_app(config: DemoConfig, service: DemoService | None = None) -> gr.Bloc
             return (views.placeholder_html(), None, None, None, None,
                     gr.update(), views.variants_table_markdown(service))
 
-        def on_upload_then_empty(file, variant_name):
+        def on_upload_then_empty(file, variant_name, region_mode=None):
             # The upload box is emptied once the file is read: the server deleted it, so its
             # download link would lead nowhere; the result card names the file.
-            return (*on_upload(file, variant_name), None)
+            return (*on_upload(file, variant_name, region_mode), None)
 
-        upload.upload(on_upload_then_empty, inputs=[upload, variant], outputs=[*outs, upload], api_name=API_NAME,
+        upload.upload(on_upload_then_empty, inputs=[upload, variant, region], outputs=[*outs, upload],
+                      api_name=API_NAME,
                       preprocess=False,
                       api_description=f"Classify one image file with the selected variant; returns {outputs_doc}.")
         upload.clear(on_clear, inputs=None, outputs=outs, api_visibility="private")
-        variant.change(on_variant, inputs=[variant, state], outputs=outs, api_visibility="private")
+        variant.change(on_variant, inputs=[variant, state, region], outputs=outs, api_visibility="private")
+        region.change(lambda region_mode, kept, variant_name: on_variant(variant_name, kept, region_mode),
+                      inputs=[region, state, variant], outputs=outs, api_visibility="private")
 
         if gallery is not None:
-            def on_example(variant_name, evt: gr.SelectData):
+            def on_example(variant_name, region_mode, evt: gr.SelectData):
                 variant_name = variant_name or service.default_variant
                 try:
                     data, name = service.read_example(int(evt.index))
                 except (ValueError, OSError, TypeError) as err:
                     return (*fail(f"That example could not be read ({err}).", variant_name), None)
-                return (*_classify(data, name, variant_name), None)
+                return (*_classify(data, name, variant_name, region_mode), None)
 
-            gallery.select(on_example, inputs=[variant], outputs=[*outs, upload], api_visibility="private")
+            gallery.select(on_example, inputs=[variant, region], outputs=[*outs, upload], api_visibility="private")
 
     blocks.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
     return blocks

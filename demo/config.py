@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
 
+from runtime.engines import BACKENDS
 from runtime.images import DEFAULT_MAX_PIXELS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -91,8 +92,8 @@ class DemoConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be at least 1")
-        if self.backend not in ("auto", "onnxruntime", "openvino", "litert"):
-            raise ValueError(f"backend must be auto, onnxruntime, openvino or litert, got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if not 0 <= int(self.port) <= 65535:
             raise ValueError(f"port {self.port} is not a TCP port")
         self.max_file_size_bytes  # validates the size

@@ -20,11 +20,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from runtime import heatmap
+from runtime import gradcam
 from runtime.classifier import Classifier
 from runtime.dataset import is_mask
-from runtime.images import IMAGE_EXTENSIONS, ImageReadError, decode_image
+from runtime.images import IMAGE_EXTENSIONS, ImageReadError, decode_image, looks_like_dicom
 from runtime.input_checks import REFUSED
+from runtime.scan_crop import RegionSetting
+from runtime.scan_input import DecodedScan, decode_scan
+from runtime.scan_region import ScanRegion
 from runtime.manifest import MANIFEST_NAME, Parity, VariantEntry, read_manifest
 from runtime.model_files import sha256_file
 from runtime.site_profile import SiteProfile, read_profile
@@ -112,6 +115,8 @@ class Outcome:
     notes: list[str] = field(default_factory=list)                    # e.g. DICOM burned-in annotation warning
     out_of_distribution: bool | None = None  # True: far from the training images (None: the model has no OOD score)
     ood_score: float | None = None
+    region: dict[str, Any] | None = None     # the box classified (Prediction.region.to_dict()), drawn on the images
+    frames: dict[str, Any] | None = None     # a cine loop's frames and their probabilities (Prediction.frames)
 
     @property
     def ok(self) -> bool:
@@ -142,6 +147,8 @@ class Outcome:
             "ood_score": self.ood_score,
             "error": self.error,
             "notes": list(self.notes),
+            "region": self.region,
+            "frames": self.frames,
         }
 
 
@@ -290,6 +297,11 @@ class DemoService:
             self._classifiers[key] = clf
             return clf
 
+    def default_region(self) -> str:
+        """The region setting the page opens with: the default variant's (auto or off, from its manifest)."""
+        clf = self._classifiers.get(self.default_variant)
+        return str(clf.region) if clf is not None and clf.region.mode in ("auto", "off") else "auto"
+
     def median_ms(self, name: str) -> tuple[float | None, int]:
         """Median inference time of the recent requests on this machine, and how many."""
         v = self.variant(name)
@@ -306,8 +318,12 @@ class DemoService:
 
     # ------------------------------------------------------------------ classifying
 
-    def classify_bytes(self, data: bytes, name: str, variant: str | None = None) -> Outcome:
-        """Decode and classify one uploaded file; never raises for bad input."""
+    def classify_bytes(self, data: bytes, name: str, variant: str | None = None,
+                       region: str | None = None) -> Outcome:
+        """Decode and classify one uploaded file; never raises for bad input.
+
+        region: "auto", "off" or "x,y,w,h" (runtime.scan_crop); None: the model's own
+        setting. Every frame of a cine loop is classified (their mean makes the call)."""
         started = time.perf_counter()
         chosen = self.variant(variant or self.default_variant)
         variant = chosen.key if chosen is not None else str(variant)
@@ -324,7 +340,12 @@ class DemoService:
         outcome.site = clf.site.name if clf.site is not None else None
         outcome.engine = clf.engine
         try:
-            image, notes = _decode(data, name, self.config.max_pixels)
+            setting = RegionSetting.parse(region) if region not in (None, "") else None
+        except ValueError as err:
+            outcome.error = _sentence(f"{err}.")
+            return outcome
+        try:
+            scan, notes = _decode_scan(data, name, self.config.max_pixels)
         except ImageReadError as err:
             reason = _strip_name(str(err), name)
             outcome.error = f"This file could not be used: {reason}."
@@ -335,7 +356,10 @@ class DemoService:
             outcome.error = "This image is too large to open on this computer."
             return outcome
         outcome.notes = notes
-        pred = clf.predict_decoded([image], [name], with_cam=True)[0]
+        image = scan.display
+        pred = clf.predict_decoded([scan], [name], with_cam=True, region=setting)[0]
+        outcome.region = pred.region.to_dict() if pred.region is not None else None
+        outcome.frames = pred.frames.to_dict() if pred.frames is not None else None
         if not pred.ok:
             reason = _strip_name(pred.error or "", name)
             if reason.startswith(REFUSED):   # runtime.input_checks: not something the model may read
@@ -348,10 +372,10 @@ class DemoService:
         outcome.threshold = pred.threshold
         outcome.out_of_distribution, outcome.ood_score = pred.out_of_distribution, pred.ood_score
         display = _display_size(image)
-        outcome.image_rgb = cv2.cvtColor(display, cv2.COLOR_BGR2RGB)
+        outcome.image_rgb = cv2.cvtColor(draw_region(display, pred.region, image.shape), cv2.COLOR_BGR2RGB)
         if pred.cam is not None:
-            over = heatmap.overlay(display, pred.cam)   # the map is resized to the display image
-            outcome.overlay_rgb = cv2.cvtColor(over, cv2.COLOR_BGR2RGB)
+            over = gradcam.overlay(display, pred.cam)   # the map is resized to the display image
+            outcome.overlay_rgb = cv2.cvtColor(draw_region(over, pred.region, image.shape), cv2.COLOR_BGR2RGB)
             if float(np.max(pred.cam)) <= 0.0:
                 outcome.notes.append("The Grad-CAM map is empty for this image: no region pushed the score "
                                      "towards malignant, so the overlay is uniformly blue.")
@@ -472,14 +496,32 @@ def _inside(path: Path, root: Path) -> bool:
 _warn_lock = threading.Lock()
 
 
-def _decode(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, list[str]]:
-    maybe_dicom = data[128:132] == b"DICM" or name.lower().endswith(".dcm")
-    if not maybe_dicom:
-        return decode_image(data, max_pixels, name=name), []
+def _decode_scan(data: bytes, name: str, max_pixels: int) -> tuple[DecodedScan, list[str]]:
+    """Every frame of a cine loop, and a DICOM file's region; warnings (burned-in patient
+    data, a region that does not fit the pixels) become notes."""
+    if not looks_like_dicom(data, name):
+        return decode_scan(data, max_pixels, name), []
     with _warn_lock, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        image = decode_image(data, max_pixels, name=name)
-    return image, [_strip_name(str(w.message), name) for w in caught]
+        scan = decode_scan(data, max_pixels, name, frames="all")
+    return scan, [_strip_name(str(w.message), name) for w in caught]
+
+
+REGION_COLOUR = (0, 215, 255)    # BGR amber: visible on gray scans and on the heatmap
+
+
+def draw_region(display: np.ndarray, region: ScanRegion | None, original_shape: tuple[int, ...]) -> np.ndarray:
+    """The display image with the classified box drawn on it (scaled from the original
+    image's pixels); unchanged when the whole image was classified."""
+    height, width = original_shape[:2]
+    if region is None or (region.x, region.y, region.width, region.height) == (0, 0, width, height):
+        return display
+    sy, sx = display.shape[0] / height, display.shape[1] / width
+    out = display.copy()
+    top_left = (int(round(region.x * sx)), int(round(region.y * sy)))
+    bottom_right = (int(round((region.x + region.width) * sx)) - 1, int(round((region.y + region.height) * sy)) - 1)
+    cv2.rectangle(out, top_left, bottom_right, REGION_COLOUR, max(1, round(min(out.shape[:2]) / 250)))
+    return out
 
 
 def _fit(image: np.ndarray, side: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from demo.service import DemoService, Model, Outcome, Variant
 
-DISCLAIMER = "Research and education only — not a diagnosis."
+from runtime.host import DISCLAIMER  # noqa: E402,F401 - shown on the page
 
 _ABOVE = "#b3261e"        # red: at or above the threshold (malignant-looking)
 _BELOW = "#1f5fa8"        # blue: below the threshold
@@ -102,6 +102,41 @@ def ood_warning_html() -> str:
             f'border:1px solid {_WARN};color:#5c1a12;font-weight:700;">&#9888; {esc(OOD_WARNING)}</div>')
 
 
+_REGION_SOURCES = {"dicom": "the DICOM file's own tissue region", "found": "found by the scan-region finder",
+                   "given": "the box given", "whole": "the whole image"}
+
+
+def region_html(o: "Outcome") -> str:
+    """Which box of the image was classified (outlined on the input image when it is not all of it)."""
+    r = o.region
+    if not r:
+        return ""
+    source = _REGION_SOURCES.get(str(r.get("source")), str(r.get("source")))
+    mm = r.get("mm_per_pixel")
+    scale = f"; {mm[0]:.3f} &times; {mm[1]:.3f} mm per pixel" if mm else ""
+    outlined = "" if r.get("source") == "whole" else ", outlined on the input image"
+    return (f'<div class="bcd-region" style="margin-top:6px;font-size:0.9em;color:#333;">Classified region: '
+            f'x {int(r["x"])}, y {int(r["y"])}, {int(r["width"])}&times;{int(r["height"])} px '
+            f'({esc(source)}{scale}){outlined}.</div>')
+
+
+def frames_html(o: "Outcome") -> str:
+    """A cine loop's frames: how the call was made from them, and each frame's probability."""
+    f = o.frames
+    if not f:
+        return ""
+    used, probs = list(f["used"]), [float(p) for p in f["probabilities"]]
+    if len(used) == 1:
+        head = f"Cine loop of {int(f['count'])} frames: frame {int(used[0])} classified."
+    else:
+        head = (f"Cine loop of {int(f['count'])} frames: {len(used)} classified; the probability above is their "
+                f"mean (highest frame {max(probs):.3f}).")
+    cells = "".join(f'<span style="display:inline-block;margin:2px 6px 2px 0;white-space:nowrap;">'
+                    f'{int(n)}: {p:.3f}</span>' for n, p in zip(used, probs))
+    return (f'<div class="bcd-frames" style="margin-top:6px;font-size:0.9em;color:#333;">{head}'
+            f'<div style="margin-top:2px;font-family:monospace;">{cells}</div></div>')
+
+
 def result_html(o: "Outcome") -> str:
     if not o.ok:
         return error_html(o.file, o.error or "unknown error")
@@ -138,7 +173,7 @@ def result_html(o: "Outcome") -> str:
         f'<div class="bcd-verdict" style="font-size:1.6em;font-weight:800;color:{color};">{esc(verdict.capitalize())}</div>'
         f'<div class="bcd-probability" style="font-size:1.1em;margin-top:4px;">probability {ps} &mdash; '
         f'threshold {ts} &rarr; <b>{side}</b>: {esc(verdict)}</div>'
-        f'{bar}{site}'
+        f'{bar}{site}{region_html(o)}{frames_html(o)}'
         f'<div class="bcd-time" style="margin-top:8px;font-size:0.9em;color:#333;">{timing}</div>'
         f'{notes}'
     )

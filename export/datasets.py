@@ -11,6 +11,8 @@ import numpy as np
 
 from runtime.dataset import DataSource, LabelMap
 from runtime.preprocessing import PreprocessSpec
+from runtime.scan_region import RegionConfig
+from train.config import run_scan_region
 from train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,12 @@ class RunInfo:
     @property
     def label_map(self) -> LabelMap:
         return LabelMap(dict(self.info["labels"]["class_labels"]))
+
+    @property
+    def scan_region(self) -> RegionConfig:
+        """How the run's images were cut to their scan region (INT8 calibration and
+        parity images are read the same way)."""
+        return run_scan_region(self.info)
 
 
 @dataclass
@@ -66,7 +74,8 @@ def split_images(run: RunInfo, name: str, limit: int | None = None, seed: int = 
     if not run.split["files"].get(name):
         raise ValueError(f"the run's {name} split is empty")
     try:
-        data, idx = load_saved_split(run.split, run.spec, class_labels=run.info["labels"]["class_labels"])
+        data, idx = load_saved_split(run.split, run.spec, class_labels=run.info["labels"]["class_labels"],
+                                     region=run.scan_region)
     except (FileNotFoundError, ValueError) as err:
         raise FileNotFoundError(
             f"the run's data cannot be read ({err}): pass --calib-data / --data datasets instead") from None
@@ -80,7 +89,7 @@ def folder_images(run: RunInfo, folder, limit: int | None = None, seed: int = 0)
     from train.data import load_sources
 
     source = folder if isinstance(folder, DataSource) else DataSource.parse(str(folder))
-    loaded = load_sources([replace(source, labels=run.label_map)], run.spec)
+    loaded = load_sources([replace(source, labels=run.label_map)], run.spec, region=run.scan_region)
     images, labels = _limit(loaded.images, loaded.labels, limit, seed)
     return ImageSet(images, labels, f"dataset {source.name} ({len(labels)} images)")
 

@@ -101,7 +101,7 @@ def _pre_process(src: Path, dst: Path) -> list[str]:
         return []
     except Exception as err:  # noqa: BLE001 - any failure here has the same fallback
         # Symbolic shape inference raises "Incomplete symbolic shape inference" on some
-        # graphs (explain.py avoids the one construct that triggered it here) and then
+        # graphs (gradcam.py avoids the one construct that triggered it here) and then
         # saves its partial model, ~60 MB, into the current directory. ONNX's own shape
         # inference is enough for a CNN with a fixed image size: clean up, retry without.
         _remove_strays(before)
@@ -146,7 +146,7 @@ def quantize_int8(fp32: onnx.ModelProto, reader, method: str = "minmax", reduce_
                 # older CPUs, so it is the default; VNNI CPUs lose only one bit of weight precision.
                 reduce_range=reduce_range,
                 calibrate_method=methods[method],
-                # Collect calibration statistics one batch at a time (see export/calibration.py):
+                # Collect calibration statistics one batch at a time (see export/int8_calibration.py):
                 # same ranges for MinMax, bounded memory for entropy/percentile histograms.
                 extra_options={"CalibStridedMinMax": 1},
                 nodes_to_exclude=excluded,

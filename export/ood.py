@@ -117,7 +117,7 @@ class MahalanobisScore(keras.layers.Layer):
 
     def call(self, inputs):
         fw = tf.matmul(_pool(inputs), tf.constant(self.whitening))                  # (N, C)
-        # expand_dims rather than fw[:, None, :]: see export/explain.py (symbolic shape inference)
+        # expand_dims rather than fw[:, None, :]: see export/gradcam.py (symbolic shape inference)
         diff = tf.expand_dims(fw, 1) - tf.constant(self.whitened_means)[tf.newaxis]  # (N, K, C)
         d2 = tf.reduce_min(tf.reduce_sum(tf.square(diff), axis=-1), axis=-1)        # (N,)
         return tf.sqrt(d2)

@@ -1,8 +1,9 @@
 """Does an exported file behave like the Keras model it came from?
 
 Every variant runs on the same images as the original (the run's validation split, or a
-labelled folder) through its real runtime, ONNX Runtime or LiteRT, loading the file that
-was written. Compared with the Keras probabilities:
+labelled folder) through its real runtime, ONNX Runtime or LiteRT, loading the model as it
+is saved (an ONNX model from its serialized bytes: the file adds only metadata). Compared
+with the Keras probabilities:
 
 * max |delta probability|;
 * flip rate: share of images whose decision at the operating threshold changes
@@ -28,10 +29,13 @@ CAM = "cam"
 
 # --------------------------------------------------------------------------- runners
 
-def run_onnx(path: Path, inputs: np.ndarray, batch_size: int = 16, input_name: str = "image") -> dict[str, np.ndarray]:
+def run_onnx(model: Path | bytes, inputs: np.ndarray, batch_size: int = 16, input_name: str = "image"
+             ) -> dict[str, np.ndarray]:
+    """`model`: an .onnx file or a serialized ONNX model."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     parts = [session.run(names, {input_name: inputs[i:i + batch_size]}) for i in range(0, len(inputs), batch_size)]
     return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(names)}
@@ -48,7 +52,8 @@ def run_tflite(path: Path, inputs: np.ndarray, batch_size: int = 16, input_name:
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
-def run_file(fmt: str, path: Path, inputs: np.ndarray, batch_size: int = 16) -> dict[str, np.ndarray]:
+def run_file(fmt: str, path: Path | bytes, inputs: np.ndarray, batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Every output of the model on `inputs` (ONNX: a file or serialized bytes; TFLite: a file)."""
     if fmt == "onnx":
         return run_onnx(path, inputs, batch_size)
     if fmt == "tflite":

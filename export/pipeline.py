@@ -24,20 +24,21 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from export import onnx_convert, tflite_convert
-from export.calibration import ImageCalibrationReader, representative_dataset
+from export.int8_calibration import ImageCalibrationReader, representative_dataset
 from export.config import ExportConfig, VariantSpec
 from export.datasets import ImageSet, RunInfo, calibration_images, open_run, parity_images, split_images
-from export.explain import with_cam_output
+from export.gradcam import with_cam_output
 from export.ood import OOD_OUTPUT, OodStats, onnx_node_names
 from export.parity import CAM, PROB, Tolerance, auc_or_none, compare, run_file
 from runtime import atomic
+from runtime.engines import engine_label
+from runtime.host import tool_record, utc_now
 from runtime.manifest import MANIFEST_NAME, ONNX_METADATA_KEY, Manifest, VariantEntry, write_manifest
 from runtime.model_files import sha256_file
 from runtime.preprocessing import prepare_batch
@@ -252,18 +253,23 @@ class _Exporter:
             artifact, notes = self.build(variant)
             entry.notes.extend(notes)
             target = self.out / variant.file_name
-            self._write(artifact, variant, target, essentials, entry)
+            # An ONNX model runs from its bytes, so that the file is written once, with the
+            # OOD threshold that its own scores choose in its metadata; a TFLite model from
+            # its file.
+            model = artifact.SerializeToString() if variant.format == "onnx" else self._write_tflite(artifact, target)
 
             log.info("  checking %s in %s against the Keras model (%d images)", target.name,
-                     "ONNX Runtime" if variant.format == "onnx" else "LiteRT", len(x_parity))
-            outputs = run_file(variant.format, target, x_parity, self.config.batch_size)
+                     engine_label("onnxruntime" if variant.format == "onnx" else "litert"), len(x_parity))
+            outputs = run_file(variant.format, model, x_parity, self.config.batch_size)
             if sorted(outputs) != sorted(expected):
                 raise RuntimeError(f"the model's outputs are {sorted(outputs)}, expected {list(expected)}")
             if OOD_OUTPUT in outputs:
-                entry.ood = self._ood_threshold(variant, target, outputs[OOD_OUTPUT])
+                entry.ood = self._ood_threshold(variant, model, outputs[OOD_OUTPUT])
                 log.info("  OOD threshold %.4g: %.1f%% of %d validation images flagged", entry.ood["threshold"],
                          100 * entry.ood["false_alarm_rate"], entry.ood["n"])
-                self._write(artifact, variant, target, essentials, entry)   # the lone file carries it too
+            if variant.format == "onnx":
+                self._write_onnx(artifact, variant, target, essentials, entry)
+            self._record_file(variant, target, entry)
             entry.parity = compare(outputs[PROB], reference[PROB], labels, self.run.threshold,
                                    outputs.get(CAM), reference[CAM] if CAM in outputs else None)
             problems = Tolerance(self.config.max_auc_drop, self.config.max_flip_rate).violations(entry.parity)
@@ -276,30 +282,36 @@ class _Exporter:
             log.debug("traceback", exc_info=True)
         return entry
 
-    def _write(self, artifact, variant: VariantSpec, target: Path, essentials: dict, entry: VariantEntry) -> None:
-        """Write the file atomically (ONNX: with the manifest essentials and this variant's
-        own fields in its metadata) and record its size and checksum."""
-        if variant.format == "onnx":
-            own = {"name": variant.name, "format": variant.format, "precision": variant.precision,
-                   "outputs": list(entry.outputs)}
-            if entry.ood is not None:
-                own["ood"] = dict(entry.ood)
-            onnx_convert.set_metadata(artifact, ONNX_METADATA_KEY, dict(essentials, variant=own))
-            onnx_convert.save(artifact, target)
-        else:
-            atomic.write_bytes(target, artifact)
+    @staticmethod
+    def _write_tflite(artifact: bytes, target: Path) -> Path:
+        atomic.write_bytes(target, artifact)
+        return target
+
+    @staticmethod
+    def _write_onnx(artifact, variant: VariantSpec, target: Path, essentials: dict, entry: VariantEntry) -> None:
+        """Write the file atomically, with the manifest essentials and this variant's own
+        fields (its OOD threshold too) in its metadata: a lone .onnx file runs as exported."""
+        own = {"name": variant.name, "format": variant.format, "precision": variant.precision,
+               "outputs": list(entry.outputs)}
+        if entry.ood is not None:
+            own["ood"] = dict(entry.ood)
+        onnx_convert.set_metadata(artifact, ONNX_METADATA_KEY, dict(essentials, variant=own))
+        onnx_convert.save(artifact, target)
+
+    def _record_file(self, variant: VariantSpec, target: Path, entry: VariantEntry) -> None:
+        """The written file's name, size, checksum and compressed size, once."""
         entry.file, entry.size_bytes, entry.sha256 = target.name, target.stat().st_size, sha256_file(target)
         entry.compressed_bytes = compressed_size(target)
         if variant.sparse:
             entry.sparsity = round(self.sparse().achieved, 6)
 
-    def _ood_threshold(self, variant: VariantSpec, target: Path, parity_scores: np.ndarray) -> dict:
+    def _ood_threshold(self, variant: VariantSpec, model: Path | bytes, parity_scores: np.ndarray) -> dict:
         """This variant's own flag threshold, chosen on its scores of the validation split
         (the parity images, unless --data named another folder)."""
         from export.ood import choose_threshold
         scores = parity_scores
         if self.config.parity_data:
-            scores = run_file(variant.format, target, self.validation_inputs(), self.config.batch_size)[OOD_OUTPUT]
+            scores = run_file(variant.format, model, self.validation_inputs(), self.config.batch_size)[OOD_OUTPUT]
         record = choose_threshold(scores, self.config.ood_quantile)
         record["chosen_on"] = "validation split"
         return record
@@ -309,11 +321,6 @@ def compressed_size(path: Path) -> int:
     """Bytes of the file gzip-compressed (level 6, no timestamp): what a download costs,
     and where unstructured sparsity shows (zeros compress, the raw file does not shrink)."""
     return len(gzip.compress(Path(path).read_bytes(), compresslevel=6, mtime=0))
-
-
-def _tool() -> dict[str, str]:
-    from train.trainer import tool_version
-    return {"name": "breast-cancer-edge", "version": tool_version()}
 
 
 def _keras_reference(graph_model, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
@@ -462,7 +469,7 @@ def _publish(staging: Path, out: Path) -> None:
 def _export_into(config: ExportConfig, run, out: Path, staging: Path, started: float) -> ExportResult:
     from train.tf_setup import keras
 
-    created = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    created = utc_now()
     log.info("loading %s", run.run.model)
     model = keras.models.load_model(run.run.model, compile=False)
     exporter = _Exporter(config, run, model, staging)
@@ -473,10 +480,11 @@ def _export_into(config: ExportConfig, run, out: Path, staging: Path, started: f
     reference = _keras_reference(exporter.cam_model, x_parity, config.batch_size)
     size = run.spec.image_size
     manifest = Manifest(
-        tool=_tool(),
+        tool=tool_record(),
         created=created,
         source_model={"path": f"{run.run.root.name}/{run.run.model.name}", "sha256": sha256_file(run.run.model)},
         preprocessing=run.spec.to_dict(),
+        scan_region=run.scan_region.to_dict(),     # the runtime cuts images as training did
         labels={"names": list(run.info["labels"]["names"]), "positive": run.info["labels"]["positive"]},
         threshold={k: run.info["threshold"][k] for k in ("value", "chosen_on", "policy")},
         input={"name": "image", "shape": [None, size, size, 3], "dtype": "float32", "layout": "NHWC"},

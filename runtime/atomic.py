@@ -54,3 +54,17 @@ def write_text(target: str | os.PathLike, text: str) -> None:
 
 def write_json(target: str | os.PathLike, obj: Any) -> None:
     write_text(target, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, missing: str, invalid: str, error: type[Exception] = ValueError,
+              missing_error: type[Exception] = FileNotFoundError) -> Any:
+    """The JSON document at `path`, or one clear error: `missing_error(missing)` when there
+    is no such file, `error(invalid)` when it is not JSON. The messages may use {path};
+    `invalid` also {reason}, the parser's."""
+    path = Path(path)
+    if not path.is_file():
+        raise missing_error(missing.format(path=path))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(invalid.format(path=path, reason=err)) from None

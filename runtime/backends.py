@@ -34,8 +34,8 @@ _TFLITE_MISSING = "running .tflite models needs the 'tflite' extra: pip install 
 _OPENVINO_MISSING = ("--backend openvino needs the 'openvino' extra: pip install 'breast-cancer-edge[openvino]' "
                      "(or pip install openvino)")
 
-BACKENDS = ("auto", "onnxruntime", "openvino", "litert")
-ENGINES_OF_FORMAT = {"onnx": ("onnxruntime", "openvino"), "tflite": ("litert",)}
+from runtime.engines import BACKENDS, ENGINES_OF_FORMAT  # noqa: E402,F401 - the one engine table
+from runtime.host import cpu_fields, cpu_flag_set  # noqa: E402
 BACKENDS_FILE = "backends.json"           # beside manifest.json: which engines were checked on which variant
 
 
@@ -257,7 +257,7 @@ class OpenVinoBackend(Backend):
     (benchmarks/backends.py) is what allows a variant to be served this way. Both
     outputs are computed on every call: the Grad-CAM map is a weighted sum over the
     last 8x8 feature maps, a negligible share of the convolutions (a graph without it
-    measured no faster, see benchmarks/RESULTS.md)."""
+    measured no faster, see docs/results/RESULTS.md)."""
 
     format = "onnx"
     engine = "openvino"
@@ -319,15 +319,19 @@ class OpenVinoBackend(Backend):
 
 
 def _ov_name(output) -> str:
+    """The output's role name when it has one. An output can carry several tensor names
+    (an FP16 model's cast outputs do), and `get_any_name()` may pick another one after
+    compiling than before: matching by role keeps the read model's names and the
+    compiled model's the same (else the OOD score of onnx-fp16 was a KeyError)."""
     names = output.get_names()
-    return PROB_OUTPUT if PROB_OUTPUT in names else CAM_OUTPUT if CAM_OUTPUT in names else output.get_any_name()
+    return next((role for role in (PROB_OUTPUT, CAM_OUTPUT, OOD_OUTPUT) if role in names), output.get_any_name())
 
 
 # --------------------------------------------------------------------------- choosing
 
 
 def read_backend_record(export_dir: Path | None) -> dict:
-    """backends.json beside a manifest (written by `python -m benchmarks.backends check`):
+    """backends.json beside a manifest (written by `python -m export.engine_parity`):
     {"variants": {variant: {engine: {"status": "ok"|"failed", "parity": {...}, ...}}}}.
     Missing or unreadable: {} (nothing recorded, so `auto` stays on ONNX Runtime)."""
     if export_dir is None:
@@ -361,25 +365,10 @@ def cpu_signature(cpuinfo: str | None = None) -> str:
     return f"{platform.machine().lower()}|{' '.join(name.split())}|{physical_cores(cpuinfo)}"
 
 
-def cpu_fields(cpuinfo: str | None = None) -> dict[str, str]:
-    """The first processor block of /proc/cpuinfo (or of `cpuinfo`) as lower-case keys."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            cpuinfo = ""
-    fields: dict[str, str] = {}
-    for line in cpuinfo.split("\n\n")[0].splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields.setdefault(key.strip().lower(), value.strip())
-    return fields
-
-
 def has_amx(cpuinfo: str | None = None) -> bool:
     """Intel AMX (matrix tiles for INT8/BF16), where OpenVINO ran this project's INT8
     files about 1.9x faster than ONNX Runtime (../shared/STACK-NOTES.md)."""
-    return "amx_int8" in (cpu_fields(cpuinfo).get("flags") or "").split()
+    return "amx_int8" in cpu_flag_set(cpuinfo)
 
 
 def measured_faster(record: dict, variant: str, signature: str) -> dict | None:
@@ -402,12 +391,12 @@ def choose_backend(requested: str | None, fmt: str, variant: str | None = None, 
     Runtime unless all of these hold, then on OpenVINO:
       1. the `openvino` package is installed;
       2. the export's backends.json records that OpenVINO passed the parity check on this
-         very file (variant and sha256), as `python -m benchmarks.backends check` writes;
+         very file (variant and sha256), as `python -m export.engine_parity` writes;
       3. OpenVINO is the faster engine here: the speed record for this CPU in
          backends.json (`compare --record`, measured on this machine) says so, or, with
          no record for this CPU, the CPU has Intel AMX (OpenVINO measured 1.9x faster
          there; on an AVX-512 VNNI AMD EPYC under load ONNX Runtime was as fast or faster,
-         see benchmarks/RESULTS.md).
+         see docs/results/RESULTS.md).
     A recorded choice rather than a timing at load: a few calls at start-up would cost
     seconds and, on a busy PC, pick by noise. A named engine is used as asked, or refused
     with a clear message when it cannot run the format or is not installed."""

@@ -5,6 +5,8 @@
     p = clf.predict("scan.png", with_cam=True)
     p.label, p.probability, p.threshold, p.cam            # cam: 0..1, the image's own size
     p.out_of_distribution, p.ood_score                    # True: far from the training images
+    p.region                                              # the box classified (runtime.scan_crop)
+    Classifier.load(path, region="off", frames="all")     # whole image; every frame of a cine loop
 
 Everything a model needs besides its weights (preprocessing, labels, operating
 threshold) comes from the export's manifest.json, or from the metadata embedded in a
@@ -28,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from runtime import heatmap
+from runtime import gradcam
 from runtime.backends import (
     Backend,
     OnnxBackend,
@@ -37,7 +39,7 @@ from runtime.backends import (
     choose_backend,
     read_backend_record,
 )
-from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError, decode_image, read_image, to_bgr_uint8
+from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError
 from runtime.input_checks import DEFAULT_CHECKS, InputChecks
 from runtime.manifest import MANIFEST_NAME, ONNX_METADATA_KEY, Manifest, VariantEntry, read_manifest, variant_ood
 from runtime.model_files import (
@@ -51,10 +53,35 @@ from runtime.model_files import (
     sha256_bytes,
 )
 from runtime.preprocessing import PreprocessSpec, prepare
+from runtime.scan_crop import (RegionError, RegionSetting, apply_region, choose_region, colour_refusal,
+                                region_config_from_dict)
+from runtime.scan_input import DecodedScan, FrameChoice, decode_scan, read_scan, still
+from runtime.scan_region import RegionConfig, ScanRegion
 from runtime.session import resolve_threads
 
 DEFAULT_VARIANT_ORDER = ("onnx-int8", "onnx-fp32")
 DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass
+class FrameResults:
+    """The frames of a cine loop that were classified. With several, the prediction's
+    probability is their mean (a clip sweeps the same tissue, and one odd frame moves a
+    mean least); the highest one is given beside it, since a lesion seen in only a few
+    frames shows there."""
+
+    count: int                           # frames in the file
+    numbers: list[int]                   # the frames classified, counted from 1
+    probabilities: list[float]           # of each of those frames
+    summary: str = "mean"                # how the prediction's probability was made: mean | single frame
+
+    @property
+    def max_probability(self) -> float:
+        return max(self.probabilities)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "used": list(self.numbers), "probabilities": list(self.probabilities),
+                "summary": self.summary, "max_probability": self.max_probability}
 
 
 @dataclass
@@ -74,6 +101,11 @@ class Prediction:
     # the prediction is not to be trusted; None when the model has no OOD score.
     out_of_distribution: bool | None = None
     ood_score: float | None = None
+    # The box of the original image that was classified (None: the image was not read);
+    # source "dicom" (the file's own tissue region, with mm per pixel), "found" (the
+    # scan-region finder), "given" (a box from the caller) or "whole".
+    region: ScanRegion | None = None
+    frames: FrameResults | None = None   # the frames of a cine loop (None: a still image)
 
     @property
     def ok(self) -> bool:
@@ -83,7 +115,20 @@ class Prediction:
         """The fields reports carry (no cam, no timing)."""
         return {"path": self.path, "label": self.label, "probability": self.probability,
                 "threshold": self.threshold, "out_of_distribution": self.out_of_distribution,
-                "ood_score": self.ood_score, "error": self.error}
+                "ood_score": self.ood_score, "error": self.error,
+                "region": self.region.to_dict() if self.region is not None else None,
+                "frames": self.frames.to_dict() if self.frames is not None else None}
+
+
+@dataclass
+class Placed:
+    """One input made ready for the model by Classifier.place: its Prediction so far
+    (region set, or error set when refused), its decoded scan, and its frames
+    preprocessed for the model (None when refused)."""
+
+    pred: Prediction
+    scan: DecodedScan | None
+    arrays: list[np.ndarray] | None
 
 
 @dataclass(frozen=True)
@@ -130,6 +175,13 @@ class Classifier:
         # None: this model raises no out-of-distribution flag (no score in the graph, or
         # an export from before the flag existed)
         self.ood_threshold = float(ood_threshold) if ood_threshold is not None and backend.has_ood else None
+        # The scan-region finder's settings come from the manifest (an export from before
+        # it was recorded: the default finder, auto); `region` and `frames` are the
+        # defaults of every predict call (runtime.scan_crop, runtime.scan_input).
+        recorded = manifest.scan_region if manifest is not None else None
+        self.region_finder: RegionConfig = region_config_from_dict(recorded) if recorded is not None else RegionConfig()
+        self.region = RegionSetting(self.region_finder.mode)
+        self.frames = FrameChoice()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
@@ -137,7 +189,8 @@ class Classifier:
     @classmethod
     def load(cls, path: str | os.PathLike, variant: str | None = None, threads: int | None = None,
              verify: bool = True, force: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-             backend: str | None = None) -> "Classifier":
+             backend: str | None = None, region: "RegionSetting | str | Sequence | None" = None,
+             frames: "FrameChoice | str | int | None" = None) -> "Classifier":
         """Load an export directory, its manifest.json, a .onnx/.tflite file listed in a
         manifest next to it, or a lone .onnx file carrying the embedded metadata.
 
@@ -151,7 +204,22 @@ class Classifier:
         force: also serve a variant whose status is "failed" (it did not pass the
             parity checks against the original model) or "error", if its file exists.
             Use only to investigate.
+        region: "auto", "off" or a box "x,y,w,h" (runtime.scan_crop.RegionSetting);
+            default: the manifest's finder setting (auto for exports that record none).
+        frames: "middle" (default), "all" or a frame number from 1: the frames of a cine
+            loop to classify (runtime.scan_input.FrameChoice).
         """
+        chosen_region = RegionSetting.parse(region) if region is not None else None   # bad values fail before I/O
+        chosen_frames = FrameChoice.parse(frames)
+        clf = cls._load(path, variant, threads, verify, force, max_pixels, backend)
+        if chosen_region is not None:
+            clf.region = chosen_region
+        clf.frames = chosen_frames
+        return clf
+
+    @classmethod
+    def _load(cls, path: str | os.PathLike, variant: str | None, threads: int | None, verify: bool, force: bool,
+              max_pixels: int, backend: str | None) -> "Classifier":
         path = Path(path)
         threads = resolve_threads(threads)
         choose_backend(backend, "onnx" if backend != "litert" else "tflite")   # bad names fail before any I/O
@@ -294,7 +362,9 @@ class Classifier:
 
     # ------------------------------------------------------------------ predicting
 
-    def predict(self, inputs, with_cam: bool = False, batch_size: int = DEFAULT_BATCH_SIZE):
+    def predict(self, inputs, with_cam: bool = False, batch_size: int = DEFAULT_BATCH_SIZE,
+                region: "RegionSetting | str | Sequence | None" = None,
+                frames: "FrameChoice | str | int | None" = None):
         """Classify one input or a list of inputs.
 
         An input is a file path, encoded image bytes, or a decoded image array (HxW or
@@ -302,7 +372,12 @@ class Classifier:
         BGR). A 4-D array is a batch of images. One input gives one Prediction; a list
         (or 4-D array) gives a list. An unusable input gives a Prediction with `error`
         set; the others are still classified.
+
+        region, frames: this call's region setting and cine frame choice (default: the
+        classifier's `region` and `frames`).
         """
+        setting = RegionSetting.parse(region) if region is not None else self.region
+        choice = FrameChoice.parse(frames) if frames is not None else self.frames
         single = not isinstance(inputs, (list, tuple)) and not (isinstance(inputs, np.ndarray) and inputs.ndim == 4)
         items = [inputs] if single else list(inputs)
         if batch_size < 1:
@@ -310,86 +385,164 @@ class Classifier:
         results: list[Prediction] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
-            decoded = [self._decode(item) for item in chunk]
-            results.extend(self._run(decoded, with_cam))
+            decoded = [self.decode_or_error(item, choice) for item in chunk]
+            results.extend(self._run(decoded, with_cam, setting))
         return results[0] if single else results
 
-    def predict_decoded(self, images: Sequence[np.ndarray], paths: Sequence[str | None] | None = None,
-                        with_cam: bool = False) -> list[Prediction]:
-        """Classify already-decoded HxWx3 uint8 BGR images as one batch (callers that keep
-        the pixels, e.g. to draw overlays, decode once and use this)."""
+    def predict_decoded(self, images: Sequence[np.ndarray | DecodedScan], paths: Sequence[str | None] | None = None,
+                        with_cam: bool = False,
+                        region: "RegionSetting | str | Sequence | None" = None) -> list[Prediction]:
+        """Classify already-decoded HxWx3 uint8 BGR images (or runtime.scan_input
+        DecodedScans, which carry a cine loop's frames and a DICOM file's region) as one
+        batch (callers that keep the pixels, e.g. to draw overlays, decode once and use this)."""
         paths = list(paths) if paths is not None else [None] * len(images)
         if len(paths) != len(images):
             raise ValueError("paths and images differ in length")
-        return self._run([(p, img, None) for p, img in zip(paths, images)], with_cam)
+        setting = RegionSetting.parse(region) if region is not None else self.region
+        entries = [(p, img if isinstance(img, DecodedScan) else DecodedScan([img], [1]), None)
+                   for p, img in zip(paths, images)]
+        return self._run(entries, with_cam, setting)
 
-    def _decode(self, item) -> tuple[str | None, np.ndarray | None, str | None]:
-        try:
-            if isinstance(item, (str, os.PathLike)):
-                return str(item), read_image(item, self.max_pixels), None
-            if isinstance(item, (bytes, bytearray, memoryview)):
-                return None, decode_image(item, self.max_pixels), None
-            if isinstance(item, np.ndarray):
-                return None, to_bgr_uint8(item), None
-        except ImageReadError as err:
-            return (str(item) if isinstance(item, (str, os.PathLike)) else None), None, str(err)
-        except MemoryError:
-            return _item_name(item), None, f"{_item_name(item) or 'image'}: not enough memory to decode it"
-        except Exception as err:  # noqa: BLE001 - a decoder bug on one file must not stop a batch
-            name = _item_name(item)
-            return name, None, f"{name or 'image'}: cannot read ({err.__class__.__name__}: {err})"
+    def decode(self, item, frames: "FrameChoice | str | int | None" = None) -> DecodedScan:
+        """A path, image bytes or array as the classifier reads it (the frames chosen,
+        the DICOM region); ImageReadError when it can't be used."""
+        choice = FrameChoice.parse(frames) if frames is not None else self.frames
+        if isinstance(item, (str, os.PathLike)):
+            return read_scan(item, self.max_pixels, choice)
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            return decode_scan(bytes(item), self.max_pixels, "image", choice)
+        if isinstance(item, np.ndarray):
+            return still(item)
         raise TypeError(f"cannot classify a {type(item).__name__}: pass a path, image bytes or an image array")
 
-    def _run(self, entries: list[tuple[str | None, np.ndarray | None, str | None]],
-             with_cam: bool) -> list[Prediction]:
-        preds = [Prediction(path, None, None, self.threshold, error=err) for path, _, err in entries]
-        ready: list[tuple[int, np.ndarray]] = []
-        for i, (path, image, err) in enumerate(entries):
-            if err is not None:
-                continue
+    def decode_or_error(self, item, frames: "FrameChoice | str | int | None" = None
+                        ) -> tuple[str | None, DecodedScan | None, str | None]:
+        """(name, decoded scan, None), or (name, None, the reason) for an input that cannot
+        be used: one bad file never stops a batch. TypeError for an input of another kind."""
+        if not isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray)):
+            raise TypeError(f"cannot classify a {type(item).__name__}: pass a path, image bytes or an image array")
+        name = _item_name(item)
+        try:
+            return name, self.decode(item, frames), None
+        except ImageReadError as err:
+            return name, None, str(err)
+        except MemoryError:
+            return name, None, f"{name or 'image'}: not enough memory to decode it"
+        except Exception as err:  # noqa: BLE001 - a decoder bug on one file must not stop a batch
+            return name, None, f"{name or 'image'}: cannot read ({err.__class__.__name__}: {err})"
+
+    def _place(self, pred: Prediction, scan: DecodedScan, setting: RegionSetting) -> list[np.ndarray] | None:
+        """The frames of `scan` cut to its region, ready for the model; None (with
+        pred.error set) when the input is refused. Sets pred.region."""
+        name = pred.path or "image"
+        for image in scan.frames:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                preds[i].error = f"{path or 'image'}: expected an HxWx3 uint8 BGR image, got {image.dtype} {image.shape}"
-                continue
-            problem = self.input_checks.problem(image) if self.input_checks is not None else None
+                pred.error = f"{name}: expected an HxWx3 uint8 BGR image, got {image.dtype} {image.shape}"
+                return None
+        display = scan.display
+        try:
+            # one box for all frames of a cine loop: the scanner's screen layout does not move
+            pred.region = choose_region(display, setting, self.region_finder, scan.dicom)
+        except RegionError as err:
+            pred.error = f"{name}: {err}"
+            return None
+        crops = []
+        for number, image in zip(scan.frame_numbers, scan.frames):
+            if image.shape != display.shape:
+                pred.error = f"{name}: frame {number} is {image.shape[1]}x{image.shape[0]}, unlike the others"
+                return None
+            crop = apply_region(image, region=pred.region).image
+            problem = self.input_checks.problem(crop) if self.input_checks is not None else None
             if problem is not None:
-                preds[i].error = f"{path or 'image'}: {problem}"
-                continue
-            ready.append((i, image))
-        if not ready:
-            return preds
-        want_cam = with_cam and self.has_cam
+                where = f" (frame {number})" if scan.is_cine and len(scan.frames) > 1 else ""
+                pred.error = f"{name}: {problem}{where}"
+                return None
+            crops.append(crop)
+        # after the input checks: a photograph is "not a scan" (strongly coloured), while a
+        # B-mode scan with a Doppler or elastography box gets that reason
+        colour = colour_refusal(display, pred.region, scan.dicom)
+        if colour is not None:
+            pred.error = f"{name}: {colour}"
+            return None
+        return crops
+
+    def place(self, path: str | None, scan: DecodedScan | None, error: str | None = None,
+              region: "RegionSetting | str | Sequence | None" = None) -> "Placed":
+        """Everything done to one decoded input before inference: its scan region, the
+        colour and input checks, the crop and the model's preprocessing. Touches no shared
+        state, so folder prediction runs it in its read-ahead threads (runtime.read_ahead),
+        beside inference; `infer` classifies the results."""
+        pred = Prediction(path, None, None, self.threshold, error=error)
+        if error is not None or scan is None:
+            return Placed(pred, scan, None)
+        setting = RegionSetting.parse(region) if region is not None else self.region
+        try:
+            crops = self._place(pred, scan, setting)
+            arrays = None if crops is None else [prepare(crop, self.spec) for crop in crops]
+        except Exception as err:  # noqa: BLE001 - one odd image must not stop a batch or a folder
+            pred.error = f"{path or 'image'}: cannot prepare it ({err.__class__.__name__}: {err})"
+            arrays = None
+        return Placed(pred, scan, arrays)
+
+    def infer(self, placed: Sequence["Placed"], with_cam: bool = False) -> list[Prediction]:
+        """Classify inputs made ready by `place`, as one batch (a cine loop's frames each
+        count as an image); one Prediction per input, in order."""
+        ready = [item for item in placed if item.arrays is not None]
+        if ready:
+            self._infer(ready, with_cam and self.has_cam)
+        return [item.pred for item in placed]
+
+    def _run(self, entries: list[tuple[str | None, DecodedScan | None, str | None]],
+             with_cam: bool, setting: RegionSetting) -> list[Prediction]:
+        return self.infer([self.place(path, scan, err, setting) for path, scan, err in entries], with_cam)
+
+    def _infer(self, ready: list["Placed"], want_cam: bool) -> None:
+        n_frames = sum(len(item.arrays) for item in ready)
         with self._lock:
-            batch = self.backend.input_buffer(len(ready))
-            for k, (_, image) in enumerate(ready):
-                batch[k] = prepare(image, self.spec)
+            batch = self.backend.input_buffer(n_frames)
+            k = 0
+            for item in ready:
+                for array in item.arrays:
+                    batch[k] = array
+                    k += 1
             started = time.perf_counter()
             try:
                 probs, cams, scores = self.backend.run_all(batch, want_cam, self.has_ood)
             except Exception as err:  # noqa: BLE001 - reported per image, never a crash
                 reason = f"inference failed ({err.__class__.__name__}: {' '.join(str(err).split())[:300]})"
-                for i, _ in ready:
-                    preds[i].error = f"{preds[i].path or 'image'}: {reason}"
-                return preds
-            seconds = (time.perf_counter() - started) / len(ready)
+                for item in ready:
+                    item.pred.error = f"{item.pred.path or 'image'}: {reason}"
+                return
+            per_frame = (time.perf_counter() - started) / n_frames
         if self.site is not None:
             probs = self.site.recalibrate(np.asarray(probs, dtype=np.float64).reshape(-1))
-        for k, (i, image) in enumerate(ready):
-            p = float(probs[k])
-            pred = preds[i]
-            pred.seconds = seconds
-            if not math.isfinite(p):
-                pred.error = f"{pred.path or 'image'}: the model returned a non-finite probability"
-                continue
-            pred.probability = p
-            pred.label = self.positive if p >= self.threshold else self.negative
-            if cams is not None:
-                pred.cam = heatmap.cam_to_image(cams[k], image.shape[0], image.shape[1])
-            if scores is not None:
-                score = float(scores[k])
-                # a non-finite distance is as far from the training data as it gets
-                pred.ood_score = score if math.isfinite(score) else None
-                pred.out_of_distribution = not math.isfinite(score) or score >= self.ood_threshold
-        return preds
+        k = 0
+        for item in ready:
+            rows = slice(k, k + len(item.arrays))
+            k += len(item.arrays)
+            self._fill(item.pred, item.scan, probs[rows], None if cams is None else cams[rows],
+                       None if scores is None else scores[rows])
+            item.pred.seconds = per_frame * len(item.arrays)
+
+    def _fill(self, pred: Prediction, scan: DecodedScan, probs, cams, scores) -> None:
+        """One input's result from the model's outputs for its frames."""
+        values = [float(p) for p in probs]
+        if not all(math.isfinite(p) for p in values):
+            pred.error = f"{pred.path or 'image'}: the model returned a non-finite probability"
+            return
+        p = values[0] if len(values) == 1 else float(np.mean(values))
+        pred.probability = p
+        pred.label = self.positive if p >= self.threshold else self.negative
+        if scan.is_cine:
+            pred.frames = FrameResults(scan.frame_count, list(scan.frame_numbers), values,
+                                       "mean" if len(values) > 1 else "single frame")
+        if cams is not None:
+            pred.cam = _cam_on_image(cams[len(values) // 2], pred.region, scan.display.shape[:2])
+        if scores is not None:
+            finite = [float(s) for s in scores if math.isfinite(float(s))]
+            # a non-finite distance is as far from the training data as it gets
+            pred.ood_score = max(finite) if len(finite) == len(scores) else None
+            pred.out_of_distribution = pred.ood_score is None or pred.ood_score >= self.ood_threshold
 
 
 # ---------------------------------------------------------------------- helpers
@@ -464,3 +617,14 @@ def _not_an_export(path: Path) -> str:
 
 def _item_name(item) -> str | None:
     return str(item) if isinstance(item, (str, os.PathLike)) else None
+
+
+def _cam_on_image(cam: np.ndarray, region: ScanRegion, shape: tuple[int, int]) -> np.ndarray:
+    """The map of the region, placed where the region lies in the image (0 outside), so
+    it overlays the original image as before."""
+    inside = gradcam.cam_to_image(cam, region.height, region.width)
+    if (region.x, region.y, region.width, region.height) == (0, 0, shape[1], shape[0]):
+        return inside
+    full = np.zeros(shape, np.float32)
+    full[region.y:region.y + region.height, region.x:region.x + region.width] = inside
+    return full

@@ -4,8 +4,10 @@ Layouts understood (the class folder may be any ancestor of the image):
   BUSI     root/benign/benign (1).png, root/malignant/..., root/normal/...
   BreakHis root/benign/SOB/adenosis/<slide>/40X/*.png
 
-Lesion masks that real BUSI downloads contain (`* _mask.png`, `*_mask_1.png`) are
-skipped. Files are returned in a stable (sorted, relative-path) order.
+Lesion masks that real BUSI downloads contain (`* _mask.png`, `*_mask_1.png`) are never
+taken for images; an image's own `<stem>_mask.png` beside it becomes its lesion mask (an
+empty mask, as BUSI's normal images have, means no lesion). Files are returned in a
+stable (sorted, relative-path) order.
 """
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ class ImageEntry:
     path: Path
     class_name: str | None
     label: int | None
+    mask: Path | None = None      # <stem>_mask.png beside the image, if there is one
 
 
 @dataclass
@@ -87,6 +90,12 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def mask_beside(path: Path) -> Path | None:
+    """BUSI's layout: the lesion mask of `x.png` is `x_mask.png` in the same folder."""
+    mask = path.with_name(f"{path.stem}_mask.png")
+    return mask if mask.is_file() else None
+
+
 def scan_folder(root: str | Path, label_map: LabelMap | None = None) -> ScanResult:
     """List the images below `root` with their labels (None where no class folder applies)."""
     root = Path(root)
@@ -103,7 +112,7 @@ def scan_folder(root: str | Path, label_map: LabelMap | None = None) -> ScanResu
         class_name, label = label_map.label_of(path.relative_to(root))
         if label is None:
             result.unlabelled.append(path)
-        result.entries.append(ImageEntry(path, class_name, label))
+        result.entries.append(ImageEntry(path, class_name, label, mask_beside(path)))
     return result
 
 
@@ -119,7 +128,8 @@ class DatasetError(ValueError):
 
 
 # Canonical CSV columns. `path` may be relative to the CSV's folder or absolute.
-CANONICAL_COLUMNS = {"path": "{path}", "label": "label", "group": "group", "mask": "{mask}"}
+CANONICAL_COLUMNS = {"path": "{path}", "label": "label", "group": "group", "mask": "{mask}", "birads": "birads"}
+BIRADS_LEVELS = range(1, 7)    # BI-RADS assessment categories a score can take (0 = incomplete: unknown)
 
 
 def _template_fields(template: str) -> list[tuple[str, str]]:
@@ -145,16 +155,17 @@ class CsvMapping:
     """How the columns of a CSV index become image path, label, group and mask.
 
     `path` and `mask` are templates over the row's columns ("{path}", "Images/{ID}.png");
-    `label` and `group` name a column. `group` and `mask` are optional: an empty value,
-    or a column the CSV does not have when the mapping is the default, means none.
-    BUS-BRA's own bus_data.csv:
-        path=Images/{ID}.png,label=Pathology,group=Case,mask=Masks/mask_{ID#bus_}.png
+    `label`, `group` and `birads` name a column. `group`, `mask` and `birads` (the
+    radiologist's BI-RADS category, an auxiliary training target) are optional: an empty
+    value, or a column the CSV does not have, means none. BUS-BRA's own bus_data.csv:
+        path=Images/{ID}.png,label=Pathology,group=Case,mask=Masks/mask_{ID#bus_}.png,birads=BIRADS
     """
 
     path: str = CANONICAL_COLUMNS["path"]
     label: str = CANONICAL_COLUMNS["label"]
     group: str = CANONICAL_COLUMNS["group"]
     mask: str = CANONICAL_COLUMNS["mask"]
+    birads: str = CANONICAL_COLUMNS["birads"]
 
     @classmethod
     def parse(cls, text: str) -> "CsvMapping":
@@ -165,7 +176,7 @@ class CsvMapping:
             if not sep or key not in cls.__dataclass_fields__ or not value.strip():
                 raise DatasetError(
                     f"bad CSV mapping entry {part!r}: use path=TEMPLATE, label=COLUMN, group=COLUMN, "
-                    "mask=TEMPLATE, e.g. path=Images/{ID}.png,label=Pathology,group=Case")
+                    "mask=TEMPLATE, birads=COLUMN, e.g. path=Images/{ID}.png,label=Pathology,group=Case")
             fields[key] = value.strip()
         return cls(**fields)
 
@@ -176,7 +187,7 @@ class CsvMapping:
         return {c for c, _ in _template_fields(self.path)} | {self.label}
 
     def optional_columns(self) -> set[str]:
-        return {self.group} | {c for c, _ in _template_fields(self.mask)}
+        return {self.group, self.birads} | {c for c, _ in _template_fields(self.mask)}
 
 
 @dataclass(frozen=True)
@@ -256,6 +267,7 @@ class Sample:
     class_name: str | None
     group: str | None = None   # patient or study id, if the source has one
     mask: Path | None = None   # lesion mask, if the source has one
+    birads: int | None = None  # the radiologist's BI-RADS category, if the source has one
 
 
 @dataclass
@@ -283,7 +295,7 @@ def read_source(source: DataSource) -> SourceScan:
     if source.is_csv:
         return read_csv_index(source)
     scan = scan_folder(source.path, source.labels)
-    samples = [Sample(source.name, e.path, _relative(e.path, source.root), e.label, e.class_name)
+    samples = [Sample(source.name, e.path, _relative(e.path, source.root), e.label, e.class_name, mask=e.mask)
                for e in scan.entries if e.label is not None]
     return SourceScan(source, samples, masks_skipped=scan.masks_skipped, unlabelled=len(scan.unlabelled))
 
@@ -315,10 +327,13 @@ def read_csv_index(source: DataSource) -> SourceScan:
         raise DatasetError(f"{source.path}: the CSV index has a header but no rows")
     has_group = mapping.group in columns
     has_mask = all(c in columns for c, _ in _template_fields(mapping.mask))
+    has_birads = mapping.birads in columns
     scan = SourceScan(source, [])
     seen: set[Path] = set()
     for number, row in enumerate(rows, start=2):     # row 1 is the header
         sample, reason = _row_sample(source, mapping, row, has_group, has_mask, seen)
+        if sample is not None and has_birads:
+            sample = replace(sample, birads=birads_level(row.get(mapping.birads)))
         if sample is None:
             scan.bad_rows.append({"row": number, "path": fill_template(mapping.path, row), "reason": reason})
         else:
@@ -327,6 +342,14 @@ def read_csv_index(source: DataSource) -> SourceScan:
         log.warning("%s: skipped %d bad row(s) of %d, e.g. row %d: %s", source.path, len(scan.bad_rows),
                     len(rows), scan.bad_rows[0]["row"], scan.bad_rows[0]["reason"])
     return scan
+
+
+def birads_level(text: str | None) -> int | None:
+    """'4', '4a', '4C', ' 5 ' -> 4, 4, 4, 5; empty, 0 (incomplete) or anything else -> None.
+    The subcategories a-c of 4 count as 4."""
+    match = re.fullmatch(r"\s*([0-9])\s*[abcABC]?\s*", text or "")
+    level = int(match.group(1)) if match else None
+    return level if level in BIRADS_LEVELS else None
 
 
 def _row_sample(source: DataSource, mapping: CsvMapping, row: dict, has_group: bool, has_mask: bool,

@@ -59,11 +59,11 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     usable image: missing file, directory, no permission, empty, corrupt, too large.
     """
     name = str(path)
-    data = _read_file(Path(path), name)
+    data = read_file_bytes(Path(path), name)
     return decode_image(data, max_pixels=max_pixels, name=name)
 
 
-def _read_file(path: Path, name: str) -> bytes:
+def read_file_bytes(path: Path, name: str) -> bytes:
     # Checked up front because opening a directory raises PermissionError on Windows,
     # which would give a misleading message.
     if path.is_dir():
@@ -413,9 +413,16 @@ def _decode_dicom(data: bytes, max_pixels: int, name: str) -> np.ndarray:
     output always shows tissue bright as on screen. Color (RGB, YBR, palette) is
     converted to BGR. Multi-frame files (cine loops) give their middle frame: the
     first and last frames of an ultrasound clip are often the probe touching down or
-    lifting off. Files with BurnedInAnnotation YES raise a UserWarning because the
-    pixels may show the patient's name.
+    lifting off (runtime.scan_input chooses other frames). Files with BurnedInAnnotation
+    YES raise a UserWarning because the pixels may show the patient's name.
     """
+    ds, frames = open_dicom(data, max_pixels, name)
+    return dicom_frame(ds, frames // 2 if frames > 1 else None, name)
+
+
+def open_dicom(data: bytes, max_pixels: int, name: str):
+    """(pydicom dataset, number of frames) of DICOM bytes; the frame size is checked
+    against max_pixels and a BurnedInAnnotation YES file warns. Pixels are not decoded."""
     try:
         import pydicom
     except ImportError:
@@ -432,15 +439,25 @@ def _decode_dicom(data: bytes, max_pixels: int, name: str) -> np.ndarray:
             f"{name}: DICOM BurnedInAnnotation is YES; the pixels contain burned-in text "
             "that may identify the patient. Do not share the image without de-identifying it.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
+    return ds, max(frames, 1)
+
+
+def dicom_frame(ds, frame: int | None, name: str) -> np.ndarray:
+    """One frame (0-based; None: a single-frame file) of an opened DICOM as HxWx3 uint8 BGR."""
     try:
-        return _dicom_pixels(ds, frames // 2 if frames > 1 else None)
+        return _dicom_pixels(ds, frame)
     except ImageReadError as e:
         raise ImageReadError(f"{name}: {e}") from None
     except Exception as e:  # missing codec plugins, bad pixel data, ...
         reason = f"cannot decode DICOM pixel data ({_short_reason(e)})"
         raise ImageReadError(f"{name}: {reason}") from None
+
+
+def looks_like_dicom(data: bytes, name: str) -> bool:
+    """Whether decode_image would read these bytes as DICOM."""
+    return _sniff(data) is None and _looks_like_dicom(data, name)
 
 
 def _dicom_pixels(ds, frame: int | None) -> np.ndarray:

@@ -5,7 +5,7 @@ A classifier answers for every input, so without this a 2x2 black PNG came back 
 each failure is a short reason that ends up as an error row, exactly like an unreadable
 file (bcd predict: ERROR row and exit status 1; demo: a message; evaluate: counted).
 
-The limits, and why (figures from `python -m benchmarks.input_checks`, which measures
+The limits, and why (figures from `python -m benchmarks.reliability.input_checks`, which measures
 every image of BUSI (623) and BUS-BRA (1500); see docs/RELIABILITY.md):
 
 - too small: the short side must be at least MIN_SIDE = 64 pixels. VGG16 itself needs

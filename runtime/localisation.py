@@ -1,7 +1,7 @@
 """Where the model looks: Grad-CAM maps against lesion masks.
 
 Two figures per image with a lesion mask, both on the map brought to the mask's size
-(runtime.heatmap.cam_to_image: normalised, bilinear):
+(runtime.gradcam.cam_to_image: normalised, bilinear):
 - pointing game: does the map's maximum fall inside the lesion?
 - mass inside: the share of the map's total mass that lies inside the lesion.
 A map with no evidence at all (all zero) counts as a miss with mass 0. Light runtime
@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from runtime.heatmap import cam_to_image
+from runtime.gradcam import cam_to_image
 
 
 def cam_localisation(cam: np.ndarray, mask: np.ndarray) -> tuple[bool, float]:

@@ -232,6 +232,10 @@ class Manifest:
     # "feature_layer", "dim", "n_train", "classes", "shrinkage", "quantile", "rule", "chosen_on"}.
     # The thresholds are per variant (VariantEntry.ood).
     ood: dict[str, Any] | None = None
+    # Optional (older manifests lack it; then the runtime uses the default finder, auto):
+    # the scan-region finder's settings, runtime.scan_region.RegionConfig.to_dict(), so the
+    # runtime crops images the way the model's training images were cropped.
+    scan_region: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     # ---- access
@@ -275,6 +279,7 @@ class Manifest:
             "created": self.created,
             "source_model": dict(self.source_model),
             "preprocessing": dict(self.preprocessing),
+            **({"scan_region": dict(self.scan_region)} if self.scan_region is not None else {}),
             "labels": dict(self.labels),
             "threshold": dict(self.threshold),
             "input": dict(self.input),
@@ -347,6 +352,7 @@ class Manifest:
             export_settings=dict(_get(d, "export_settings", "", dict, optional=True) or {}),
             model_cost=_model_cost(d),
             ood=_ood(d),
+            scan_region=_scan_region(d),
         )
 
 
@@ -374,6 +380,17 @@ def _ood(d: dict[str, Any]) -> dict[str, Any] | None:
     return dict(ood)
 
 
+def _scan_region(d: dict[str, Any]) -> dict[str, Any] | None:
+    region = _get(d, "scan_region", "", dict, optional=True)
+    if region is None:
+        return None
+    from runtime.scan_crop import region_config_from_dict   # numpy and OpenCV: loaded only for this check
+    try:
+        return region_config_from_dict(region).to_dict()
+    except ValueError as err:
+        raise ValueError(f"invalid manifest: {err}") from None
+
+
 def manifest_path(path_or_dir: str | os.PathLike) -> Path:
     path = Path(path_or_dir)
     return path / MANIFEST_NAME if path.is_dir() else path
@@ -390,11 +407,24 @@ def write_manifest(export_dir: str | os.PathLike, manifest: Manifest) -> Path:
 
 def read_manifest(path_or_dir: str | os.PathLike) -> Manifest:
     """Read a manifest from an export directory or a manifest.json path."""
-    path = manifest_path(path_or_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST_NAME} at {path}: is this an export directory from `bcd export`?")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"invalid manifest: {path} is not valid JSON ({err})") from None
+    doc = atomic.read_json(manifest_path(path_or_dir),
+                           missing=f"no {MANIFEST_NAME} at {{path}}: is this an export directory from `bcd export`?",
+                           invalid="invalid manifest: {path} is not valid JSON ({reason})")
     return Manifest.from_dict(doc)
+
+
+SPLIT_NAME = "split.json"
+
+
+def split_file(export_dir: str | os.PathLike) -> Path:
+    """The saved split: shipped beside the manifest, else in the source run directory."""
+    export_dir = Path(export_dir)
+    own = export_dir / SPLIT_NAME
+    if own.is_file():
+        return own
+    source = read_manifest(export_dir / MANIFEST_NAME).source_model.get("path", "")
+    for candidate in (export_dir.parent / source, Path(source)):
+        if candidate.name == "model.keras" and (candidate.parent / SPLIT_NAME).is_file():
+            return candidate.parent / SPLIT_NAME
+    raise FileNotFoundError(f"{export_dir}: no {SPLIT_NAME} beside the manifest or in the source run; "
+                            "score a labelled folder instead with --data")

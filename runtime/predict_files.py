@@ -19,46 +19,31 @@ import glob
 import io
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from runtime import atomic, heatmap
+from runtime import atomic, gradcam
 from runtime.classifier import DEFAULT_BATCH_SIZE, Classifier, Prediction
 from runtime.dataset import is_image_file, is_mask, scan_folder
-from runtime.images import ImageReadError, read_image
+from runtime.engines import AUTO, BACKENDS
+from runtime.images import DEFAULT_MAX_PIXELS
+from runtime.scan_crop import RegionSetting
+from runtime.scan_input import FrameChoice
+from runtime.shipped import MODEL_ENV, default_model_path
 from runtime.read_ahead import Pipeline, read_ahead
 
 REPORT_FIELDS = ("path", "label", "probability", "threshold", "out_of_distribution", "ood_score", "error")
+# CSV columns of the region classified and of a cine loop's frames (JSON nests them as
+# "region" and "frames", see Prediction.to_dict); empty cells where they do not apply.
+REGION_FIELDS = ("region_x", "region_y", "region_width", "region_height", "region_source",
+                 "mm_per_pixel_x", "mm_per_pixel_y")
+FRAME_FIELDS = ("frames_in_file", "frames_used", "frame_probabilities", "frame_summary", "max_frame_probability")
 SITE_FIELD = "site_profile"
 HEATMAP_SUFFIX = "_gradcam.png"
 _GLOB_CHARS = set("*?[")
 
 Progress = Callable[[int, int], None]
-
-
-MODEL_ENV = "BCD_MODEL"
-SHIPPED_MODEL = "bus-vgg16-w50-128"
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-
-
-def default_model_path() -> Path | None:
-    """The model `bcd predict`, `bcd demo` and `bcd evaluate` use without --model:
-    $BCD_MODEL if set, else the reference model shipped in the checkout's models/
-    folder (present in a git clone installed with `pip install -e`); None if neither."""
-    override = os.environ.get(MODEL_ENV)
-    if override:
-        return Path(override)
-    shipped = MODELS_DIR / SHIPPED_MODEL
-    return shipped if (shipped / "manifest.json").is_file() else None
-
-
-def shipped_models() -> list[Path]:
-    """Every export directory shipped in models/, the reference model first (the demo
-    offers them all, e.g. the full model and its slim variant)."""
-    if not MODELS_DIR.is_dir():
-        return []
-    found = sorted(p.parent for p in MODELS_DIR.glob("*/manifest.json"))
-    return sorted(found, key=lambda p: p.name != SHIPPED_MODEL)
 
 
 # ---------------------------------------------------------------------- inputs
@@ -108,6 +93,48 @@ def _input_error(path: str, reason: str) -> Prediction:
 # ---------------------------------------------------------------------- predicting
 
 
+@dataclass(frozen=True)
+class PredictConfig:
+    """What `bcd predict` can set (the library's defaults; the CLI passes what is given)."""
+
+    model: str | os.PathLike | None = None   # export dir, manifest.json or .onnx; None: $BCD_MODEL, else the shipped model
+    variant: str | None = None               # None: onnx-int8 if it passed the export checks, else onnx-fp32
+    threads: int | None = None               # None: physical cores
+    backend: str = AUTO
+    max_pixels: int = DEFAULT_MAX_PIXELS     # decompression-bomb guard
+    batch_size: int = DEFAULT_BATCH_SIZE
+    force: bool = False                      # run a variant that failed the export's checks (investigation only)
+    heatmap_dir: str | os.PathLike | None = None
+    partial_every: float = 10.0              # seconds between updates of FILE.partial.json
+    region: str | None = None                # auto | off | "X,Y,W,H"; None: the export's setting (auto if none)
+    frames: str | int = "middle"             # a cine loop's frames: middle | all | frame number N (from 1)
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "max_pixels", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
+        if self.partial_every < 0:
+            raise ValueError("the partial-results interval must not be negative")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.region is not None:
+            RegionSetting.parse(self.region)            # bad boxes fail here, before any file is read
+        FrameChoice.parse(self.frames)
+
+    def model_path(self) -> Path | None:
+        return Path(self.model) if self.model is not None else default_model_path()
+
+    def load_classifier(self) -> Classifier:
+        model = self.model_path()
+        if model is None:
+            raise ValueError("no model: pass an export directory from `bcd export` (the shipped reference model is "
+                             f"missing; set {MODEL_ENV} to use another default)")
+        return Classifier.load(model, variant=self.variant, threads=self.threads, force=self.force,
+                               max_pixels=self.max_pixels, backend=self.backend, region=self.region,
+                               frames=self.frames)
+
+
 def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *, heatmap_dir: str | os.PathLike | None = None,
                   batch_size: int = DEFAULT_BATCH_SIZE, progress: Progress | None = None,
                   partial: "PartialResults | None" = None, pipeline: "Pipeline | None" = None) -> list[Prediction]:
@@ -133,21 +160,15 @@ def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *
     results: list[Prediction] = []
     total = len(files)
     chunks = [files[start:start + batch_size] for start in range(0, total, batch_size)]
-    read = functools.partial(_read, max_pixels=classifier.max_pixels)
-    # Files are read and decoded in worker threads a few batches ahead of the one being
-    # classified (runtime.read_ahead); this loop sees them in order, as if read here.
-    for decoded in read_ahead(chunks, read, pipeline or Pipeline()):
-        good = [(path, image) for path, image, _ in decoded if image is not None]
-        batch = classifier.predict_decoded([image for _, image in good], [str(path) for path, _ in good],
-                                           with_cam=heatmap_dir is not None) if good else []
-        by_path = {path: pred for (path, _), pred in zip(good, batch)}
-        for path, image, error in decoded:
-            if error is not None:
-                results.append(Prediction(str(path), None, None, classifier.threshold, error=error))
-                continue
-            pred = by_path[path]
+    place = functools.partial(_read_and_place, classifier=classifier)
+    # Files are read, decoded, cut to their scan region and preprocessed in worker threads
+    # a few batches ahead of the one being classified (runtime.read_ahead); this loop sees
+    # them in order, as if done here.
+    for placed in read_ahead(chunks, place, pipeline or Pipeline()):
+        preds = classifier.infer([item for _, item in placed], with_cam=heatmap_dir is not None)
+        for (path, item), pred in zip(placed, preds):
             if heatmap_dir is not None and pred.ok and pred.cam is not None:
-                _write_heatmap(pred, image, Path(heatmap_dir) / heat_names[path])
+                _write_heatmap(pred, item.scan.display, Path(heatmap_dir) / heat_names[path])
             results.append(pred)
         if progress is not None:
             progress(len(results), total)
@@ -156,22 +177,22 @@ def predict_paths(classifier: Classifier, inputs: Iterable[str | os.PathLike], *
     return sorted(results + problems, key=lambda p: p.path or "")
 
 
-def _read(path: Path, max_pixels: int):
-    """Everything done to one file before inference: (path, image, None) or (path, None,
-    error). Runs in the read-ahead threads, so it must not touch shared state."""
-    try:
-        return path, read_image(path, max_pixels), None
-    except ImageReadError as err:
-        return path, None, str(err)
-    except MemoryError:
-        return path, None, f"{path}: not enough memory to decode it"
-    except Exception as err:  # noqa: BLE001 - one odd file must not stop the others
-        return path, None, f"{path}: cannot read ({err.__class__.__name__}: {err})"
+def _read_and_place(path: Path, classifier: Classifier):
+    """Everything done to one file before inference (runs in the read-ahead threads):
+    (path, runtime.classifier.Placed)."""
+    scan, error = _read(path, classifier)
+    return path, classifier.place(str(path), scan, error)
+
+
+def _read(path: Path, classifier: Classifier):
+    """(the decoded scan, None) or (None, the reason it cannot be used)."""
+    _, scan, error = classifier.decode_or_error(path)
+    return scan, error
 
 
 def _write_heatmap(pred: Prediction, image, target: Path) -> None:
     try:
-        heatmap.save_overlay(image, pred.cam, target)
+        gradcam.save_overlay(image, pred.cam, target)
     except OSError as err:
         pred.error = f"{pred.path}: classified, but the heat map could not be written ({err})"
 
@@ -217,15 +238,31 @@ def write_json(target: str | os.PathLike, predictions: Iterable[Prediction], sit
 
 
 def write_csv(target: str | os.PathLike, predictions: Iterable[Prediction], site: str | None = None) -> None:
-    """CSV with the columns of REPORT_FIELDS (an empty cell for null; + site_profile when
-    one is in use); atomically."""
+    """CSV with the columns of REPORT_FIELDS, REGION_FIELDS and FRAME_FIELDS (an empty
+    cell for null; lists of frames joined with ";"; + site_profile when one is in use);
+    atomically."""
     buffer = io.StringIO()
-    fields = REPORT_FIELDS + ((SITE_FIELD,) if site is not None else ())
+    fields = REPORT_FIELDS + REGION_FIELDS + FRAME_FIELDS + ((SITE_FIELD,) if site is not None else ())
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows(predictions, site):
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        writer.writerow({k: "" if v is None else v for k, v in _flat(row).items()})
     atomic.write_text(target, buffer.getvalue())
+
+
+def _flat(row: dict) -> dict:
+    """A report row with its nested region and frames as CSV columns."""
+    out = {k: v for k, v in row.items() if k not in ("region", "frames")}
+    region, frames = row.get("region") or {}, row.get("frames") or {}
+    mm = region.get("mm_per_pixel") or (None, None)
+    out.update(region_x=region.get("x"), region_y=region.get("y"), region_width=region.get("width"),
+               region_height=region.get("height"), region_source=region.get("source"),
+               mm_per_pixel_x=mm[0], mm_per_pixel_y=mm[1])
+    joined = lambda key: ";".join(map(str, frames[key])) if frames.get(key) is not None else None  # noqa: E731
+    out.update(frames_in_file=frames.get("count"), frames_used=joined("used"),
+               frame_probabilities=joined("probabilities"), frame_summary=frames.get("summary"),
+               max_frame_probability=frames.get("max_probability"))
+    return out
 
 
 class PartialResults:
@@ -268,6 +305,11 @@ def format_table(predictions: Sequence[Prediction]) -> str:
     for p in predictions:
         threshold = "" if p.threshold is None or p.threshold != p.threshold else f"{p.threshold:.4f}"
         if p.ok:
+            if p.frames is not None and len(p.frames.numbers) > 1:
+                threshold = (f"{threshold}  mean of {len(p.frames.numbers)} frames "
+                             f"(highest {p.frames.max_probability:.4f})")
+            elif p.frames is not None:
+                threshold = f"{threshold}  frame {p.frames.numbers[0]} of {p.frames.count}"
             if p.out_of_distribution:
                 threshold = f"{threshold}  {OOD_NOTE}"
             cells.append((p.path or "-", p.label or "", f"{p.probability:.4f}", threshold))

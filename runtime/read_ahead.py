@@ -34,19 +34,14 @@ class Pipeline:
 
     decode_workers: threads running the per-file step; 0 reads each batch in the calling
         thread just before it is classified (no threads, the old sequential loop); None
-        (default) is one per physical core.
-    prefetch_batches: batches read ahead of the one being classified (memory: a batch of
-        8 decoded 856x606 scans is ~12 MB).
-
-    The defaults come from `python -m benchmarks.ingest --sweep --rounds 2` (2 physical
-    cores, 200 856x606 PNG scans, the shipped model on OpenVINO, batch 8), two runs in
-    quiet moments of the shared machine (4 rounds, 1-minute load 0.5-1.5, our own
-    threads included): reading + decoding alone 6.1-6.8 ms per image on one thread,
-    floor 5.4-5.9 ms. Sequential 9.2-10.2 ms; the defaults 5.6-6.4 ms (0.92-0.98 of the
-    floor); decode_workers=1: 6.1-6.6 ms (0.86-0.91), bounded by one thread's reading,
-    which the scan-region finder will lengthen; decode_workers=3: 6.0-6.3 ms (nothing
-    gained from more threads than cores); prefetch 1 or 4: 5.8-6.4 ms (no difference;
-    2 leaves a margin for uneven files); 1 inference thread instead of 2: 6.2-6.9 ms.
+        (default) is one per physical core. Measured with `python -m benchmarks.ingest`
+        (docs/results/ingest/): the per-file step of a 856x606 PNG scan (read, decode,
+        scan region, checks, preprocessing) took 11.9 ms of CPU and the shipped model's
+        inference 1.4 ms per image, so the per-file step is ~90 % of the work and needs
+        every core; with fewer workers than cores a core idles.
+    prefetch_batches: batches read ahead of the one being classified. 2 keeps a worker
+        busy across the short pause while a batch is handed over; more only holds more
+        images in memory (each batch of 856x606 images is ~12 MB decoded).
     """
 
     decode_workers: int | None = None

@@ -7,13 +7,60 @@ says which box it used. One definition serves training, INT8 calibration data, e
 prediction and the demo; the manifest records the finder's settings so that a model and
 its runtime agree.
 
-Interface skeleton: `find_scan_region` returns the whole image until the finder lands.
+What `find_scan_region` does (numpy + OpenCV only; a few ms on an 856x606 screen, see
+benchmarks/frames.py):
+
+1. Background. A screen has a background: the colour that fills at least
+   `min_background_share` (half) of a band 4-8 px inside the picture's edges (black, a dark
+   gray, a blue-gray; within `background_tolerance` levels). Without one, the picture
+   reaches its edges: it is already a crop of the scan (BUSI, BUS-BRA, a tidy export)
+   and the whole image is its region (source "found": the finder looked).
+2. Content. Pixels that differ from the background or have speckle texture (a step of
+   more than `texture_step` levels to the pixel two away), averaged onto a working copy
+   whose long side is at most `work_side`, then a 5x5 majority: the dark, grainy parts of
+   a scan stay solid and a straight edge keeps its place.
+3. Drop what is thin. A morphological opening with a square of `min_feature` (a share of
+   the long side, ~30 px on an 856 px screen) removes everything no such square fits in:
+   text, depth-ruler ticks and lines, caliper marks, dotted lines, body-marker icons,
+   arrows, narrow gray/colour bars.
+4. Choose the scan. Of the solid pieces left (the scan, perhaps a wide bar, a logo
+   block, a filled panel) the one holding the most texture is the scan; bars and panels
+   are smooth. Pieces of the same scan cut off by a band of background-coloured tissue
+   (a black shadow across it) are joined back.
+5. Edges. An edge the piece fills along most of a line near its box (a linear probe's
+   rectangle) is moved on the full-resolution pixels: inwards past lines that are mostly
+   background, one flat colour, or (columns) far less textured than the scan (a text
+   line, a ruler line with its ticks, a frame line the coarse box took in), then outwards
+   by a few px while lines keep the scan's texture. Lines are judged along themselves
+   only, so what lies outside the scan does not move its edge. Curved edges (a fan's
+   tips, arcs and apex, which the opening rounds off) come from the content near the
+   piece opened with a small square that scales with the piece.
+6. Repeat inside the box (at most `passes` times) while it keeps shrinking: a black
+   image pane inside a gray screen gives the pane first, then the scan inside it.
+
+Never fails: an image that is blank, tiny, not 8-bit (gray or BGR), or where nothing
+scan-like is found, gives the whole image (source "whole"); a found box smaller than
+`min_side` pixels or `min_area` of the image does too.
+
+Where it fails (benchmarks/frames.py measures how often on synthetic screens):
+- Anything solid touching the scan is taken as part of it: a filled panel or a wide bar
+  flush against the scan, an image pane with no margin, large bold text within a few
+  px of its edge (thin marks touching it are handled).
+- Tissue exactly the background colour and smooth, reaching the scan's edge (a black
+  band along the bottom, a dark fan tip on a black screen), cannot be told from the
+  background and is cut on a screen; the plain scan keeps it (its border is not half
+  one colour), so framed and plain boxes then differ by that band.
+- A sector probe's point apex (narrower than the small square) is left out of the box.
+- Two scans side by side (dual mode) give the one with more texture, not both.
+- A screen whose background is a gradient or a photograph has no background colour:
+  the whole image is returned.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 REGION_SOURCES = ("found", "dicom", "given", "whole")
@@ -45,6 +92,15 @@ class RegionConfig:
 
     mode: str = "auto"          # auto: find the scan; off: the whole image
     version: int = 1
+    work_side: int = 480                 # long side of the working copy (integer downscale of larger images)
+    background_tolerance: int = 2        # gray levels within which a pixel is the background colour
+    min_background_share: float = 0.5    # share of the border band the background colour must fill
+    min_feature: float = 0.035           # share of the long side: thinner things are not the scan
+    texture_step: int = 3                # gray-level step between neighbours that counts as texture
+    edge_texture: float = 0.3            # an edge row/column needs this share of the scan's median texture
+    min_side: int = 64                   # px: a smaller box is not a scan (the whole image is used)
+    min_area: float = 0.04               # share of the image a found box must cover at least
+    passes: int = 3                      # repeat inside the box while it shrinks (a pane inside a screen)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,5 +111,260 @@ def whole_image(image: np.ndarray) -> ScanRegion:
 
 
 def find_scan_region(image_bgr: np.ndarray, config: RegionConfig = RegionConfig()) -> ScanRegion:
-    """The box of the ultrasound image in an HxWx3 uint8 BGR image."""
-    return whole_image(image_bgr)
+    """The box of the ultrasound image in an HxWx3 uint8 BGR image (see the module text).
+    Never raises on odd pixels: the whole image is the answer when nothing is found."""
+    if config.mode == "off" or not _usable(image_bgr):
+        return whole_image(image_bgr) if getattr(image_bgr, "ndim", 0) >= 2 else ScanRegion(0, 0, 0, 0, "whole")
+    gray = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY) if image_bgr.ndim == 3 else image_bgr
+    height, width = gray.shape
+    x0, y0, x1, y1 = 0, 0, width, height
+    found, background = False, None
+    for _ in range(max(1, config.passes)):
+        part = gray[y0:y1, x0:x1]
+        box, used = _find_in(part, config)
+        if box == (0, 0, x1 - x0, y1 - y0) and background is not None and used == background:
+            # no progress with the same colour: a pane of another colour inside the screen?
+            box, used = _find_in(part, config, exclude=background)
+        background = used
+        if box is None:
+            break
+        bx0, by0, bx1, by1 = box
+        if (bx0, by0, bx1, by1) == (0, 0, x1 - x0, y1 - y0):
+            found = True                     # nothing to trim here: the picture is the scan
+            break
+        x0, y0, x1, y1 = x0 + bx0, y0 + by0, x0 + bx1, y0 + by1
+        found = True
+    if not found:
+        return whole_image(image_bgr)
+    w, h = x1 - x0, y1 - y0
+    if min(w, h) < config.min_side or w * h < config.min_area * width * height:
+        return whole_image(image_bgr)
+    return ScanRegion(int(x0), int(y0), int(w), int(h), source="found")
+
+
+# ---------------------------------------------------------------------- one pass
+
+
+def _usable(image: np.ndarray) -> bool:
+    return (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim in (2, 3)
+            and (image.ndim == 2 or image.shape[2] == 3) and min(image.shape[:2]) >= 8)
+
+
+def _find_in(gray: np.ndarray, config: RegionConfig, exclude: int | None = None):
+    """((x0, y0, x1, y1) of the scan in `gray`, its own size when there is no background
+    to trim, None when nothing scan-like is there; the background colour used). With
+    `exclude`, that colour is not a background and another one must fill half the band
+    (a black pane inside a gray screen)."""
+    height, width = gray.shape
+    if min(height, width) < config.min_side:
+        return None, None
+    background = _background(gray, config, exclude)
+    if background is None:
+        return (0, 0, width, height), None
+    factor = max(1, -(-max(height, width) // config.work_side))          # ceil
+    size = (max(1, width // factor), max(1, height // factor))
+    differs = cv2.threshold(cv2.absdiff(gray, np.full_like(gray, background)), config.background_tolerance,
+                            255, cv2.THRESH_BINARY)[1]
+    textured = _texture(gray, config.texture_step)
+    # area averages: the share of content / texture in each working pixel
+    content = cv2.resize(cv2.max(differs, textured), size, interpolation=cv2.INTER_AREA)
+    texture = cv2.resize(textured, size, interpolation=cv2.INTER_AREA)
+    filled, solid, k = _solid(content, config)
+    piece = _textured_piece(solid, texture)
+    if piece is None:
+        return None, background
+    mask, (cx, cy, cw, ch) = piece
+    straight = _straight_edges(mask[cy:cy + ch, cx:cx + cw], k)
+    if not all(straight):
+        cx, cy, cw, ch = _round_edges(filled, mask, (cx, cy, cw, ch), straight, k)
+    box = (cx * factor, cy * factor, min(width, (cx + cw) * factor), min(height, (cy + ch) * factor))
+    return _exact_edges(gray, box, straight, background, factor + 2, 2 * k * factor, config), background
+
+
+def _background(gray: np.ndarray, config: RegionConfig, exclude: int | None = None) -> int | None:
+    """The background colour, from a band 4 to 8 px inside the picture's edges (inside,
+    not on the edge: a box from the previous pass may carry a few lines of what lies
+    outside it): the colour filling `min_background_share` of the band, or else one
+    colour filling 80 % of two of its sides (a black pane reaching the top and bottom of
+    a screen with gray panels on its sides). None when there is none: the picture
+    reaches its edges, a crop of the scan. With `exclude`, that colour is no background
+    and another must fill half the band (a black pane inside a gray screen)."""
+    a, b = 4, 8
+    h, w = gray.shape
+    sides = [gray[a:b, a:w - a], gray[h - b:h - a, a:w - a], gray[b:h - b, a:b], gray[b:h - b, w - b:w - a]]
+    tol = config.background_tolerance
+    share = config.min_background_share
+    counts = [_near_counts(side, tol) for side in sides]
+    total = np.sum(counts, axis=0)
+    if exclude is not None:
+        total[max(0, exclude - 2 * tol):exclude + 2 * tol + 1] = 0
+        share = max(share, 0.5)
+    size = sum(side.size for side in sides)
+    level = int(np.argmax(total))
+    if total[level] >= share * size:
+        return level
+    if exclude is not None:
+        return None
+    for c, side in zip(counts, sides):             # a colour filling two sides
+        top = int(np.argmax(c))
+        if c[top] >= 0.8 * side.size and sum(o[top] >= 0.8 * s.size for o, s in zip(counts, sides)) >= 2:
+            return top
+    return None
+
+
+def _near_counts(values: np.ndarray, tol: int) -> np.ndarray:
+    """For each gray level, how many of `values` lie within +-tol of it."""
+    counts = np.bincount(values.ravel(), minlength=256).astype(np.int64)
+    return np.convolve(counts, np.ones(2 * tol + 1, np.int64), mode="same")
+
+
+def _texture(gray: np.ndarray, step: int) -> np.ndarray:
+    """0/255 uint8: the pixel differs by more than `step` from the pixel two to its right
+    or two below (two, not one: speckle blown up by the screen's resize is smooth)."""
+    h, w = gray.shape
+    out = np.zeros((h, w), np.uint8)
+    if h > 2 and w > 2:
+        dx = cv2.threshold(cv2.absdiff(gray[:, 2:], gray[:, :-2]), step, 255, cv2.THRESH_BINARY)[1]
+        dy = cv2.threshold(cv2.absdiff(gray[2:], gray[:-2]), step, 255, cv2.THRESH_BINARY)[1]
+        out[:, :-2] = dx
+        out[:-2] = cv2.max(out[:-2], dy)
+    return out
+
+
+def _solid(content: np.ndarray, config: RegionConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """0/255 maps at working resolution: `filled`, where most of a 5x5 neighbourhood is
+    content; `solid`, that with everything thinner than k = `min_feature` opened away."""
+    # a majority over 5x5: grainy dark tissue stays solid, a straight edge stays in place
+    filled = cv2.threshold(cv2.blur(content, (5, 5)), 127, 255, cv2.THRESH_BINARY)[1]
+    k = max(3, int(round(config.min_feature * max(content.shape))) | 1)
+    return filled, cv2.morphologyEx(filled, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))), k
+
+
+def _round_edges(filled: np.ndarray, piece: np.ndarray, box, straight, k: int):
+    """The box with its curved edges (a fan's tips, arcs and apex, which the opening
+    rounds off) taken from the content within k/2 px of the piece, opened with a small
+    square (text and lines stay out)."""
+    r = max(1, k // 2)
+    near = cv2.dilate(piece.astype(np.uint8) * 255, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * r + 1, 2 * r + 1)))
+    # the small square scales with the piece, so a fan's apex is cut alike at any zoom
+    small = max(3, int(round(0.02 * max(box[2], box[3]))))
+    around = cv2.bitwise_and(cv2.morphologyEx(filled, cv2.MORPH_OPEN, np.ones((small, small), np.uint8)), near)
+    ax, ay, aw, ah = cv2.boundingRect(around)
+    if aw == 0 or ah == 0:
+        return box
+    x, y, w, h = box
+    x0 = ax if not straight[0] else x
+    y0 = ay if not straight[1] else y
+    x1 = ax + aw if not straight[2] else x + w
+    y1 = ay + ah if not straight[3] else y + h
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def _textured_piece(solid: np.ndarray, texture: np.ndarray):
+    """(mask of the scan's pieces, bounding box x, y, w, h): the solid piece holding the
+    most texture, joined by the pieces of the same scan that a band of background-coloured
+    tissue (a black shadow across the image) cut off from it. None when nothing is solid."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(solid, connectivity=8)
+    if n <= 1:
+        return None
+    area = stats[:, cv2.CC_STAT_AREA]
+    candidates = [int(k) for k in np.argsort(-area[1:])[:8] + 1]      # the largest few pieces
+    texture_sum, boxes = {}, {}
+    for k in candidates:
+        x, y, w, h = (int(v) for v in stats[k, :4])
+        boxes[k] = (x, y, x + w, y + h)
+        inside = (labels[y:y + h, x:x + w] == k)
+        texture_sum[k] = float(texture[y:y + h, x:x + w][inside].sum())
+    best = max(candidates, key=lambda k: (texture_sum[k], area[k]))
+    density = {k: texture_sum[k] / max(1, int(area[k])) for k in candidates}
+    chosen = [best]
+    x0, y0, x1, y1 = boxes[best]
+    for k in sorted(candidates, key=lambda k: -texture_sum[k]):
+        if k == best:
+            continue
+        kx0, ky0, kx1, ky1 = boxes[k]
+        same_columns = kx0 >= x0 - 2 and kx1 <= x1 + 2 and kx1 - kx0 >= 0.5 * (x1 - x0)
+        near = max(ky0 - y1, y0 - ky1) < 0.5 * (y1 - y0)
+        if same_columns and near and density[k] >= 0.15 * density[best]:
+            chosen.append(k)
+            y0, y1 = min(y0, ky0), max(y1, ky1)
+    part = labels[y0:y1, x0:x1]
+    mask = np.zeros(labels.shape, bool)
+    mask[y0:y1, x0:x1] = (part == chosen[0]) if len(chosen) == 1 else np.isin(part, chosen)
+    return mask, (x0, y0, x1 - x0, y1 - y0)
+
+
+def _straight_edges(piece: np.ndarray, depth: int) -> tuple[bool, bool, bool, bool]:
+    """Whether the piece fills most of one of the `depth` outermost lines on its box's
+    left, top, right and bottom: a rectangle's edges (refined at full resolution, where a
+    text line taken in with them is trimmed), not a fan's tip or arc (found from the
+    content around the piece)."""
+    n = max(1, min(depth, piece.shape[0] // 4, piece.shape[1] // 4))
+    cols = piece[:, :n].mean(axis=0), piece[:n].mean(axis=1), piece[:, -n:].mean(axis=0), piece[-n:].mean(axis=1)
+    return tuple(bool(c.max() > 0.9) for c in cols)
+
+
+# ---------------------------------------------------------------------- exact edges
+
+
+def _exact_edges(gray: np.ndarray, box: tuple[int, int, int, int], straight: tuple[bool, bool, bool, bool],
+                 background: int, reach: int, trim: int, config: RegionConfig) -> tuple[int, int, int, int]:
+    """Move each straight edge of the coarse box to the outermost line that belongs to the
+    scan, judged along that line only: inwards past lines that are background or one flat
+    colour (a frame line, a strip of ruler ticks that the coarse box took in; at most
+    `trim` px), then outwards while lines keep the scan's texture (at most `reach` px)."""
+    x0, y0, x1, y1 = box
+    if straight[0] or straight[2]:           # left/right: each column over the box's rows
+        lo, hi = _snap(_line_stats(gray[y0:y1], background, 0, config), x0, x1, reach, trim, config, True)
+        x0, x1 = (lo if straight[0] else x0), (hi if straight[2] else x1)
+    if straight[1] or straight[3]:           # top/bottom: each row over the box's columns
+        lo, hi = _snap(_line_stats(gray[:, x0:x1], background, 1, config), y0, y1, reach, trim, config, False)
+        y0, y1 = (lo if straight[1] else y0), (hi if straight[3] else y1)
+    return x0, y0, x1, y1
+
+
+def _line_stats(part: np.ndarray, background: int, axis: int, config: RegionConfig):
+    """Per line along `axis` (0: columns, 1: rows): the share of steps to the next pixel
+    larger than `texture_step`, the share of background-coloured pixels, the spread."""
+    steps = cv2.absdiff(part[1:], part[:-1]) if axis == 0 else cv2.absdiff(part[:, 1:], part[:, :-1])
+    texture = _mean(cv2.threshold(steps, config.texture_step, 1, cv2.THRESH_BINARY)[1], axis)
+    near = cv2.absdiff(part, np.full_like(part, background))
+    # a looser tolerance than for content: JPEG rings around text on the background
+    background_share = _mean(cv2.threshold(near, config.background_tolerance + 4, 1, cv2.THRESH_BINARY_INV)[1], axis)
+    mean = _mean(part, axis)
+    spread = np.sqrt(np.maximum(_mean(cv2.multiply(part, part, dtype=cv2.CV_32F), axis) - mean * mean, 0))
+    return texture, background_share, spread
+
+
+def _mean(values: np.ndarray, axis: int) -> np.ndarray:
+    return cv2.reduce(values, axis, cv2.REDUCE_AVG, dtype=cv2.CV_32F).ravel()
+
+
+def _snap(stats, start: int, stop: int, reach: int, trim: int, config: RegionConfig,
+          columns: bool) -> tuple[int, int]:
+    """New [start, stop) along one axis: see `_exact_edges`."""
+    texture, background_share, spread = stats
+    inside = texture[start:stop]
+    if inside.size < 4 * max(reach, trim, 1):
+        return start, stop
+    enough = texture >= config.edge_texture * float(np.median(inside))
+    # not the scan: mostly background (gaps, sparse ticks, text), one flat colour (a line)
+    # or, for columns, far less texture than the scan has (a ruler line crossed by its
+    # ticks; rows are not judged so: the deep rows of many scans are dark and smooth)
+    foreign = (background_share >= 0.7) | (spread < 2.0)
+    if columns:
+        foreign |= ~enough
+    lo, hi = start, stop
+    while lo < start + trim and foreign[lo]:
+        lo += 1
+    while hi > stop - trim and foreign[hi - 1]:
+        hi -= 1
+    if lo == start:
+        lo = start + reach if enough[start + reach] else start
+        while lo > max(0, start - reach) and enough[lo - 1]:
+            lo -= 1
+    if hi == stop:
+        hi = stop - reach if enough[stop - reach - 1] else stop
+        while hi < min(texture.size, stop + reach) and enough[hi]:
+            hi += 1
+    return lo, hi

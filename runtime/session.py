@@ -10,7 +10,7 @@
   worker threads busy-wait between and after runs. On a PC that also does other work
   (a clinic PC; the 2-core machine these numbers come from also ran a training job)
   the spinning threads compete with that work and with each other; the shipped INT8
-  models ran 1.5-1.7x faster at batch 1 without it there (benchmarks/RESULTS.md,
+  models ran 1.5-1.7x faster at batch 1 without it there (docs/results/RESULTS.md,
   "Backends"). `spinning=True` restores ONNX Runtime's default.
 - The model is passed as the bytes that were already checked (sha256, external data),
   so the file can't be swapped between the check and the load; external data, if
@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 
 import onnxruntime as ort
+
+from runtime.host import read_cpuinfo
 
 _EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 _SPIN_KEY = "session.intra_op.allow_spinning"
@@ -37,10 +39,7 @@ def physical_cores(cpuinfo: str | None = None) -> int:
     """
     allowed = _allowed_cpus()
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            cpuinfo = ""
+        cpuinfo = read_cpuinfo()
     cores = set()
     for block in cpuinfo.split("\n\n"):
         fields = {}

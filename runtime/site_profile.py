@@ -2,7 +2,7 @@
 
 A threshold chosen on one hospital's validation images does not travel: at another
 site, with other scanners and patients, the same threshold gives another sensitivity
-and specificity. `bcd calibrate` (train/calibrate.py) fits a new operating point on a
+and specificity. `bcd calibrate` (train/fit_site_profile.py) fits a new operating point on a
 site's own labelled images and writes it as a small JSON file, the site profile:
 
     {"schema": "bcd-site-profile", "schema_version": 1, "name": "clinic-a",
@@ -15,7 +15,7 @@ site's own labelled images and writes it as a small JSON file, the site profile:
 This module is the one place the schema is written (`SiteProfile.to_dict`, used by
 `write_profile`) and read (`read_profile`). It applies a profile without scikit-learn:
 
-    clf = Classifier.load("models/bus-vgg16-w50-128")
+    clf = Classifier.load("runtime/models/bus-vgg16-w50-128")
     clf.use_site(read_profile("clinic-a.json"))   # refuses a profile made for another model
     clf.predict("scan.png")                       # recalibrated probability, the site's threshold
 
@@ -26,7 +26,6 @@ the profile's threshold would not mean the same operating point there.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from runtime import atomic
+from runtime.host import DISCLAIMER
 from runtime.model_files import sha256_file
 
 SCHEMA = "bcd-site-profile"
@@ -196,8 +196,7 @@ class SiteProfile:
             "data": dict(self.data),
             "achieved": dict(self.achieved),
             "checks": dict(self.checks),
-            "note": "Research and education only: not a diagnosis. Recalibrate for a new scanner, site or "
-                    "patient population.",
+            "note": f"{DISCLAIMER} Recalibrate for a new scanner, site or patient population.",
         }
 
     @classmethod
@@ -230,12 +229,9 @@ def _where(path: Path | None) -> str:
 
 def read_profile(path: str | os.PathLike) -> SiteProfile:
     path = Path(path)
-    if not path.is_file():
-        raise SiteProfileError(f"site profile not found: {path}")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SiteProfileError(f"{path}: not a JSON site profile ({err})") from None
+    doc = atomic.read_json(path, missing="site profile not found: {path}",
+                           invalid="{path}: not a JSON site profile ({reason})",
+                           error=SiteProfileError, missing_error=SiteProfileError)
     return SiteProfile.from_dict(doc, path)
 
 

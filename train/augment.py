@@ -1,12 +1,14 @@
 """Training augmentation for breast ultrasound from many scanners.
 
-Two presets (`AugmentConfig.preset`):
+Three presets (`AugmentConfig.preset`):
 - basic: left-right flips, small rotations and zoom, gain (brightness) and contrast;
 - ultrasound: basic plus what differs between scanners and sites: gamma, speckle-like
   multiplicative noise, blur, crops with scale and aspect-ratio changes (a published
   cross-site study found aspect-ratio crops helped external AUC by about 0.03), and
   burned-in marks (calipers, text, scanner UI) pasted at random, so that marks stop
-  being a shortcut to the label.
+  being a shortcut to the label;
+- scanner: ultrasound plus what a scanner's screen capture adds (issue 20): a
+  sonographer's calipers drawn on the lesion, and curved or sector probes' fans.
 
 The probe sits at the top of the image, so flips are left-right only. Geometric changes
 move the lesion mask with the image (they run on image and mask stacked as 4
@@ -15,12 +17,13 @@ inside tf.data, before `runtime.preprocessing.normalize`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
-PRESETS = ("basic", "ultrasound")
+PRESETS = ("basic", "ultrasound", "scanner")
 F32 = "float32"   # augmentation stays float32 under a mixed bfloat16 policy
 
 
@@ -38,14 +41,20 @@ class AugmentConfig:
     speckle: float = 0.0         # multiplicative noise: x * (1 + s * N(0, 1)), s up to this
     blur: float = 0.0            # mix with a Gaussian-blurred copy, weight up to this
     marks: float = 0.0           # probability of pasting burned-in marks
+    # scanner preset (issue 20: what a screen capture adds that tidy crops lack)
+    calipers: float = 0.0        # probability of a sonographer's calipers drawn on the lesion (lesion_calipers)
+    fan: float = 0.0             # probability of a curved or sector probe's fan (black outside it; fan_bank)
 
     @classmethod
     def preset(cls, name: str) -> "AugmentConfig":
         if name == "basic":
             return cls()
-        if name == "ultrasound":
-            return replace(cls(), zoom=0.15, aspect=0.15, translate=0.08, gamma=0.35, speckle=0.15,
-                           blur=0.7, marks=0.5)
+        if name in ("ultrasound", "scanner"):
+            ultrasound = replace(cls(), zoom=0.15, aspect=0.15, translate=0.08, gamma=0.35, speckle=0.15,
+                                 blur=0.7, marks=0.5)
+            # benchmarks/frames.py: calipers on the lesion changed 9 % of the shipped model's calls and
+            # fan-shaped scans 20-45 %; it had seen neither
+            return ultrasound if name == "ultrasound" else replace(ultrasound, calipers=0.3, fan=0.3)
         raise ValueError(f"unknown augmentation preset {name!r}; choose from {', '.join(PRESETS)}")
 
 
@@ -88,6 +97,85 @@ def mark_bank(size: int, n: int = 96, seed: int = 0) -> np.ndarray:
     return bank
 
 
+def lesion_calipers(image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """A copy of `image` (HxWx3 uint8) with a sonographer's measurement drawn where it is
+    drawn in a clinic: calipers ('+' or 'x') on the lesion's edges (from `mask`, with a
+    few px of slack; anywhere without one), a dotted line between them, a small number,
+    in white, yellow, green or cyan. Issue 20 measured that such marks change the
+    reference model's calls (benchmarks/frames.py); the random marks of `mark_bank` are
+    gray and not on the lesion. `build_augment` draws it (draw_calipers_batch) before the
+    geometric changes, on a share `AugmentConfig.calipers` of the images."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    colour = [(255, 255, 255), (0, 255, 255), (0, 230, 0), (255, 230, 120)][int(rng.integers(0, 4))]
+    ends = _lesion_ends(mask, h, w, rng)
+    size = max(4, int(round(max(h, w) * rng.uniform(0.02, 0.04))))
+    marker = cv2.MARKER_CROSS if rng.random() < 0.6 else cv2.MARKER_TILTED_CROSS
+    for k, (a, b) in enumerate(ends[:int(rng.integers(1, 3))], start=1):
+        for p in (a, b):
+            cv2.drawMarker(out, p, colour, marker, size, 1, cv2.LINE_AA)
+        n = max(2, int(np.hypot(b[0] - a[0], b[1] - a[1]) / max(3, size // 2)))
+        for t in np.linspace(0, 1, n + 1)[1:-1]:
+            cv2.circle(out, (int(a[0] + t * (b[0] - a[0])), int(a[1] + t * (b[1] - a[1]))), 0, colour, -1)
+        cv2.putText(out, str(k), (b[0] + size // 2, b[1] + size), cv2.FONT_HERSHEY_SIMPLEX, size / 30, colour, 1,
+                    cv2.LINE_AA)
+    return out
+
+
+def draw_calipers_batch(images: np.ndarray, masks: np.ndarray, share: float, seed: np.ndarray) -> np.ndarray:
+    """`lesion_calipers` on a random `share` of a batch (N,H,W,3 float 0..255 and their
+    N,H,W,1 lesion masks); for tf.numpy_function, so `seed` varies per call."""
+    rng = np.random.default_rng(int(seed))
+    out = images.copy()
+    for i in np.flatnonzero(rng.random(len(images)) < share):
+        mask = masks[i, ..., 0] >= 0.5
+        drawn = lesion_calipers(np.clip(images[i], 0, 255).astype(np.uint8), mask if mask.any() else None, rng)
+        out[i] = drawn.astype(np.float32)
+    return out
+
+
+# ---- probe fans --------------------------------------------------------------------
+
+def fan_mask(height: int, width: int, probe: str, apex: float = 0.8) -> np.ndarray:
+    """0/255 mask of a fan whose bounding box is the whole height x width: a curved
+    probe's (an arc on top, the apex `apex` x height above the image) or a sector
+    probe's (a point apex at the top edge); a linear probe's is everything."""
+    if probe == "linear":
+        return np.full((height, width), 255, np.uint8)
+    apex_above = apex * height if probe == "curved" else 0.0
+    r_out = apex_above + height
+    half = math.asin(min(1.0, width / 2 / r_out))
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    dx, dy = xx - (width - 1) / 2, yy + apex_above
+    radius = np.sqrt(dx * dx + dy * dy)
+    angle = np.abs(np.arctan2(dx, dy))
+    inside = (radius >= apex_above) & (radius <= r_out) & (angle <= half + 1e-3)
+    return inside.astype(np.uint8) * 255
+
+
+def fan_bank(size: int, n: int = 32, seed: int = 0) -> np.ndarray:
+    """(n, size, size) float32 0/1 fans: curved probes with the apex 0.3-1.5 x the height
+    above the image, and sector probes (a quarter of them), on a square model input (the
+    finder crops a fan to its bounding box, which the model input squashes to a square)."""
+    rng = np.random.default_rng(seed)
+    fans = [fan_mask(size, size, "sector" if k % 4 == 0 else "curved", float(rng.uniform(0.3, 1.5)))
+            for k in range(n)]
+    return (np.stack(fans) > 0).astype(np.float32)
+
+
+def _lesion_ends(mask, h, w, rng) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The lesion's width and depth through its centre (jittered a few px), else two
+    random segments."""
+    if mask is not None and np.count_nonzero(mask) >= 10:
+        ys, xs = np.nonzero(mask)
+        cy, cx = int(np.median(ys)), int(np.median(xs))
+        jitter = lambda v, top: int(np.clip(v + rng.integers(-3, 4), 0, top - 1))  # noqa: E731
+        return [((jitter(xs.min(), w), jitter(cy, h)), (jitter(xs.max(), w), jitter(cy, h))),
+                ((jitter(cx, w), jitter(ys.min(), h)), (jitter(cx, w), jitter(ys.max(), h)))]
+    pts = rng.integers((w // 8, h // 8), (w - w // 8, h - h // 8), size=(4, 2))
+    return [(tuple(map(int, pts[0])), tuple(map(int, pts[1]))), (tuple(map(int, pts[2])), tuple(map(int, pts[3])))]
+
+
 # ---- the tf.data function ----------------------------------------------------------
 
 def _gaussian_kernel(sigma: float = 1.2, radius: int = 2) -> np.ndarray:
@@ -122,6 +210,7 @@ def build_augment(config: AugmentConfig, image_size: int, seed: int):
     geo = keras.Sequential(geometric, name="augment_geometric") if geometric else None
     photo = keras.Sequential(photometric, name="augment_photometric") if photometric else None
     marks = tf.constant(mark_bank(image_size, seed=seed)) if config.marks else None
+    fans = tf.constant(fan_bank(image_size, seed=seed)) if config.fan else None
     blur_kernel = tf.constant(_gaussian_kernel())
 
     def per_sample(n, low, high):
@@ -129,9 +218,19 @@ def build_augment(config: AugmentConfig, image_size: int, seed: int):
 
     def augment(images, masks):
         n = tf.shape(images)[0]
+        if config.calipers:   # drawn on the lesion first, then moved with it
+            drawn = tf.numpy_function(draw_calipers_batch, [images, masks, tf.constant(config.calipers, tf.float64),
+                                                            tf.random.uniform([], 0, 2**31 - 1, dtype=tf.int64)],
+                                      tf.float32, stateful=True)
+            images = tf.ensure_shape(drawn, images.shape)
         if geo is not None:
             both = geo(tf.concat([images, masks * 255.0], axis=-1), training=True)
             images, masks = both[..., :3], tf.cast(both[..., 3:] >= 127.5, tf.float32)
+        if fans is not None:   # after the geometry: a probe's fan does not rotate or zoom with the tissue
+            fan = tf.gather(fans, tf.random.uniform([n], 0, fans.shape[0], dtype=tf.int32))[..., None]
+            on = tf.cast(tf.random.uniform([n, 1, 1, 1]) < config.fan, tf.float32)
+            keep = 1.0 - on * (1.0 - fan)
+            images, masks = images * keep, masks * keep
         if marks is not None:
             pick = tf.gather(marks, tf.random.uniform([n], 0, marks.shape[0], dtype=tf.int32))[..., None]
             on = tf.cast(tf.random.uniform([n, 1, 1, 1]) < config.marks, tf.float32)

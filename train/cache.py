@@ -23,7 +23,7 @@ from runtime import atomic
 from runtime.dataset import SourceScan
 
 log = logging.getLogger(__name__)
-VERSION = 1
+VERSION = 2     # 2: per-image BI-RADS array; folder sources carry the masks beside their images
 
 
 def _stat(path: Path | None) -> list:
@@ -51,7 +51,7 @@ class DecodeCache:
         return cls(base / "breast-cancer-edge")
 
     def key(self, scan: SourceScan, settings: dict) -> str:
-        listing = [(_stat(s.path), _stat(s.mask), s.label, s.group) for s in scan.labelled]
+        listing = [(_stat(s.path), _stat(s.mask), s.label, s.group, s.birads) for s in scan.labelled]
         doc = {"version": VERSION, "source": scan.source.to_dict(), "settings": settings, "files": listing}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
 

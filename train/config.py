@@ -5,11 +5,20 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from runtime.dataset import DEFAULT_CLASS_LABELS
+from runtime.scan_crop import region_config_from_dict
+from runtime.scan_region import RegionConfig
 from train.augment import AugmentConfig
 from train.dedup import DEFAULT_MAX_DISTANCE
 
 PRECISIONS = ("auto", "float32", "bfloat16")
+# From scratch, Adam: the plain VGG16 learned at 3e-4, the batch-norm one at 1e-3
+# (../shared/STACK-NOTES.md, and every shipped run). `lr_scratch=None` picks by `batch_norm`.
+LR_SCRATCH = {"plain": 3e-4, "batch_norm": 1e-3}
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")   # see train.distribute
+SCAN_REGIONS = ("auto", "off")
+# What a run.json from before a setting existed meant: such runs load (and resume) as
+# they were trained. Before the scan-region finder, images were never cropped.
+LEGACY_DEFAULTS = {"scan_region": "off"}
 
 
 @dataclass(frozen=True)
@@ -22,12 +31,13 @@ class TrainConfig:
     seed: int = 42
     batch_size: int = 16
     head_epochs: int = 5             # pretrained only: epochs with the VGG16 base frozen
-    lr_scratch: float = 3e-4
+    lr_scratch: float | None = None  # None: LR_SCRATCH for the architecture (resolved on creation)
     lr_head: float = 1e-3
     lr_finetune: float = 1e-5
     patience: int = 8                # early stopping on validation AUC
     lr_decay_patience: int = 4       # learning rate x lr_decay_factor after this many epochs without gain (0: off)
     lr_decay_factor: float = 0.3
+    lr_schedule: str = "plateau"     # plateau: the decay above; cosine: a half cosine over each phase
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     class_labels: dict = field(default_factory=lambda: dict(DEFAULT_CLASS_LABELS))
@@ -42,9 +52,17 @@ class TrainConfig:
     width: float = 1.0
     lesion_weight: float = 0.0       # > 0: a lesion-mask loss with this weight (where masks exist)
     lesion_loss: str = "cam"         # cam: on the Grad-CAM map itself; head: an auxiliary segmentation head
+    birads_weight: float = 0.0       # > 0: an ordinal BI-RADS head (training only) with this loss weight,
+                                     # on the images whose CSV row has a BI-RADS (--csv-map birads=COLUMN)
     strategy: str = "auto"           # tf.distribute: auto | none | mirrored | multiworker (TF_CONFIG)
+    # auto: every image (and its lesion mask) is cut to its scan region, as the runtime
+    # does (runtime.scan_crop.apply_region: a DICOM file's tissue region, else the finder);
+    # off: whole images. Runs from before it load as "off" (LEGACY_DEFAULTS).
+    scan_region: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.lr_scratch is None:
+            object.__setattr__(self, "lr_scratch", LR_SCRATCH["batch_norm" if self.batch_norm else "plain"])
         self._check()
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
@@ -52,8 +70,12 @@ class TrainConfig:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
         if self.lesion_weight < 0:
             raise ValueError("the lesion loss weight must be >= 0")
+        if self.birads_weight < 0:
+            raise ValueError("the BI-RADS loss weight must be >= 0")
         if self.lesion_loss not in ("cam", "head"):
             raise ValueError("the lesion loss must be 'cam' or 'head'")
+        if self.scan_region not in SCAN_REGIONS:
+            raise ValueError(f"the scan region must be one of {', '.join(SCAN_REGIONS)}, got {self.scan_region!r}")
         if self.data is not None:
             object.__setattr__(self, "data", _as_sources(self.data))
 
@@ -64,6 +86,8 @@ class TrainConfig:
             raise ValueError("learning-rate decay: patience must be >= 0 and the factor in (0, 1]")
         if self.image_size < 32:
             raise ValueError("image size must be at least 32 (VGG16 needs 32x32 inputs)")
+        if self.lr_schedule not in ("plateau", "cosine"):
+            raise ValueError("the learning-rate schedule must be 'plateau' or 'cosine'")
         if self.threshold_method not in ("sensitivity", "youden"):
             raise ValueError("threshold method must be 'sensitivity' or 'youden'")
 
@@ -75,7 +99,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict, **changes) -> "TrainConfig":
         """From run.json's "config" (older runs stored `data` as one folder path)."""
-        values = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        values = {**LEGACY_DEFAULTS, **{k: v for k, v in d.items() if k in cls.__dataclass_fields__}}
         if isinstance(values.get("augment"), dict):
             known = AugmentConfig.__dataclass_fields__
             values["augment"] = AugmentConfig(**{k: v for k, v in values["augment"].items() if k in known})
@@ -83,6 +107,11 @@ class TrainConfig:
             values["data"] = _as_sources(values["data"])
         values.update(changes)
         return cls(**values)
+
+    @property
+    def region(self) -> RegionConfig:
+        """The scan-region finder settings training crops with (recorded in run.json)."""
+        return RegionConfig(mode=self.scan_region)
 
     # Settings that may change when resuming (train longer, a run directory that was
     # copied or moved, another number of workers); the rest must match.
@@ -99,3 +128,25 @@ def _as_sources(data) -> tuple:
             item = {"path": str(item), "name": None, "mapping": None}
         out.append({"path": str(item["path"]), "name": item.get("name"), "mapping": item.get("mapping")})
     return tuple(out)
+
+
+def run_scan_region(info: dict) -> RegionConfig:
+    """The scan-region finder a finished run's images were cropped with, from its run.json:
+    its "scan_region" record, else its config's setting, else (runs from before the
+    finder) off. Evaluation, INT8 calibration data and slimming read images this way."""
+    recorded = info.get("scan_region")
+    if recorded is not None:
+        return region_config_from_dict(recorded, "run.json scan_region")
+    mode = (info.get("config") or {}).get("scan_region", LEGACY_DEFAULTS["scan_region"])
+    return RegionConfig(mode=mode)
+
+
+def saved_scan_region(run_dir) -> str:
+    """The scan_region setting of the run in `run_dir` (for --resume without --scan-region)."""
+    import json
+    from pathlib import Path
+    try:
+        info = json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return TrainConfig.__dataclass_fields__["scan_region"].default
+    return (info.get("config") or {}).get("scan_region", LEGACY_DEFAULTS["scan_region"])

@@ -4,7 +4,10 @@ Images are decoded once (runtime.images), hashed for near-duplicate grouping at 
 resolution, then resized with the shared preprocessing and kept as uint8, with their
 lesion masks where the source has them. The result of decoding a source is cached per
 source and image size (train.cache), so --resume, `bcd slim` and `bcd export` do not
-decode thousands of images again. Augmentation
+decode thousands of images again. With a scan-region setting (TrainConfig.scan_region)
+every image and its lesion mask are first cut to the scan region by
+runtime.scan_crop.apply_region, the step the runtime applies before it classifies.
+Augmentation
 runs on 0..255 pixels in tf.data; `runtime.preprocessing.normalize` runs last, the same
 function the runtime applies at inference.
 """
@@ -21,6 +24,9 @@ import numpy as np
 from runtime.dataset import DataSource, DatasetError, LabelMap, SourceScan, read_source, sources_of_split, unique_names
 from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
 from runtime.preprocessing import PreprocessSpec, normalize, resize
+from runtime.scan_crop import RegionSetting, apply_region, colour_refusal
+from runtime.scan_input import read_scan
+from runtime.scan_region import RegionConfig
 from runtime.progress import Progress
 from train.augment import AugmentConfig, build_augment
 from train.cache import DecodeCache
@@ -43,6 +49,7 @@ class LoadedDataset:
     patients: list[str | None]    # patient/study id within its source, if the source has one
     masks: np.ndarray             # (n, size, size) uint8 0/1 lesion masks (zeros where none)
     has_mask: np.ndarray          # (n,) bool
+    birads: np.ndarray | None = None   # (n,) int BI-RADS category, 0 where unknown (None: all unknown)
     unreadable: list[dict] = field(default_factory=list)   # {"source", "path", "reason"}
     bad_rows: list[dict] = field(default_factory=list)     # {"source", "row", "path", "reason"}
     masks_skipped: int = 0
@@ -87,38 +94,63 @@ class LoadedDataset:
                        class_names=[self.class_names[i] for i in pick], labels=self.labels[idx],
                        images=self.images[idx], hashes=self.hashes[idx],
                        patients=[self.patients[i] for i in pick], masks=self.masks[idx],
-                       has_mask=self.has_mask[idx])
+                       has_mask=self.has_mask[idx], birads=None if self.birads is None else self.birads[idx])
+
+    def birads_levels(self) -> np.ndarray:
+        """(n,) int BI-RADS category per image, 0 where unknown."""
+        return np.zeros(len(self.labels), np.int64) if self.birads is None else self.birads
 
 
-def _read_mask(path: Path, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+NO_REGION = RegionConfig(mode="off")
+
+
+def _mask_to_input(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A lesion mask resized to the model input: 1 inside the lesion, 0 outside."""
-    mask = read_image(path, max_pixels=max_pixels)[..., 0]
     return (cv2.resize(mask, size, interpolation=cv2.INTER_AREA) >= 128).astype(np.uint8)
 
 
-def _decode_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig, max_pixels: int) -> dict:
-    """Decode, hash and resize every sample of one source (the expensive part)."""
-    out = {k: [] for k in ("relative", "classes", "labels", "images", "hashes", "patients", "masks", "has_mask")}
+def read_sample(path: Path, mask_path: Path | None, region: RegionConfig = NO_REGION,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
+    """One image (a cine loop's middle frame) and its lesion mask (None: none, or
+    unreadable: logged), both cut to the scan region. ImageReadError for the image (with
+    the scan region on, also for a colour Doppler or elastography screen)."""
+    scan = read_scan(path, max_pixels)
+    mask = None
+    if mask_path is not None:
+        try:
+            mask = read_image(mask_path, max_pixels=max_pixels)[..., 0]
+        except ImageReadError as err:
+            log.warning("lesion mask ignored: %s", err)
+    cropped = apply_region(scan.display, mask, RegionSetting(region.mode), region, scan.dicom)
+    if region.mode != "off":     # as the runtime sees images: a colour overlay is refused, not learnt from
+        reason = colour_refusal(scan.display, cropped.region, scan.dicom)
+        if reason is not None:
+            raise ImageReadError(f"{path}: {reason}")
+    return cropped.image, cropped.mask
+
+
+def _decode_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig, max_pixels: int,
+                   region: RegionConfig = NO_REGION) -> dict:
+    """Decode, crop to the scan region, hash and resize every sample of one source (the
+    expensive part)."""
+    out = {k: [] for k in ("relative", "classes", "labels", "images", "hashes", "patients", "masks", "has_mask",
+                           "birads")}
     unreadable = []
     samples = scan.labelled
     size = (spec.image_size, spec.image_size)
     progress = Progress(len(samples), f"reading {scan.source.name} ({scan.source.path})")
     for i, sample in enumerate(samples, 1):
         try:
-            full = read_image(sample.path, max_pixels=max_pixels)
+            full, full_mask = read_sample(sample.path, sample.mask, region, max_pixels)
         except ImageReadError as err:
             unreadable.append({"source": scan.source.name, "path": sample.relative, "reason": str(err)})
         else:
-            mask, has = np.zeros(size, np.uint8), False
-            if sample.mask is not None:
-                try:
-                    mask, has = _read_mask(sample.mask, size, max_pixels), True
-                except ImageReadError as err:
-                    log.warning("lesion mask ignored: %s", err)
+            has = full_mask is not None
+            mask = _mask_to_input(full_mask, size) if has else np.zeros(size, np.uint8)
             for key, value in (("relative", sample.relative), ("classes", sample.class_name),
                                ("labels", sample.label), ("images", resize(full, spec)),
                                ("hashes", image_hash(full, dedup)), ("patients", sample.group),
-                               ("masks", mask), ("has_mask", has)):
+                               ("masks", mask), ("has_mask", has), ("birads", sample.birads or 0)):
                 out[key].append(value)
         progress.update(i)
     out["unreadable"] = unreadable
@@ -135,18 +167,24 @@ def _as_arrays(decoded: dict, spec: PreprocessSpec, dedup: DedupConfig) -> dict:
         "patients": np.array(["" if p is None else p for p in decoded["patients"]], dtype=str),
         "masks": np.stack(decoded["masks"]) if n else np.zeros((0, size, size), np.uint8),
         "has_mask": np.array(decoded["has_mask"], dtype=bool),
+        "birads": np.array(decoded["birads"], dtype=np.int64),
         "unreadable": np.array(json.dumps(decoded["unreadable"])),
     }
 
 
 def load_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig = DedupConfig(),
-                max_pixels: int = DEFAULT_MAX_PIXELS, cache: DecodeCache | None = None) -> dict:
+                max_pixels: int = DEFAULT_MAX_PIXELS, cache: DecodeCache | None = None,
+                region: RegionConfig = NO_REGION) -> dict:
     """Arrays of one source, from the decode cache when its files have not changed."""
     cache = cache if cache is not None else DecodeCache.default()
-    key = cache.key(scan, {"spec": spec.to_dict(), "dedup": asdict(dedup), "max_pixels": max_pixels})
+    settings = {"spec": spec.to_dict(), "dedup": asdict(dedup), "max_pixels": max_pixels}
+    if region.mode != "off":     # whole images: the same key as before the finder existed
+        settings["scan_region"] = region.to_dict()
+        settings["colour_overlays"] = "refused inside the scan region"
+    key = cache.key(scan, settings)
     arrays = cache.get(key)
     if arrays is None:
-        arrays = _as_arrays(_decode_source(scan, spec, dedup, max_pixels), spec, dedup)
+        arrays = _as_arrays(_decode_source(scan, spec, dedup, max_pixels, region), spec, dedup)
         cache.put(key, arrays)
     else:
         log.info("%s: %d decoded images from the cache", scan.source.name, len(arrays["labels"]))
@@ -154,9 +192,10 @@ def load_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig = Ded
 
 
 def load_sources(sources: list[DataSource], spec: PreprocessSpec, dedup: DedupConfig = DedupConfig(),
-                 max_pixels: int = DEFAULT_MAX_PIXELS, cache: DecodeCache | None = None) -> LoadedDataset:
-    """Read every labelled image of every source; unreadable files and bad CSV rows are
-    skipped and listed."""
+                 max_pixels: int = DEFAULT_MAX_PIXELS, cache: DecodeCache | None = None,
+                 region: RegionConfig = NO_REGION) -> LoadedDataset:
+    """Read every labelled image of every source (cut to its scan region unless `region`
+    is off); unreadable files and bad CSV rows are skipped and listed."""
     sources = unique_names(list(sources))
     parts, bad_rows, masks_skipped, unlabelled = [], [], 0, 0
     for source in sources:
@@ -169,7 +208,7 @@ def load_sources(sources: list[DataSource], spec: PreprocessSpec, dedup: DedupCo
                 f"no labelled images found in {source.path}: expected class folders such as "
                 f"{', '.join(sorted(source.labels.classes))}" if not source.is_csv else
                 f"no usable rows in {source.path} ({len(scan.bad_rows)} bad rows)")
-        arrays = load_source(scan, spec, dedup, max_pixels, cache)
+        arrays = load_source(scan, spec, dedup, max_pixels, cache, region)
         if len(arrays["labels"]) == 0:
             raise DatasetError(f"none of the {len(scan.labelled)} images of {source.path} could be read")
         parts.append((source, arrays))
@@ -184,6 +223,7 @@ def load_sources(sources: list[DataSource], spec: PreprocessSpec, dedup: DedupCo
         relative_paths=cat("relative").tolist(), class_names=cat("classes").tolist(), labels=cat("labels"),
         images=cat("images"), hashes=cat("hashes"),
         patients=[p or None for p in cat("patients").tolist()], masks=cat("masks"), has_mask=cat("has_mask"),
+        birads=cat("birads"),
         unreadable=unreadable, bad_rows=bad_rows, masks_skipped=masks_skipped, unlabelled=unlabelled,
     )
 
@@ -208,10 +248,11 @@ def split_from_doc(doc: dict, data: LoadedDataset) -> dict[str, np.ndarray]:
 
 
 def load_saved_split(doc: dict, spec: PreprocessSpec, data_override: str | None = None,
-                     class_labels: dict | None = None, dedup: DedupConfig = DedupConfig()) -> tuple[LoadedDataset, dict]:
+                     class_labels: dict | None = None, dedup: DedupConfig = DedupConfig(),
+                     region: RegionConfig = NO_REGION) -> tuple[LoadedDataset, dict]:
     """The data of a saved split.json (from the decode cache when possible) and its
-    indices per split."""
-    data = load_sources(sources_of_split(doc, data_override, class_labels), spec, dedup)
+    indices per split; `region`: the run's scan-region setting (train.config.run_scan_region)."""
+    data = load_sources(sources_of_split(doc, data_override, class_labels), spec, dedup, region=region)
     return data, split_from_doc(doc, data)
 
 
@@ -232,12 +273,15 @@ def load_files(root: Path, relative_paths: list[str], spec: PreprocessSpec,
 
 def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec,
                     batch_size: int, training: bool, seed: int = 0,
-                    augment: AugmentConfig | None = None, lesion: LesionTargets | None = None):
+                    augment: AugmentConfig | None = None, lesion: LesionTargets | None = None,
+                    birads: BiradsTargets | None = None):
     """A batched tf.data pipeline of (normalized float32 images, float32 labels).
 
     With `lesion` (the lesion head is on) it yields (images, {"malignancy": labels,
     "lesion": lesion maps}, {"malignancy": class weight, "lesion": 1 where a mask is
-    known, else 0}); masks follow every geometric augmentation."""
+    known, else 0}); masks follow every geometric augmentation. With `birads` the
+    targets and weights also hold "birads": the cumulative targets [BI-RADS >= k for k in
+    BIRADS_CUTS], weighted 1 where the image's BI-RADS is known, else 0."""
     from train.tf_setup import tf
 
     n = len(images)
@@ -245,24 +289,32 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
         masks, known = np.zeros((n, 1, 1), np.uint8), np.zeros(n, np.float32)
     else:
         masks, known = lesion.masks, lesion.has_mask.astype(np.float32)
-    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32), masks, known))
+    levels = birads.levels if birads is not None else np.zeros(n, np.int64)
+    class_weights = (lesion or birads).class_weights if (lesion or birads) is not None else None
+    cuts = tf.constant(BIRADS_CUTS, tf.int64)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32), masks, known, levels))
     if training:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     aug = build_augment(augment or AugmentConfig(), spec.image_size, seed) if training else None
 
-    def to_input(x, y, m, k):
+    def to_input(x, y, m, k, b):
         x = tf.cast(x, tf.float32)
         m = tf.cast(m, tf.float32)[..., None]
         if aug is not None:
             x, m = aug(x, m if lesion is not None else tf.zeros_like(x[..., :1]))
         x = normalize(x, spec)
-        if lesion is None:
+        if class_weights is None:
             return x, y
-        target = tf.nn.avg_pool2d(m, lesion.cell, lesion.cell, "VALID")  # lesion share of each map cell
-        w = tf.where(y > 0.5, lesion.class_weights[1], lesion.class_weights[0])
-        k = k if lesion.per_sample_weight else k[:, None, None]   # a per-image loss, or one per map cell
-        return x, {"malignancy": y, "lesion": target}, {"malignancy": w, "lesion": k}
+        targets = {"malignancy": y}
+        weights = {"malignancy": tf.where(y > 0.5, class_weights[1], class_weights[0])}
+        if lesion is not None:
+            targets["lesion"] = tf.nn.avg_pool2d(m, lesion.cell, lesion.cell, "VALID")  # lesion share of each map cell
+            weights["lesion"] = k if lesion.per_sample_weight else k[:, None, None]   # per image, or per map cell
+        if birads is not None:
+            targets["birads"] = tf.cast(b[:, None] >= cuts[None, :], tf.float32)
+            weights["birads"] = tf.cast(b > 0, tf.float32)
+        return x, targets, weights
 
     return ds.map(to_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -278,6 +330,20 @@ class LesionTargets:
     class_weights: dict[int, float]
     cell: int = 16
     per_sample_weight: bool = False     # the lesion loss gives one value per image (Grad-CAM loss)
+
+
+# The ordinal BI-RADS head predicts P(BI-RADS >= k) for each cut: 3 (not benign-appearing),
+# 4 (suspicious: the biopsy threshold), 5 (highly suggestive of malignancy).
+BIRADS_CUTS = (3, 4, 5)
+
+
+@dataclass
+class BiradsTargets:
+    """The radiologists' BI-RADS category per image (0 where unknown: such images add
+    nothing to the BI-RADS loss) for the auxiliary ordinal head."""
+
+    levels: np.ndarray
+    class_weights: dict[int, float]
 
 
 def to_model_input(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

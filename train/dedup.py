@@ -6,7 +6,7 @@ split leaks them between train and test, so the split is done by group.
 Method: a 64-bit DCT perceptual hash (imagehash.phash) of each grayscale image; two
 images are linked when their hashes differ in at most `max_distance` bits, and groups
 are the connected components of those links (union-find). The default threshold was
-chosen by inspecting the distance distribution on BUSI (see README, "Splitting").
+chosen by inspecting the distance distribution on BUSI (see docs/training.md, "Splitting").
 """
 from __future__ import annotations
 

@@ -6,19 +6,23 @@ and applied unchanged to the test split and to any external folder.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from runtime import atomic
 from runtime.dataset import DataSource, LabelMap
+from runtime.engines import AUTO, BACKENDS
 from runtime.localisation import localisation_summary
 from runtime.preprocessing import PreprocessSpec
+from train.config import run_scan_region
 from train.data import LoadedDataset, load_saved_split, load_sources, to_model_input
 from train.metrics import ThresholdPolicy, binary_metrics, choose_threshold, evaluate_predictions
 from train.plots import plot_roc_per_source, write_evaluation_plots
 from train.run_dir import RunDir
+from runtime.host import DISCLAIMER
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ def metrics_markdown(doc: dict) -> str:
     if ood:
         lines += ["", f"Out-of-distribution flag: {ood['flagged']} of {ood['n']} images flagged "
                   f"({_fmt(ood['rate'])}; score >= {ood['threshold']:.4g}); they are counted in the metrics above."]
-    lines += ["", "Research and education only: not a diagnosis."]
+    lines += ["", DISCLAIMER]
     return "\n".join(lines) + "\n"
 
 
@@ -222,7 +226,7 @@ def evaluate_run(run_path: Path, split_root: Path | None = None, n_resamples: in
     run, info = _open_run(Path(run_path))
     spec = PreprocessSpec.from_dict(info["preprocessing"])
     data, parts = load_saved_split(run.read_json(run.split), spec, str(split_root) if split_root else None,
-                                   info["labels"]["class_labels"])
+                                   info["labels"]["class_labels"], region=run_scan_region(info))
     model = _load_keras(run.model)
     idx = parts[split]
     p = predict_probabilities(model, data.images[idx], spec)
@@ -245,7 +249,7 @@ def evaluate_folder(model_path: Path, sources: list[DataSource], out: Path | Non
     run, info = _open_run(Path(model_path))
     spec = PreprocessSpec.from_dict(info["preprocessing"])
     labels = LabelMap(info["labels"]["class_labels"])
-    data = load_sources([replace(s, labels=labels) for s in sources], spec)
+    data = load_sources([replace(s, labels=labels) for s in sources], spec, region=run_scan_region(info))
     model_file = Path(model_path) if Path(model_path).is_file() else run.model
     model = _load_keras(model_file)
     p = predict_probabilities(model, data.images, spec)
@@ -258,3 +262,67 @@ def evaluate_folder(model_path: Path, sources: list[DataSource], out: Path | Non
                 localisation={"external": localisation} if localisation else None)
     log_headline(doc)
     return doc
+
+
+# ---------------------------------------------------------------------- one entry point
+
+SPLITS = ("val", "test")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What `bcd evaluate` can set (the library's defaults; the CLI passes what is given)."""
+
+    model: str | os.PathLike | None = None   # run dir (or its model.keras) or export dir; None: the shipped model
+    data: tuple = ()                         # DataSource objects: score all their labelled images instead of a split
+    split: str = "test"                      # which part of the saved split (val | test)
+    flip_tta: bool = False                   # run only: average with the left-right mirrored image
+    variant: str | None = None               # export only: the variant to score
+    backend: str = AUTO                      # export only: the inference engine
+    split_root: str | os.PathLike | None = None   # where the run's dataset lives now, if it moved
+    out: str | os.PathLike | None = None     # output folder (default: beside the model, see evaluate_run/_export_*)
+    bootstrap: int = 1000                    # resamples for the 95 % CIs
+    site: str | os.PathLike | None = None    # export only: a site profile from `bcd calibrate` (else $BCD_SITE)
+    no_site: bool = False                    # ignore $BCD_SITE: the export's own threshold
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.bootstrap < 0:
+            raise ValueError("bootstrap resamples must not be negative")
+
+
+def evaluate(config: EvaluateConfig) -> dict:
+    """Score a run (Keras, TensorFlow) or an export (through the runtime, as a clinic
+    runs it) on its saved split or on the given datasets; returns metrics.json's content."""
+    from runtime.shipped import default_model_path
+    from runtime.site_profile import site_path
+    from train.evaluate_export import evaluate_export_data, evaluate_export_split, is_export_dir
+
+    model = Path(config.model) if config.model is not None else default_model_path()
+    if model is None:
+        raise ValueError("give a run or export directory to evaluate (no reference model is shipped)")
+    if not model.exists():
+        raise FileNotFoundError(f"{model}: no such run or export directory")
+    split_root = Path(config.split_root) if config.split_root else None
+    out = Path(config.out) if config.out else None
+    if is_export_dir(model):
+        site = site_path(config.site, config.no_site)
+        if config.flip_tta:
+            raise ValueError("flip averaging (--flip-tta) applies to a run directory (the Keras model)")
+        if config.data:
+            return evaluate_export_data(model, list(config.data), config.variant, out, config.bootstrap,
+                                        site=site, backend=config.backend)
+        return evaluate_export_split(model, config.variant, split_root, out, config.split, config.bootstrap,
+                                     site=site, backend=config.backend)
+    if config.variant or config.backend != AUTO:
+        raise ValueError("--variant and --backend apply to export directories; a run has one Keras model, "
+                         "run by TensorFlow")
+    if config.site:
+        raise ValueError("--site applies to export directories (a site profile belongs to an exported model "
+                         "file); a run is scored at its own threshold")
+    if config.data:
+        return evaluate_folder(model, list(config.data), out, config.bootstrap)
+    return evaluate_run(model, split_root, config.bootstrap, config.split, config.flip_tta, out)

@@ -20,14 +20,13 @@ from runtime.classifier import Classifier
 from runtime.dataset import DEFAULT_CLASS_LABELS, DatasetError, DataSource, LabelMap, Sample, read_source, samples_of_split
 from runtime.images import read_image
 from runtime.localisation import localisation_summary
-from runtime.manifest import MANIFEST_NAME, read_manifest
+from runtime.manifest import MANIFEST_NAME, read_manifest, split_file
 from runtime.progress import Progress
 from runtime.site_profile import load_for
 from train.evaluate import log_headline, score
 
 log = logging.getLogger(__name__)
 
-SPLIT_NAME = "split.json"
 BATCH = 16
 
 
@@ -35,20 +34,7 @@ def is_export_dir(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / MANIFEST_NAME).is_file()
 
 
-def _split_file(export_dir: Path) -> Path:
-    """The saved split: shipped beside the manifest, else in the source run directory."""
-    own = export_dir / SPLIT_NAME
-    if own.is_file():
-        return own
-    source = read_manifest(export_dir / MANIFEST_NAME).source_model.get("path", "")
-    for candidate in (export_dir.parent / source, Path(source)):
-        if candidate.name == "model.keras" and (candidate.parent / SPLIT_NAME).is_file():
-            return candidate.parent / SPLIT_NAME
-    raise FileNotFoundError(f"{export_dir}: no {SPLIT_NAME} beside the manifest or in the source run; "
-                            "score a labelled folder instead with --data")
-
-
-def _classify(classifier: Classifier, samples: list[Sample]) -> tuple[np.ndarray, dict, list[str], dict | None]:
+def classify_samples(classifier: Classifier, samples: list[Sample]) -> tuple[np.ndarray, dict, list[str], dict | None]:
     """Probabilities for the samples (NaN where an image could not be classified), the
     localisation figures of the runtime's own Grad-CAM for those with a lesion mask (per
     source), the reasons for the unclassified ones (an unreadable file or an image the
@@ -107,7 +93,7 @@ def _score_samples(export_dir: Path, samples: list[Sample], variant: str | None,
                    site: Path | None = None, backend: str | None = None) -> dict:
     with Classifier.load(export_dir, variant=variant, backend=backend) as classifier:
         load_for(classifier, site)
-        p, localisation, errors, ood = _classify(classifier, samples)
+        p, localisation, errors, ood = classify_samples(classifier, samples)
         name = classifier.variant
         threshold = _threshold(classifier)
         default_out = _out_name(name, out_suffix, classifier)
@@ -136,7 +122,7 @@ def evaluate_export_split(export_dir: Path, variant: str | None = None, split_ro
     point of site profile `site` when given)."""
     export_dir = Path(export_dir)
     try:
-        samples = samples_of_split(_read_json(_split_file(export_dir)), split, str(split_root) if split_root else None)
+        samples = samples_of_split(json.loads(split_file(export_dir).read_text()), split, str(split_root) if split_root else None)
     except DatasetError as err:
         raise FileNotFoundError(f"{err}; pass --split-root with where the data lives now") from None
     return _score_samples(export_dir, samples, variant, out, f"{split} split", split, n_resamples, split, site,
@@ -168,7 +154,3 @@ def evaluate_export_folder(export_dir: Path, data: Path, variant: str | None = N
     """One external folder (or CSV index with the canonical columns)."""
     return evaluate_export_data(export_dir, [DataSource.parse(str(data))], variant, out, n_resamples, labels,
                                 site, backend)
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text())

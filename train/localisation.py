@@ -1,7 +1,7 @@
 """Grad-CAM maps of a Keras model, for the localisation figures of training and
 evaluation (runtime.localisation scores them against the lesion masks).
 
-Same map as the exported graph's "cam" output (derivation in export/explain.py): with
+Same map as the exported graph's "cam" output (derivation in export/gradcam.py): with
 A the block5_conv3 activations and h the head_dense output, cam = relu(sum_k g_k A_k)
 where g = W1 (step(h) * w2). Computed here in numpy from one forward pass.
 """

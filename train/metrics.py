@@ -137,7 +137,7 @@ class ThresholdPolicy:
         "sensitivity": best specificity among thresholds whose sensitivity is at least
         `min_sensitivity` (a screening-style operating point: miss few cancers).
         "specificity": best sensitivity among thresholds whose specificity is at least
-        `min_specificity` (few false alarms; used by site calibration, train/calibrate.py).
+        `min_specificity` (few false alarms; used by site calibration, train/fit_site_profile.py).
         "youden": maximise Youden's J = sensitivity + specificity - 1.
     Ties are broken towards the highest threshold (fewest false positives for the same
     trade-off).
@@ -465,3 +465,23 @@ def evaluate_predictions(
         "n_bootstrap": int(n_resamples),
         "ci_method": "percentile bootstrap, cases resampled with replacement stratified by class",
     }
+
+
+def grouped_paired_auc_difference(y_true: Any, p_a: Any, p_b: Any, groups: Sequence, n_resamples: int = 1000,
+                                  seed: int = 0) -> dict:
+    """AUC(a) - AUC(b) of two models on the same images, with a 95 % percentile CI from a
+    bootstrap that resamples whole groups (patients: a patient's images are not
+    independent). Resamples holding one class only are skipped (counted in n_resamples)."""
+    y, p_a, p_b = np.asarray(y_true), np.asarray(p_a, dtype=np.float64), np.asarray(p_b, dtype=np.float64)
+    _, group_index = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(group_index == g) for g in range(group_index.max() + 1)]
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_resamples):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        if 0 < y[idx].sum() < len(idx):
+            diffs.append(roc_auc_score(y[idx], p_a[idx]) - roc_auc_score(y[idx], p_b[idx]))
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return {"difference": float(roc_auc_score(y, p_a) - roc_auc_score(y, p_b)),
+            "ci95": {"low": float(low), "high": float(high)},
+            "share_above_zero": float(np.mean(np.asarray(diffs) > 0)), "n_resamples": len(diffs)}

@@ -25,6 +25,7 @@ class WeightsUnavailable(RuntimeError):
 
 VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))   # (convs, filters) per block
 LESION_OUTPUT = "lesion"
+BIRADS_OUTPUT = "birads"
 LESION_LOSSES = ("none", "head", "cam")
 BN_EPSILON = 1e-3
 
@@ -153,7 +154,7 @@ def last_activation_layer(batch_norm: bool) -> str:
 
 class CamLogits(keras.layers.Layer):
     """sum_k g_k A_k with g = W1 (step(h) * w2): the model's Grad-CAM map before its ReLU
-    (derivation in export/explain.py), computed with the head's live kernels so that a
+    (derivation in export/gradcam.py), computed with the head's live kernels so that a
     loss on it moves the features and the head together. Training only: it owns no
     weights, and checkpoints hold the model without it (`without_lesion_cam`)."""
 
@@ -178,8 +179,19 @@ def with_lesion_cam(model, batch_norm: bool):
     return keras.Model(model.inputs, [model.outputs[0], cam], name=model.name)
 
 
+def with_birads_head(model, outputs: int, seed: int):
+    """The classifier with one more output: `outputs` sigmoids on the head's features (the
+    ordinal BI-RADS head: P(BI-RADS >= k) for each cut k). Training only, like the lesion
+    head: `inference_model` and the checkpoints keep the classifier alone."""
+    features = model.get_layer("head_dropout").output
+    head = keras.layers.Dense(outputs, activation="sigmoid", dtype="float32", name=BIRADS_OUTPUT,
+                              kernel_initializer=keras.initializers.GlorotUniform(seed))(features)
+    return keras.Model(model.inputs, list(model.outputs) + [head], name=model.name)
+
+
 def without_lesion_cam(model):
-    """What a checkpoint holds: the classifier alone (same layers and weights)."""
+    """What a checkpoint holds: the classifier alone (same layers and weights), without the
+    Grad-CAM branch, the lesion head or the BI-RADS head."""
     return keras.Model(model.inputs, model.outputs[0], name=model.name) if len(model.outputs) > 1 else model
 
 

@@ -20,7 +20,7 @@ from runtime import atomic
 from runtime.model_files import sha256_file
 from runtime.preprocessing import PreprocessSpec
 from train import prune, trainer
-from train.config import TrainConfig
+from train.config import TrainConfig, run_scan_region
 from train.cost import count_macs, model_cost
 from train.data import LoadedDataset, load_saved_split, to_model_input
 from train.dedup import DedupConfig
@@ -108,7 +108,7 @@ def _load_parent_data(config: SlimConfig, train_cfg: TrainConfig, info: dict, sp
     # data summary in run.json and the split indices match the parent exactly.
     try:
         return load_saved_split(split_doc, spec, config.data, info["labels"]["class_labels"],
-                                DedupConfig(max_distance=train_cfg.dedup_max_distance))
+                                DedupConfig(max_distance=train_cfg.dedup_max_distance), region=run_scan_region(info))
     except (FileNotFoundError, ValueError) as err:
         raise FileNotFoundError(f"the parent run's data cannot be read ({err}): pass --data DIR if it moved") from None
 
@@ -221,7 +221,7 @@ def slim(config: SlimConfig, resume: bool = False) -> RunDir:
     run = RunDir(Path(config.out))
     if run.root.resolve() == parent.root.resolve():
         raise ValueError("--out must be a new directory, not the parent run")
-    trainer._prepare_run_dir(run, resume)
+    trainer.prepare_run_dir(run, resume)
     saved = _check_resume(run, config) if resume else None
 
     # run.json "config" stays the parent's TrainConfig (readers find image size, seed,
@@ -247,7 +247,8 @@ def slim(config: SlimConfig, resume: bool = False) -> RunDir:
                       "pruned": f"{pruning['ratio']:.3f} of the filters of every conv layer removed "
                                 f"({config.criterion} criterion), then fine-tuned"}
         _pruned_model_is_epoch_zero(model, run, state, _keras_val_auc(model, data, split, spec))
-    extra = {"slim": config.to_dict(), "pruning": pruning}
+    # the parent's images were cut to their scan region this way: so are the child's
+    extra = {"slim": config.to_dict(), "pruning": pruning, "scan_region": run_scan_region(parent_info).to_dict()}
     atomic.write_json(run.run_info, trainer._run_info(train_cfg, spec, model_info, data, phases, "training", extra))
 
     # the parent's Grad-CAM lesion loss keeps the thinner model looking at the lesion too

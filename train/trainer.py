@@ -7,6 +7,7 @@ is kept as model.keras.
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import time
 from dataclasses import dataclass, replace
@@ -16,18 +17,19 @@ import numpy as np
 
 from runtime import atomic
 from runtime.dataset import CsvMapping, DataSource, LabelMap
+from runtime.host import tool_record
 from runtime.preprocessing import PreprocessSpec
 from train import evaluate
-from train.config import TrainConfig
+from train.config import LEGACY_DEFAULTS, TrainConfig
 from train.cost import model_cost
-from train.data import (LesionTargets, LoadedDataset, balanced_class_weights, load_sources, make_tf_dataset,
+from train.data import (BIRADS_CUTS, BiradsTargets, LesionTargets, LoadedDataset, balanced_class_weights, load_sources, make_tf_dataset,
                         split_from_doc)
 from train.dedup import DedupConfig, split_groups
 from train.distribute import Cluster, lost_worker_error, make_cluster, shard_by_data, split_sha256, writes_run_dir
 from train.metrics import ThresholdPolicy
 from train.bn_restart import match_batch_norms
-from train.model import (LESION_OUTPUT, ModelConfig, build_model, inference_model, set_trainable_blocks,
-                         with_lesion_cam, without_lesion_cam)
+from train.model import (BIRADS_OUTPUT, LESION_OUTPUT, ModelConfig, build_model, inference_model, set_trainable_blocks,
+                         with_birads_head, with_lesion_cam, without_lesion_cam)
 from train.plots import plot_history
 from train.precision import apply_precision, resolve_precision
 from train.run_dir import RunDir
@@ -68,22 +70,23 @@ def plan_phases(config: TrainConfig) -> list[Phase]:
     return phases
 
 
-def tool_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("breast-cancer-edge")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
 @dataclass(frozen=True)
 class LrDecay:
     """Multiply the learning rate by `factor` after every `patience` epochs without a
     validation AUC gain (0: never). On ~500 images a from-scratch VGG16's validation AUC
-    plateaus and oscillates at a constant rate; a smaller step is the usual next move."""
+    plateaus and oscillates at a constant rate; a smaller step is the usual next move.
+    schedule "cosine" instead follows a half cosine over each phase, from the phase's rate
+    down to min_lr in its last epoch, whatever validation does (patience then only stops)."""
     patience: int = 0
     factor: float = 0.3
     min_lr: float = 1e-6
+    schedule: str = "plateau"
+
+    def cosine_rate(self, phase: Phase, epoch: int) -> float:
+        """The rate of 0-based `epoch` under the cosine schedule."""
+        span = max(phase.end - phase.start - 1, 1)
+        done = min(max(epoch - phase.start, 0), span) / span
+        return self.min_lr + (phase.learning_rate - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -100,7 +103,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def _maybe_decay(self) -> None:
         wait, decay = self.state["wait"], self.decay
-        if decay.patience < 1 or wait == 0 or wait % decay.patience:
+        if decay.schedule != "plateau" or decay.patience < 1 or wait == 0 or wait % decay.patience:
             return
         lr = float(keras.backend.get_value(self.model.optimizer.learning_rate))
         new = max(lr * decay.factor, decay.min_lr)
@@ -110,13 +113,16 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.monotonic()
+        if self.decay.schedule == "cosine":
+            keras.backend.set_value(self.model.optimizer.learning_rate, self.decay.cosine_rate(self.phase, epoch))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         seconds = time.monotonic() - self.epoch_start
         state, history = self.state, self.state["history"]
         logs = _classifier_logs(logs)
-        for key in ("loss", "auc", "val_loss", "val_auc", "lesion_loss", "val_lesion_loss"):
+        for key in ("loss", "auc", "val_loss", "val_auc", "lesion_loss", "val_lesion_loss",
+                    "birads_loss", "val_birads_loss"):
             if key in logs or key in history:
                 history.setdefault(key, []).append(float(logs.get(key, float("nan"))))
         history.setdefault("seconds", []).append(round(seconds, 1))
@@ -147,7 +153,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         )
 
 
-def _prepare_run_dir(run: RunDir, resume: bool, writes: bool = True) -> None:
+def prepare_run_dir(run: RunDir, resume: bool, writes: bool = True) -> None:
     """Check (and for the writer create) the run directory. A non-chief worker only
     checks that there is something to resume: the chief may be creating the folder."""
     if resume:
@@ -166,6 +172,7 @@ def _prepare_run_dir(run: RunDir, resume: bool, writes: bool = True) -> None:
 def _check_resume_config(run: RunDir, config: TrainConfig) -> None:
     saved = run.read_json(run.run_info)["config"]
     current = config.to_dict()
+    saved = {**LEGACY_DEFAULTS, **saved}      # a run from before a setting existed resumes as it was trained
     diff = [k for k in current if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != current[k]]
     if diff:
         raise RunExists(f"--resume with settings that differ from the original run: {', '.join(diff)}")
@@ -201,7 +208,7 @@ def _load_data(config: TrainConfig, run: RunDir, spec: PreprocessSpec) -> Loaded
         sources = [DataSource.parse(str(root), labels=LabelMap(dict(config.class_labels)))]
     else:
         sources = data_sources(config)
-    return load_sources(sources, spec, DedupConfig(max_distance=config.dedup_max_distance))
+    return load_sources(sources, spec, DedupConfig(max_distance=config.dedup_max_distance), region=config.region)
 
 
 def _split(config: TrainConfig, run: RunDir, data: LoadedDataset, resume: bool,
@@ -232,13 +239,17 @@ def _class_weights(labels: np.ndarray) -> dict[int, float]:
     return weights
 
 
-def _compile(model, learning_rate: float, lesion_weight: float = 0.0, lesion_loss: str = "head") -> None:
+def _compile(model, learning_rate: float, lesion_weight: float = 0.0, lesion_loss: str = "head",
+             birads_weight: float = 0.0) -> None:
     optimizer = keras.optimizers.Adam(learning_rate)
-    if lesion_weight > 0:
-        model.compile(optimizer=optimizer,
-                      loss={"malignancy": "binary_crossentropy",
-                            LESION_OUTPUT: cam_lesion_loss if lesion_loss == "cam" else "binary_crossentropy"},
-                      loss_weights={"malignancy": 1.0, LESION_OUTPUT: lesion_weight},
+    if lesion_weight > 0 or birads_weight > 0:
+        losses, weights = {"malignancy": "binary_crossentropy"}, {"malignancy": 1.0}
+        if lesion_weight > 0:
+            losses[LESION_OUTPUT] = cam_lesion_loss if lesion_loss == "cam" else "binary_crossentropy"
+            weights[LESION_OUTPUT] = lesion_weight
+        if birads_weight > 0:    # the mean cross-entropy of the cumulative BI-RADS targets
+            losses[BIRADS_OUTPUT], weights[BIRADS_OUTPUT] = "binary_crossentropy", birads_weight
+        model.compile(optimizer=optimizer, loss=losses, loss_weights=weights,
                       metrics={"malignancy": [keras.metrics.AUC(name="auc")]},
                       # the sample weights (class balance, masks known) shape the loss only;
                       # the AUC is of the images as they are. [] says so, and stops Keras
@@ -262,10 +273,11 @@ def cam_lesion_loss(y_true, y_pred):
 
 def _run_info(config, spec, model_info, data, phases, status, extra=None) -> dict:
     info = {
-        "tool": {"name": "breast-cancer-edge", "version": tool_version()},
+        "tool": tool_record(),
         "status": status,
         "config": config.to_dict(),
         "preprocessing": spec.to_dict(),
+        "scan_region": config.region.to_dict(),
         "labels": {"names": ["benign", "malignant"], "positive": "malignant",
                    "class_labels": dict(config.class_labels)},
         "model": model_info,
@@ -291,24 +303,28 @@ def new_state() -> dict:
 def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: LoadedDataset,
                split: dict[str, np.ndarray], spec: PreprocessSpec, batch_size: int, seed: int,
                augment, patience: int, resume: bool, decay: LrDecay = LrDecay(),
-               lesion_weight: float = 0.0, to_saved=None, lesion_loss: str = "head") -> None:
+               lesion_weight: float = 0.0, to_saved=None, lesion_loss: str = "head",
+               birads_weight: float = 0.0) -> None:
     """Train `model` through `phases` on the split's train images, validating on val:
     class weights, early stopping on val AUC, best model -> run.model (through
     `to_saved`), checkpoint every epoch. Shared by `bcd train` and `bcd slim` (which
     passes a pruned model). With lesion_weight > 0 the model's lesion head learns the
-    masks of the images that have one."""
+    masks of the images that have one; with birads_weight > 0 its BI-RADS head learns the
+    BI-RADS of the images that have one."""
     tr, va = split["train"], split["val"]
     weights = _class_weights(data.labels[tr])
     per_sample = lesion_loss == "cam"
     lesion = (lambda idx: _lesion_targets(data, idx, weights, per_sample)) if lesion_weight > 0 else (lambda idx: None)
+    birads = ((lambda idx: BiradsTargets(data.birads_levels()[idx], weights)) if birads_weight > 0
+              else (lambda idx: None))
     # batch_size is per replica: under a tf.distribute strategy (the one the model was
     # built in) every step takes batch_size x replicas images, split between the replicas.
     strategy = model.distribute_strategy
     global_batch = batch_size * strategy.num_replicas_in_sync
     train_ds = shard_by_data(make_tf_dataset(data.images[tr], data.labels[tr], spec, global_batch, True, seed,
-                                             augment, lesion(tr)))
+                                             augment, lesion(tr), birads(tr)))
     val_ds = shard_by_data(make_tf_dataset(data.images[va], data.labels[va], spec, global_batch, False,
-                                           lesion=lesion(va)))
+                                           lesion=lesion(va), birads=birads(va)))
     verbose = 1 if _is_tty() else 2
     for phase in phases:
         if state.get("stopped_early") or state["epochs_done"] >= phase.end:
@@ -316,19 +332,20 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
         if state["phase"] != phase.name or not resume:
             set_trainable_blocks(model, phase.blocks)
             with strategy.scope():     # the optimizer's variables live where the model's do
-                _compile(model, phase.learning_rate, lesion_weight, lesion_loss)
+                _compile(model, phase.learning_rate, lesion_weight, lesion_loss, birads_weight)
             state["wait"] = 0   # each phase gets its own patience
         elif model.optimizer is None:   # a checkpoint saved without its optimizer (Grad-CAM lesion loss)
             set_trainable_blocks(model, phase.blocks)
             with strategy.scope():
                 _compile(model, (state["history"].get("learning_rate") or [phase.learning_rate])[-1],
-                         lesion_weight, lesion_loss)
+                         lesion_weight, lesion_loss, birads_weight)
         resume = False  # later phases start fresh
         log.info("phase %s: epochs %d-%d, VGG16 blocks training: %s, learning rate %g",
                  phase.name, phase.start + 1, phase.end, phase.blocks, phase.learning_rate)
         model.fit(train_ds, validation_data=val_ds, epochs=phase.end,
                   initial_epoch=max(phase.start, state["epochs_done"]),
-                  class_weight=None if lesion_weight > 0 else weights,   # sample weights carry them then
+                  # sample weights carry the class weights when there is an auxiliary target
+                  class_weight=None if lesion_weight > 0 or birads_weight > 0 else weights,
                   callbacks=[EpochCheckpoint(run, state, phase, patience, decay, to_saved)], verbose=verbose)
 
 
@@ -363,7 +380,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunDir:
     Under --strategy multiworker every worker runs this; only the chief writes
     config.out (train.distribute)."""
     out = RunDir(Path(config.out))
-    _prepare_run_dir(out, resume, writes_run_dir(config.strategy))
+    prepare_run_dir(out, resume, writes_run_dir(config.strategy))
     if resume:
         _check_resume_config(out, config)
     cluster = make_cluster(config.strategy)    # before any TensorFlow op: it joins the cluster
@@ -408,10 +425,15 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
             model = keras.models.load_model(out.last_model)
             if model_cfg.lesion == "cam":
                 model = with_lesion_cam(model, model_cfg.batch_norm)
-            log.info("resuming after epoch %d", state["epochs_done"])
+            log.info("resuming after epoch %d (the BI-RADS head, if any, restarts)", state["epochs_done"])
         elif model_info["batch_norms_restarted"]:
             match_batch_norms(model, model_info["batch_norms_restarted"],
                               _sample(data.images[split["train"]], BN_MATCH_IMAGES, config.seed), spec)
+    if config.birads_weight > 0:
+        with cluster.strategy.scope():
+            model = with_birads_head(model, len(BIRADS_CUTS), config.seed)
+        model_info["birads_head"] = (f"P(BI-RADS >= k) for k in {list(BIRADS_CUTS)}, weight {config.birads_weight:g} "
+                                     f"(training only; {int((data.birads_levels() > 0).sum())} images have a BI-RADS)")
     model_info["cost"] = model_cost(inference_model(model, model_cfg))
     model_info["precision"] = {"requested": config.precision, "used": precision}
     extra = {"distribution": cluster.summary(config.batch_size), "split_sha256": digest}
@@ -420,9 +442,9 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
     log.info("training in %s on %s", precision, ", ".join(f"{s.name} ({s.path})" for s in data.sources))
     fit_phases(model, run, state, phases, data, split, spec, config.batch_size, config.seed,
                config.augment, config.patience, resume,
-               LrDecay(config.lr_decay_patience, config.lr_decay_factor),
+               LrDecay(config.lr_decay_patience, config.lr_decay_factor, schedule=config.lr_schedule),
                lesion_weight=config.lesion_weight, to_saved=lambda m: inference_model(m, model_cfg),
-               lesion_loss=config.lesion_loss)
+               lesion_loss=config.lesion_loss, birads_weight=config.birads_weight)
     apply_precision("float32")
     if not cluster.is_chief:
         log.info("training done; the chief evaluates and writes %s", out.root)

@@ -8,18 +8,21 @@ from pathlib import Path
 
 import pytest
 
+from runtime.shipped import default_model_path
+from tests.conftest import missing
+
 from benchmarks import ingest
 from runtime.images import read_image
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "models" / "bus-vgg16-w50-128"
+SHIPPED = default_model_path() or Path("runtime/models/bus-vgg16-w50-128")
 
 
 @pytest.mark.parametrize("real", [True, False])
 def test_build_folder_makes_scanner_sized_pngs(tmp_path, real):
     data = ingest.DEFAULT_DATA if real else tmp_path / "no-data"
     if real and not ingest.development_images(data):
-        pytest.skip("development data not present")
+        missing("development data not present")
     source = ingest.build_folder(tmp_path / "scans", 3, data, seed=1)
     files = sorted((tmp_path / "scans").glob("*.png"))
     assert len(files) == 3
@@ -100,7 +103,7 @@ def test_missing_folder_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_end_to_end_on_a_tiny_folder(tmp_path, capsys):
     if not (SHIPPED / "manifest.json").is_file():
-        pytest.skip("the shipped model is not in models/")
+        missing("the shipped model is not in runtime/models/")
     out = tmp_path / "out"
     code = ingest.main(["--n", "12", "--batch-size", "4", "--rounds", "1", "--threads", "1",
                         "--model", str(SHIPPED), "--out", str(out)])

@@ -14,13 +14,16 @@ import cv2
 import numpy as np
 import pytest
 
+from runtime.shipped import default_model_path
+from tests.conftest import missing
+
 from runtime import predict_files
 from runtime.classifier import Classifier
 from runtime.predict_files import PartialResults, predict_paths
 from runtime.read_ahead import Pipeline, read_ahead
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "models" / "bus-vgg16-w50-128"
+SHIPPED = default_model_path() or Path("runtime/models/bus-vgg16-w50-128")
 BUSI = REPO.parent / "shared" / "data" / "busi"
 PNG = b"\x89PNG\r\n\x1a\n"
 PIPELINES = [Pipeline(decode_workers=0), Pipeline(decode_workers=1, prefetch_batches=1),
@@ -30,7 +33,7 @@ PIPELINES = [Pipeline(decode_workers=0), Pipeline(decode_workers=1, prefetch_bat
 @pytest.fixture(scope="module")
 def clf() -> Classifier:
     if not (SHIPPED / "manifest.json").is_file():
-        pytest.skip("the shipped model is not in models/")
+        missing("the shipped model is not in runtime/models/")
     return Classifier.load(SHIPPED, threads=1)
 
 
@@ -129,8 +132,8 @@ def test_decoded_images_ahead_of_inference_stay_within_the_bound(clf, tmp_path, 
     finished = []
     real_read = predict_files._read
 
-    def counted_read(path, max_pixels):
-        result = real_read(path, max_pixels)
+    def counted_read(path, classifier):
+        result = real_read(path, classifier)
         finished.append(path)
         return result
 

@@ -1,0 +1,47 @@
+"""The scanner augmentation (issue 20): calipers drawn on the lesion and probe fans, in
+the training graph."""
+from __future__ import annotations
+
+import numpy as np
+
+from train.augment import AugmentConfig, build_augment, draw_calipers_batch, fan_bank, fan_mask
+
+
+def test_scanner_preset_is_ultrasound_plus_calipers_and_fans():
+    ultrasound, scanner = AugmentConfig.preset("ultrasound"), AugmentConfig.preset("scanner")
+    assert (ultrasound.calipers, ultrasound.fan) == (0.0, 0.0)
+    assert scanner.calipers > 0 and scanner.fan > 0
+    assert scanner.marks == ultrasound.marks and scanner.speckle == ultrasound.speckle
+
+
+def test_fan_bank_holds_curved_and_sector_fans():
+    bank = fan_bank(64, n=8, seed=1)
+    assert bank.shape == (8, 64, 64) and set(np.unique(bank)) == {0.0, 1.0}
+    assert (bank[:, -1, 32] == 1).all()                    # the fan's deep middle is inside
+    assert (bank[:, 0, 0] == 0).all()                      # its top corners are not
+    sector = fan_mask(64, 64, "sector")
+    assert sector[8, 32] > 0 and sector[8, 0] == 0 and sector[0, 10] == 0      # a point apex at the top
+
+
+def test_calipers_are_drawn_on_the_lesion():
+    images = np.full((2, 64, 64, 3), 60.0, np.float32)
+    masks = np.zeros((2, 64, 64, 1), np.float32)
+    masks[:, 20:40, 16:48] = 1
+    drawn = draw_calipers_batch(images, masks, 1.0, np.int64(3))
+    changed = np.abs(drawn - images).sum(axis=-1) > 0
+    assert changed.any(axis=(1, 2)).all()
+    ys, xs = np.nonzero(changed[0])
+    assert 10 <= np.median(ys) <= 50 and 6 <= np.median(xs) <= 58     # around the lesion, not elsewhere
+    assert np.array_equal(draw_calipers_batch(images, masks, 0.0, np.int64(3)), images)
+
+
+def test_build_augment_applies_fans_and_keeps_shapes():
+    config = AugmentConfig(flip=False, rotation_degrees=0, zoom=0, brightness=0, contrast=0, fan=1.0, calipers=1.0)
+    augment = build_augment(config, 64, seed=0)
+    images = np.full((4, 64, 64, 3), 100.0, np.float32)
+    masks = np.zeros((4, 64, 64, 1), np.float32)
+    out_images, out_masks = augment(images, masks)
+    out_images = np.asarray(out_images)
+    assert out_images.shape == images.shape and np.asarray(out_masks).shape == masks.shape
+    assert (out_images[:, 0, 0] == 0).all()                # outside every fan: black
+    assert (out_images[:, -1, 32] > 0).all()               # inside: the image
