@@ -8,7 +8,10 @@ the per-file step (read the file, decode it, find the scan region, the colour an
 checks, crop, resize: runtime.classifier.Classifier.place) and the classify step (the
 model: Classifier.infer). Each is measured alone, in its own fresh process:
 
-  read     the per-file step, one image after another on one thread;
+  read     the per-file step, one image after another on one thread (OpenCV's own
+           worker threads off too, cv2.setNumThreads(1)): the least core time it needs;
+  read+cv  the same with OpenCV's threads as predict_paths runs it (for comparison:
+           OpenCV's parallel loops may add CPU time, spinning, without saving wall time);
   cls@T    the classify step at the predict batch size with the default T inference
            threads, on images already placed;
   cls@1    the same with one inference thread: the least core time it needs.
@@ -255,12 +258,19 @@ def per_file_step(path: Path, clf):
     return _read_and_place(path, clf)[1]
 
 
+def _opencv_threads(task: dict) -> None:
+    if task.get("opencv_threads") is not None:
+        import cv2
+        cv2.setNumThreads(int(task["opencv_threads"]))
+
+
 def _load(task: dict):
     from runtime.classifier import Classifier
     return Classifier.load(task["model"], variant=task.get("variant"), threads=task.get("threads"))
 
 
 def task_read(task: dict) -> dict:
+    _opencv_threads(task)
     clf = _load(task)
     files = _files(task["folder"])
     for path in files[:WARMUP_BATCHES]:
@@ -273,6 +283,7 @@ def task_read(task: dict) -> dict:
 
 def task_classify(task: dict) -> dict:
     """The inference step alone (runtime.classifier.Classifier.infer) on files placed before."""
+    _opencv_threads(task)
     clf = _load(task)
     placed = [item for item in (per_file_step(p, clf) for p in _files(task["folder"])) if item.arrays is not None]
     size = task["batch_size"]
@@ -333,9 +344,10 @@ def measure(config: IngestConfig, folder: Path, say=lambda msg: None) -> dict[st
     cores = physical_cores()
     batch = config.batch_size or DEFAULT_BATCH_SIZE
     common = {"folder": str(folder), "model": config.model, "variant": config.variant, "batch_size": batch}
-    phases = [("read", {"task": "read"}),
+    phases = [("read", {"task": "read", "opencv_threads": 1}),
+              ("read+cv", {"task": "read"}),
               ("cls@T", {"task": "classify", "threads": config.threads}),
-              ("cls@1", {"task": "classify", "threads": 1})]
+              ("cls@1", {"task": "classify", "threads": 1, "opencv_threads": 1})]
     phases += [(s.name, {"task": "predict", "threads": s.threads, "decode_workers": s.decode_workers,
                          "prefetch_batches": s.prefetch_batches}) for s in settings_for(config, cores)]
     env = checkout_env()
@@ -377,9 +389,10 @@ def summarise(measured: dict[str, Any]) -> dict[str, Any]:
         "cores": cores, "batch_size": measured["batch_size"], "engine": classify["engine"],
         "variant": classify["variant"], "inference_threads": classify["threads"],
         "images": runs["read"][0]["images"],
-        "components_ms_per_image": {"read": ms["read"], "classify_default_threads": ms["cls@T"],
-                                    "classify_1_thread": ms["cls@1"]},
-        "components_cpu_ms_per_image": {"read": cpu_ms["read"], "classify_default_threads": cpu_ms["cls@T"],
+        "components_ms_per_image": {"read": ms["read"], "read_opencv_threads": ms.get("read+cv"),
+                                    "classify_default_threads": ms["cls@T"], "classify_1_thread": ms["cls@1"]},
+        "components_cpu_ms_per_image": {"read": cpu_ms["read"], "read_opencv_threads": cpu_ms.get("read+cv"),
+                                        "classify_default_threads": cpu_ms["cls@T"],
                                         "classify_1_thread": cpu_ms["cls@1"]},
         "floor_ms_per_image": floor, "floor_files_per_second": 1000 / floor,
         "floor_definition": "max(cls@T wall, (read CPU + cls@1 CPU) / cores)",
@@ -489,8 +502,14 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Median of {doc['rounds']} rounds, every figure from a fresh process.", "",
         f"**{doc['note']}**", "",
         "| component (alone) | ms / image | CPU ms / image |", "|---|---:|---:|",
-        f"| read: read + decode + scan region + checks + preprocessing (Classifier.place), one thread | {c['read']:.2f} | {cpu['read']:.2f} |",
-        f"| cls@T: classify step (input checks, resize, model), {doc['inference_threads']} inference threads | "
+        f"| read: read + decode + scan region + checks + preprocessing (Classifier.place), one thread, "
+        f"OpenCV threads off | {c['read']:.2f} | {cpu['read']:.2f} |",
+    ]
+    if c.get("read_opencv_threads") is not None:
+        lines.append(f"| read+cv: the same with OpenCV's own threads, as predict_paths runs it | "
+                     f"{c['read_opencv_threads']:.2f} | {cpu['read_opencv_threads']:.2f} |")
+    lines += [
+        f"| cls@T: inference step (Classifier.infer), {doc['inference_threads']} inference threads | "
         f"{c['classify_default_threads']:.2f} | {cpu['classify_default_threads']:.2f} |",
         f"| cls@1: the same with 1 inference thread | {c['classify_1_thread']:.2f} | {cpu['classify_1_thread']:.2f} |",
         f"| **floor** = max(cls@T wall, (read CPU + cls@1 CPU) / {doc['cores']} cores) | **{doc['floor_ms_per_image']:.2f}** "
@@ -515,8 +534,10 @@ def markdown(doc: dict[str, Any]) -> str:
         + "; CPU time used by other processes " + ", ".join("?" if x is None else f"{100 * x:.0f} %"
                                                             for x in doc["others_cpu_share_each_round"])
         + ".", "",
-        "The floor counts the work as the CPU time of read and cls@1 measured alone (on a quiet machine about "
-        "their wall time; CPU time because it does not grow while other processes hold the cores) and assumes it "
+        "The floor counts the work as the CPU time of read and cls@1 measured alone on one thread (OpenCV's "
+        "threads off: its parallel loops can burn CPU time spinning without saving any wall time, compare read "
+        "and read+cv; on a quiet machine about their wall time; CPU time because it does not grow while other "
+        "processes hold the cores) and assumes it "
         "spreads perfectly over the cores with no cost for sharing them (memory bandwidth, turbo clocks, the GIL), "
         "so it is a bound that is never quite reached. "
         "A sequential run of predict_paths decodes each batch in the thread that then classifies it; a "

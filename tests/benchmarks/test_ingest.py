@@ -115,6 +115,7 @@ def test_end_to_end_on_a_tiny_folder(tmp_path, capsys):
     assert doc["settings"]["pipelined"]["decode_workers"] >= 1
     c = doc["components_ms_per_image"]
     cpu = doc["components_cpu_ms_per_image"]
+    assert c["read_opencv_threads"] > 0 and cpu["read_opencv_threads"] > 0
     assert doc["floor_ms_per_image"] == pytest.approx(max(c["classify_default_threads"],
                                                           (cpu["read"] + cpu["classify_1_thread"]) / doc["cores"]))
     assert all(s["images"] == 12 and s["failed"] == 0 and s["ms_per_image"] > 0 for s in doc["settings"].values())
