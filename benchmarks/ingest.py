@@ -8,7 +8,10 @@ the per-file step (read the file, decode it, find the scan region, the colour an
 checks, crop, resize: runtime.classifier.Classifier.place) and the classify step (the
 model: Classifier.infer). Each is measured alone, in its own fresh process:
 
-  read     the per-file step, one image after another on one thread;
+  read     the per-file step, one image after another on one thread (OpenCV's own
+           worker threads off too, cv2.setNumThreads(1)): the least core time it needs;
+  read+cv  the same with OpenCV's threads as predict_paths runs it (for comparison:
+           OpenCV's parallel loops may add CPU time, spinning, without saving wall time);
   cls@T    the classify step at the predict batch size with the default T inference
            threads, on images already placed;
   cls@1    the same with one inference thread: the least core time it needs.
@@ -42,7 +45,8 @@ an existing folder instead (every image file in it, recursively).
 
 Results: results.json and results.md in --out (default runs/ingest), written
 atomically; progress on stderr; a short table on stdout. Timings depend on the machine
-and on whatever else runs on it: the output records the load average before and after.
+and on whatever else runs on it: around every measurement the share of the CPU time that
+other processes used is taken from /proc/stat, and the outputs say when it was not quiet.
 Research and education only: the predictions timed here are not a diagnosis.
 """
 from __future__ import annotations
@@ -177,20 +181,49 @@ def scanner_screen(scan, index: int):
 
 def run_child(task: dict, env: dict[str, str]) -> dict:
     """Run one measurement in a fresh Python (`--child`, the task as JSON on stdin) and
-    return its JSON result; {"ok": False, "error": ...} if it fails."""
+    return its JSON result, with `others_cpu_share`: the share of the machine's CPU time
+    that other processes used meanwhile; {"ok": False, "error": ...} if it fails."""
     command = [sys.executable, "-m", "benchmarks.ingest", "--child"]
+    ticks, own = cpu_ticks(), children_cpu_seconds()
     try:
         proc = subprocess.run(command, input=json.dumps(task), capture_output=True, text=True,
                               timeout=CHILD_TIMEOUT, env=env, cwd=str(REPO))
     except (subprocess.TimeoutExpired, OSError) as err:
         return {"ok": False, "error": f"measuring process ({task['task']}): {err}"}
+    others = others_share(ticks, cpu_ticks(), children_cpu_seconds() - own)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     try:
-        return json.loads(lines[-1])
+        return {**json.loads(lines[-1]), "others_cpu_share": others}
     except (IndexError, json.JSONDecodeError):
         tail = " ".join(proc.stderr.split())[-400:]
         return {"ok": False, "error": f"measuring process ({task['task']}) exited with status "
                                       f"{proc.returncode} without a result: {tail}"}
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all CPUs since boot (Linux /proc/stat; None elsewhere).
+    Busy counts user, nice, system, irq, softirq and steal time; total adds idle and iowait."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
+    busy = user + nice + system + irq + softirq + steal
+    return busy, busy + idle + iowait
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's finished children (the measuring processes)."""
+    times = os.times()
+    return times.children_user + times.children_system
+
+
+def others_share(before: tuple[int, int] | None, after: tuple[int, int] | None, own_seconds: float) -> float | None:
+    """Share (0..1) of all CPU time between two cpu_ticks() that was not ours."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    own_ticks = own_seconds * os.sysconf("SC_CLK_TCK")
+    return min(1.0, max(0.0, (after[0] - before[0] - own_ticks) / (after[1] - before[1])))
 
 
 def checkout_env() -> dict[str, str]:
@@ -225,12 +258,19 @@ def per_file_step(path: Path, clf):
     return _read_and_place(path, clf)[1]
 
 
+def _opencv_threads(task: dict) -> None:
+    if task.get("opencv_threads") is not None:
+        import cv2
+        cv2.setNumThreads(int(task["opencv_threads"]))
+
+
 def _load(task: dict):
     from runtime.classifier import Classifier
     return Classifier.load(task["model"], variant=task.get("variant"), threads=task.get("threads"))
 
 
 def task_read(task: dict) -> dict:
+    _opencv_threads(task)
     clf = _load(task)
     files = _files(task["folder"])
     for path in files[:WARMUP_BATCHES]:
@@ -243,6 +283,7 @@ def task_read(task: dict) -> dict:
 
 def task_classify(task: dict) -> dict:
     """The inference step alone (runtime.classifier.Classifier.infer) on files placed before."""
+    _opencv_threads(task)
     clf = _load(task)
     placed = [item for item in (per_file_step(p, clf) for p in _files(task["folder"])) if item.arrays is not None]
     size = task["batch_size"]
@@ -303,9 +344,10 @@ def measure(config: IngestConfig, folder: Path, say=lambda msg: None) -> dict[st
     cores = physical_cores()
     batch = config.batch_size or DEFAULT_BATCH_SIZE
     common = {"folder": str(folder), "model": config.model, "variant": config.variant, "batch_size": batch}
-    phases = [("read", {"task": "read"}),
+    phases = [("read", {"task": "read", "opencv_threads": 1}),
+              ("read+cv", {"task": "read"}),
               ("cls@T", {"task": "classify", "threads": config.threads}),
-              ("cls@1", {"task": "classify", "threads": 1})]
+              ("cls@1", {"task": "classify", "threads": 1, "opencv_threads": 1})]
     phases += [(s.name, {"task": "predict", "threads": s.threads, "decode_workers": s.decode_workers,
                          "prefetch_batches": s.prefetch_batches}) for s in settings_for(config, cores)]
     env = checkout_env()
@@ -347,14 +389,16 @@ def summarise(measured: dict[str, Any]) -> dict[str, Any]:
         "cores": cores, "batch_size": measured["batch_size"], "engine": classify["engine"],
         "variant": classify["variant"], "inference_threads": classify["threads"],
         "images": runs["read"][0]["images"],
-        "components_ms_per_image": {"read": ms["read"], "classify_default_threads": ms["cls@T"],
-                                    "classify_1_thread": ms["cls@1"]},
-        "components_cpu_ms_per_image": {"read": cpu_ms["read"], "classify_default_threads": cpu_ms["cls@T"],
+        "components_ms_per_image": {"read": ms["read"], "read_opencv_threads": ms.get("read+cv"),
+                                    "classify_default_threads": ms["cls@T"], "classify_1_thread": ms["cls@1"]},
+        "components_cpu_ms_per_image": {"read": cpu_ms["read"], "read_opencv_threads": cpu_ms.get("read+cv"),
+                                        "classify_default_threads": cpu_ms["cls@T"],
                                         "classify_1_thread": cpu_ms["cls@1"]},
         "floor_ms_per_image": floor, "floor_files_per_second": 1000 / floor,
         "floor_definition": "max(cls@T wall, (read CPU + cls@1 CPU) / cores)",
         "floor_ms_each_round": rounds_floor,
         "load_average_each_round": [r.get("load_average") for r in runs["read"]],
+        "others_cpu_share_each_round": [max_share(runs[name][k] for name in runs) for k in range(len(runs["read"]))],
         "settings": settings,
         "identical_results": len(digests) == 1,
         "target_ratio": TARGET_RATIO,
@@ -421,13 +465,28 @@ def run_ingest(config: IngestConfig, say=lambda msg: None) -> dict[str, Any]:
     return doc
 
 
+def max_share(results) -> float | None:
+    shares = [r.get("others_cpu_share") for r in results]
+    return None if None in shares else max(shares)
+
+
+QUIET_SHARE = 0.05
+
+
 def loaded_note(doc: dict[str, Any]) -> str:
-    loads = [x for key in ("load_average_before", "load_average_after") for x in (doc.get(key) or [])[:1]]
-    if loads and max(loads) >= 0.5:
-        return (f"Measured on a busy machine (1-minute load average {', '.join(f'{x:.2f}' for x in loads)} "
-                f"before/after on {doc['cores']} cores): other processes took CPU time, so the figures are "
-                "noisy and the ratios less reliable than on a quiet machine.")
-    return "The machine was quiet (1-minute load average below 0.5 before and after)."
+    """Whether other processes used the CPUs while we measured (from /proc/stat)."""
+    shares = doc["others_cpu_share_each_round"]
+    if None in shares:
+        return ("Could not tell whether other processes used the CPUs meanwhile (no /proc/stat); "
+                f"1-minute load average before the run: {(doc.get('load_average_before') or ['?'])[0]}.")
+    worst = max(shares)
+    if worst >= QUIET_SHARE:
+        return (f"Measured on a busy machine: other processes used up to {100 * worst:.0f} % of the CPU time "
+                "during a measurement (per round: " + ", ".join(f"{100 * x:.0f} %" for x in shares) + "), so the "
+                "figures are noisy and the ratios less reliable than on a quiet machine; the per-round ratios "
+                "of the quietest rounds are the better estimate.")
+    return (f"The machine was quiet: other processes used at most {100 * worst:.1f} % of the CPU time "
+            "during any measurement.")
 
 
 # ---------------------------------------------------------------------- reporting
@@ -443,8 +502,14 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Median of {doc['rounds']} rounds, every figure from a fresh process.", "",
         f"**{doc['note']}**", "",
         "| component (alone) | ms / image | CPU ms / image |", "|---|---:|---:|",
-        f"| read: read + decode + scan region + checks + preprocessing (Classifier.place), one thread | {c['read']:.2f} | {cpu['read']:.2f} |",
-        f"| cls@T: classify step (input checks, resize, model), {doc['inference_threads']} inference threads | "
+        f"| read: read + decode + scan region + checks + preprocessing (Classifier.place), one thread, "
+        f"OpenCV threads off | {c['read']:.2f} | {cpu['read']:.2f} |",
+    ]
+    if c.get("read_opencv_threads") is not None:
+        lines.append(f"| read+cv: the same with OpenCV's own threads, as predict_paths runs it | "
+                     f"{c['read_opencv_threads']:.2f} | {cpu['read_opencv_threads']:.2f} |")
+    lines += [
+        f"| cls@T: inference step (Classifier.infer), {doc['inference_threads']} inference threads | "
         f"{c['classify_default_threads']:.2f} | {cpu['classify_default_threads']:.2f} |",
         f"| cls@1: the same with 1 inference thread | {c['classify_1_thread']:.2f} | {cpu['classify_1_thread']:.2f} |",
         f"| **floor** = max(cls@T wall, (read CPU + cls@1 CPU) / {doc['cores']} cores) | **{doc['floor_ms_per_image']:.2f}** "
@@ -466,10 +531,13 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Results of every setting identical: {'yes' if doc['identical_results'] else 'NO'}.", "",
         "Per round (floor and pipelined from the same round): floor / pipelined "
         + ", ".join(f"{x:.2f}" for x in pipelined["ratio_to_floor_each_round"])
-        + "; 1-minute load average " + ", ".join("?" if x is None else f"{x[0]:.1f}" for x in doc["load_average_each_round"])
+        + "; CPU time used by other processes " + ", ".join("?" if x is None else f"{100 * x:.0f} %"
+                                                            for x in doc["others_cpu_share_each_round"])
         + ".", "",
-        "The floor counts the work as the CPU time of read and cls@1 measured alone (on a quiet machine about "
-        "their wall time; CPU time because it does not grow while other processes hold the cores) and assumes it "
+        "The floor counts the work as the CPU time of read and cls@1 measured alone on one thread (OpenCV's "
+        "threads off: its parallel loops can burn CPU time spinning without saving any wall time, compare read "
+        "and read+cv; on a quiet machine about their wall time; CPU time because it does not grow while other "
+        "processes hold the cores) and assumes it "
         "spreads perfectly over the cores with no cost for sharing them (memory bandwidth, turbo clocks, the GIL), "
         "so it is a bound that is never quite reached. "
         "A sequential run of predict_paths decodes each batch in the thread that then classifies it; a "

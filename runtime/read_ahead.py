@@ -34,14 +34,19 @@ class Pipeline:
 
     decode_workers: threads running the per-file step; 0 reads each batch in the calling
         thread just before it is classified (no threads, the old sequential loop); None
-        (default) is one per physical core. Measured with `python -m benchmarks.ingest`
-        (docs/results/ingest/): the per-file step of a 856x606 PNG scan (read, decode,
-        scan region, checks, preprocessing) took 11.9 ms of CPU and the shipped model's
-        inference 1.4 ms per image, so the per-file step is ~90 % of the work and needs
-        every core; with fewer workers than cores a core idles.
-    prefetch_batches: batches read ahead of the one being classified. 2 keeps a worker
-        busy across the short pause while a batch is handed over; more only holds more
-        images in memory (each batch of 856x606 images is ~12 MB decoded).
+        (default) is one per physical core.
+    prefetch_batches: batches read ahead of the one being classified; more only holds
+        more images in memory (a batch of 8 decoded 856x606 images is ~12 MB).
+
+    The defaults, from `python -m benchmarks.ingest --sweep` (docs/results/ingest/: 2
+    physical cores, 200 856x606 PNG screens, the shipped model on OpenVINO, batch 8,
+    3 rounds with other processes under 1.1 % of the CPU time): the per-file step (read,
+    decode, scan region, checks, preprocessing) took 10.0 ms per image on one thread
+    and inference 1.4 ms, so the per-file step is ~88 % of the work and needs every
+    core; floor 5.68 ms per image. Sequential 11.3 ms; decode_workers=1 11.0 ms (bound
+    by one thread's per-file step); the defaults 6.73 ms (0.84 of the floor); 3 workers,
+    prefetch 1 or 4, or 1 inference thread: 6.57-6.85 ms, within the rounds' spread.
+    Prefetch 2 rather than 1 leaves a margin for uneven files at no measurable cost.
     """
 
     decode_workers: int | None = None

@@ -3,6 +3,7 @@ real run end to end on a tiny folder with the shipped model."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,27 @@ def test_different_results_are_reported():
     assert not ingest.summarise({"cores": 2, "batch_size": 8, "runs": runs})["identical_results"]
 
 
+def test_share_of_cpu_time_used_by_other_processes():
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    # 1000 ticks on all CPUs, 600 of them busy, 200 of those ours
+    assert ingest.others_share((0, 0), (600, 1000), 200 / hz) == pytest.approx(0.4)
+    assert ingest.others_share((0, 0), (600, 1000), 100.0) == 0.0          # never below 0
+    assert ingest.others_share(None, (600, 1000), 0.0) is None
+    first = ingest.cpu_ticks()
+    if first is None:
+        pytest.skip("no /proc/stat here")
+    sum(i * i for i in range(300_000))
+    second = ingest.cpu_ticks()
+    assert second[1] >= first[1] and 0 <= second[0] - first[0] <= second[1] - first[1]
+
+
+def test_the_note_says_whether_the_machine_was_busy():
+    assert "quiet" in ingest.loaded_note({"others_cpu_share_each_round": [0.01, 0.02]})
+    busy = ingest.loaded_note({"others_cpu_share_each_round": [0.01, 0.30]})
+    assert "busy" in busy and "30 %" in busy
+    assert "Could not tell" in ingest.loaded_note({"others_cpu_share_each_round": [None]})
+
+
 def test_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert ingest.main(["--folder", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
     assert "not a folder" in capsys.readouterr().err
@@ -93,9 +115,11 @@ def test_end_to_end_on_a_tiny_folder(tmp_path, capsys):
     assert doc["settings"]["pipelined"]["decode_workers"] >= 1
     c = doc["components_ms_per_image"]
     cpu = doc["components_cpu_ms_per_image"]
+    assert c["read_opencv_threads"] > 0 and cpu["read_opencv_threads"] > 0
     assert doc["floor_ms_per_image"] == pytest.approx(max(c["classify_default_threads"],
                                                           (cpu["read"] + cpu["classify_1_thread"]) / doc["cores"]))
     assert all(s["images"] == 12 and s["failed"] == 0 and s["ms_per_image"] > 0 for s in doc["settings"].values())
     text = (out / "results.md").read_text()
     assert "floor" in text and "not a diagnosis" in text and f"{doc['floor_ms_per_image']:.2f}" in text
+    assert all(x is None or 0 <= x <= 1 for x in doc["others_cpu_share_each_round"])
     assert "pipelined" in capsys.readouterr().out
