@@ -551,12 +551,13 @@ def _predict(name: str) -> LibraryDefault:
 _PREDICT_FIELDS = {"model": "model", "variant": "variant", "threads": "threads", "backend": "backend",
                    "max_pixels": "max_pixels", "batch_size": "batch_size", "force": "force",
                    "heatmap": "heatmap_dir", "partial_every": "partial_every", "region": "region",
-                   "frames": "frames"}
+                   "frames": "frames", "roi": "roi", "rois": "rois"}
 
 
 def predict_config(args):
     """The PredictConfig that `bcd predict` ARGS ask for."""
     from runtime.predict_files import PredictConfig
+    _check_roi_flags(args)
     try:
         return PredictConfig(**given(args, _PREDICT_FIELDS))
     except ValueError as err:
@@ -565,8 +566,9 @@ def predict_config(args):
 
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="classify images with an exported model (ONNX Runtime/LiteRT, no TensorFlow)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files, folders (searched recursively, lesion masks skipped) or glob patterns")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="image files, folders (searched recursively, lesion masks skipped) or glob patterns "
+                        "(none with --rois, whose file names the images)")
     p.add_argument("--model", type=Path, help="export directory from `bcd export`, its manifest.json, or an .onnx "
                    "file with embedded metadata (default: $BCD_MODEL, else the shipped reference model)")
     p.add_argument("--variant", help="variant to run, e.g. onnx-fp32 (default: onnx-int8 if it passed the export "
@@ -584,6 +586,7 @@ def _add_predict(sub) -> None:
                    help="run a variant that failed the export's checks against the original model (investigation only)")
     _add_site_flags(p)
     _add_region_flags(p)
+    _add_roi_flags(p)
     p.add_argument("--partial-every", type=float, default=_predict("partial_every"), metavar="SECONDS",
                    help="with --json/--csv, keep FILE.partial.json up to date with the results so far at most every "
                         "SECONDS (default %(default)s), so an interrupted run loses nothing; removed when FILE is written")
@@ -605,7 +608,9 @@ def _cmd_predict(args) -> int:
           f"{classifier.engine}, {classifier.threads} thread(s))", file=sys.stderr)
     if site is not None:
         print(f"operating point: {site.describe()}", file=sys.stderr)
-    print(f"scan region: {classifier.region}, cine frames: {classifier.frames}", file=sys.stderr)
+    print(f"scan region: {classifier.region}, cine frames: {classifier.frames}"
+          + (f", lesion box: {config.roi}" if config.roi is not None else "")
+          + (f", lesion boxes: {config.rois}" if config.rois is not None else ""), file=sys.stderr)
 
     reporter: list[Progress] = []
 
@@ -625,8 +630,13 @@ def _cmd_predict(args) -> int:
     partial = predict_files.PartialResults(target, config.partial_every) if target is not None else None
     with warnings.catch_warnings():
         warnings.showwarning = one_line_warning
-        results = predict_files.predict_paths(classifier, [str(i) for i in args.inputs], heatmap_dir=config.heatmap_dir,
-                                              batch_size=config.batch_size, progress=progress, partial=partial)
+        if config.rois is not None:
+            results = predict_files.predict_rois(classifier, config.rois, heatmap_dir=config.heatmap_dir,
+                                                 batch_size=config.batch_size, progress=progress, partial=partial)
+        else:
+            results = predict_files.predict_paths(classifier, [str(i) for i in args.inputs],
+                                                  heatmap_dir=config.heatmap_dir, batch_size=config.batch_size,
+                                                  progress=progress, partial=partial, roi=config.roi)
     print(predict_files.format_table(results))
     if site is not None:
         print(f"\nLabels at the operating point of site profile '{site.name}' ({site.path}), not the export's.")
@@ -663,6 +673,37 @@ def _add_region_flags(p) -> None:
                    help="frames of a cine loop (multi-frame DICOM) to classify (default %(default)s): middle, all (each "
                         "frame's probability is reported, the call uses their mean) or frame number N (from 1); still images "
                         "are classified as they are")
+
+
+# ---- lesion box (predict) ------------------------------------------------------------
+
+def _add_roi_flags(p) -> None:
+    p.add_argument("--roi", metavar="X,Y,W,H|auto",
+                   help="classify the lesion in this box (original image pixels, inside the scan region; one input "
+                        "image only), or auto: a box proposed by the model's Grad-CAM map (or a lesion localiser); "
+                        "the box used is in every output row (default: none, the whole scan region)")
+    p.add_argument("--rois", type=Path, metavar="FILE.csv",
+                   help="a box per lesion: CSV with columns path,x,y,w,h (paths relative to the CSV's folder, or "
+                        "absolute; several rows for one image give one output row each); names the images itself")
+
+
+def _check_roi_flags(args) -> None:
+    """The lesion-box options together with the inputs, in the options' own words."""
+    from runtime.roi import parse_roi_text
+    if args.roi is not None and args.rois is not None:
+        raise UsageError("give either --roi or --rois, not both")
+    if args.rois is not None and args.inputs:
+        raise UsageError("--rois names the images itself: give no INPUT with it")
+    if args.rois is None and not args.inputs:
+        raise UsageError("give the images to classify (files, folders or globs), or --rois FILE.csv")
+    if args.roi is not None:
+        try:
+            request = parse_roi_text(args.roi)
+        except ValueError as err:
+            raise UsageError(f"--roi: {err}") from None
+        if not request.auto and len(args.inputs) != 1:
+            raise UsageError(f"--roi {args.roi} is a box for one image, but {len(args.inputs)} inputs were given: "
+                             "use --rois FILE.csv (columns path,x,y,w,h) for a box per image, or --roi auto")
 
 
 # ---- demo --------------------------------------------------------------------------

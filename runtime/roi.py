@@ -127,30 +127,40 @@ def _is_per_input(roi: Any) -> bool:
 
 
 def parse_roi_text(text: str) -> RoiRequest:
-    """A command line's --roi: "auto" or "x,y,w,h" (integers, corner not negative, size
-    positive); ValueError with a message to show as is otherwise."""
-    request = roi_request(str(text))
-    if request.error is not None:
-        raise ValueError(request.error)
-    return request
+    """A command line's ROI: "auto" or "x,y,w,h" (numbers, corner not negative, size
+    positive); ValueError otherwise, worded to follow the option's name ("--roi: ...")."""
+    text = str(text).strip()
+    if text.lower() == AUTO:
+        return RoiRequest(auto=True, text=AUTO)
+    box, reason = _box([p.strip() for p in text.split(",")])
+    if box is None:
+        raise ValueError(f"expected auto or x,y,w,h as integers, got {text!r}: {reason}")
+    return RoiRequest(box=box, text=text)
 
 
 def _box_request(values: Sequence[Any], text: str) -> RoiRequest:
+    box, reason = _box(values)
+    if box is None:
+        return RoiRequest(error=f"roi {text!r}: {reason}; {_EXPECTED}", text=text)
+    return RoiRequest(box=box, text=text)
+
+
+def _box(values: Sequence[Any]) -> tuple[Box | None, str | None]:
+    """(the box, None) or (None, why these values are not one)."""
     if len(values) != 4:
-        return RoiRequest(error=f"roi {text!r}: {_EXPECTED}, got {len(values)} value(s)", text=text)
+        return None, f"{len(values)} value(s), not 4"
     numbers = []
     for value, name in zip(values, ("x", "y", "w", "h")):
         number = _pixels(value)
         if number is None:
-            return RoiRequest(error=f"roi {text!r}: {_EXPECTED}; {name} = {value!r} is not a number", text=text)
+            return None, f"{name} = {value!r} is not a number"
         numbers.append(number)
     x, y, w, h = numbers
     if x < 0 or y < 0:
-        return RoiRequest(error=f"roi {text!r}: the corner {x},{y} is negative (x and y count from 0 at the "
-                                "image's top-left corner)", text=text)
+        return None, f"the corner {x},{y} is negative (x and y count from 0 at the top-left corner)"
     if w <= 0 or h <= 0:
-        return RoiRequest(error=f"roi {text!r}: the size {w}x{h} must be positive", text=text)
-    return RoiRequest(box=Box(x, y, w, h), text=text)
+        return None, f"the size {w}x{h} must be positive"
+    return Box(x, y, w, h), None
 
 
 def _pixels(value: Any) -> int | None:
