@@ -204,7 +204,9 @@ def _predict_jobs(classifier: Classifier, jobs: Sequence[tuple[Path, RoiRequest 
                   heatmap_dir, batch_size: int, progress: Progress | None, partial: "PartialResults | None",
                   pipeline: "Pipeline | None") -> list[Prediction]:
     """One Prediction per (file, its ROI request) job, in order."""
-    heat_names = _heatmap_names([path for path, _ in jobs]) if heatmap_dir is not None else []
+    # a name per job that may give a map (a row whose box is bad never does)
+    named = [k for k, (_, request) in enumerate(jobs) if request is None or request.error is None]
+    heat_names = dict(zip(named, _heatmap_names([jobs[k][0] for k in named]))) if heatmap_dir is not None else {}
     results: list[Prediction] = []
     total = len(jobs)
     numbered = list(enumerate(jobs))
