@@ -122,8 +122,8 @@ def test_a_proposed_box_comes_from_the_map_and_lies_in_the_region():
     region = ScanRegion(30, 20, 200, 160, source="found")
     lesion = np.zeros((160, 200), np.float32)
     lesion[50:90, 60:140] = 1.0
-    box = propose(lesion, 0.5, region, 1)
-    assert box == Box(30 + 60 - 8, 20 + 50 - 4, 80 + 16, 40 + 8)    # the map's box grown 10 %, in the image
+    assert propose(lesion, 0.5, region, 1) == Box(30 + 60, 20 + 50, 80, 40)     # the map's box, in the image
+    assert propose(lesion, 0.5, region, 1, margin=0.1) == Box(30 + 60 - 8, 20 + 50 - 4, 80 + 16, 40 + 8)
     assert propose(np.zeros((160, 200), np.float32), 0.5, region, 1) is None
     small = np.zeros((160, 200), np.float32)
     small[0:4, 196:200] = 1.0                                       # a speck in the region's corner
@@ -259,7 +259,7 @@ def test_a_localiser_proposes_first_and_none_proposed_falls_back(clf):
         clf.localiser = Blob((20, 20, 100, 80))
         pred = clf.predict(image, region=(10, 10, 220, 180), roi="auto")
         assert pred.roi_source == "proposed:localiser"
-        assert pred.roi == Box(10 + 20 - 10, 10 + 20 - 8, 120, 96)      # the region's pixels + 10 % margin
+        assert pred.roi == Box(10 + 20, 10 + 20, 100, 80)               # from the region's pixels to the image's
         same(pred, clf.predict(image, region=(10, 10, 220, 180), roi=pred.roi))
         clf.localiser = Blob(None)
         nothing = clf.predict(image, region=(10, 10, 220, 180), roi="auto")
