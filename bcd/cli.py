@@ -129,7 +129,8 @@ _TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "wei
                  "threshold": "threshold_method", "min_sensitivity": "min_sensitivity", "val_source": "val_source",
                  "precision": "precision", "width": "width", "lesion_weight": "lesion_weight",
                  "lesion_loss": "lesion_loss", "strategy": "strategy", "lr": "lr_scratch",
-                 "scan_region": "scan_region", "birads_weight": "birads_weight", "lr_schedule": "lr_schedule"}
+                 "scan_region": "scan_region", "birads_weight": "birads_weight", "lr_schedule": "lr_schedule",
+                 "roi_share": "roi_share"}
 
 
 def _add_train(sub) -> None:
@@ -158,6 +159,10 @@ def _add_train(sub) -> None:
     p.add_argument("--lesion-loss", choices=["cam", "head"], default=_train("lesion_loss"),
                    help="with --lesion-weight: cam pulls the model's own Grad-CAM map toward the lesion; "
                         "head trains an auxiliary segmentation head instead (default %(default)s)")
+    p.add_argument("--roi-share", type=float, default=_train("roi_share"),
+                   help="share of training images shown, each time, as a lesion-centred crop (a box drawn like a "
+                        "clinician's around the lesion mask, from the full-resolution scan) so that the model also "
+                        "reads `bcd predict --roi` boxes, e.g. 0.3 (default %(default)s: whole images only)")
     p.add_argument("--birads-weight", type=float, default=_train("birads_weight"),
                    help="> 0: also learn the radiologists' BI-RADS category (an ordinal head, training only) with "
                         "this loss weight, on the CSV rows that have one (--csv-map ...,birads=COLUMN) "
