@@ -47,6 +47,7 @@ from runtime.site_profile import load_for
 IMAGE_SIDE = 640              # px, long side of the pictures in a report (about 180 dpi on the printed page)
 REGION_COLOUR = "#00a8ff"     # the scan region classified
 LESION_COLOUR = "#ffb000"     # the lesion box (Prediction.roi)
+MAX_FRAMES_LISTED = 8        # a cine loop's frames listed with their probabilities (the page has room for so many)
 REPORT_SUFFIX = "_report.html"
 INDEX_NAME = "index.html"
 SUMMARY_NAME = "summary.csv"
@@ -136,7 +137,7 @@ def threshold_source(classifier: Classifier) -> str:
     """Whose threshold makes the call: the model's (with its policy) or a site profile's."""
     site = classifier.site
     if site is not None:
-        return f"site profile '{site.name}'" + (f": {site.policy}" if site.policy else "")
+        return f"site profile '{_short(site.name)}'" + (f": {site.policy}" if site.policy else "")
     t = classifier.manifest.threshold if classifier.manifest is not None else {}
     details = ", ".join(x for x in (t.get("policy"), f"chosen on the {t['chosen_on']}" if t.get("chosen_on")
                                     else None) if x)
@@ -164,9 +165,9 @@ def report_html(pred: Prediction, image: np.ndarray | DecodedScan | None, classi
     picture = _as_image(image)
     lesion = lesion_box(pred)
     page = Page(
-        title=f"Breast ultrasound: model report for {Path(name).name or name}",
-        subtitle=f"{esc(name)} &middot; report created {esc(created)} (UTC) &middot; model {esc(facts.name)} "
-                 f"({esc(facts.variant)})",
+        title="Breast ultrasound: model report",
+        subtitle=f"<b>{esc(Path(name).name or name, 120)}</b> &middot; report created {esc(created)} (UTC) "
+                 f"&middot; model {esc(facts.name)} ({esc(facts.variant)})",
         panels=_panels(pred, picture, lesion),
         result=_result(pred, classifier),
         facts=_facts(pred, classifier, facts, name, created, lesion),
@@ -231,8 +232,7 @@ def _panels(pred: Prediction, image: np.ndarray | None, lesion) -> list[Panel]:
         heat = Panel("Grad-CAM heat map", None, missing="This model variant has no Grad-CAM output.")
     else:
         overlay = gradcam.overlay(small, pred.cam)
-        caption = ("red: where the evidence the model used is strongest in this image, blue: none "
-                   "(scaled per image; 0 outside the scan region)")
+        caption = "red: the strongest evidence the model used, blue: none (scaled per image)"
         lesion_legend = _swatch(LESION_COLOUR, "lesion box") if lesion is not None else ""
         lesion_only = [(lesion[0], LESION_COLOUR)] if lesion is not None else []
         heat = Panel("Grad-CAM heat map", _png_uri(_drawn(overlay, lesion_only, scale)), esc(caption) + lesion_legend)
@@ -296,23 +296,28 @@ def _result(pred: Prediction, classifier: Classifier) -> Result:
     above = p >= t
     label = classifier.positive if above else classifier.negative
     side = "at or above" if above else "below"
-    sentence = (f"{side} the threshold, so the model reads this image as {label}-looking. A suggestion for the "
-                "reading clinician to weigh with everything else they know, not a diagnosis.")
-    ood = ("Out of distribution: this image looks unlike the breast ultrasound images the model was trained on, "
-           "so its probability and call mean nothing for it." if pred.out_of_distribution else "")
+    sentence = (f"{side} the threshold: the model reads this image as {label}-looking. Decision support for the "
+                "reading clinician, not a diagnosis.")
+    ood = ("Out of distribution: this image looks unlike the images the model was trained on, so its probability "
+           "and call mean nothing here." if pred.out_of_distribution else "")
+    whose = f"site profile '{_short(classifier.site.name)}'" if classifier.site is not None else "the model's"
     return Result(ok=True, call=f"{label}-looking", above=above, probability=p, threshold=t,
-                  shown=agreeing_digits(p, t), threshold_whose=threshold_source(classifier), sentence=sentence,
-                  ood_warning=ood)
+                  shown=agreeing_digits(p, t), threshold_whose=whose, sentence=sentence, ood_warning=ood)
 
 
-def agreeing_digits(p: float, t: float) -> tuple[str, str]:
-    """p and t printed with just enough decimals that the printed numbers agree with the
-    decision (0.409 against 0.41 must not both read 0.41)."""
-    for digits in (3, 4, 6):
+def agreeing_digits(p: float, t: float, least: int = 3) -> tuple[str, str]:
+    """p and t printed with `least` decimals, or more where needed for the printed numbers
+    to agree with the decision (0.409 against 0.41 must not both read 0.41)."""
+    for digits in (least, least + 1, least + 3):
         ps, ts = f"{p:.{digits}f}", f"{t:.{digits}f}"
         if (float(ps) >= float(ts)) == (p >= t):
             return ps, ts
     return f"{p:.8f}", f"{t:.8f}"
+
+
+def _short(name: str, limit: int = 60) -> str:
+    """A name from outside (a site profile's) shortened to fit its line."""
+    return name if len(name) <= limit else name[:limit - 1] + "\u2026"
 
 
 def _reason(pred: Prediction) -> str:
@@ -324,20 +329,19 @@ def _facts(pred: Prediction, classifier: Classifier, facts: ModelFacts, name: st
            lesion) -> list[tuple[str, str]]:
     site = classifier.site
     recal = site is not None and site.recalibration.method != "none"
-    threshold = (f"{pred.threshold:.4f}, {esc(threshold_source(classifier))}"
+    threshold = (f"{pred.threshold:.4f}, {esc(threshold_source(classifier), 200)}"
                  + (f"; probabilities recalibrated by the profile ({esc(site.recalibration.method)})" if recal else "")
                  if _finite(pred.threshold) else "unknown")
-    checked = "matches the manifest; checked when the model was loaded" if facts.sha256_checked else \
-        "computed from the file"
+    checked = "checked against the manifest on loading" if facts.sha256_checked else "computed from the file"
     return [
-        ("Input", esc(name)),
+        ("Input", esc(name, 200)),
         ("Report created", f"{esc(created)} (UTC)"),
         ("Scan region", _region_text(pred)),
         ("Lesion box", _lesion_text(lesion)),
         ("Cine frames", esc(frames_text(pred))),
         ("Out of distribution", esc(ood_text(pred, classifier))),
         ("Operating threshold", threshold),
-        ("Site profile", esc(site.name) if site is not None else "none (the model's own threshold)"),
+        ("Site profile", esc(_short(site.name)) if site is not None else "none (the model's own threshold)"),
         ("Model", f"{esc(facts.name)}, {esc(facts.version)}"),
         ("Variant", f"{esc(facts.variant)} ({esc(facts.format)}, {esc(facts.precision)}), file {esc(facts.file)}, "
                     f"run by {esc(facts.engine)}"),
@@ -367,9 +371,10 @@ def frames_text(pred: Prediction) -> str:
         return "a still image" if pred.region is not None else "none"
     if len(f.numbers) == 1:
         return f"cine loop of {f.count} frames: frame {f.numbers[0]} classified"
-    each = ", ".join(f"{n}: {p:.3f}" for n, p in zip(f.numbers, f.probabilities))
+    each = ", ".join(f"{n}: {p:.3f}" for n, p in zip(f.numbers[:MAX_FRAMES_LISTED], f.probabilities))
+    more = f" and {len(f.numbers) - MAX_FRAMES_LISTED} more" if len(f.numbers) > MAX_FRAMES_LISTED else ""
     return (f"cine loop of {f.count} frames: {len(f.numbers)} classified, the probability is their mean "
-            f"(highest {f.max_probability:.3f}); {each}")
+            f"(highest {f.max_probability:.3f}); frame: probability {each}{more}")
 
 
 def ood_text(pred: Prediction, classifier: Classifier) -> str:
@@ -523,7 +528,7 @@ def _index_html(entries: list[ReportEntry], classifier: Classifier, facts: Model
     out = []
     for e in entries:
         p = e.prediction
-        shown = agreeing_digits(p.probability, p.threshold) if p.ok else ("", "")
+        shown = agreeing_digits(p.probability, p.threshold, least=4) if p.ok else ("", "")
         ood = "" if not p.ok else "n/a" if p.out_of_distribution is None else \
             "flagged" if p.out_of_distribution else "no"
         out.append(IndexRow(file=p.path or "", report=e.file.name, probability=shown[0],

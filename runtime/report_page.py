@@ -31,13 +31,13 @@ body { margin: 0; background: #e9e9e9; color: #111;
        font: 9.5pt/1.35 "DejaVu Sans", "Liberation Sans", Arial, Helvetica, sans-serif; }
 .sheet { width: 210mm; min-height: 297mm; margin: 6mm auto; padding: 12mm; background: #fff; box-shadow: 0 1px 6px #0004; }
 @media print { body { background: #fff; } .sheet { width: auto; min-height: 0; margin: 0; padding: 0; box-shadow: none; } }
-h1 { font-size: 15pt; margin: 0; }
+h1 { font-size: 14pt; margin: 0; }
 .sub { color: #444; font-size: 8.5pt; margin-top: 1mm; overflow-wrap: anywhere; }
 .disclaimer { margin: 3mm 0; padding: 2mm 3mm; border: 1.5px solid #111; border-radius: 2mm;
               font-weight: 700; font-size: 10pt; }
 .panels { display: grid; grid-template-columns: 1fr 1fr; gap: 5mm; }
 .panel figure { margin: 0; }
-.panel img, .panel .empty { display: block; width: 100%; height: 74mm; object-fit: contain; background: #000; }
+.panel img, .panel .empty { display: block; width: 100%; height: 62mm; object-fit: contain; background: #000; }
 .panel .empty { display: flex; align-items: center; justify-content: center; padding: 6mm; text-align: center;
                 color: #ddd; font-size: 9pt; }
 .panel figcaption { font-size: 8pt; color: #333; margin-top: 1.2mm; min-height: 7mm; }
@@ -46,18 +46,18 @@ h1 { font-size: 15pt; margin: 0; }
 .result { margin-top: 3mm; padding: 3mm 4mm; border: 1.5px solid; border-radius: 2mm; break-inside: avoid; }
 .call { font-size: 16pt; font-weight: 800; }
 .sentence { margin-top: 1mm; }
-.bar { display: block; width: 100%; height: 17mm; margin-top: 1mm; }
+.bar { display: block; width: 100%; height: 13mm; margin-top: 1mm; }
 .ood { margin-top: 2mm; padding: 2mm 3mm; background: #fde7e4; border: 1px solid #b3261e; border-radius: 1.5mm;
        color: #5c1a12; font-weight: 700; }
 .error { font-size: 12pt; font-weight: 800; color: #8a5a00; }
 .reason { margin-top: 1mm; overflow-wrap: anywhere; }
 table.facts { width: 100%; border-collapse: collapse; margin-top: 3mm; font-size: 8.5pt; break-inside: avoid; }
-table.facts th { text-align: left; width: 34mm; vertical-align: top; padding: 0.8mm 2mm 0.8mm 0; color: #333; }
-table.facts td { padding: 0.8mm 0; overflow-wrap: anywhere; }
+table.facts th { text-align: left; width: 36mm; white-space: nowrap; vertical-align: top; padding: 0.6mm 2mm 0.6mm 0; color: #333; }
+table.facts td { padding: 0.6mm 0; overflow-wrap: anywhere; }
 table.facts .swatch { margin-left: 0; }
 table.facts tr + tr th, table.facts tr + tr td { border-top: 0.3mm solid #ddd; }
 .mono { font-family: "DejaVu Sans Mono", "Liberation Mono", monospace; font-size: 7.8pt; }
-footer { margin-top: 3mm; font-size: 7.5pt; color: #444; }
+footer { margin-top: 2.5mm; font-size: 7pt; color: #444; }
 """
 
 _INDEX_CSS = """
@@ -68,6 +68,7 @@ h1 { font-size: 15pt; margin: 0 0 2mm 0; }
 table { border-collapse: collapse; margin-top: 3mm; }
 th, td { padding: 1mm 3mm; border-bottom: 1px solid #ddd; text-align: left; vertical-align: top; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.call { white-space: nowrap; }
 td.error { color: #8a5a00; overflow-wrap: anywhere; max-width: 110mm; }
 .flag { color: #b3261e; font-weight: 700; }
 """
@@ -158,7 +159,7 @@ def _result(r: Result) -> str:
             f"<div class=\"call\" id=\"bcd-call\" style=\"color:{colour}\">Model's call: {esc(r.call)}</div>"
             f"<div class=\"sentence\">Probability of malignancy <b id=\"bcd-probability\" "
             f"data-value=\"{r.probability!r}\">{r.shown[0]}</b>, threshold <b id=\"bcd-threshold\" "
-            f"data-value=\"{r.threshold!r}\">{r.shown[1]}</b> ({esc(r.threshold_whose)}): {esc(r.sentence)}</div>"
+            f"data-value=\"{r.threshold!r}\">{r.shown[1]}</b> ({esc(r.threshold_whose, 100)}): {esc(r.sentence)}</div>"
             f"{_bar(r, colour)}{ood}</section>")
 
 
@@ -215,7 +216,7 @@ def index_page(title: str, subtitle: str, rows: list[IndexRow]) -> str:
                                              "out of distribution", "error"))
     body = "".join(
         f"<tr><td><a href=\"{quote(r.report)}\">{esc(r.file)}</a></td><td class=\"num\">{r.probability}</td>"
-        f"<td class=\"num\">{r.threshold}</td><td>{esc(r.call)}</td>"
+        f"<td class=\"num\">{r.threshold}</td><td class=\"call\">{esc(r.call)}</td>"
         f"<td{_FLAG if r.ood == 'flagged' else ''}>{esc(r.ood)}</td>"
         f"<td class=\"error\">{esc(r.error)}</td></tr>" for r in rows)
     return (
