@@ -477,7 +477,7 @@ def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
 def classify_for_report(classifier: Classifier, path: str | os.PathLike) -> tuple[Prediction, np.ndarray | None]:
     """One file's Prediction (with its Grad-CAM map when the variant has one) and the
     image it was made on (None when the file could not be read); never raises for a bad file."""
-    name, scan, error = classifier.decode_or_error(path)
+    _, scan, error = classifier.decode_or_error(path)
     if scan is None:
         return Prediction(str(path), None, None, classifier.threshold, error=error), None
     pred = classifier.predict_decoded([scan], [str(path)], with_cam=classifier.has_cam)[0]

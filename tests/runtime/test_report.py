@@ -157,6 +157,9 @@ def test_the_pictures_are_the_scan_with_its_boxes_and_the_gradcam_overlay(clf):
     assert "x 150, y 100, 80 &times; 60 px (drawn by the clinician)" in page and "lesion box" in page
     assert data_block(page)["lesion_box"] == {"x": 150, "y": 100, "width": 80, "height": 60,
                                               "source": "drawn by the clinician"}
+    pred.cam = None                                                        # a variant without a cam output
+    page = report_html(pred, image, clf)
+    assert len(pictures(page)) == 1 and "This model variant has no Grad-CAM output." in page
 
 
 def test_a_large_image_is_shrunk_and_its_boxes_follow(clf):
