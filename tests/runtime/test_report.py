@@ -23,6 +23,7 @@ import pytest
 
 from runtime import gradcam
 from runtime.classifier import Classifier, FrameResults
+from runtime.lesion_box import Box
 from runtime.host import DISCLAIMER
 from runtime.report import (INDEX_NAME, LESION_COLOUR, REGION_COLOUR, SUMMARY_NAME, ReportConfig, ReportError,
                             agreeing_digits, classify_for_report, model_facts, report_html, report_name,
@@ -149,14 +150,15 @@ def test_the_pictures_are_the_scan_with_its_boxes_and_the_gradcam_overlay(clf):
     assert tuple(plain_scan[30, 40 + 150]) == bgr(REGION_COLOUR)          # its top edge
     assert np.array_equal(plain_scan[60:200, 80:300], image[60:200, 80:300])   # inside: the scan untouched
 
-    pred.roi, pred.roi_source = (150, 100, 80, 60), "drawn by the clinician"   # what the roi branch adds
+    pred = clf.predict_decoded([image], ["generated.png"], with_cam=True, region=",".join(map(str, box)),
+                               roi=(150, 100, 80, 70))[0]                   # the clinician's lesion box
+    assert pred.ok and pred.roi_source == "given"
     page = report_html(pred, image, clf)
     with_roi, heat_roi = pictures(page)
     assert tuple(with_roi[100 + 30, 150]) == bgr(LESION_COLOUR) == tuple(heat_roi[100 + 30, 150])
     assert tuple(with_roi[30 + 100, 40]) == bgr(REGION_COLOUR)
-    assert "x 150, y 100, 80 &times; 60 px (drawn by the clinician)" in page and "lesion box" in page
-    assert data_block(page)["lesion_box"] == {"x": 150, "y": 100, "width": 80, "height": 60,
-                                              "source": "drawn by the clinician"}
+    assert "x 150, y 100, 80 &times; 70 px (given)" in page and "lesion box" in page
+    assert data_block(page)["lesion_box"] == {"x": 150, "y": 100, "width": 80, "height": 70, "source": "given"}
     pred.cam = None                                                        # a variant without a cam output
     page = report_html(pred, image, clf)
     assert len(pictures(page)) == 1 and "This model variant has no Grad-CAM output." in page
@@ -362,7 +364,7 @@ def crowded_report(image_file: Path, folder: Path, target: Path) -> Path:
                                    recalibration=Recalibration("platt", a=1.2, b=-0.3)))
         pred, image = classify_for_report(local, path)
         pred.out_of_distribution = True
-        pred.roi, pred.roi_source = (60, 50, 90, 70), "proposed by the lesion localiser"
+        pred.roi, pred.roi_source = Box(60, 50, 90, 70), "proposed:localiser"
         pred.frames = FrameResults(60, list(range(1, 61)), [0.5 + k / 200 for k in range(60)])
         return write_report(target, pred, image, local)
 
