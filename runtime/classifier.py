@@ -54,8 +54,8 @@ from runtime.model_files import (
     sha256_bytes,
 )
 from runtime.preprocessing import PreprocessSpec, prepare
-from runtime.roi import (GIVEN, GRADCAM, GRADCAM_THRESHOLD, LOCALISER, Localiser, RoiError, RoiRequest, fit_roi,
-                         none_proposed_source, propose, proposed_source, roi_request, roi_requests)
+from runtime.roi import (GIVEN, GRADCAM, GRADCAM_THRESHOLD, LOCALISER, ROI_MIN_SIDE, Localiser, RoiError, RoiRequest,
+                         fit_roi, none_proposed_source, propose, proposed_source, roi_request, roi_requests)
 from runtime.scan_crop import (RegionError, RegionSetting, apply_region, choose_region, colour_refusal,
                                 region_config_from_dict)
 from runtime.scan_input import DecodedScan, FrameChoice, decode_scan, read_scan, still
@@ -566,8 +566,7 @@ class Classifier:
 
     @property
     def _roi_min_side(self) -> int:
-        # a box is held to the input checks' smallest side (a smaller one is too little to read)
-        return self.input_checks.min_side if self.input_checks is not None else 1
+        return ROI_MIN_SIDE
 
     def _propose_rois(self, items: list["Placed"]) -> None:
         """roi "auto": each input's lesion map over its scan region (its arrays, cut to

@@ -40,10 +40,13 @@ LOCALISER = "localiser"
 # is the map's piece as it is (no margin): IoU >= 0.5 with the lesion mask's box on 41/75
 # = 55 % of BUSI and 166/215 = 77 % of BUS-BRA validation lesions; with
 # lesion_box.PROPOSED_MARGIN (10 % a side) only 37 % and 54 %, since the map's piece at
-# 0.7 is already about the lesion's size. Through roi="auto", which also grows boxes
-# under 64 px (below), 39/75 = 52 % and 77 % (runtime/README.md, "Lesion box").
+# 0.7 is already about the lesion's size (runtime/README.md, "Lesion box").
 GRADCAM_THRESHOLD = 0.7
 PROPOSAL_MARGIN = 0.0
+# The smallest lesion box read (px a side, after clipping). A box is upsampled to the
+# model's input, so it may be far smaller than a whole scan (input_checks' 64 px): a
+# 5 mm lesion on a 500 px BUSI scan is ~40 px across. Smaller than this is a slip.
+ROI_MIN_SIDE = 16
 
 _EXPECTED = "expected x,y,w,h as integers (x, y: the top-left corner in the image's pixels; w, h: the size)"
 

@@ -16,7 +16,7 @@ from runtime.classifier import Classifier
 from runtime.lesion_box import Box, iou, mask_box
 from runtime.predict_files import (ROI_FIELDS, format_table, predict_paths, predict_rois, read_rois, write_csv,
                                    write_json)
-from runtime.roi import (GRADCAM_THRESHOLD, RoiError, at_least, fit_roi, parse_roi_text, propose, roi_request,
+from runtime.roi import (ROI_MIN_SIDE, GRADCAM_THRESHOLD, RoiError, at_least, fit_roi, parse_roi_text, propose, roi_request,
                          roi_requests)
 from runtime.scan_region import ScanRegion
 from runtime.shipped import default_model_path
@@ -177,11 +177,11 @@ def test_on_a_real_scan_the_box_is_cut_from_the_found_region(clf):
 
 def test_every_bad_box_fails_only_its_input(clf):
     image = scan(3)
-    boxes = [BOX, (400, 300, 50, 50), (10, 10, 0, 50), (-5, 10, 80, 80), ("ten", 10, 80, 80), (10, 10, 30, 30),
+    boxes = [BOX, (400, 300, 50, 50), (10, 10, 0, 50), (-5, 10, 80, 80), ("ten", 10, 80, 80), (10, 10, 12, 30),
              (10, 10, 80), (10, 10, float("inf"), 80), None]
     preds = clf.predict([image] * len(boxes), roi=boxes, region="off")
     words = [None, "entirely outside the 260x200 image", "size 0x50", "corner -5,10 is negative",
-             "x = 'ten' is not a number", "30x30 pixels; a box needs at least 64", "3 value(s), not 4",
+             "x = 'ten' is not a number", "12x30 pixels; a box needs at least 16", "3 value(s), not 4",
              "w = inf is not a number", None]
     for pred, expected in zip(preds, words):
         if expected is None:
@@ -221,7 +221,7 @@ def test_auto_proposes_a_box_inside_the_scan_region_on_a_real_lesion(clf):
         assert pred.roi_source == "proposed:gradcam"
         assert pred.roi.x >= region.x and pred.roi.y >= region.y
         assert pred.roi.right <= region.right and pred.roi.bottom <= region.bottom
-        assert min(pred.roi.width, pred.roi.height) >= 64
+        assert min(pred.roi.width, pred.roi.height) >= 16
         # the ROI pass is an ordinary given-box prediction of the proposed box
         same(pred, clf.predict(str(path), roi=pred.roi))
         found += iou(pred.roi, lesion) > 0
@@ -231,7 +231,7 @@ def test_auto_proposes_a_box_inside_the_scan_region_on_a_real_lesion(clf):
 def test_the_gradcam_proposal_is_the_map_cut_at_its_threshold(clf):
     image = scan(4)
     whole = clf.predict(image, region="off", with_cam=True)
-    expected = propose(whole.cam, GRADCAM_THRESHOLD, ScanRegion(0, 0, W, H, source="whole"), 64)
+    expected = propose(whole.cam, GRADCAM_THRESHOLD, ScanRegion(0, 0, W, H, source="whole"), ROI_MIN_SIDE)
     assert expected is not None
     assert clf.predict(image, region="off", roi="auto").roi == expected
 
