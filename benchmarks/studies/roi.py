@@ -61,6 +61,13 @@ def lesion_samples(split: dict, part: str, data_override: str | None = None) -> 
     return out
 
 
+def _spread(items: list, limit: int | None) -> list:
+    """`limit` items evenly spread over the list (both sources, both classes), or all."""
+    if limit is None or limit >= len(items):
+        return items
+    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
+
+
 def drawn_box(sample: Sample, lesion: Box, width: int, height: int) -> Box:
     rng = np.random.default_rng(zlib.crc32(f"{sample.source}:{sample.relative}".encode()))
     return clinician_box(lesion, width, height, rng)
@@ -109,7 +116,8 @@ def compare(rows: list[dict], threshold: float, n_resamples: int = 1000, seed: i
     return out
 
 
-def run_study(export: Path, parts: tuple[str, ...], data_override: str | None, n_resamples: int) -> dict:
+def run_study(export: Path, parts: tuple[str, ...], data_override: str | None, n_resamples: int,
+              limit: int | None = None) -> dict:
     from runtime.classifier import Classifier
     split = json.loads(Path(split_file(export)).read_text())
     doc = {"export": str(export), "parts": {}}
@@ -117,7 +125,7 @@ def run_study(export: Path, parts: tuple[str, ...], data_override: str | None, n
         doc.update(variant=clf.variant, threshold=clf.threshold,
                    proposer="localiser" if getattr(clf, "localiser", None) is not None else "Grad-CAM")
         for part in parts:
-            items = lesion_samples(split, part, data_override)
+            items = _spread(lesion_samples(split, part, data_override), limit)
             if not items:
                 continue
             rows = classify_three_ways(clf, items)
@@ -193,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="where the split's data lives now, if it moved (as `bcd evaluate --data`)")
     p.add_argument("--out", type=Path, required=True, help="folder for roi.json, roi.md and roi.png")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default %(default)s)")
+    p.add_argument("--limit", type=int, help="N lesion images of each part, evenly spread (a quick look)")
     return p
 
 
@@ -202,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         doc = run_study(args.export, tuple(p.strip() for p in args.parts.split(",") if p.strip()), args.data,
-                        args.bootstrap)
+                        args.bootstrap, args.limit)
     except (ValueError, FileNotFoundError) as err:
         print(f"roi: error: {err}", file=sys.stderr)
         return 2
