@@ -130,7 +130,7 @@ _TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "wei
                  "precision": "precision", "width": "width", "lesion_weight": "lesion_weight",
                  "lesion_loss": "lesion_loss", "strategy": "strategy", "lr": "lr_scratch",
                  "scan_region": "scan_region", "birads_weight": "birads_weight", "lr_schedule": "lr_schedule",
-                 "roi_share": "roi_share"}
+                 "roi_share": "roi_share", "colour_marks": "colour_marks"}
 
 
 def _add_train(sub) -> None:
@@ -159,6 +159,10 @@ def _add_train(sub) -> None:
     p.add_argument("--lesion-loss", choices=["cam", "head"], default=_train("lesion_loss"),
                    help="with --lesion-weight: cam pulls the model's own Grad-CAM map toward the lesion; "
                         "head trains an auxiliary segmentation head instead (default %(default)s)")
+    p.add_argument("--colour-marks", choices=["inpaint", "keep"], default=_train("colour_marks"),
+                   help="coloured marks in the scan (calipers, measurement text): inpaint erases them from every "
+                        "image before the model, in training and at run time (runtime/overlay_marks.py); keep "
+                        "leaves them (default %(default)s)")
     p.add_argument("--roi-share", type=float, default=_train("roi_share"),
                    help="share of training images shown, each time, as a lesion-centred crop (a box drawn like a "
                         "clinician's around the lesion mask, from the full-resolution scan) so that the model also "

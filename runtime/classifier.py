@@ -53,6 +53,7 @@ from runtime.model_files import (
     refuse_unsafe_file,
     sha256_bytes,
 )
+from runtime.overlay_marks import apply_colour_marks
 from runtime.preprocessing import PreprocessSpec, prepare
 from runtime.roi import (GIVEN, GRADCAM, GRADCAM_THRESHOLD, LOCALISER, ROI_MIN_SIDE, Localiser, RoiError, RoiRequest,
                          fit_roi, none_proposed_source, propose, proposed_source, roi_request, roi_requests)
@@ -519,7 +520,8 @@ class Classifier:
                 return None
             pred.roi_source = GIVEN
             crops = [np.ascontiguousarray(pred.roi.crop(image)) for image in scan.frames]
-        return crops
+        # after the checks (a colour photo is refused, not repainted): marks as training erased them
+        return [apply_colour_marks(crop, self.region_finder.colour_marks) for crop in crops]
 
     def place(self, path: str | None, scan: DecodedScan | None, error: str | None = None,
               region: "RegionSetting | str | Sequence | None" = None, roi=None) -> "Placed":

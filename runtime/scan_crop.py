@@ -23,6 +23,7 @@ import numpy as np
 
 from runtime.colour_modes import colour_overlay
 from runtime.dicom_regions import DicomRegionChoice, colour_flow_reason
+from runtime.overlay_marks import MODES as MARK_MODES
 from runtime.scan_region import RegionConfig, ScanRegion, find_scan_region, whole_image
 
 REGION_MODES = ("auto", "off", "box")
@@ -139,7 +140,7 @@ def region_config_from_dict(d: Any, where: str = "scan_region") -> RegionConfig:
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}: not written by this version of "
                          "`bcd export` (export again with a matching bcd, or update the runtime)")
-    defaults, values = RegionConfig(), {}
+    defaults, values = RegionConfig(), {"colour_marks": "keep"}    # recorded before marks were erased
     for key, value in d.items():
         expected = type(getattr(defaults, key))
         if expected is tuple and isinstance(value, list):     # JSON has no tuples
@@ -153,6 +154,8 @@ def region_config_from_dict(d: Any, where: str = "scan_region") -> RegionConfig:
     config = RegionConfig(**values)
     if config.mode not in ("auto", "off"):
         raise ValueError(f"{where}.mode: {config.mode!r} is not auto or off")
+    if config.colour_marks not in MARK_MODES:
+        raise ValueError(f"{where}.colour_marks: {config.colour_marks!r} is not {' or '.join(MARK_MODES)}")
     return config
 
 

@@ -101,6 +101,9 @@ class RegionConfig:
     min_side: int = 64                   # px: a smaller box is not a scan (the whole image is used)
     min_area: float = 0.04               # share of the image a found box must cover at least
     passes: int = 3                      # repeat inside the box while it shrinks (a pane inside a screen)
+    # coloured marks in the scan (calipers, measurement text): inpaint (runtime.overlay_marks)
+    # or keep. A manifest or run.json without it is from before that step: keep.
+    colour_marks: str = "inpaint"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,6 +5,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from runtime.dataset import DEFAULT_CLASS_LABELS
+from runtime.overlay_marks import MODES as MARK_MODES
 from runtime.scan_crop import region_config_from_dict
 from runtime.scan_region import RegionConfig
 from train.augment import AugmentConfig
@@ -18,7 +19,7 @@ STRATEGIES = ("auto", "none", "mirrored", "multiworker")   # see train.distribut
 SCAN_REGIONS = ("auto", "off")
 # What a run.json from before a setting existed meant: such runs load (and resume) as
 # they were trained. Before the scan-region finder, images were never cropped.
-LEGACY_DEFAULTS = {"scan_region": "off"}
+LEGACY_DEFAULTS = {"scan_region": "off", "colour_marks": "keep"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class TrainConfig:
     # does (runtime.scan_crop.apply_region: a DICOM file's tissue region, else the finder);
     # off: whole images. Runs from before it load as "off" (LEGACY_DEFAULTS).
     scan_region: str = "auto"
+    # inpaint: coloured marks in the scan are erased (runtime.overlay_marks), in training
+    # and at run time; keep: not (runs from before it load as "keep").
+    colour_marks: str = "inpaint"
 
     def __post_init__(self) -> None:
         if self.lr_scratch is None:
@@ -80,6 +84,8 @@ class TrainConfig:
             raise ValueError("the lesion loss must be 'cam' or 'head'")
         if self.scan_region not in SCAN_REGIONS:
             raise ValueError(f"the scan region must be one of {', '.join(SCAN_REGIONS)}, got {self.scan_region!r}")
+        if self.colour_marks not in MARK_MODES:
+            raise ValueError(f"colour marks must be one of {', '.join(MARK_MODES)}, got {self.colour_marks!r}")
         if self.data is not None:
             object.__setattr__(self, "data", _as_sources(self.data))
 
@@ -115,7 +121,7 @@ class TrainConfig:
     @property
     def region(self) -> RegionConfig:
         """The scan-region finder settings training crops with (recorded in run.json)."""
-        return RegionConfig(mode=self.scan_region)
+        return RegionConfig(mode=self.scan_region, colour_marks=self.colour_marks)
 
     # Settings that may change when resuming (train longer, a run directory that was
     # copied or moved, another number of workers); the rest must match.
@@ -141,8 +147,9 @@ def run_scan_region(info: dict) -> RegionConfig:
     recorded = info.get("scan_region")
     if recorded is not None:
         return region_config_from_dict(recorded, "run.json scan_region")
-    mode = (info.get("config") or {}).get("scan_region", LEGACY_DEFAULTS["scan_region"])
-    return RegionConfig(mode=mode)
+    config = info.get("config") or {}
+    return RegionConfig(mode=config.get("scan_region", LEGACY_DEFAULTS["scan_region"]),
+                        colour_marks=config.get("colour_marks", LEGACY_DEFAULTS["colour_marks"]))
 
 
 def saved_scan_region(run_dir) -> str:

@@ -36,9 +36,13 @@ def test_new_runs_crop_and_old_runs_load_as_they_were_trained():
 
 
 def test_run_json_readers(tmp_path):
-    assert run_scan_region({"config": {}}) == RegionConfig(mode="off")                 # before the finder
-    assert run_scan_region({"config": {"scan_region": "auto"}}) == RegionConfig(mode="auto")
-    assert run_scan_region({"scan_region": {"mode": "auto", "version": 1}, "config": {}}) == RegionConfig()
+    keep = "keep"        # runs from before coloured marks were erased
+    assert run_scan_region({"config": {}}) == RegionConfig(mode="off", colour_marks=keep)   # before the finder
+    assert run_scan_region({"config": {"scan_region": "auto"}}) == RegionConfig(mode="auto", colour_marks=keep)
+    assert run_scan_region({"scan_region": {"mode": "auto", "version": 1}, "config": {}}) == \
+        RegionConfig(colour_marks=keep)
+    assert run_scan_region({"scan_region": RegionConfig().to_dict(), "config": {}}) == RegionConfig()
+    assert run_scan_region({"config": {"scan_region": "auto", "colour_marks": "inpaint"}}) == RegionConfig()
     with pytest.raises(ValueError, match="unknown field"):
         run_scan_region({"scan_region": {"mode": "auto", "version": 1, "extra": 1}})
     assert saved_scan_region(tmp_path) == "auto"                                        # no run yet: a new run
