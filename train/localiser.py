@@ -362,15 +362,25 @@ def _compiled(model, config: LocaliserConfig):
     return model
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where a localiser's images came from (recorded in metrics.json and the manifest)."""
+
+    source_run: str
+    split_sha256: str | None
+    scan_region: dict
+
+
 def train_localiser(config: LocaliserConfig, resume: bool = False) -> LocaliserDir:
-    """Train, choose the threshold on val, score val and test; see the module docstring."""
-    started = time.monotonic()
+    """Train on a finished run's training split, choose the threshold on val, score val
+    and test; see the module docstring."""
     run, info, split_doc = open_parent(config.run)
     out = LocaliserDir.of(config)
     if out.finished and not resume:
         raise LocaliserError(f"{out.root} already holds a trained localiser; choose another --out "
                              "(or remove it to train again)")
-    state = _resumed_state(out, config) if resume else _new_state(config)
+    if resume:
+        _resumed_state(out, config)     # refuse a resume that cannot work before reading the data
     spec = PreprocessSpec.from_dict(info["preprocessing"])
     data, index = load_run_data(config, info, split_doc, spec)
     train, val, test = (Part.of(data, index.get(name, np.zeros(0, int))) for name in ("train", "val", "test"))
@@ -378,7 +388,15 @@ def train_localiser(config: LocaliserConfig, resume: bool = False) -> LocaliserD
     log.info("localiser for run %s: %d training images (%d with a lesion), %d validation, %d test; %d px input, "
              "map 1/%d", run.root.name, len(train), train.lesions, len(val), len(test), spec.image_size,
              config.output_stride)
+    provenance = Provenance(run.root.name, sha256_file(run.split), run_scan_region(info).to_dict())
+    return fit_localiser(config, out, train, val, test, spec, provenance, resume)
 
+
+def fit_localiser(config: LocaliserConfig, out: LocaliserDir, train: Part, val: Part, test: Part,
+                  spec: PreprocessSpec, provenance: Provenance, resume: bool = False) -> LocaliserDir:
+    """The training itself, on images already in memory (uint8 crops at spec's size)."""
+    started = time.monotonic()
+    state = _resumed_state(out, config) if resume else _new_state(config)
     precision = resolve_precision(config.precision)
     apply_precision(precision)
     try:
@@ -396,7 +414,7 @@ def train_localiser(config: LocaliserConfig, resume: bool = False) -> LocaliserD
     plain.load_weights(out.best)
     with atomic.atomic_path(out.model) as tmp:
         plain.save(tmp)
-    _final_figures(plain, config, out, state, run, info, spec, train, val, test, precision)
+    _final_figures(plain, config, out, state, provenance, spec, train, val, test, precision)
     return out
 
 
@@ -460,7 +478,7 @@ def _fit(model, config: LocaliserConfig, out: LocaliserDir, state: dict, train: 
     atomic.write_json(out.state, state)
 
 
-def _final_figures(model, config: LocaliserConfig, out: LocaliserDir, state: dict, run: RunDir, info: dict,
+def _final_figures(model, config: LocaliserConfig, out: LocaliserDir, state: dict, provenance: Provenance,
                    spec: PreprocessSpec, train: Part, val: Part, test: Part, precision: str) -> None:
     """The threshold chosen on val with the best epoch's float32 model, then the figures
     of val and (once, here) test."""
@@ -473,11 +491,11 @@ def _final_figures(model, config: LocaliserConfig, out: LocaliserDir, state: dic
     raw = predict_maps(model, val.images[:1], spec)
     doc = {
         "tool": tool_record(),
-        "source_run": run.root.name,
-        "split_sha256": sha256_file(run.split),
+        "source_run": provenance.source_run,
+        "split_sha256": provenance.split_sha256,
         "config": config.to_dict(),
         "preprocessing": spec.to_dict(),
-        "scan_region": run_scan_region(info).to_dict(),
+        "scan_region": dict(provenance.scan_region),
         "output_size": list(raw.shape[1:]),
         "params": int(model.count_params()),
         "precision": precision,
