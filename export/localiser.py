@@ -132,6 +132,10 @@ def run_localiser(run_root: Path, out_dir: Path, opset: int = 17) -> LocaliserEn
     folder = LocaliserDir(Path(run_root) / LOCALISER_DIR)
     if not folder.root.is_dir():
         return None
+    if not folder.finished:
+        log.warning("%s holds no finished localiser (training interrupted or failed?): exported without one",
+                    folder.root)
+        return None
     try:
         return export_localiser(folder.root, out_dir, opset)
     except Exception as err:  # noqa: BLE001 - the classifier's export must not fail for it

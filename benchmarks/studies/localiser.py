@@ -222,7 +222,7 @@ def study_plot(doc: dict, target: Path) -> None:
     left.set_ylim(0, 1)
     left.set_ylabel(f"lesion images with box IoU ≥ {IOU_FOUND}")
     left.set_title("test split: lesions found (95% CI)")
-    left.legend(loc="lower right", fontsize=8)
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8)
     grid = np.linspace(0, 1, 101)
     for source, colour in zip(sources, ("tab:green", "tab:purple", "tab:gray", "tab:red")):
         for method, style in (("localiser", "-"), ("gradcam", ":")):
