@@ -179,7 +179,17 @@ def study_markdown(doc: dict) -> str:
             lines.append(f"| {part} | {source} | {a['lesion_images']} | {_found(a)} | {_pct(a['centre_inside'])} | "
                          f"{a['mean_iou']:.3f} | {_found(b)} | {_pct(b['centre_inside'])} | {b['mean_iou']:.3f} | "
                          f"{free} |")
-    lines += ["", _target_line(doc), "",
+    held_out = {True: f"The localiser learnt from the training split of run `{doc['localiser']['source_run']}`, "
+                      "the split this export ships (split.json sha256 matches): its test and validation images are "
+                      "held out (validation chose its epoch and map threshold).",
+                False: "**The localiser was trained on another split than this export's**: its figures here may "
+                       "include images it learnt from.",
+                None: "The manifest records no split for the localiser: whether these images were held out is "
+                      "not known."}[doc.get("same_split_as_localiser")]
+    lines += ["", _target_line(doc), "", held_out + " The proposed box carries its margin, so a box around exactly "
+              f"the lesion reaches IoU {1 / (1 + 2 * doc['localiser']['margin']) ** 2:.2f} at most with the mask's "
+              "tight box; the map's thresholded region is often tighter than the mask, so some boxes score higher.",
+              "",
               f"Localiser time per image (lesion_map: preprocessing, ONNX Runtime, map resized to the crop; batch 1, "
               f"{doc['threads']} thread(s), {doc['cpu']}): median {doc['timing']['median_ms']:.1f} ms, 90th percentile "
               f"{doc['timing']['p90_ms']:.1f} ms over {doc['timing']['n']} test images (a shared machine: other jobs "
