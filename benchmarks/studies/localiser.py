@@ -17,7 +17,8 @@ lesion mask, through the runtime only (no TensorFlow):
      0.5), the lesion's centre inside the box; images without a lesion (BUSI's normal
      class): how often a box is proposed anyway.
 Per source and pooled, with Wilson 95% intervals for the shares, and the localiser's time
-per image (lesion_map: preprocessing, ONNX Runtime, resizing the map; median ms, batch 1).
+per image (lesion_map: preprocessing, ONNX Runtime, resizing the map; median ms, batch 1, on
+one thread and on the default thread count, interleaved).
 Issue 21's target: IoU >= 0.5 on >= 70 % of lesion images of every source, test split.
 Writes OUT/localiser.json, OUT/localiser.md and OUT/localiser.png atomically.
 Research and education only: not a diagnosis.
@@ -28,6 +29,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections import defaultdict
@@ -44,6 +46,7 @@ from runtime.lesion_box import box_from_map
 from runtime.lesion_scores import IOU_FOUND, BoxScore, score_box, summary_by
 from runtime.manifest import split_file
 from runtime.scan_crop import apply_region
+from runtime.session import resolve_threads
 
 log = logging.getLogger("benchmarks.studies.localiser")
 
@@ -51,6 +54,7 @@ PARTS = ("test", "val")
 CAM_THRESHOLD = 0.7
 TARGET_SHARE = 0.70          # issue 21: IoU >= 0.5 on >= 70 % of lesion images per source
 METHODS = ("localiser", "gradcam")
+TIMED_IMAGES = 60          # test crops the localiser is timed on
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float | None, float | None]:
@@ -105,18 +109,15 @@ def measure_image(clf, loc, sample, cam_threshold: float) -> dict:
     region = pred.region
     cropped = apply_region(scan.display, _mask01(sample.mask), region=region)
     crop, mask = cropped.image, cropped.mask
-    t0 = time.perf_counter()
-    lesion_map = loc.lesion_map(crop)
-    seconds = time.perf_counter() - t0
-    ours = score_box(box_from_map(lesion_map, loc.threshold, loc.margin), mask)
+    ours = score_box(box_from_map(loc.lesion_map(crop), loc.threshold, loc.margin), mask)
     cam = normalize_cam(region.crop(pred.cam)) if pred.cam is not None else None
     theirs = score_box(box_from_map(cam, cam_threshold, loc.margin) if cam is not None else None, mask)
-    return {"localiser": ours, "gradcam": theirs, "seconds": seconds, "crop": list(crop.shape[:2])}
+    return {"localiser": ours, "gradcam": theirs, "crop": crop}
 
 
 def measure_part(clf, loc, samples, cam_threshold: float, what: str) -> dict:
     per: dict[str, list[BoxScore]] = defaultdict(list)
-    sources, seconds, errors = [], [], []
+    sources, crops, errors = [], [], []
     for i, sample in enumerate(samples, 1):
         try:
             result = measure_image(clf, loc, sample, cam_threshold)
@@ -128,12 +129,11 @@ def measure_part(clf, loc, samples, cam_threshold: float, what: str) -> dict:
             for method in METHODS:
                 per[method].append(result[method])
             sources.append(sample.source)
-            seconds.append(result["seconds"])
+            if len(crops) < TIMED_IMAGES:
+                crops.append(result["crop"])
         if i % 50 == 0 or i == len(samples):
             log.info("%s: %d/%d images", what, i, len(samples))
-    out = {"images": len(sources), "errors": errors[:20], "n_errors": len(errors),
-           "localiser_ms": {"median": 1000 * float(np.median(seconds)) if seconds else None,
-                            "p90": 1000 * float(np.percentile(seconds, 90)) if seconds else None}}
+    out = {"images": len(sources), "errors": errors[:20], "n_errors": len(errors), "crops": crops}
     for method in METHODS:
         summaries = summary_by(per[method], sources)
         for group, r in summaries.items():
@@ -144,6 +144,36 @@ def measure_part(clf, loc, samples, cam_threshold: float, what: str) -> dict:
             r["ious"] = [round(s.iou, 3) for s in lesions]
         out[method] = summaries
     return out
+
+
+def time_localiser(export_dir: Path, crops: list[np.ndarray], threads: list[int], rounds: int = 3) -> dict:
+    """Median and 90th percentile ms of lesion_map per image (batch 1) and of the ONNX
+    Runtime call alone, per thread count, the counts interleaved round by round so a
+    shared machine's load falls on all of them alike."""
+    from runtime.localiser import Localiser
+
+    locs = {n: Localiser.load(export_dir, threads=n) for n in threads}
+    whole: dict[int, list[float]] = {n: [] for n in threads}
+    session: dict[int, list[float]] = {n: [] for n in threads}
+    for loc in locs.values():                        # warm-up
+        for crop in crops[:5]:
+            loc.lesion_map(crop)
+    for _ in range(rounds):
+        for n, loc in locs.items():
+            for crop in crops:
+                t0 = time.perf_counter()
+                loc.lesion_map(crop)
+                whole[n].append(time.perf_counter() - t0)
+                x = np.zeros((1, *loc.spec.input_shape), np.float32)
+                t0 = time.perf_counter()
+                loc.session.run([loc.entry.output], {loc.entry.input: x})
+                session[n].append(time.perf_counter() - t0)
+    ms = lambda v, q: round(1000 * float(np.percentile(v, q)), 2)  # noqa: E731
+    return {"images": len(crops), "rounds": rounds,
+            "by_threads": {str(n): {"lesion_map_median_ms": ms(whole[n], 50), "lesion_map_p90_ms": ms(whole[n], 90),
+                                    "session_median_ms": ms(session[n], 50)} for n in threads},
+            "crop_median_size": [int(np.median([c.shape[0] for c in crops])),
+                                 int(np.median([c.shape[1] for c in crops]))] if crops else None}
 
 
 # --------------------------------------------------------------------- the report
@@ -190,12 +220,20 @@ def study_markdown(doc: dict) -> str:
               f"the lesion reaches IoU {1 / (1 + 2 * doc['localiser']['margin']) ** 2:.2f} at most with the mask's "
               "tight box; the map's thresholded region is often tighter than the mask, so some boxes score higher.",
               "",
-              f"Localiser time per image (lesion_map: preprocessing, ONNX Runtime, map resized to the crop; batch 1, "
-              f"{doc['threads']} thread(s), {doc['cpu']}): median {doc['timing']['median_ms']:.1f} ms, 90th percentile "
-              f"{doc['timing']['p90_ms']:.1f} ms over {doc['timing']['n']} test images (a shared machine: other jobs "
-              "ran at the same time).", "",
+              _timing_line(doc), "",
               f"Command: `{doc['command']}` ({doc['seconds']:.0f} s)", "", DISCLAIMER]
     return "\n".join(lines) + "\n"
+
+
+def _timing_line(doc: dict) -> str:
+    t = doc["timing"]
+    parts = [f"{n} thread(s): median {r['lesion_map_median_ms']:.1f} ms (90th percentile {r['lesion_map_p90_ms']:.1f} "
+             f"ms; ONNX Runtime alone {r['session_median_ms']:.1f} ms)" for n, r in t["by_threads"].items()]
+    size = t.get("crop_median_size") or ["?", "?"]
+    return (f"Localiser time per image (lesion_map, batch 1: preprocessing, ONNX Runtime, the map resized to the "
+            f"crop; {t['images']} test crops of median size {size[1]}x{size[0]} px, {t['rounds']} rounds, "
+            f"{doc['cpu']}): " + "; ".join(parts) + f". Load average while timing: {t.get('load', '?')} on "
+            f"{t.get('cpus', '?')} CPUs (a shared machine).")
 
 
 def _target_line(doc: dict) -> str:
@@ -270,7 +308,7 @@ def run_study(export_dir: Path, parts: tuple[str, ...] = PARTS, cam_threshold: f
         from runtime.model_files import sha256_file
         doc["same_split_as_localiser"] = sha256_file(split_file(export_dir)) == loc.entry.split_sha256
     with Classifier.load(export_dir, threads=threads) as clf:
-        doc["classifier"], doc["threads"] = clf.variant, loc.session.get_session_options().intra_op_num_threads
+        doc["classifier"] = clf.variant
         for part in parts:
             samples, no_mask = part_samples(split, known, part, limit)
             if not samples:
@@ -280,9 +318,14 @@ def run_study(export_dir: Path, parts: tuple[str, ...] = PARTS, cam_threshold: f
             doc["parts"][part] = result
     if not doc["parts"]:
         raise ValueError(f"{export_dir}'s split has no images with a lesion mask in {', '.join(parts)}")
-    timing = doc["parts"].get("test", next(iter(doc["parts"].values())))
-    doc["timing"] = {"median_ms": timing["localiser_ms"]["median"], "p90_ms": timing["localiser_ms"]["p90"],
-                     "n": timing["images"]}
+    timed = doc["parts"].get("test", next(iter(doc["parts"].values())))
+    counts = sorted({1, resolve_threads(threads)})
+    log.info("timing the localiser on %d crops with %s thread(s)", len(timed["crops"]), " and ".join(map(str, counts)))
+    doc["timing"] = time_localiser(export_dir, timed["crops"], counts)
+    doc["timing"]["load"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    doc["timing"]["cpus"] = os.cpu_count()
+    for part in doc["parts"].values():
+        part.pop("crops")
     doc["cpu"] = cpu_model()
     return doc
 

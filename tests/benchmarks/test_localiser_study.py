@@ -35,12 +35,16 @@ def _part(found_a: int, n_a: int) -> dict:
 
 
 def test_report_says_whether_the_target_is_met(tmp_path):
-    doc = {"export": "x/exp", "cam_threshold": 0.7, "classifier": "onnx-int8", "threads": 1, "cpu": "cpu",
+    doc = {"export": "x/exp", "cam_threshold": 0.7, "classifier": "onnx-int8", "cpu": "cpu",
            "localiser": {"file": "localiser.onnx", "threshold": 0.4, "margin": 0.1, "source_run": "r"},
            "same_split_as_localiser": True, "parts": {"test": _part(7, 10), "val": _part(5, 10)},
-           "timing": {"median_ms": 3.0, "p90_ms": 4.0, "n": 10}, "command": "python -m ...", "seconds": 1.0}
+           "timing": {"images": 10, "rounds": 3, "crop_median_size": [100, 120], "load": 1.0, "cpus": 2,
+                      "by_threads": {"1": {"lesion_map_median_ms": 3.0, "lesion_map_p90_ms": 4.0,
+                                           "session_median_ms": 2.0}}},
+           "command": "python -m ...", "seconds": 1.0}
     text = study_markdown(doc)
     assert "a 70.0% (met)" in text and "held out" in text and "not a diagnosis" in text
+    assert "1 thread(s): median 3.0 ms" in text and "120x100 px" in text
     doc["parts"]["test"] = _part(6, 10)
     assert "a 60.0% (not met)" in study_markdown(doc)
     study_plot(doc, tmp_path / "p.png")
