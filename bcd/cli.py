@@ -573,15 +573,21 @@ def _add_localiser(sub) -> None:
     p.set_defaults(func=_cmd_localiser)
 
 
+def localiser_config(args):
+    """The LocaliserConfig of `bcd localiser` options (the library fills in what is not given)."""
+    from train.localiser import LocaliserConfig
+    return LocaliserConfig(run=str(args.run), out=str(args.out) if args.out else None,
+                           data=str(args.data) if args.data else None, **given(args, _LOCALISER_FIELDS))
+
+
 def _cmd_localiser(args) -> int:
     try:
-        from train.localiser import LocaliserConfig, LocaliserDir, LocaliserError, train_localiser
+        from train.localiser import LocaliserDir, LocaliserError, train_localiser
         from train.slim import open_parent
     except ImportError as err:
         raise _missing_extra("train", err)
     try:
-        config = LocaliserConfig(run=str(args.run), out=str(args.out) if args.out else None,
-                                 data=str(args.data) if args.data else None, **given(args, _LOCALISER_FIELDS))
+        config = localiser_config(args)
         open_parent(args.run)
     except ValueError as err:   # bad numbers, or RUN is not a finished run
         raise UsageError(str(err)) from None

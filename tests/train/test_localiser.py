@@ -161,3 +161,13 @@ def test_cli_errors(tmp_path, capsys):
     assert "not an export directory" in capsys.readouterr().err
     assert main(["localiser", str(run), "--epochs", "0"]) == 2
     assert "at least 1" in capsys.readouterr().err
+
+
+def test_cli_defaults_are_the_library_defaults():
+    from bcd.cli import build_parser, localiser_config
+    from train.localiser import LocaliserConfig
+
+    parse = lambda *argv: build_parser().parse_args(["localiser", *argv])  # noqa: E731
+    assert localiser_config(parse("r")) == LocaliserConfig(run="r")
+    given = localiser_config(parse("r", "--epochs", "3", "--lr", "0.01", "--max-minutes", "5", "--out", "o"))
+    assert (given.epochs, given.learning_rate, given.max_minutes, given.out) == (3, 0.01, 5.0, "o")
