@@ -129,7 +129,8 @@ _TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "wei
                  "threshold": "threshold_method", "min_sensitivity": "min_sensitivity", "val_source": "val_source",
                  "precision": "precision", "width": "width", "lesion_weight": "lesion_weight",
                  "lesion_loss": "lesion_loss", "strategy": "strategy", "lr": "lr_scratch",
-                 "scan_region": "scan_region", "birads_weight": "birads_weight", "lr_schedule": "lr_schedule"}
+                 "scan_region": "scan_region", "birads_weight": "birads_weight", "lr_schedule": "lr_schedule",
+                 "roi_share": "roi_share"}
 
 
 def _add_train(sub) -> None:
@@ -158,6 +159,10 @@ def _add_train(sub) -> None:
     p.add_argument("--lesion-loss", choices=["cam", "head"], default=_train("lesion_loss"),
                    help="with --lesion-weight: cam pulls the model's own Grad-CAM map toward the lesion; "
                         "head trains an auxiliary segmentation head instead (default %(default)s)")
+    p.add_argument("--roi-share", type=float, default=_train("roi_share"),
+                   help="share of training images shown, each time, as a lesion-centred crop (a box drawn like a "
+                        "clinician's around the lesion mask, from the full-resolution scan) so that the model also "
+                        "reads `bcd predict --roi` boxes, e.g. 0.3 (default %(default)s: whole images only)")
     p.add_argument("--birads-weight", type=float, default=_train("birads_weight"),
                    help="> 0: also learn the radiologists' BI-RADS category (an ordinal head, training only) with "
                         "this loss weight, on the CSV rows that have one (--csv-map ...,birads=COLUMN) "
@@ -633,12 +638,13 @@ def _predict(name: str) -> LibraryDefault:
 _PREDICT_FIELDS = {"model": "model", "variant": "variant", "threads": "threads", "backend": "backend",
                    "max_pixels": "max_pixels", "batch_size": "batch_size", "force": "force",
                    "heatmap": "heatmap_dir", "partial_every": "partial_every", "region": "region",
-                   "frames": "frames"}
+                   "frames": "frames", "roi": "roi", "rois": "rois"}
 
 
 def predict_config(args):
     """The PredictConfig that `bcd predict` ARGS ask for."""
     from runtime.predict_files import PredictConfig
+    _check_roi_flags(args)
     try:
         return PredictConfig(**given(args, _PREDICT_FIELDS))
     except ValueError as err:
@@ -647,8 +653,9 @@ def predict_config(args):
 
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="classify images with an exported model (ONNX Runtime/LiteRT, no TensorFlow)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files, folders (searched recursively, lesion masks skipped) or glob patterns")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="image files, folders (searched recursively, lesion masks skipped) or glob patterns "
+                        "(none with --rois, whose file names the images)")
     p.add_argument("--model", type=Path, help="export directory from `bcd export`, its manifest.json, or an .onnx "
                    "file with embedded metadata (default: $BCD_MODEL, else the shipped reference model)")
     p.add_argument("--variant", help="variant to run, e.g. onnx-fp32 (default: onnx-int8 if it passed the export "
@@ -666,6 +673,7 @@ def _add_predict(sub) -> None:
                    help="run a variant that failed the export's checks against the original model (investigation only)")
     _add_site_flags(p)
     _add_region_flags(p)
+    _add_roi_flags(p)
     p.add_argument("--partial-every", type=float, default=_predict("partial_every"), metavar="SECONDS",
                    help="with --json/--csv, keep FILE.partial.json up to date with the results so far at most every "
                         "SECONDS (default %(default)s), so an interrupted run loses nothing; removed when FILE is written")
@@ -687,7 +695,9 @@ def _cmd_predict(args) -> int:
           f"{classifier.engine}, {classifier.threads} thread(s))", file=sys.stderr)
     if site is not None:
         print(f"operating point: {site.describe()}", file=sys.stderr)
-    print(f"scan region: {classifier.region}, cine frames: {classifier.frames}", file=sys.stderr)
+    print(f"scan region: {classifier.region}, cine frames: {classifier.frames}"
+          + (f", lesion box: {config.roi}" if config.roi is not None else "")
+          + (f", lesion boxes: {config.rois}" if config.rois is not None else ""), file=sys.stderr)
 
     reporter: list[Progress] = []
 
@@ -707,8 +717,13 @@ def _cmd_predict(args) -> int:
     partial = predict_files.PartialResults(target, config.partial_every) if target is not None else None
     with warnings.catch_warnings():
         warnings.showwarning = one_line_warning
-        results = predict_files.predict_paths(classifier, [str(i) for i in args.inputs], heatmap_dir=config.heatmap_dir,
-                                              batch_size=config.batch_size, progress=progress, partial=partial)
+        if config.rois is not None:
+            results = predict_files.predict_rois(classifier, config.rois, heatmap_dir=config.heatmap_dir,
+                                                 batch_size=config.batch_size, progress=progress, partial=partial)
+        else:
+            results = predict_files.predict_paths(classifier, [str(i) for i in args.inputs],
+                                                  heatmap_dir=config.heatmap_dir, batch_size=config.batch_size,
+                                                  progress=progress, partial=partial, roi=config.roi)
     print(predict_files.format_table(results))
     if site is not None:
         print(f"\nLabels at the operating point of site profile '{site.name}' ({site.path}), not the export's.")
@@ -734,6 +749,78 @@ def _cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+# ---- report ------------------------------------------------------------------------
+
+_REPORT_FIELDS = {"model": "model", "variant": "variant", "threads": "threads", "backend": "backend",
+                  "max_pixels": "max_pixels", "region": "region", "frames": "frames"}
+
+
+def report_config(args):
+    """The ReportConfig that `bcd report` ARGS ask for (the site profile: --site, else $BCD_SITE)."""
+    from runtime.report import ReportConfig
+    site = _site(args)
+    try:
+        return ReportConfig(**given(args, _REPORT_FIELDS), **({"site": site} if site is not None else {}))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="write a one-page printable report (HTML, A4) per image, with an index: "
+                                      "the scan, its Grad-CAM map, the call against the threshold, the model")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, folders (searched recursively, lesion masks skipped) or glob patterns")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="folder for the reports (<stem>_report.html each), index.html and summary.csv; "
+                        "created if needed, reports of the same names replaced")
+    p.add_argument("--model", type=Path, help="export directory from `bcd export`, its manifest.json, or an .onnx "
+                   "file with embedded metadata (default: $BCD_MODEL, else the shipped reference model)")
+    p.add_argument("--variant", help="variant to run (default: onnx-int8 if it passed the export checks, else "
+                   "onnx-fp32)")
+    p.add_argument("--threads", type=int, help="CPU threads for inference (default: physical cores)")
+    _add_backend(p)
+    p.add_argument("--max-pixels", type=int, default=library("runtime.report:ReportConfig", "max_pixels"),
+                   help="refuse images with more pixels than this (default %(default)s; decompression-bomb guard)")
+    _add_site_flags(p)
+    _add_region_flags(p)
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    from runtime import report
+    from runtime.progress import Progress
+
+    config = report_config(args)
+    classifier = config.load_classifier()
+    print(f"model: {classifier.info.file} (variant {classifier.variant}, threshold {classifier.threshold:.4f}, "
+          f"{classifier.engine})", file=sys.stderr)
+    if classifier.site is not None:
+        print(f"operating point: {classifier.site.describe()}", file=sys.stderr)
+    reporter: list[Progress] = []
+
+    def progress(done: int, total: int) -> None:
+        if total > 1:
+            if not reporter:
+                reporter.append(Progress(total, "reports", every=10))
+            reporter[0].update(done)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *rest, **kw: print(f"warning: {message}", file=sys.stderr)
+        written = report.write_reports(classifier, [str(i) for i in args.inputs], args.out, progress=progress)
+    for entry in written.entries:
+        p = entry.prediction
+        state = f"ERROR: {p.error}" if not p.ok else f"{p.label}-looking, probability {p.probability:.4f}" + (
+            "  OUT-OF-DISTRIBUTION" if p.out_of_distribution else "")
+        print(f"{entry.file}  ({state})")
+    print(f"\n{len(written.entries)} report(s) in {written.out_dir}: open {written.index} "
+          f"(table: {written.summary.name}); each prints to one A4 page")
+    print(DISCLAIMER)
+    if written.failed:
+        print(f"{written.failed} of {len(written.entries)} input(s) could not be classified; their reports say why",
+              file=sys.stderr)
+    return 1 if written.failed else 0
+
+
 # ---- scan region and cine frames (predict) ------------------------------------------
 
 def _add_region_flags(p) -> None:
@@ -745,6 +832,37 @@ def _add_region_flags(p) -> None:
                    help="frames of a cine loop (multi-frame DICOM) to classify (default %(default)s): middle, all (each "
                         "frame's probability is reported, the call uses their mean) or frame number N (from 1); still images "
                         "are classified as they are")
+
+
+# ---- lesion box (predict) ------------------------------------------------------------
+
+def _add_roi_flags(p) -> None:
+    p.add_argument("--roi", metavar="X,Y,W,H|auto",
+                   help="classify the lesion in this box (original image pixels, inside the scan region; one input "
+                        "image only), or auto: a box proposed by the model's Grad-CAM map (or a lesion localiser); "
+                        "the box used is in every output row (default: none, the whole scan region)")
+    p.add_argument("--rois", type=Path, metavar="FILE.csv",
+                   help="a box per lesion: CSV with columns path,x,y,w,h (paths relative to the CSV's folder, or "
+                        "absolute; several rows for one image give one output row each); names the images itself")
+
+
+def _check_roi_flags(args) -> None:
+    """The lesion-box options together with the inputs, in the options' own words."""
+    from runtime.roi import parse_roi_text
+    if args.roi is not None and args.rois is not None:
+        raise UsageError("give either --roi or --rois, not both")
+    if args.rois is not None and args.inputs:
+        raise UsageError("--rois names the images itself: give no INPUT with it")
+    if args.rois is None and not args.inputs:
+        raise UsageError("give the images to classify (files, folders or globs), or --rois FILE.csv")
+    if args.roi is not None:
+        try:
+            request = parse_roi_text(args.roi)
+        except ValueError as err:
+            raise UsageError(f"--roi: {err}") from None
+        if not request.auto and len(args.inputs) != 1:
+            raise UsageError(f"--roi {args.roi} is a box for one image, but {len(args.inputs)} inputs were given: "
+                             "use --rois FILE.csv (columns path,x,y,w,h) for a box per image, or --roi auto")
 
 
 # ---- demo --------------------------------------------------------------------------
@@ -866,8 +984,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     # not required: a bare `bcd` prints the help instead of an argparse error
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_slim, _add_evaluate, _add_calibrate, _add_export, _add_predict, _add_demo,
-                _add_benchmark, _add_pick, _add_localiser):
+    for add in (_add_train, _add_slim, _add_evaluate, _add_calibrate, _add_export, _add_predict, _add_report,
+                _add_demo, _add_benchmark, _add_pick, _add_localiser):
         add(sub)
     return parser
 

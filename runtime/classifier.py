@@ -41,6 +41,7 @@ from runtime.backends import (
 )
 from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError
 from runtime.input_checks import DEFAULT_CHECKS, InputChecks
+from runtime.lesion_box import Box
 from runtime.manifest import MANIFEST_NAME, ONNX_METADATA_KEY, Manifest, VariantEntry, read_manifest, variant_ood
 from runtime.model_files import (
     ONNX_SUFFIX,
@@ -53,6 +54,8 @@ from runtime.model_files import (
     sha256_bytes,
 )
 from runtime.preprocessing import PreprocessSpec, prepare
+from runtime.roi import (GIVEN, GRADCAM, GRADCAM_THRESHOLD, LOCALISER, ROI_MIN_SIDE, Localiser, RoiError, RoiRequest,
+                         fit_roi, none_proposed_source, propose, proposed_source, roi_request, roi_requests)
 from runtime.scan_crop import (RegionError, RegionSetting, apply_region, choose_region, colour_refusal,
                                 region_config_from_dict)
 from runtime.scan_input import DecodedScan, FrameChoice, decode_scan, read_scan, still
@@ -106,10 +109,24 @@ class Prediction:
     # scan-region finder), "given" (a box from the caller) or "whole".
     region: ScanRegion | None = None
     frames: FrameResults | None = None   # the frames of a cine loop (None: a still image)
+    # The lesion box classified inside the region (runtime.roi), in the original image's
+    # pixels (None: no ROI asked for, or none proposed); roi_source: "given",
+    # "proposed:localiser", "proposed:gradcam", or "none proposed:<proposer>" (roi "auto"
+    # found nothing: the whole region was classified). None without an ROI.
+    roi: Box | None = None
+    roi_source: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def roi_dict(self) -> dict[str, Any] | None:
+        """{"x", "y", "width", "height", "source"} (the box's fields None when none was
+        proposed); None when no ROI was asked for."""
+        if self.roi_source is None:
+            return None
+        box = self.roi.to_dict() if self.roi is not None else dict.fromkeys(("x", "y", "width", "height"))
+        return {**box, "source": self.roi_source}
 
     def to_dict(self) -> dict[str, Any]:
         """The fields reports carry (no cam, no timing)."""
@@ -117,7 +134,8 @@ class Prediction:
                 "threshold": self.threshold, "out_of_distribution": self.out_of_distribution,
                 "ood_score": self.ood_score, "error": self.error,
                 "region": self.region.to_dict() if self.region is not None else None,
-                "frames": self.frames.to_dict() if self.frames is not None else None}
+                "frames": self.frames.to_dict() if self.frames is not None else None,
+                "roi": self.roi_dict()}
 
 
 @dataclass
@@ -129,6 +147,7 @@ class Placed:
     pred: Prediction
     scan: DecodedScan | None
     arrays: list[np.ndarray] | None
+    roi: RoiRequest | None = None        # roi "auto", its box still to be proposed (by infer)
 
 
 @dataclass(frozen=True)
@@ -182,6 +201,9 @@ class Classifier:
         self.region_finder: RegionConfig = region_config_from_dict(recorded) if recorded is not None else RegionConfig()
         self.region = RegionSetting(self.region_finder.mode)
         self.frames = FrameChoice()
+        # roi="auto" asks this lesion localiser for the box (runtime.roi.Localiser); None:
+        # the model's own Grad-CAM map proposes it
+        self.localiser: Localiser | None = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
@@ -364,7 +386,7 @@ class Classifier:
 
     def predict(self, inputs, with_cam: bool = False, batch_size: int = DEFAULT_BATCH_SIZE,
                 region: "RegionSetting | str | Sequence | None" = None,
-                frames: "FrameChoice | str | int | None" = None):
+                frames: "FrameChoice | str | int | None" = None, roi=None):
         """Classify one input or a list of inputs.
 
         An input is a file path, encoded image bytes, or a decoded image array (HxW or
@@ -375,6 +397,11 @@ class Classifier:
 
         region, frames: this call's region setting and cine frame choice (default: the
         classifier's `region` and `frames`).
+        roi: the lesion to classify inside the region (runtime.roi), in the original
+            image's pixels: a box (x, y, w, h), a runtime.lesion_box.Box, "x,y,w,h", or
+            "auto" (a proposed box), for every input; or a list with one of those (or
+            None) per input. A bad box fails only its input; a malformed argument raises
+            ValueError/TypeError before any work.
         """
         setting = RegionSetting.parse(region) if region is not None else self.region
         choice = FrameChoice.parse(frames) if frames is not None else self.frames
@@ -382,26 +409,43 @@ class Classifier:
         items = [inputs] if single else list(inputs)
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        requests = self.roi_requests(roi, len(items))
         results: list[Prediction] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
             decoded = [self.decode_or_error(item, choice) for item in chunk]
-            results.extend(self._run(decoded, with_cam, setting))
+            results.extend(self._run(decoded, with_cam, setting, requests[start:start + batch_size]))
         return results[0] if single else results
+
+    def roi_requests(self, roi, count: int) -> list[RoiRequest | None]:
+        """`roi` as predict takes it, one request per input (runtime.roi.roi_requests);
+        ValueError when "auto" is asked of a model that cannot propose a box."""
+        requests = roi_requests(roi, count)
+        if any(r is not None and r.auto for r in requests):
+            self.check_can_propose()
+        return requests
+
+    def check_can_propose(self) -> None:
+        """ValueError unless roi="auto" can work: a localiser, or a Grad-CAM output."""
+        if self.localiser is None and not self.has_cam:
+            raise ValueError(f"roi 'auto' needs a lesion localiser or a model with a Grad-CAM output; variant "
+                             f"{self.variant!r} has neither (give the box, or choose a variant with a cam output)")
 
     def predict_decoded(self, images: Sequence[np.ndarray | DecodedScan], paths: Sequence[str | None] | None = None,
                         with_cam: bool = False,
-                        region: "RegionSetting | str | Sequence | None" = None) -> list[Prediction]:
+                        region: "RegionSetting | str | Sequence | None" = None, roi=None) -> list[Prediction]:
         """Classify already-decoded HxWx3 uint8 BGR images (or runtime.scan_input
         DecodedScans, which carry a cine loop's frames and a DICOM file's region) as one
-        batch (callers that keep the pixels, e.g. to draw overlays, decode once and use this)."""
+        batch (callers that keep the pixels, e.g. to draw overlays, decode once and use this).
+        roi: as in predict."""
         paths = list(paths) if paths is not None else [None] * len(images)
         if len(paths) != len(images):
             raise ValueError("paths and images differ in length")
         setting = RegionSetting.parse(region) if region is not None else self.region
+        requests = self.roi_requests(roi, len(images))
         entries = [(p, img if isinstance(img, DecodedScan) else DecodedScan([img], [1]), None)
                    for p, img in zip(paths, images)]
-        return self._run(entries, with_cam, setting)
+        return self._run(entries, with_cam, setting, requests)
 
     def decode(self, item, frames: "FrameChoice | str | int | None" = None) -> DecodedScan:
         """A path, image bytes or array as the classifier reads it (the frames chosen,
@@ -431,9 +475,11 @@ class Classifier:
         except Exception as err:  # noqa: BLE001 - a decoder bug on one file must not stop a batch
             return name, None, f"{name or 'image'}: cannot read ({err.__class__.__name__}: {err})"
 
-    def _place(self, pred: Prediction, scan: DecodedScan, setting: RegionSetting) -> list[np.ndarray] | None:
-        """The frames of `scan` cut to its region, ready for the model; None (with
-        pred.error set) when the input is refused. Sets pred.region."""
+    def _place(self, pred: Prediction, scan: DecodedScan, setting: RegionSetting,
+               request: RoiRequest | None = None) -> list[np.ndarray] | None:
+        """The frames of `scan` cut to its region (or to a given ROI inside it), ready
+        for the model; None (with pred.error set) when the input is refused. Sets
+        pred.region (and pred.roi)."""
         name = pred.path or "image"
         for image in scan.frames:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -464,37 +510,123 @@ class Classifier:
         if colour is not None:
             pred.error = f"{name}: {colour}"
             return None
+        if request is not None and request.box is not None:
+            # the scan region passed the checks above; the model sees the lesion's box in it
+            try:
+                pred.roi = fit_roi(request.box, pred.region, self._roi_min_side, request.text)
+            except RoiError as err:
+                pred.error = f"{name}: {err}"
+                return None
+            pred.roi_source = GIVEN
+            crops = [np.ascontiguousarray(pred.roi.crop(image)) for image in scan.frames]
         return crops
 
     def place(self, path: str | None, scan: DecodedScan | None, error: str | None = None,
-              region: "RegionSetting | str | Sequence | None" = None) -> "Placed":
+              region: "RegionSetting | str | Sequence | None" = None, roi=None) -> "Placed":
         """Everything done to one decoded input before inference: its scan region, the
-        colour and input checks, the crop and the model's preprocessing. Touches no shared
-        state, so folder prediction runs it in its read-ahead threads (runtime.read_ahead),
-        beside inference; `infer` classifies the results."""
+        colour and input checks, the crop (to a given ROI: `roi`, one input's value as in
+        predict) and the model's preprocessing. Touches no shared state, so folder
+        prediction runs it in its read-ahead threads (runtime.read_ahead), beside
+        inference; `infer` classifies the results (and proposes the box of roi "auto")."""
         pred = Prediction(path, None, None, self.threshold, error=error)
-        if error is not None or scan is None:
+        request = roi_request(roi)
+        if request is not None and request.error is not None and error is None:
+            pred.error = f"{path or 'image'}: {request.error}"
+        if pred.error is not None or scan is None:
             return Placed(pred, scan, None)
         setting = RegionSetting.parse(region) if region is not None else self.region
         try:
-            crops = self._place(pred, scan, setting)
+            crops = self._place(pred, scan, setting, request)
             arrays = None if crops is None else [prepare(crop, self.spec) for crop in crops]
         except Exception as err:  # noqa: BLE001 - one odd image must not stop a batch or a folder
             pred.error = f"{path or 'image'}: cannot prepare it ({err.__class__.__name__}: {err})"
             arrays = None
-        return Placed(pred, scan, arrays)
+        return Placed(pred, scan, arrays, request if arrays is not None and request is not None and request.auto
+                      else None)
 
     def infer(self, placed: Sequence["Placed"], with_cam: bool = False) -> list[Prediction]:
         """Classify inputs made ready by `place`, as one batch (a cine loop's frames each
         count as an image); one Prediction per input, in order."""
+        pending = [item for item in placed if item.roi is not None and item.arrays is not None]
+        if pending:
+            self._propose_rois(pending)
         ready = [item for item in placed if item.arrays is not None]
         if ready:
             self._infer(ready, with_cam and self.has_cam)
         return [item.pred for item in placed]
 
     def _run(self, entries: list[tuple[str | None, DecodedScan | None, str | None]],
-             with_cam: bool, setting: RegionSetting) -> list[Prediction]:
-        return self.infer([self.place(path, scan, err, setting) for path, scan, err in entries], with_cam)
+             with_cam: bool, setting: RegionSetting, requests: Sequence[RoiRequest | None] | None = None
+             ) -> list[Prediction]:
+        requests = requests if requests is not None else [None] * len(entries)
+        return self.infer([self.place(path, scan, err, setting, request)
+                           for (path, scan, err), request in zip(entries, requests)], with_cam)
+
+    # ------------------------------------------------------------------ proposed boxes (roi "auto")
+
+    @property
+    def _roi_min_side(self) -> int:
+        return ROI_MIN_SIDE
+
+    def _propose_rois(self, items: list["Placed"]) -> None:
+        """roi "auto": each input's lesion map over its scan region (its arrays, cut to
+        the region by place), the box from the map, then its frames cut to that box and
+        prepared again; the ROI pass is the inference that follows. No box proposed: the
+        scan region is classified, and roi_source says so."""
+        proposer = LOCALISER if self.localiser is not None else GRADCAM
+        if self.localiser is None and not self.has_cam:
+            for item in items:
+                item.pred.error = f"{item.pred.path or 'image'}: roi 'auto': {self.variant} cannot propose a box"
+                item.arrays = None
+            return
+        threshold = float(self.localiser.threshold) if self.localiser is not None else GRADCAM_THRESHOLD
+        maps = self._localiser_maps(items) if self.localiser is not None else self._gradcam_maps(items)
+        for item, lesion_map in zip(items, maps):
+            item.roi = None
+            if lesion_map is None:               # its error is set
+                item.arrays = None
+                continue
+            try:
+                box = propose(lesion_map, threshold, item.pred.region, self._roi_min_side)
+                if box is None:
+                    item.pred.roi_source = none_proposed_source(proposer)
+                    continue
+                item.arrays = [prepare(np.ascontiguousarray(box.crop(image)), self.spec) for image in item.scan.frames]
+                item.pred.roi, item.pred.roi_source = box, proposed_source(proposer)
+            except Exception as err:  # noqa: BLE001 - one odd image must not stop a batch or a folder
+                item.pred.error = f"{item.pred.path or 'image'}: cannot propose a lesion box ({err})"
+                item.arrays = None
+
+    def _gradcam_maps(self, items: list["Placed"]) -> list[np.ndarray | None]:
+        """The model's Grad-CAM over each input's scan region (its shown frame), 0..1 at the region's size."""
+        with self._lock:
+            batch = self.backend.input_buffer(len(items))
+            for k, item in enumerate(items):
+                batch[k] = item.arrays[len(item.arrays) // 2]
+            try:
+                _, cams, _ = self.backend.run_all(batch, True, False)
+            except Exception as err:  # noqa: BLE001 - reported per image, never a crash
+                reason = f"inference failed ({err.__class__.__name__}: {' '.join(str(err).split())[:300]})"
+                for item in items:
+                    item.pred.error = f"{item.pred.path or 'image'}: proposing a lesion box: {reason}"
+                return [None] * len(items)
+            return [gradcam.cam_to_image(cams[k], item.pred.region.height, item.pred.region.width)
+                    for k, item in enumerate(items)]
+
+    def _localiser_maps(self, items: list["Placed"]) -> list[np.ndarray | None]:
+        """The localiser's lesion map over each input's scan region (its shown frame)."""
+        maps: list[np.ndarray | None] = []
+        for item in items:
+            region = np.ascontiguousarray(item.pred.region.crop(item.scan.display))
+            try:
+                lesion_map = np.asarray(self.localiser.lesion_map(region), dtype=np.float32)
+                if lesion_map.shape != region.shape[:2]:
+                    raise ValueError(f"its map is {lesion_map.shape}, not the region's {region.shape[:2]}")
+            except Exception as err:  # noqa: BLE001 - one odd image must not stop a batch or a folder
+                item.pred.error = f"{item.pred.path or 'image'}: the lesion localiser failed ({err})"
+                lesion_map = None
+            maps.append(lesion_map)
+        return maps
 
     def _infer(self, ready: list["Placed"], want_cam: bool) -> None:
         n_frames = sum(len(item.arrays) for item in ready)
@@ -537,7 +669,8 @@ class Classifier:
             pred.frames = FrameResults(scan.frame_count, list(scan.frame_numbers), values,
                                        "mean" if len(values) > 1 else "single frame")
         if cams is not None:
-            pred.cam = _cam_on_image(cams[len(values) // 2], pred.region, scan.display.shape[:2])
+            # an ROI's map goes back where the ROI lies (0 elsewhere), so overlays line up
+            pred.cam = _cam_on_image(cams[len(values) // 2], pred.roi or pred.region, scan.display.shape[:2])
         if scores is not None:
             finite = [float(s) for s in scores if math.isfinite(float(s))]
             # a non-finite distance is as far from the training data as it gets
@@ -619,8 +752,8 @@ def _item_name(item) -> str | None:
     return str(item) if isinstance(item, (str, os.PathLike)) else None
 
 
-def _cam_on_image(cam: np.ndarray, region: ScanRegion, shape: tuple[int, int]) -> np.ndarray:
-    """The map of the region, placed where the region lies in the image (0 outside), so
+def _cam_on_image(cam: np.ndarray, region: "ScanRegion | Box", shape: tuple[int, int]) -> np.ndarray:
+    """The map of the region (or ROI), placed where it lies in the image (0 outside), so
     it overlays the original image as before."""
     inside = gradcam.cam_to_image(cam, region.height, region.width)
     if (region.x, region.y, region.width, region.height) == (0, 0, shape[1], shape[0]):

@@ -53,8 +53,9 @@ class AugmentConfig:
             ultrasound = replace(cls(), zoom=0.15, aspect=0.15, translate=0.08, gamma=0.35, speckle=0.15,
                                  blur=0.7, marks=0.5)
             # benchmarks/frames.py: calipers on the lesion changed 9 % of the shipped model's calls and
-            # fan-shaped scans 20-45 %; it had seen neither
-            return ultrasound if name == "ultrasound" else replace(ultrasound, calipers=0.3, fan=0.3)
+            # fan-shaped scans 20-45 %; it had seen neither. Trained with 0.3 each, calipers still
+            # changed 6-7 % and sector scans 11 %: now half the images get marks, 40 % a fan.
+            return ultrasound if name == "ultrasound" else replace(ultrasound, calipers=0.5, fan=0.4)
         raise ValueError(f"unknown augmentation preset {name!r}; choose from {', '.join(PRESETS)}")
 
 
@@ -97,29 +98,71 @@ def mark_bank(size: int, n: int = 96, seed: int = 0) -> np.ndarray:
     return bank
 
 
-def lesion_calipers(image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+def lesion_calipers(image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator,
+                    extras: bool = True) -> np.ndarray:
     """A copy of `image` (HxWx3 uint8) with a sonographer's measurement drawn where it is
     drawn in a clinic: calipers ('+' or 'x') on the lesion's edges (from `mask`, with a
     few px of slack; anywhere without one), a dotted line between them, a small number,
-    in white, yellow, green or cyan. Issue 20 measured that such marks change the
-    reference model's calls (benchmarks/frames.py); the random marks of `mark_bank` are
-    gray and not on the lesion. `build_augment` draws it (draw_calipers_batch) before the
-    geometric changes, on a share `AugmentConfig.calipers` of the images."""
-    out = image.copy()
-    h, w = out.shape[:2]
+    in white, yellow, green or cyan. With `extras`, some images also get a measurement
+    text ("D1 1.23 cm") somewhere on the scan, an arrow, or calipers away from the lesion
+    (a second structure measured), so that no mark means "lesion here".
+
+    The marks are drawn on a canvas 1-5x the image's size and brought down with area
+    averaging, as a scanner's 1-2 px marks reach the model after the screen is shrunk to
+    its input: thin, partly transparent lines, not the bold 1 px lines of drawing at the
+    model's own size (which the reference model had learnt to ignore while real-size
+    marks still changed 6-7 % of its calls, benchmarks/frames.py). Issue 20.
+    `build_augment` draws it (draw_calipers_batch) before the geometric changes, on a
+    share `AugmentConfig.calipers` of the images."""
+    h, w = image.shape[:2]
+    scale = int(rng.integers(1, 6))
+    canvas = np.zeros((h * scale, w * scale, 3), np.uint8)    # the marks' colour over black
+    alpha = np.zeros((h * scale, w * scale), np.uint8)        # where they are
     colour = [(255, 255, 255), (0, 255, 255), (0, 230, 0), (255, 230, 120)][int(rng.integers(0, 4))]
-    ends = _lesion_ends(mask, h, w, rng)
-    size = max(4, int(round(max(h, w) * rng.uniform(0.02, 0.04))))
+    off_lesion = extras and rng.random() < 0.25
+    ends = _lesion_ends(None if off_lesion else mask, h, w, rng)
+    size = max(4, int(round(max(h, w) * scale * rng.uniform(0.02, 0.045))))
+    thick = 2 if scale >= 3 and rng.random() < 0.4 else 1
     marker = cv2.MARKER_CROSS if rng.random() < 0.6 else cv2.MARKER_TILTED_CROSS
-    for k, (a, b) in enumerate(ends[:int(rng.integers(1, 3))], start=1):
+    up = lambda p: (int(p[0] * scale + scale // 2), int(p[1] * scale + scale // 2))  # noqa: E731
+    seed = int(rng.integers(0, 2**31))
+    for layer, ink in ((canvas, colour), (alpha, 255)):
+        draw = np.random.default_rng(seed)            # the same marks on both layers
+        _draw_marks(layer, ink, [(up(a), up(b)) for a, b in ends], draw, size, thick, marker, scale,
+                    extras, draw.random())
+    small_alpha = cv2.resize(alpha, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)[..., None] / 255.0
+    small_canvas = cv2.resize(canvas, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+    out = image.astype(np.float32) * (1.0 - small_alpha) + small_canvas
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _draw_marks(layer, ink, ends, rng, size, thick, marker, scale, extras, extra_draw) -> None:
+    """Calipers, dotted lines and numbers (and, with `extras`, a text or an arrow) on one
+    layer; called with identically seeded generators for the colour and the alpha layer."""
+    hh, ww = layer.shape[:2]
+    colour = ink if isinstance(ink, tuple) else int(ink)
+    n_pairs = int(rng.integers(1, 3))
+    for k, (a, b) in enumerate(ends[:n_pairs], start=1):
         for p in (a, b):
-            cv2.drawMarker(out, p, colour, marker, size, 1, cv2.LINE_AA)
+            cv2.drawMarker(layer, p, colour, marker, size, thick, cv2.LINE_AA)
         n = max(2, int(np.hypot(b[0] - a[0], b[1] - a[1]) / max(3, size // 2)))
         for t in np.linspace(0, 1, n + 1)[1:-1]:
-            cv2.circle(out, (int(a[0] + t * (b[0] - a[0])), int(a[1] + t * (b[1] - a[1]))), 0, colour, -1)
-        cv2.putText(out, str(k), (b[0] + size // 2, b[1] + size), cv2.FONT_HERSHEY_SIMPLEX, size / 30, colour, 1,
-                    cv2.LINE_AA)
-    return out
+            cv2.circle(layer, (int(a[0] + t * (b[0] - a[0])), int(a[1] + t * (b[1] - a[1]))), max(0, thick - 1),
+                       colour, -1)
+        cv2.putText(layer, str(k), (b[0] + size // 2, b[1] + size), cv2.FONT_HERSHEY_SIMPLEX, size / 30, colour,
+                    thick, cv2.LINE_AA)
+    if not extras:
+        return
+    if extra_draw < 0.5:      # the measurement's text, somewhere on the scan
+        text = f"D{int(rng.integers(1, 3))} {rng.uniform(0.3, 3.5):.2f} cm"
+        org = (int(rng.uniform(0.02, 0.6) * ww), int(rng.uniform(0.08, 0.98) * hh))
+        cv2.putText(layer, text, org, cv2.FONT_HERSHEY_SIMPLEX, max(0.3, scale * rng.uniform(0.25, 0.45)), colour,
+                    thick, cv2.LINE_AA)
+    elif extra_draw < 0.8:    # an arrow towards the first caliper
+        tip = ends[0][0]
+        tail = (int(np.clip(tip[0] - rng.uniform(0.08, 0.2) * ww, 0, ww - 1)),
+                int(np.clip(tip[1] - rng.uniform(0.08, 0.2) * hh, 0, hh - 1)))
+        cv2.arrowedLine(layer, tail, tip, colour, thick, cv2.LINE_AA, tipLength=0.3)
 
 
 def draw_calipers_batch(images: np.ndarray, masks: np.ndarray, share: float, seed: np.ndarray) -> np.ndarray:
@@ -155,10 +198,10 @@ def fan_mask(height: int, width: int, probe: str, apex: float = 0.8) -> np.ndarr
 
 def fan_bank(size: int, n: int = 32, seed: int = 0) -> np.ndarray:
     """(n, size, size) float32 0/1 fans: curved probes with the apex 0.3-1.5 x the height
-    above the image, and sector probes (a quarter of them), on a square model input (the
+    above the image, and sector probes (a third of them), on a square model input (the
     finder crops a fan to its bounding box, which the model input squashes to a square)."""
     rng = np.random.default_rng(seed)
-    fans = [fan_mask(size, size, "sector" if k % 4 == 0 else "curved", float(rng.uniform(0.3, 1.5)))
+    fans = [fan_mask(size, size, "sector" if k % 3 == 0 else "curved", float(rng.uniform(0.3, 1.5)))
             for k in range(n)]
     return (np.stack(fans) > 0).astype(np.float32)
 

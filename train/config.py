@@ -54,6 +54,8 @@ class TrainConfig:
     lesion_loss: str = "cam"         # cam: on the Grad-CAM map itself; head: an auxiliary segmentation head
     birads_weight: float = 0.0       # > 0: an ordinal BI-RADS head (training only) with this loss weight,
                                      # on the images whose CSV row has a BI-RADS (--csv-map birads=COLUMN)
+    roi_share: float = 0.0           # share of training images shown as a lesion-centred crop (train.roi_samples)
+    roi_crops: int = 2               # crops cached per lesion image, drawn like a clinician's box
     strategy: str = "auto"           # tf.distribute: auto | none | mirrored | multiworker (TF_CONFIG)
     # auto: every image (and its lesion mask) is cut to its scan region, as the runtime
     # does (runtime.scan_crop.apply_region: a DICOM file's tissue region, else the finder);
@@ -70,6 +72,8 @@ class TrainConfig:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
         if self.lesion_weight < 0:
             raise ValueError("the lesion loss weight must be >= 0")
+        if not 0.0 <= self.roi_share <= 1.0 or self.roi_crops < 1:
+            raise ValueError("the lesion-crop share must be in [0, 1] and at least one crop is kept per lesion")
         if self.birads_weight < 0:
             raise ValueError("the BI-RADS loss weight must be >= 0")
         if self.lesion_loss not in ("cam", "head"):

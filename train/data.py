@@ -274,14 +274,16 @@ def load_files(root: Path, relative_paths: list[str], spec: PreprocessSpec,
 def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec,
                     batch_size: int, training: bool, seed: int = 0,
                     augment: AugmentConfig | None = None, lesion: LesionTargets | None = None,
-                    birads: BiradsTargets | None = None):
+                    birads: BiradsTargets | None = None, roi=None, roi_share: float = 0.0):
     """A batched tf.data pipeline of (normalized float32 images, float32 labels).
 
     With `lesion` (the lesion head is on) it yields (images, {"malignancy": labels,
     "lesion": lesion maps}, {"malignancy": class weight, "lesion": 1 where a mask is
     known, else 0}); masks follow every geometric augmentation. With `birads` the
     targets and weights also hold "birads": the cumulative targets [BI-RADS >= k for k in
-    BIRADS_CUTS], weighted 1 where the image's BI-RADS is known, else 0."""
+    BIRADS_CUTS], weighted 1 where the image's BI-RADS is known, else 0. With `roi`
+    (train.roi_samples.RoiCrops) a share `roi_share` of the images that have a lesion is
+    replaced, each time it is drawn, by one of its lesion-centred crops (and its mask)."""
     from train.tf_setup import tf
 
     n = len(images)
@@ -292,13 +294,29 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
     levels = birads.levels if birads is not None else np.zeros(n, np.int64)
     class_weights = (lesion or birads).class_weights if (lesion or birads) is not None else None
     cuts = tf.constant(BIRADS_CUTS, tf.int64)
-    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.float32), masks, known, levels))
+    columns = (images, labels.astype(np.float32), masks, known, levels)
+    use_roi = training and roi is not None and roi_share > 0 and bool(roi.has.any())
+    if use_roi:
+        columns += (roi.images, roi.masks if lesion is not None else np.zeros((n, 1, 1, 1), np.uint8), roi.has)
+    ds = tf.data.Dataset.from_tensor_slices(columns)
     if training:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     aug = build_augment(augment or AugmentConfig(), spec.image_size, seed) if training else None
 
-    def to_input(x, y, m, k, b):
+    def lesion_crop(x, m, crops, crop_masks, has):
+        """Swap a share of the batch for one of each image's lesion crops."""
+        count = tf.shape(x)[0]
+        pick = tf.random.uniform([count], 0, tf.shape(crops)[1], dtype=tf.int32)
+        use = (tf.random.uniform([count]) < roi_share) & has
+        crop = tf.gather(crops, pick, batch_dims=1)
+        if lesion is not None:
+            m = tf.where(use[:, None, None], tf.gather(crop_masks, pick, batch_dims=1), m)
+        return tf.where(use[:, None, None, None], crop, x), m
+
+    def to_input(x, y, m, k, b, *crop_columns):
+        if crop_columns:
+            x, m = lesion_crop(x, m, *crop_columns)
         x = tf.cast(x, tf.float32)
         m = tf.cast(m, tf.float32)[..., None]
         if aug is not None:

@@ -256,7 +256,8 @@ def slim(config: SlimConfig, resume: bool = False) -> RunDir:
     trainer.fit_phases(with_lesion_cam(model, batch_norm=False) if cam else model, run, state, phases, data, split,
                        spec, train_cfg.batch_size, train_cfg.seed, train_cfg.augment, config.patience, resume,
                        trainer.LrDecay(config.lr_decay_patience), lesion_weight=train_cfg.lesion_weight if cam else 0.0,
-                       to_saved=without_lesion_cam, lesion_loss="cam")
+                       to_saved=without_lesion_cam, lesion_loss="cam",
+                       roi=trainer.lesion_crops(train_cfg, data, spec), roi_share=train_cfg.roi_share)
     policy = ThresholdPolicy(train_cfg.threshold_method, train_cfg.min_sensitivity)
     done = trainer.finish_training(run, state, phases, data, split, spec, policy, config.bootstrap_resamples)
     atomic.write_json(run.run_info, trainer._run_info(train_cfg, spec, model_info, data, phases, "complete",

@@ -304,7 +304,7 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
                split: dict[str, np.ndarray], spec: PreprocessSpec, batch_size: int, seed: int,
                augment, patience: int, resume: bool, decay: LrDecay = LrDecay(),
                lesion_weight: float = 0.0, to_saved=None, lesion_loss: str = "head",
-               birads_weight: float = 0.0) -> None:
+               birads_weight: float = 0.0, roi=None, roi_share: float = 0.0) -> None:
     """Train `model` through `phases` on the split's train images, validating on val:
     class weights, early stopping on val AUC, best model -> run.model (through
     `to_saved`), checkpoint every epoch. Shared by `bcd train` and `bcd slim` (which
@@ -322,7 +322,8 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
     strategy = model.distribute_strategy
     global_batch = batch_size * strategy.num_replicas_in_sync
     train_ds = shard_by_data(make_tf_dataset(data.images[tr], data.labels[tr], spec, global_batch, True, seed,
-                                             augment, lesion(tr), birads(tr)))
+                                             augment, lesion(tr), birads(tr),
+                                             roi.subset(tr) if roi is not None else None, roi_share))
     val_ds = shard_by_data(make_tf_dataset(data.images[va], data.labels[va], spec, global_batch, False,
                                            lesion=lesion(va), birads=birads(va)))
     verbose = 1 if _is_tty() else 2
@@ -444,7 +445,8 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
                config.augment, config.patience, resume,
                LrDecay(config.lr_decay_patience, config.lr_decay_factor, schedule=config.lr_schedule),
                lesion_weight=config.lesion_weight, to_saved=lambda m: inference_model(m, model_cfg),
-               lesion_loss=config.lesion_loss, birads_weight=config.birads_weight)
+               lesion_loss=config.lesion_loss, birads_weight=config.birads_weight,
+               roi=lesion_crops(config, data, spec), roi_share=config.roi_share)
     apply_precision("float32")
     if not cluster.is_chief:
         log.info("training done; the chief evaluates and writes %s", out.root)
@@ -452,6 +454,14 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
     policy = ThresholdPolicy(config.threshold_method, config.min_sensitivity)
     done = finish_training(run, state, phases, data, split, spec, policy, config.bootstrap_resamples)
     atomic.write_json(run.run_info, _run_info(config, spec, model_info, data, phases, "complete", {**extra, **done}))
+
+
+def lesion_crops(config: TrainConfig, data: LoadedDataset, spec: PreprocessSpec):
+    """The lesion-centred crops the recipe asks for (None with roi_share 0)."""
+    if config.roi_share <= 0:
+        return None
+    from train.roi_samples import load_roi_crops
+    return load_roi_crops(data, spec, config.roi_crops, config.region)
 
 
 def _sample(images: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -70,7 +70,8 @@ def test_cli_folder_with_a_corrupt_file(tiny_export, folder, tmp_path):
         assert 0.0 <= row["probability"] <= 1.0
         assert (row["label"] == "malignant") == (row["probability"] >= row["threshold"])
         assert set(row) == {"path", "label", "probability", "threshold", "out_of_distribution", "ood_score", "error",
-                            "region", "frames"}
+                            "region", "frames", "roi"}
+        assert row["roi"] is None                       # no lesion box asked for
         assert isinstance(row["out_of_distribution"], bool) and row["ood_score"] > 0
 
     with open(out_csv, newline="") as f:

@@ -11,8 +11,8 @@ import pytest
 
 from bcd.cli import DISCLAIMER, main
 from runtime.classifier import Classifier
-from runtime.predict_files import (FRAME_FIELDS, REGION_FIELDS, REPORT_FIELDS, format_table, predict_paths, write_csv,
-                                   write_json)
+from runtime.predict_files import (FRAME_FIELDS, REGION_FIELDS, REPORT_FIELDS, ROI_FIELDS, format_table, predict_paths,
+                                   write_csv, write_json)
 from tests.conftest import dicom_bytes
 
 
@@ -66,7 +66,7 @@ def test_reports_carry_the_region_and_the_frames(clf, inputs, tmp_path):
 
     with open(tmp_path / "r.csv", newline="") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == REPORT_FIELDS + REGION_FIELDS + FRAME_FIELDS
+        assert tuple(reader.fieldnames) == REPORT_FIELDS + REGION_FIELDS + FRAME_FIELDS + ROI_FIELDS
         table = {r["path"].rsplit("/", 1)[-1]: r for r in reader}
     b, c = table["b.dcm"], table["c.dcm"]
     assert (b["region_x"], b["region_y"], b["region_width"], b["region_height"], b["region_source"]) == \

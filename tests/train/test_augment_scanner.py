@@ -24,14 +24,14 @@ def test_fan_bank_holds_curved_and_sector_fans():
 
 
 def test_calipers_are_drawn_on_the_lesion():
-    images = np.full((2, 64, 64, 3), 60.0, np.float32)
-    masks = np.zeros((2, 64, 64, 1), np.float32)
+    images = np.full((24, 64, 64, 3), 60.0, np.float32)
+    masks = np.zeros((24, 64, 64, 1), np.float32)
     masks[:, 20:40, 16:48] = 1
     drawn = draw_calipers_batch(images, masks, 1.0, np.int64(3))
     changed = np.abs(drawn - images).sum(axis=-1) > 0
     assert changed.any(axis=(1, 2)).all()
-    ys, xs = np.nonzero(changed[0])
-    assert 10 <= np.median(ys) <= 50 and 6 <= np.median(xs) <= 58     # around the lesion, not elsewhere
+    around = [10 <= np.median(np.nonzero(c)[0]) <= 50 and 6 <= np.median(np.nonzero(c)[1]) <= 58 for c in changed]
+    assert np.mean(around) >= 0.6            # mostly around the lesion (some text or calipers elsewhere)
     assert np.array_equal(draw_calipers_batch(images, masks, 0.0, np.int64(3)), images)
 
 
