@@ -551,7 +551,7 @@ def _localiser(name: str) -> LibraryDefault:
 
 
 _LOCALISER_FIELDS = {"epochs": "epochs", "patience": "patience", "batch_size": "batch_size", "lr": "learning_rate",
-                     "max_minutes": "max_minutes", "seed": "seed"}
+                     "max_minutes": "max_minutes", "seed": "seed", "margin": "margin"}
 
 
 def _add_localiser(sub) -> None:
@@ -573,8 +573,14 @@ def _add_localiser(sub) -> None:
     p.add_argument("--lr", type=float, default=_localiser("learning_rate"),
                    help="Adam learning rate, cosine decay over the epochs (default %(default)s)")
     p.add_argument("--seed", type=int, default=_localiser("seed"), help="default %(default)s")
+    p.add_argument("--margin", type=float, default=_localiser("margin"),
+                   help="share of the proposed box's side added on each side (default %(default)s: predict "
+                        "--roi auto's)")
     p.add_argument("--data", type=Path, help="where the run's dataset lives now, if it moved")
     p.add_argument("--resume", action="store_true", help="continue an interrupted localiser training")
+    p.add_argument("--rescore", action="store_true",
+                   help="no training: choose the map threshold again on the validation split (e.g. with another "
+                        "--margin) and score val and test with the trained localiser")
     p.set_defaults(func=_cmd_localiser)
 
 
@@ -587,7 +593,7 @@ def localiser_config(args):
 
 def _cmd_localiser(args) -> int:
     try:
-        from train.localiser import LocaliserDir, LocaliserError, train_localiser
+        from train.localiser import LocaliserDir, LocaliserError, rescore_localiser, train_localiser
         from train.slim import open_parent
     except ImportError as err:
         raise _missing_extra("train", err)
@@ -600,6 +606,11 @@ def _cmd_localiser(args) -> int:
     try:
         if args.export is not None:
             return _add_localiser_to(folder, args.export)
+        if args.rescore:
+            _setup_logging(folder.log)
+            rescore_localiser(config)
+            print(folder.metrics_md.read_text())
+            return 0
         if folder.finished and not args.resume:
             raise UsageError(f"{folder.root} already holds a trained localiser: add it to an export with --export "
                              "DIR, or choose another --out to train again")

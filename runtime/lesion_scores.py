@@ -1,8 +1,9 @@
 """How well a proposed lesion box matches the lesion (issue 21): the figures the localiser
 is trained towards, chosen by and reported with.
 
-Per image, a proposed box (runtime.lesion_box.box_from_map of a lesion map, or None) is
-compared with the tight box of the image's lesion mask:
+Per image, the box a lesion map proposes (`proposed_box`: the box the classifier's
+roi="auto" classifies, runtime.roi; or None) is compared with the tight box of the
+image's lesion mask:
 - iou: intersection over union of the two boxes (0 when no box was proposed);
 - found: iou >= IOU_FOUND (0.5, the usual detection criterion and issue 21's target);
 - centre inside: the proposed box holds the lesion's centre (the centroid of the mask's
@@ -22,11 +23,27 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from runtime.lesion_box import PROPOSED_MARGIN, Box, box_from_map, iou, mask_box
+from runtime.lesion_box import Box, box_from_map, iou, mask_box
+from runtime.roi import PROPOSAL_MARGIN, ROI_MIN_SIDE, at_least
 
 IOU_FOUND = 0.5
 # Map thresholds tried when one is chosen on the validation split.
-THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.10, 0.951, 0.05))
+THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.951, 0.05))
+
+
+def proposed_box(lesion_map: np.ndarray, threshold: float, margin: float = PROPOSAL_MARGIN,
+                 min_side: int = ROI_MIN_SIDE) -> Box | None:
+    """The box a lesion map proposes, as the classifier's roi="auto" classifies it
+    (runtime.roi.propose): the piece of the map at or above `threshold` that holds its
+    peak (lesion_box.box_from_map) grown by `margin`, and at least `min_side` px a side
+    (roi.ROI_MIN_SIDE: a floor in the ORIGINAL image's pixels; 0 for maps of images
+    already shrunk to the model's input). In the map's pixels; None: nothing reaches
+    the threshold."""
+    found = box_from_map(lesion_map, threshold, margin)
+    if found is None or min_side <= 0:
+        return found
+    height, width = np.shape(lesion_map)[:2]
+    return at_least(found, min_side, width, height)
 
 
 @dataclass(frozen=True)
@@ -60,9 +77,9 @@ def score_box(box: Box | None, mask: np.ndarray) -> BoxScore:
 
 
 def score_map(lesion_map: np.ndarray, mask: np.ndarray, threshold: float,
-              margin: float = PROPOSED_MARGIN) -> BoxScore:
+              margin: float = PROPOSAL_MARGIN, min_side: int = ROI_MIN_SIDE) -> BoxScore:
     """The box proposed from a lesion map (at the mask's size) against the mask."""
-    return score_box(box_from_map(lesion_map, threshold, margin), mask)
+    return score_box(proposed_box(lesion_map, threshold, margin, min_side), mask)
 
 
 def summary(scores: Sequence[BoxScore]) -> dict:
@@ -103,14 +120,14 @@ def macro_found(scores: Sequence[BoxScore], groups: Sequence[str]) -> float:
 
 
 def choose_threshold(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], groups: Sequence[str],
-                     candidates: Sequence[float] = THRESHOLDS, margin: float = PROPOSED_MARGIN
-                     ) -> tuple[float, list[dict]]:
+                     candidates: Sequence[float] = THRESHOLDS, margin: float = PROPOSAL_MARGIN,
+                     min_side: int = ROI_MIN_SIDE) -> tuple[float, list[dict]]:
     """The map threshold whose boxes find the most lesions (macro_found), ties to the
     higher mean IoU, then the lower threshold; and the table of every candidate.
     `maps`: lesion maps at their mask's size."""
     table = []
     for t in candidates:
-        scores = [score_map(m, k, t, margin) for m, k in zip(maps, masks)]
+        scores = [score_map(m, k, t, margin, min_side) for m, k in zip(maps, masks)]
         pooled = summary(scores)
         table.append({"threshold": float(t), "found": macro_found(scores, groups),
                       "mean_iou": pooled["mean_iou"] or 0.0, "box_without_lesion": pooled["box_without_lesion"]})

@@ -12,6 +12,8 @@ in an export directory and described by the manifest's "localiser" section
 its scan region (Prediction.region; the localiser learnt from the same crops), prepared
 by runtime.preprocessing; its map covers that image, so a box it proposes is in that
 image's pixels (move it into the whole picture with Box.shifted(region.x, region.y)).
+`Classifier.localiser = Localiser.load(export_dir)` makes predict(..., roi="auto") ask it
+for the box (runtime.roi), with the same threshold and margin as `propose`.
 
 Safety on load as for the classifier (runtime/model_files.py): the file must lie inside
 the export directory, its sha256 must match the manifest, ONNX external data must stay
@@ -26,7 +28,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from runtime.lesion_box import Box, box_from_map
+from runtime.lesion_box import Box
+from runtime.lesion_scores import proposed_box
 from runtime.manifest import LocaliserEntry, manifest_path, read_manifest
 from runtime.model_files import ModelLoadError, check_onnx_external_data, inside, refuse_unsafe_file, sha256_bytes
 from runtime.preprocessing import PreprocessSpec, prepare_batch
@@ -114,8 +117,9 @@ class Localiser:
         return self.lesion_maps([image])[0]
 
     def propose(self, image: np.ndarray) -> Box | None:
-        """The proposed lesion box in the image's pixels (None: nothing reaches the threshold)."""
-        return box_from_map(self.lesion_map(image), self.threshold, self.margin)
+        """The proposed lesion box in the image's pixels, as roi="auto" would classify it
+        (runtime.lesion_scores.proposed_box; None: nothing reaches the threshold)."""
+        return proposed_box(self.lesion_map(image), self.threshold, self.margin)
 
     def close(self) -> None:
         self.session = None

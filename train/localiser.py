@@ -37,7 +37,7 @@ import numpy as np
 
 from runtime import atomic
 from runtime.host import DISCLAIMER, tool_record
-from runtime.lesion_box import PROPOSED_MARGIN
+from runtime.roi import PROPOSAL_MARGIN
 from runtime.lesion_scores import THRESHOLDS, choose_threshold, score_map, summary_by
 from runtime.localiser import map_to_image
 from runtime.model_files import sha256_file
@@ -59,6 +59,10 @@ OUTPUT_NAME = "lesion"
 INPUT_NAME = "image"
 
 
+# roi.ROI_MIN_SIDE (16 px) is a floor in the original image's pixels (~500 px a side
+# here); on the model's 128 px input it would be ~4 px, below any box a map gives: the
+# figures at the input size apply none.
+MIN_SIDE_AT_INPUT = 0
 # Each epoch is judged at its own best map threshold among these (coarser than the final
 # choice's runtime.lesion_scores.THRESHOLDS: it runs every epoch).
 EPOCH_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -87,7 +91,7 @@ class LocaliserConfig:
     translate: float = 0.06
     brightness: float = 0.10
     contrast: float = 0.20
-    margin: float = PROPOSED_MARGIN  # the proposed box's margin (runtime.lesion_box.box_from_map)
+    margin: float = PROPOSAL_MARGIN  # the proposed box's margin: roi="auto"'s (runtime.roi), none
     precision: str = "auto"          # auto | float32 | bfloat16 (train.precision)
     seed: int = 0
     max_minutes: float | None = None  # stop after the epoch that passes this wall time
@@ -313,7 +317,7 @@ def maps_at_mask_size(raw: np.ndarray, masks: np.ndarray) -> list[np.ndarray]:
 
 def figures(maps: list[np.ndarray], part: Part, threshold: float, margin: float) -> dict:
     """The box figures per source (runtime.lesion_scores.summary_by) at one threshold."""
-    scores = [score_map(m, k, threshold, margin) for m, k in zip(maps, part.masks)]
+    scores = [score_map(m, k, threshold, margin, MIN_SIDE_AT_INPUT) for m, k in zip(maps, part.masks)]
     return summary_by(scores, part.sources.tolist())
 
 
@@ -418,6 +422,35 @@ def fit_localiser(config: LocaliserConfig, out: LocaliserDir, train: Part, val: 
     return out
 
 
+def rescore_localiser(config: LocaliserConfig) -> LocaliserDir:
+    """No training: choose the map threshold again on the validation split and score
+    val and test, with the trained model and `config.margin` (after a change of the box
+    rule). Everything else stays as trained; metrics.json records the new choice."""
+    run, info, split_doc = open_parent(config.run)
+    out = LocaliserDir.of(config)
+    spec = PreprocessSpec.from_dict(read_metrics(out.root)["preprocessing"])
+    data, index = load_run_data(config, info, split_doc, spec)
+    train, val, test = (Part.of(data, index.get(name, np.zeros(0, int))) for name in ("train", "val", "test"))
+    _check_parts(run, train, val)
+    provenance = Provenance(run.root.name, sha256_file(run.split), run_scan_region(info).to_dict())
+    return rescore(out, config.margin, train, val, test, spec, provenance)
+
+
+def rescore(out: LocaliserDir, margin: float, train: Part, val: Part, test: Part, spec: PreprocessSpec,
+            provenance: Provenance) -> LocaliserDir:
+    """rescore_localiser on images already in memory."""
+    trained = read_metrics(out.root)
+    state = json.loads(out.state.read_text()) if out.state.is_file() else {}
+    settings = LocaliserConfig(**{**trained["config"], "margin": margin})
+    state = {**state, "best_epoch": trained["best_epoch"], "epochs_done": trained["epochs_trained"],
+             "stopped": trained["stopped"], "seconds": trained["training_seconds"], "history": state.get("history", {})}
+    model = keras.models.load_model(out.model, compile=False)
+    log.info("choosing the map threshold again with a %.0f%% box margin (was %.0f%%, threshold %.2f)",
+             100 * margin, 100 * trained["margin"], trained["threshold"])
+    _final_figures(model, settings, out, state, provenance, spec, train, val, test, trained["precision"])
+    return out
+
+
 def _check_parts(run: RunDir, train: Part, val: Part) -> None:
     if not len(train):
         raise LocaliserError(f"the training split of {run.root} has no images with a lesion mask: a localiser learns "
@@ -443,7 +476,8 @@ def _fit(model, config: LocaliserConfig, out: LocaliserDir, state: dict, train: 
                            callbacks=[_Progress(epoch + 1, config.epochs, steps)])
         fit_seconds = time.monotonic() - t0
         maps = maps_at_mask_size(predict_maps(model, val.images, spec), val.masks)
-        threshold, table = choose_threshold(maps, val.masks, val.sources.tolist(), EPOCH_THRESHOLDS, config.margin)
+        threshold, table = choose_threshold(maps, val.masks, val.sources.tolist(), EPOCH_THRESHOLDS, config.margin,
+                                            MIN_SIDE_AT_INPUT)
         best_row = next(r for r in table if r["threshold"] == threshold)
         seconds = time.monotonic() - t0
         for key, value in (("loss", float(result.history["loss"][-1])), ("val_found", best_row["found"]),
@@ -483,7 +517,8 @@ def _final_figures(model, config: LocaliserConfig, out: LocaliserDir, state: dic
     """The threshold chosen on val with the best epoch's float32 model, then the figures
     of val and (once, here) test."""
     val_maps = maps_at_mask_size(predict_maps(model, val.images, spec), val.masks)
-    threshold, table = choose_threshold(val_maps, val.masks, val.sources.tolist(), THRESHOLDS, config.margin)
+    threshold, table = choose_threshold(val_maps, val.masks, val.sources.tolist(), THRESHOLDS, config.margin,
+                                        MIN_SIDE_AT_INPUT)
     result = {"val": figures(val_maps, val, threshold, config.margin)}
     if len(test):
         test_maps = maps_at_mask_size(predict_maps(model, test.images, spec), test.masks)

@@ -10,9 +10,10 @@ lesion mask, through the runtime only (no TensorFlow):
   2. the image and its lesion mask are cut to that region (runtime.scan_crop.apply_region):
      the pictures the localiser and the proposed box live in;
   3. the localiser's box: runtime.localiser.Localiser.propose on the crop (its map
-     threshold and margin from the manifest);
-  4. the Grad-CAM box: runtime.lesion_box.box_from_map of the crop's Grad-CAM,
-     normalised by its maximum, at `--cam-threshold` (0.7), the same margin;
+     threshold and margin from the manifest): the box roi="auto" classifies;
+  4. the Grad-CAM box: runtime.lesion_scores.proposed_box of the crop's Grad-CAM,
+     normalised by its maximum, at `--cam-threshold` (0.7, runtime.roi's), the same
+     margin: the box roi="auto" classifies without a localiser;
   5. each box against the mask's tight box (runtime.lesion_scores): IoU, found (IoU >=
      0.5), the lesion's centre inside the box; images without a lesion (BUSI's normal
      class): how often a box is proposed anyway.
@@ -42,16 +43,16 @@ from runtime.dataset import read_source, sources_of_split
 from runtime.gradcam import normalize_cam
 from runtime.host import DISCLAIMER, cpu_model
 from runtime.images import ImageReadError, read_image
-from runtime.lesion_box import box_from_map
-from runtime.lesion_scores import IOU_FOUND, BoxScore, score_box, summary_by
+from runtime.lesion_scores import IOU_FOUND, BoxScore, proposed_box, score_box, summary_by
 from runtime.manifest import split_file
+from runtime.roi import GRADCAM_THRESHOLD, ROI_MIN_SIDE
 from runtime.scan_crop import apply_region
 from runtime.session import resolve_threads
 
 log = logging.getLogger("benchmarks.studies.localiser")
 
 PARTS = ("test", "val")
-CAM_THRESHOLD = 0.7
+CAM_THRESHOLD = GRADCAM_THRESHOLD     # roi="auto"'s without a localiser
 TARGET_SHARE = 0.70          # issue 21: IoU >= 0.5 on >= 70 % of lesion images per source
 METHODS = ("localiser", "gradcam")
 TIMED_IMAGES = 60          # test crops the localiser is timed on
@@ -109,9 +110,9 @@ def measure_image(clf, loc, sample, cam_threshold: float) -> dict:
     region = pred.region
     cropped = apply_region(scan.display, _mask01(sample.mask), region=region)
     crop, mask = cropped.image, cropped.mask
-    ours = score_box(box_from_map(loc.lesion_map(crop), loc.threshold, loc.margin), mask)
+    ours = score_box(loc.propose(crop), mask)
     cam = normalize_cam(region.crop(pred.cam)) if pred.cam is not None else None
-    theirs = score_box(box_from_map(cam, cam_threshold, loc.margin) if cam is not None else None, mask)
+    theirs = score_box(proposed_box(cam, cam_threshold, loc.margin) if cam is not None else None, mask)
     return {"localiser": ours, "gradcam": theirs, "crop": crop}
 
 
@@ -216,10 +217,13 @@ def study_markdown(doc: dict) -> str:
                        "include images it learnt from.",
                 None: "The manifest records no split for the localiser: whether these images were held out is "
                       "not known."}[doc.get("same_split_as_localiser")]
-    lines += ["", _target_line(doc), "", held_out + " The proposed box carries its margin, so a box around exactly "
-              f"the lesion reaches IoU {1 / (1 + 2 * doc['localiser']['margin']) ** 2:.2f} at most with the mask's "
-              "tight box; the map's thresholded region is often tighter than the mask, so some boxes score higher.",
-              "",
+    margin = doc["localiser"]["margin"]
+    boxes = (f"The boxes are those predict(..., roi=\"auto\") classifies (runtime.roi): the map's piece "
+             f"{'as it is' if not margin else f'grown by {margin:.0%} a side'}, at least {ROI_MIN_SIDE} px a side.")
+    if margin:
+        boxes += (f" With the margin, a box around exactly the lesion reaches IoU {1 / (1 + 2 * margin) ** 2:.2f} at "
+                  "most with the mask's tight box.")
+    lines += ["", _target_line(doc), "", held_out + " " + boxes, "",
               _timing_line(doc), "",
               f"Command: `{doc['command']}` ({doc['seconds']:.0f} s)", "", DISCLAIMER]
     return "\n".join(lines) + "\n"

@@ -48,7 +48,7 @@ def test_learns_to_find_a_blob_and_the_runtime_finds_it_too(tmp_path):
     from export.localiser import add_localiser
     from runtime.localiser import Localiser
     from runtime.manifest import write_manifest
-    from train.localiser import LocaliserDir, Provenance, fit_localiser
+    from train.localiser import LocaliserDir, Provenance, fit_localiser, rescore
 
     train, val, test = blob_part(192, 1), blob_part(48, 2), blob_part(48, 3)
     spec = PreprocessSpec(image_size=SIZE)
@@ -65,6 +65,16 @@ def test_learns_to_find_a_blob_and_the_runtime_finds_it_too(tmp_path):
     found = metrics["figures"]["test"]["all"]
     assert found["mean_iou"] > 0.5 and found["found"] >= 0.7, found
     assert metrics["output_size"] == [SIZE // 2, SIZE // 2] and metrics["figures"]["test"]["a"]["lesion_images"] > 0
+
+    # the box rule changed (a margin): the threshold is chosen again, nothing is retrained
+    history_before = out.history.read_text()
+    rescore(out, 0.1, train, val, test, spec, provenance)
+    again = json.loads(out.metrics.read_text())
+    assert again["margin"] == 0.1 and again["config"]["margin"] == 0.1 and again["epochs_trained"] == 10
+    assert again["threshold"] == max(again["threshold_table"], key=lambda r: (r["found"], r["mean_iou"]))["threshold"]
+    assert out.history.read_text() == history_before
+    rescore(out, 0.0, train, val, test, spec, provenance)
+    assert json.loads(out.metrics.read_text())["figures"] == metrics["figures"]
 
     export = tmp_path / "export"
     export.mkdir()
