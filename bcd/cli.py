@@ -548,6 +548,99 @@ def _cmd_export(args) -> int:
     return 0 if result.ok else 1
 
 
+# ---- localiser (issue 21: the proposed lesion box) -----------------------------------
+
+def _localiser(name: str) -> LibraryDefault:
+    return library("train.localiser:LocaliserConfig", name)
+
+
+_LOCALISER_FIELDS = {"epochs": "epochs", "patience": "patience", "batch_size": "batch_size", "lr": "learning_rate",
+                     "max_minutes": "max_minutes", "seed": "seed", "margin": "margin"}
+
+
+def _add_localiser(sub) -> None:
+    p = sub.add_parser("localiser", help="train the lesion localiser (proposes the lesion box) on a finished run's "
+                                         "masks, or add a trained one to an export with --export")
+    p.add_argument("run", type=Path, help="finished run directory from `bcd train` (its split and data)")
+    p.add_argument("--out", type=Path, help="localiser directory (default RUN/localiser; `bcd export RUN` includes "
+                                            "RUN/localiser when it is there)")
+    p.add_argument("--export", type=Path, metavar="EXPORT_DIR",
+                   help="instead of training: add the trained localiser to this export directory (its manifest "
+                        "gets a 'localiser' section; the classifier's files are not touched)")
+    p.add_argument("--epochs", type=int, default=_localiser("epochs"), help="epochs at most (default %(default)s)")
+    p.add_argument("--patience", type=int, default=_localiser("patience"),
+                   help="early stopping: epochs without a gain in lesions found on the validation split "
+                        "(default %(default)s)")
+    p.add_argument("--max-minutes", type=float, default=_localiser("max_minutes"),
+                   help="stop after the epoch that passes this much wall time (default: no limit)")
+    p.add_argument("--batch-size", type=int, default=_localiser("batch_size"), help="default %(default)s")
+    p.add_argument("--lr", type=float, default=_localiser("learning_rate"),
+                   help="Adam learning rate, cosine decay over the epochs (default %(default)s)")
+    p.add_argument("--seed", type=int, default=_localiser("seed"), help="default %(default)s")
+    p.add_argument("--margin", type=float, default=_localiser("margin"),
+                   help="share of the proposed box's side added on each side (default %(default)s: predict "
+                        "--roi auto's)")
+    p.add_argument("--data", type=Path, help="where the run's dataset lives now, if it moved")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted localiser training")
+    p.add_argument("--rescore", action="store_true",
+                   help="no training: choose the map threshold again on the validation split (e.g. with another "
+                        "--margin) and score val and test with the trained localiser")
+    p.set_defaults(func=_cmd_localiser)
+
+
+def localiser_config(args):
+    """The LocaliserConfig of `bcd localiser` options (the library fills in what is not given)."""
+    from train.localiser import LocaliserConfig
+    return LocaliserConfig(run=str(args.run), out=str(args.out) if args.out else None,
+                           data=str(args.data) if args.data else None, **given(args, _LOCALISER_FIELDS))
+
+
+def _cmd_localiser(args) -> int:
+    try:
+        from train.localiser import LocaliserDir, LocaliserError, rescore_localiser, train_localiser
+        from train.slim import open_parent
+    except ImportError as err:
+        raise _missing_extra("train", err)
+    try:
+        config = localiser_config(args)
+        open_parent(args.run)
+    except ValueError as err:   # bad numbers, or RUN is not a finished run
+        raise UsageError(str(err)) from None
+    folder = LocaliserDir.of(config)
+    try:
+        if args.export is not None:
+            return _add_localiser_to(folder, args.export)
+        if args.rescore:
+            _setup_logging(folder.log)
+            rescore_localiser(config)
+            print(folder.metrics_md.read_text())
+            return 0
+        if folder.finished and not args.resume:
+            raise UsageError(f"{folder.root} already holds a trained localiser: add it to an export with --export "
+                             "DIR, or choose another --out to train again")
+        _setup_logging(folder.log)
+        train_localiser(config, resume=args.resume)
+    except LocaliserError as err:
+        raise UsageError(str(err)) from None
+    print(f"\nlocaliser written to {folder.root}: localiser.keras, metrics.json, metrics.md, history.json")
+    print(folder.metrics_md.read_text())
+    print(f"`bcd export {args.run} --out DIR` now includes it; or: bcd localiser {args.run} --export EXPORT_DIR")
+    return 0
+
+
+def _add_localiser_to(folder, export_dir: Path) -> int:
+    try:
+        from export.localiser import add_localiser, describe
+    except ImportError as err:
+        raise _missing_extra("export", err)
+    if not (export_dir / "manifest.json").is_file():
+        raise UsageError(f"--export {export_dir}: not an export directory (no manifest.json)")
+    _setup_logging()
+    entry = add_localiser(folder.root, export_dir)
+    print(f"{describe(entry)}\nadded to {export_dir} (manifest.json updated)")
+    return 0
+
+
 # ---- predict -----------------------------------------------------------------------
 
 _PROGRESS_MIN = 20  # report progress on stderr from this many images on
@@ -907,7 +1000,7 @@ def build_parser() -> argparse.ArgumentParser:
     # not required: a bare `bcd` prints the help instead of an argparse error
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_train, _add_slim, _add_evaluate, _add_calibrate, _add_export, _add_predict, _add_report,
-                _add_demo, _add_benchmark, _add_pick):
+                _add_demo, _add_benchmark, _add_pick, _add_localiser):
         add(sub)
     return parser
 

@@ -526,6 +526,8 @@ def _export_into(config: ExportConfig, run, out: Path, staging: Path, started: f
     # exact test images even where the run directory (model.keras) is not shipped.
     if run.run.split.is_file():
         atomic.write_bytes(staging / run.run.split.name, run.run.split.read_bytes())
+    from export.localiser import run_localiser   # RUN/localiser/ when trained (issue 21), else None
+    manifest.localiser = run_localiser(run.run.root, staging, config.onnx_opset)
     write_manifest(staging, manifest)   # validated; complete only once moved into out, last
     _publish(staging, out)
     result.total_seconds = time.monotonic() - started

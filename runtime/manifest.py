@@ -207,6 +207,89 @@ def variant_ood(ood: dict[str, Any] | None, where: str) -> dict[str, Any] | None
     return dict(ood, threshold=threshold)
 
 
+LOCALISER_FILE = "localiser.onnx"
+
+
+@dataclass
+class LocaliserEntry:
+    """The lesion localiser (issue 21): a small segmentation network of its own, shipped
+    beside the classifier, whose lesion map proposes a box when none is drawn
+    (runtime/localiser.py). Its input is the classifier's: the image cut to its scan
+    region, prepared by runtime.preprocessing with `preprocessing` (its image_size is
+    the input size); its output, `output` in the graph, a (batch, h, w, 1) map of lesion
+    probabilities, h x w = `output_size`. The proposed box is
+    runtime.lesion_box.box_from_map(map at the image's size, threshold, margin)."""
+
+    file: str                            # file name inside the export directory
+    sha256: str
+    size_bytes: int
+    preprocessing: dict[str, Any]        # runtime.preprocessing.PreprocessSpec.to_dict()
+    output_size: list[int]               # [height, width] of the lesion map
+    threshold: float                     # map threshold of the proposed box
+    margin: float                        # share of the box's side added on each side
+    threshold_chosen_on: str = "validation split"
+    input: str = "image"                 # the graph's input name (NHWC float32)
+    output: str = "lesion"               # the graph's output name
+    format: str = "onnx"
+    precision: str = "fp32"
+    source_run: str | None = None        # the run whose training split it learnt from
+    split_sha256: str | None = None      # sha256 of that run's split.json (its test images are held out)
+    params: int | None = None
+    # {"val"|"test": {"all"|<source>: {"lesion_images", "mean_iou", "iou_at_least_half", ...}}}:
+    # how well the proposed box matches the lesion mask's box (runtime.lesion_scores)
+    figures: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def input_size(self) -> int:
+        return int(self.preprocessing["image_size"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "localiser") -> "LocaliserEntry":
+        _refuse_unknown(d, cls, where)
+        preprocessing = _get(d, "preprocessing", where, dict)
+        size = _get(preprocessing, "image_size", f"{where}.preprocessing", int)
+        if size < 1:
+            raise _fail(f"{where}.preprocessing.image_size", "must be positive")
+        output_size = _get(d, "output_size", where, list)
+        if len(output_size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                            for v in output_size):
+            raise _fail(f"{where}.output_size", f"expected [height, width], got {output_size}")
+        threshold = float(_get(d, "threshold", where, _NUM))
+        if not 0.0 <= threshold <= 1.0:
+            raise _fail(f"{where}.threshold", f"{threshold} is not a probability")
+        margin = float(_get(d, "margin", where, _NUM))
+        if not 0.0 <= margin <= 1.0:
+            raise _fail(f"{where}.margin", f"{margin} is not a share in 0..1")
+        size_bytes = _get(d, "size_bytes", where, int)
+        if size_bytes < 0:
+            raise _fail(f"{where}.size_bytes", "must not be negative")
+        params = _get(d, "params", where, int, optional=True)
+        return cls(
+            file=_get(d, "file", where, str),
+            sha256=_get(d, "sha256", where, str),
+            size_bytes=size_bytes,
+            preprocessing=dict(preprocessing),
+            output_size=list(output_size),
+            threshold=threshold,
+            margin=margin,
+            threshold_chosen_on=_get(d, "threshold_chosen_on", where, str, optional=True) or "validation split",
+            input=_get(d, "input", where, str, optional=True) or "image",
+            output=_get(d, "output", where, str, optional=True) or "lesion",
+            format=_choice(_get(d, "format", where, str, optional=True) or "onnx", ("onnx",), f"{where}.format"),
+            precision=_choice(_get(d, "precision", where, str, optional=True) or "fp32", PRECISIONS,
+                              f"{where}.precision"),
+            source_run=_get(d, "source_run", where, str, optional=True),
+            split_sha256=_get(d, "split_sha256", where, str, optional=True),
+            params=params,
+            figures=dict(_get(d, "figures", where, dict, optional=True) or {}),
+            notes=[str(n) for n in (_get(d, "notes", where, list, optional=True) or [])],
+        )
+
+
 # --------------------------------------------------------------------------- manifest
 
 @dataclass
@@ -236,6 +319,9 @@ class Manifest:
     # the scan-region finder's settings, runtime.scan_region.RegionConfig.to_dict(), so the
     # runtime crops images the way the model's training images were cropped.
     scan_region: dict[str, Any] | None = None
+    # Optional (older manifests lack it; then no box is proposed): the lesion localiser
+    # shipped beside the classifier (LocaliserEntry, runtime/localiser.py).
+    localiser: LocaliserEntry | None = None
     schema_version: int = SCHEMA_VERSION
 
     # ---- access
@@ -289,6 +375,7 @@ class Manifest:
             "qat_summary": self.qat_summary,
             **({"model_cost": dict(self.model_cost)} if self.model_cost is not None else {}),
             **({"ood": dict(self.ood)} if self.ood is not None else {}),
+            **({"localiser": self.localiser.to_dict()} if self.localiser is not None else {}),
             "variants": [v.to_dict() for v in self.variants],
         }
 
@@ -353,6 +440,7 @@ class Manifest:
             model_cost=_model_cost(d),
             ood=_ood(d),
             scan_region=_scan_region(d),
+            localiser=_localiser(d),
         )
 
 
@@ -380,6 +468,11 @@ def _ood(d: dict[str, Any]) -> dict[str, Any] | None:
     return dict(ood)
 
 
+def _localiser(d: dict[str, Any]) -> LocaliserEntry | None:
+    section = _get(d, "localiser", "", dict, optional=True)
+    return None if section is None else LocaliserEntry.from_dict(section)
+
+
 def _scan_region(d: dict[str, Any]) -> dict[str, Any] | None:
     region = _get(d, "scan_region", "", dict, optional=True)
     if region is None:
@@ -403,6 +496,15 @@ def write_manifest(export_dir: str | os.PathLike, manifest: Manifest) -> Path:
     target = Path(export_dir) / MANIFEST_NAME
     atomic.write_json(target, doc)
     return target
+
+
+def write_localiser(export_dir: str | os.PathLike, entry: LocaliserEntry | None) -> Path:
+    """Set (or, with None, remove) the localiser section of an existing export's
+    manifest, everything else unchanged; written atomically like every manifest. The
+    localiser's file must already be in the export directory."""
+    manifest = read_manifest(export_dir)
+    manifest.localiser = entry
+    return write_manifest(export_dir, manifest)
 
 
 def read_manifest(path_or_dir: str | os.PathLike) -> Manifest:

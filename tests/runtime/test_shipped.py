@@ -62,6 +62,8 @@ def test_every_file_a_shipped_model_needs_is_committed_and_declared_as_package_d
         manifest = read_manifest(export / "manifest.json")
         needed = {"manifest.json", "split.json", "backends.json", "MODEL_CARD.md"}
         needed |= {v.file for v in manifest.usable_variants()}
+        if manifest.localiser is not None:      # the lesion localiser travels with its manifest
+            needed.add(manifest.localiser.file)
         for file in sorted(needed):
             assert f"{name}/{file}" in committed, f"{name}/{file} is not in git (.gitignore?)"
         # every committed file travels: the card links its eval folder
