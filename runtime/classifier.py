@@ -204,7 +204,8 @@ class Classifier:
         self.frames = FrameChoice()
         # roi="auto" asks this lesion localiser for the box (runtime.roi.Localiser); None:
         # the model's own Grad-CAM map proposes it
-        self.localiser: Localiser | None = None
+        self._localiser: Localiser | None = None
+        self._localiser_from: tuple[Path, int, bool] | None = None     # an export's localiser, loaded when asked
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
@@ -304,8 +305,11 @@ class Classifier:
         served = _backend(engine, data, file, spec.image_size, threads)
         info = ModelInfo(entry.name, entry.format, entry.precision, file, tuple(entry.outputs), "manifest",
                          entry.status, verify, engine, why)
-        return cls(served, spec, manifest.labels, manifest.threshold_value, info, manifest, max_pixels,
-                   manifest.ood_threshold(entry.name))
+        clf = cls(served, spec, manifest.labels, manifest.threshold_value, info, manifest, max_pixels,
+                  manifest.ood_threshold(entry.name))
+        if manifest.localiser is not None:
+            clf._localiser_from = (manifest_file, threads, verify)
+        return clf
 
     @classmethod
     def _from_lone_onnx(cls, path: Path, variant: str | None, threads: int, max_pixels: int,
@@ -335,6 +339,22 @@ class Classifier:
                    ood["threshold"] if ood is not None else None)
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def localiser(self) -> Localiser | None:
+        """The lesion localiser roi="auto" asks for a box (runtime.roi.Localiser): the
+        export's own (runtime.localiser, loaded on first use: most calls never need it),
+        one set by the caller, or None (then the model's Grad-CAM proposes)."""
+        if self._localiser is None and self._localiser_from is not None:
+            from runtime.localiser import Localiser as ExportLocaliser
+            manifest_file, threads, verify = self._localiser_from
+            self._localiser_from = None
+            self._localiser = ExportLocaliser.load(manifest_file, threads=threads, verify=verify)
+        return self._localiser
+
+    @localiser.setter
+    def localiser(self, value: Localiser | None) -> None:
+        self._localiser, self._localiser_from = value, None
 
     @property
     def variant(self) -> str:
