@@ -8,7 +8,10 @@ variant's agreement with the original model.
     launch(DemoConfig(model=runtime.shipped.shipped_models()))  # compare the shipped models
 
 With several models the picker lists every variant of each as "MODEL · VARIANT", and
-the threshold, parity figures and baseline shown are the selected model's.
+the threshold, parity figures and baseline shown are the selected model's. The lesion
+box (issue 21): the proposed box is drawn after every upload; the call can be for it or
+for a box drawn with two clicks on the input image; "Download report" gives the result's
+one-page report (runtime.report), written into the private cache.
 
 Only `runtime` and Gradio are imported (no TensorFlow). Safety defaults: loopback only,
 no share link, upload size limit, a queue with 2 workers, no extra file access
@@ -82,7 +85,8 @@ def build_app(config: DemoConfig, service: DemoService | None = None) -> gr.Bloc
     may be passed to share loaded classifiers between apps."""
     cache = private_cache_dir(config)
     service = service or DemoService(config)
-    outputs_doc = "result card, input image, Grad-CAM overlay, JSON (..., the report file last but one)"
+    outputs_doc = ("result card, input image, Grad-CAM overlay, JSON, ..., the report button (its value: the "
+                   "report file), the emptied upload box")
 
     with gr.Blocks(title="Breast ultrasound classifier (research demo)", analytics_enabled=False,
                    delete_cache=(max(10, min(config.cache_seconds, 300)), config.cache_seconds)) as blocks:
@@ -154,18 +158,19 @@ def build_app(config: DemoConfig, service: DemoService | None = None) -> gr.Bloc
         outs = [result, shown, overlay, raw, state, parity, table, roi_mode, roi_box, roi_status, report]
         keep_all = tuple(gr.update() for _ in outs)
 
-        def respond(outcome: Outcome, page: PageState | None, variant_name: str, status: str = "") -> tuple[Any, ...]:
+        def respond(outcome: Outcome, page: PageState | None, variant_name: str, status: str = "",
+                    problem: bool = False) -> tuple[Any, ...]:
             """The page for an outcome: a result (or an error card), the lesion-box controls, the report."""
             if page is not None and outcome.roi_error:
-                return keep_page(page, outcome.error or "", variant_name)
+                return keep_page(page, outcome.error or "")
             return (views.result_html(outcome), outcome.image_rgb, outcome.overlay_rgb, outcome.to_json(), page,
                     views.parity_markdown(service, outcome.variant or variant_name),
                     views.variants_table_markdown(service),
                     page.mode if page is not None else WHOLE,
                     page.box if page is not None else "",
-                    views.roi_status_html(status), report_button(outcome))
+                    views.roi_status_html(status, problem), report_button(outcome))
 
-        def keep_page(page: PageState, message: str, variant_name: str | None = None) -> tuple[Any, ...]:
+        def keep_page(page: PageState, message: str) -> tuple[Any, ...]:
             """A box that can't be used: the result stays; the controls go back to what it is for."""
             if page.shown is None:      # nothing to keep (an API call's box): the error card says why
                 return (views.error_html(page.name, message), None, None, {"file": page.name, "error": message},
@@ -205,18 +210,22 @@ def build_app(config: DemoConfig, service: DemoService | None = None) -> gr.Bloc
                              variant_name, region_mode)
 
         def _classify(page: PageState, variant_name: str, region_mode: str | None = None,
-                      mode: str | None = None, box: str | None = None, status: str = ""):
+                      mode: str | None = None, box: str | None = None, status: str = "", fallback: bool = False):
+            """fallback: a box the new variant or region can't use gives way to the whole scan
+            region (with a message), so the page never shows another variant's result."""
             try:
-                outcome = service.rerun(page, variant_name, region_mode, mode, box)
+                outcome = service.rerun(page, variant_name, region_mode, mode, box, fallback=fallback)
             except Exception as err:  # noqa: BLE001 - the app keeps serving
                 log.exception("classifying %s failed", page.name)
                 return fail(f"Internal error while classifying ({err.__class__.__name__}).", variant_name, page.name,
                             page)
+            if outcome.box_dropped:
+                return respond(outcome, page, variant_name, outcome.box_dropped, problem=True)
             return respond(outcome, page, variant_name, status)
 
         def on_variant(variant_name, page, region_mode=None):
             if isinstance(page, PageState) and page.data is not None:
-                return _classify(page, variant_name, region_mode)
+                return _classify(page, variant_name, region_mode, fallback=True)
             return (*keep_all[:4], page, views.parity_markdown(service, variant_name),
                     views.variants_table_markdown(service), *keep_all[7:])
 

@@ -128,6 +128,7 @@ class Outcome:
     roi: dict[str, Any] | None = None
     proposed: dict[str, Any] | None = None
     roi_error: bool = False                  # `error` is about the box asked for: the page keeps its last result
+    box_dropped: str | None = None           # why the box asked for gave way to the whole scan region (rerun fallback)
     prediction: Prediction | None = field(default=None, repr=False)   # for the report
     picture: np.ndarray | None = field(default=None, repr=False)      # the decoded image (BGR, original pixels)
 
@@ -429,11 +430,18 @@ class DemoService:
         return proposal.roi_dict() if proposal.ok else None
 
     def rerun(self, state: PageState, variant: str | None, region: str | None, mode: str | None = None,
-              box: str | None = None) -> Outcome:
+              box: str | None = None, fallback: bool = False) -> Outcome:
         """The page's upload classified again with a lesion-box choice: mode "whole",
         "proposed" or "mine" (with `box`, "x,y,w,h"); None: the state's. A box that
-        can't be used gives an Outcome with `roi_error` and leaves `state` as it was."""
-        return _rerun(self, state, variant, region, mode, box)
+        can't be used gives an Outcome with `roi_error` and leaves `state` as it was;
+        with `fallback` (a new variant or scan region, whose result must replace the
+        page's) the whole scan region is classified instead, `box_dropped` saying why."""
+        outcome = _rerun(self, state, variant, region, mode, box)
+        if fallback and outcome.roi_error and state.data is not None:
+            why = outcome.error
+            outcome = _rerun(self, state, variant, region, WHOLE)
+            outcome.box_dropped = f"{why} The call is for the whole scan region."
+        return outcome
 
     # ------------------------------------------------------------------ reports
 

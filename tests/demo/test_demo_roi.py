@@ -180,6 +180,7 @@ def test_two_clicks_classify_the_box_as_the_runtime_does(service, clf, image):
     ("-5,0,40,40", "is negative"),
     ("a,b,c,d", "is not a number"),
     ("1,2,3", "not 4"),
+    ("<img src=x onerror=alert(1)>,1,2,3", "is not a number"),
 ])
 def test_a_bad_box_gets_a_message_and_the_result_stays(service, image, box, words):
     state, shown = uploaded(service, image)
@@ -189,7 +190,23 @@ def test_a_bad_box_gets_a_message_and_the_result_stays(service, image, box, word
     assert "Traceback" not in bad.error
     assert state.shown is good and state.mode == PROPOSED and state.box == ""   # nothing changed
     line = views.roi_status_html(bad.error, problem=True)
-    assert views.esc(bad.error) in line and "bcd-roi-problem" in line
+    assert views.esc(bad.error) in line and "bcd-roi-problem" in line and "<img" not in line
+
+
+def test_a_new_scan_region_that_leaves_the_box_out_classifies_the_whole_region(service, image):
+    """A variant or scan-region change must replace the result (never show another
+    setting's call): a box it can't use gives way to the whole scan region, and says so."""
+    state, shown = uploaded(service, image)
+    height, width = shown.picture.shape[:2]
+    box = f"{width - 60},{height - 60},50,50"
+    assert service.rerun(state, None, None, MINE, box).ok
+    corner = f"0,0,{width // 2},{height // 2}"                      # a scan region the box lies outside
+    kept = service.rerun(state, None, corner)
+    assert kept.roi_error and state.mode == MINE                     # without fallback: the page keeps its result
+    moved = service.rerun(state, None, corner, fallback=True)
+    assert moved.ok and moved.roi is None and moved.region["width"] == width // 2
+    assert "lies entirely outside" in moved.box_dropped and moved.box_dropped.endswith("the whole scan region.")
+    assert state.mode == "whole" and state.box == box and state.shown is moved
 
 
 def test_two_clicks_on_one_spot_and_clicks_without_an_image_get_a_message(service, image):
@@ -284,6 +301,10 @@ def test_the_api_takes_a_lesion_box_and_returns_the_report(service, image, tmp_p
         assert tmp_path / "cache" in saved.parents and "20, y 20, 120 &times; 100 px" in saved.read_text()
         bad = client.predict(file, variant, "auto", "0,0,0,0", api_name="/classify")
         assert "This box can't be used" in bad[3]["error"]
+        # Gradio keeps track of the report like its result images: its cache clean-up deletes it
+        from gradio.route_utils import delete_files_created_by_app
+        delete_files_created_by_app(blocks, None)
+        assert not saved.exists()
     finally:
         blocks.close()
 
@@ -294,7 +315,8 @@ CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = REPO / "docs" / "images" / "demo-roi.png"
 
 
-PICTURE_LOADED = "() => { const i = document.querySelector('#bcd-input img'); return i && i.complete && i.naturalWidth > 0; }"
+PICTURE_LOADED = ("() => { const i = document.querySelector('#bcd-input img'); "
+                  "return i && i.complete && i.naturalWidth > 0; }")
 
 
 def _shown_rect(page) -> dict:
@@ -302,7 +324,8 @@ def _shown_rect(page) -> dict:
     return page.locator("#bcd-input img").evaluate("""img => {
         const r = img.getBoundingClientRect();
         const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight, 1);
-        return {left: r.left + (r.width - img.naturalWidth * s) / 2, top: r.top + (r.height - img.naturalHeight * s) / 2,
+        return {left: r.left + (r.width - img.naturalWidth * s) / 2,
+                top: r.top + (r.height - img.naturalHeight * s) / 2,
                 scale: s, width: img.naturalWidth, height: img.naturalHeight};
     }""")
 
