@@ -8,7 +8,10 @@ variant's agreement with the original model.
     launch(DemoConfig(model=runtime.shipped.shipped_models()))  # compare the shipped models
 
 With several models the picker lists every variant of each as "MODEL · VARIANT", and
-the threshold, parity figures and baseline shown are the selected model's.
+the threshold, parity figures and baseline shown are the selected model's. The lesion
+box (issue 21): the proposed box is drawn after every upload; the call can be for it or
+for a box drawn with two clicks on the input image; "Download report" gives the result's
+one-page report (runtime.report), written into the private cache.
 
 Only `runtime` and Gradio are imported (no TensorFlow). Safety defaults: loopback only,
 no share link, upload size limit, a queue with 2 workers, no extra file access
@@ -40,7 +43,7 @@ import gradio as gr  # noqa: E402
 
 from demo import views  # noqa: E402
 from demo.config import DemoConfig  # noqa: E402
-from demo.service import DemoService, Outcome  # noqa: E402
+from demo.service import MINE, PROPOSED, WHOLE, DemoService, Outcome, PageState, click  # noqa: E402
 
 __all__ = ["DemoConfig", "build_app", "launch", "private_cache_dir"]
 
@@ -50,6 +53,8 @@ API_NAME = "classify"            # gradio_client: client.predict(handle_file(pat
 # (an optional third argument: the scan region, "auto" or "off")
 REGION_CHOICES = [("auto: the scan inside the screen", "auto"), ("off: the whole image", "off")]
                                  # variant: a picker value or label ("MODEL · VARIANT" with several models)
+# (an optional fourth argument: the lesion box, "" for the whole scan region, "auto" or "x,y,w,h")
+ROI_CHOICES = [("Whole scan region", WHOLE), ("Proposed box", PROPOSED), ("My box", MINE)]
 
 _cache_lock = threading.Lock()
 _private_cache: Path | None = None
@@ -80,7 +85,8 @@ def build_app(config: DemoConfig, service: DemoService | None = None) -> gr.Bloc
     may be passed to share loaded classifiers between apps."""
     cache = private_cache_dir(config)
     service = service or DemoService(config)
-    outputs_doc = "result card, input image, Grad-CAM overlay, JSON"
+    outputs_doc = ("result card, input image, Grad-CAM overlay, JSON, ..., the report button (its value: the "
+                   "report file), the emptied upload box")
 
     with gr.Blocks(title="Breast ultrasound classifier (research demo)", analytics_enabled=False,
                    delete_cache=(max(10, min(config.cache_seconds, 300)), config.cache_seconds)) as blocks:
@@ -122,30 +128,72 @@ def build_app(config: DemoConfig, service: DemoService | None = None) -> gr.Bloc
                 gr.Markdown(views.model_summary_markdown(service), elem_id="bcd-models")
             with gr.Column(scale=3, min_width=360):
                 result = gr.HTML(views.placeholder_html(), label="result card", elem_id="bcd-result")
+                report = gr.DownloadButton("Download report (HTML, prints on one A4 page)", value=None,
+                                           interactive=False, size="sm", elem_id="bcd-report")
                 with gr.Row():
                     shown = gr.Image(label="Input", type="numpy", format="png", interactive=False,
                                      buttons=["fullscreen"], elem_id="bcd-input", height=360)
                     overlay = gr.Image(label="Grad-CAM overlay", type="numpy", format="png", interactive=False,
                                        buttons=["download", "fullscreen"], elem_id="bcd-overlay", height=360)
+                with gr.Row(equal_height=True, elem_id="bcd-roi"):
+                    roi_mode = gr.Radio(ROI_CHOICES, value=WHOLE, label="Lesion box: what the call is for",
+                                        elem_id="bcd-roi-mode", scale=3,
+                                        info="The magenta box is proposed from the model's Grad-CAM, or drawn by "
+                                             "you: click two opposite corners of the lesion on the input image")
+                    with gr.Column(scale=2, min_width=220):
+                        roi_box = gr.Textbox(label="My box: x, y, width, height (the original image's pixels)",
+                                             placeholder="e.g. 120,80,160,140 (Enter classifies it)", max_lines=1,
+                                             elem_id="bcd-roi-box")
+                        with gr.Row():
+                            roi_use = gr.Button("Classify my box", size="sm", elem_id="bcd-roi-use")
+                            roi_clear = gr.Button("Clear my box", size="sm", elem_id="bcd-roi-clear")
+                roi_status = gr.HTML(views.roi_status_html(), elem_id="bcd-roi-status")
+                api_roi = gr.Textbox(value="", visible=False)     # the API's lesion box; the page uses the controls
                 gr.Markdown("Grad-CAM: red marks the regions that pushed this image's score most towards "
                             "malignant, blue those that did little or nothing, relative to the rest of the same "
                             "image. It is not a lesion outline and does not compare images with each other.")
                 with gr.Accordion("Result as JSON", open=False):
                     raw = gr.JSON(label="result", elem_id="bcd-json")
 
-        outs = [result, shown, overlay, raw, state, parity, table]
+        outs = [result, shown, overlay, raw, state, parity, table, roi_mode, roi_box, roi_status, report]
+        keep_all = tuple(gr.update() for _ in outs)
 
-        def respond(outcome: Outcome, data: bytes | None, variant_name: str) -> tuple[Any, ...]:
-            keep = {"data": data, "name": outcome.file} if data is not None else None
-            return (views.result_html(outcome), outcome.image_rgb, outcome.overlay_rgb, outcome.to_json(), keep,
+        def respond(outcome: Outcome, page: PageState | None, variant_name: str, status: str = "",
+                    problem: bool = False) -> tuple[Any, ...]:
+            """The page for an outcome: a result (or an error card), the lesion-box controls, the report."""
+            if page is not None and outcome.roi_error:
+                return keep_page(page, outcome.error or "")
+            return (views.result_html(outcome), outcome.image_rgb, outcome.overlay_rgb, outcome.to_json(), page,
                     views.parity_markdown(service, outcome.variant or variant_name),
-                    views.variants_table_markdown(service))
+                    views.variants_table_markdown(service),
+                    page.mode if page is not None else WHOLE,
+                    page.box if page is not None else "",
+                    views.roi_status_html(status, problem), report_button(outcome))
+
+        def keep_page(page: PageState, message: str) -> tuple[Any, ...]:
+            """A box that can't be used: the result stays; the controls go back to what it is for."""
+            if page.shown is None:      # nothing to keep (an API call's box): the error card says why
+                return (views.error_html(page.name, message), None, None, {"file": page.name, "error": message},
+                        page, gr.update(), gr.update(), page.mode, gr.update(), views.roi_status_html(message, True),
+                        report_button(None))
+            return (gr.update(), page.shown.image_rgb, gr.update(), gr.update(), page, gr.update(), gr.update(),
+                    page.mode, gr.update(), views.roi_status_html(message, True), gr.update())
+
+        def report_button(outcome: Outcome | None):
+            if outcome is None or not outcome.ok or outcome.prediction is None:
+                return gr.update(value=None, interactive=False)
+            try:
+                return gr.update(value=str(service.write_report(outcome, cache)), interactive=True)
+            except Exception:  # noqa: BLE001 - the result is still shown
+                log.exception("writing the report of %s failed", outcome.file)
+                return gr.update(value=None, interactive=False)
 
         def fail(message: str, variant_name: str | None, file: str | None = None, keep=None) -> tuple[Any, ...]:
             return (views.error_html(file, message), None, None, {"file": file, "error": message}, keep,
-                    views.parity_markdown(service, variant_name), views.variants_table_markdown(service))
+                    views.parity_markdown(service, variant_name), views.variants_table_markdown(service),
+                    WHOLE, "", views.roi_status_html(), report_button(None))
 
-        def on_upload(file, variant_name, region_mode=None):
+        def on_upload(file, variant_name, region_mode=None, roi=None):
             # Runs with preprocess=False: `file` is Gradio's FileData for the upload, already
             # checked by Gradio to lie in its cache; the bytes are read and the file deleted here.
             variant_name = variant_name or service.default_variant
@@ -158,39 +206,90 @@ def build_app(config: DemoConfig, service: DemoService | None = None) -> gr.Bloc
             except Exception:  # noqa: BLE001 - never an exception dialog
                 log.exception("reading an upload failed")
                 return fail("The upload could not be read on the server. Please try again.", variant_name)
-            return _classify(data, name, variant_name, region_mode)
+            return _classify(PageState.for_upload(data, name, roi if isinstance(roi, str) else None),
+                             variant_name, region_mode)
 
-        def _classify(data: bytes, name: str, variant_name: str, region_mode: str | None = None):
+        def _classify(page: PageState, variant_name: str, region_mode: str | None = None,
+                      mode: str | None = None, box: str | None = None, status: str = "", fallback: bool = False):
+            """fallback: a box the new variant or region can't use gives way to the whole scan
+            region (with a message), so the page never shows another variant's result."""
             try:
-                outcome = service.classify_bytes(data, name, variant_name, region_mode)
+                outcome = service.rerun(page, variant_name, region_mode, mode, box, fallback=fallback)
             except Exception as err:  # noqa: BLE001 - the app keeps serving
-                log.exception("classifying %s failed", name)
-                return fail(f"Internal error while classifying ({err.__class__.__name__}).", variant_name, name)
-            return respond(outcome, data, variant_name)
+                log.exception("classifying %s failed", page.name)
+                return fail(f"Internal error while classifying ({err.__class__.__name__}).", variant_name, page.name,
+                            page)
+            if outcome.box_dropped:
+                return respond(outcome, page, variant_name, outcome.box_dropped, problem=True)
+            return respond(outcome, page, variant_name, status)
 
-        def on_variant(variant_name, kept, region_mode=None):
-            if kept and kept.get("data") is not None:
-                return _classify(kept["data"], kept["name"], variant_name, region_mode)
-            return (gr.update(), gr.update(), gr.update(), gr.update(), kept,
-                    views.parity_markdown(service, variant_name), views.variants_table_markdown(service))
+        def on_variant(variant_name, page, region_mode=None):
+            if isinstance(page, PageState) and page.data is not None:
+                return _classify(page, variant_name, region_mode, fallback=True)
+            return (*keep_all[:4], page, views.parity_markdown(service, variant_name),
+                    views.variants_table_markdown(service), *keep_all[7:])
 
         def on_clear():
-            return (views.placeholder_html(), None, None, None, None,
-                    gr.update(), views.variants_table_markdown(service))
+            return (views.placeholder_html(), None, None, None, None, gr.update(),
+                    views.variants_table_markdown(service), WHOLE, "", views.roi_status_html(), report_button(None))
 
-        def on_upload_then_empty(file, variant_name, region_mode=None):
+        def on_upload_then_empty(file, variant_name, region_mode=None, roi=None):
             # The upload box is emptied once the file is read: the server deleted it, so its
             # download link would lead nowhere; the result card names the file.
-            return (*on_upload(file, variant_name, region_mode), None)
+            return (*on_upload(file, variant_name, region_mode, roi), None)
 
-        upload.upload(on_upload_then_empty, inputs=[upload, variant, region], outputs=[*outs, upload],
+        def on_roi_mode(mode, page, variant_name, region_mode):
+            if not isinstance(page, PageState) or page.data is None:
+                return (*keep_all[:4], page, *keep_all[5:7], WHOLE, gr.update(),
+                        views.roi_status_html("There is no image yet: upload one first.", True), gr.update())
+            return _classify(page, variant_name, region_mode, mode=mode)
+
+        def on_roi_box(text, page, variant_name, region_mode):
+            if not isinstance(page, PageState) or page.data is None:
+                return (*keep_all[:4], page, *keep_all[5:9],
+                        views.roi_status_html("There is no image yet: upload one first.", True), gr.update())
+            return _classify(page, variant_name, region_mode, mode=MINE, box=str(text or ""))
+
+        def on_image_click(page, variant_name, region_mode, evt: gr.SelectData):
+            # evt.index: [x, y] in the shown picture's own pixels (Gradio scales the click back)
+            if not isinstance(page, PageState):
+                page = PageState()
+            index = evt.index if isinstance(evt.index, (list, tuple)) and len(evt.index) == 2 else (None, None)
+            done = click(page, *index)
+            if done.box is not None:
+                return _classify(page, variant_name, region_mode, mode=MINE, box=done.box, status=done.message)
+            problem = done.corner is None
+            return (gr.update(), done.image_rgb if done.image_rgb is not None else gr.update(), *keep_all[2:4], page,
+                    *keep_all[5:9], views.roi_status_html(done.message, problem), gr.update())
+
+        def on_roi_clear(page, variant_name, region_mode):
+            if not isinstance(page, PageState) or page.data is None:
+                return (*keep_all[:4], page, *keep_all[5:8], "", views.roi_status_html(), gr.update())
+            page.box, page.corner = "", None
+            if page.mode == MINE:
+                return _classify(page, variant_name, region_mode, mode=WHOLE)
+            shown_image = page.shown.image_rgb if page.shown is not None else gr.update()
+            return (gr.update(), shown_image, *keep_all[2:4], page, *keep_all[5:8], "", views.roi_status_html(),
+                    gr.update())
+
+        upload.upload(on_upload_then_empty, inputs=[upload, variant, region, api_roi], outputs=[*outs, upload],
                       api_name=API_NAME,
                       preprocess=False,
                       api_description=f"Classify one image file with the selected variant; returns {outputs_doc}.")
         upload.clear(on_clear, inputs=None, outputs=outs, api_visibility="private")
         variant.change(on_variant, inputs=[variant, state, region], outputs=outs, api_visibility="private")
-        region.change(lambda region_mode, kept, variant_name: on_variant(variant_name, kept, region_mode),
+        region.change(lambda region_mode, page, variant_name: on_variant(variant_name, page, region_mode),
                       inputs=[region, state, variant], outputs=outs, api_visibility="private")
+        # .input, not .change: the handlers set the choice themselves (an upload, a drawn box)
+        roi_mode.input(on_roi_mode, inputs=[roi_mode, state, variant, region], outputs=outs,
+                       api_visibility="private")
+        roi_box.submit(on_roi_box, inputs=[roi_box, state, variant, region], outputs=outs, api_visibility="private")
+        roi_use.click(on_roi_box, inputs=[roi_box, state, variant, region], outputs=outs, api_visibility="private")
+        roi_clear.click(on_roi_clear, inputs=[state, variant, region], outputs=outs, api_visibility="private")
+        # every click counts (the second corner may come while the first is still being
+        # marked), one at a time: both change the tab's state
+        shown.select(on_image_click, inputs=[state, variant, region], outputs=outs, api_visibility="private",
+                     trigger_mode="multiple", concurrency_limit=1, concurrency_id="bcd-roi-click")
 
         if gallery is not None:
             def on_example(variant_name, region_mode, evt: gr.SelectData):
@@ -199,7 +298,7 @@ def build_app(config: DemoConfig, service: DemoService | None = None) -> gr.Bloc
                     data, name = service.read_example(int(evt.index))
                 except (ValueError, OSError, TypeError) as err:
                     return (*fail(f"That example could not be read ({err}).", variant_name), None)
-                return (*_classify(data, name, variant_name, region_mode), None)
+                return (*_classify(PageState.for_upload(data, name), variant_name, region_mode), None)
 
             gallery.select(on_example, inputs=[variant, region], outputs=[*outs, upload], api_visibility="private")
 

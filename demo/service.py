@@ -11,6 +11,7 @@ import logging
 import statistics
 import threading
 import time
+import uuid
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,11 +21,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from runtime import gradcam
-from runtime.classifier import Classifier
+from runtime import atomic, gradcam
+from runtime.classifier import Classifier, Prediction
 from runtime.dataset import is_mask
 from runtime.images import IMAGE_EXTENSIONS, ImageReadError, decode_image, looks_like_dicom
 from runtime.input_checks import REFUSED
+from runtime.lesion_box import Box
+from runtime.report import report_html, report_name
+from runtime.roi import AUTO, roi_request
 from runtime.scan_crop import RegionSetting
 from runtime.scan_input import DecodedScan, decode_scan
 from runtime.scan_region import ScanRegion
@@ -117,6 +121,16 @@ class Outcome:
     ood_score: float | None = None
     region: dict[str, Any] | None = None     # the box classified (Prediction.region.to_dict()), drawn on the images
     frames: dict[str, Any] | None = None     # a cine loop's frames and their probabilities (Prediction.frames)
+    # The lesion box (issue 21), in the original image's pixels: `roi` the one classified
+    # (Prediction.roi_dict(): x, y, width, height, source; None: the whole scan region),
+    # `proposed` the box proposed for the image (drawn, unused, when the call is for the
+    # whole scan region; its x.. are None when nothing was proposed).
+    roi: dict[str, Any] | None = None
+    proposed: dict[str, Any] | None = None
+    roi_error: bool = False                  # `error` is about the box asked for: the page keeps its last result
+    box_dropped: str | None = None           # why the box asked for gave way to the whole scan region (rerun fallback)
+    prediction: Prediction | None = field(default=None, repr=False)   # for the report
+    picture: np.ndarray | None = field(default=None, repr=False)      # the decoded image (BGR, original pixels)
 
     @property
     def ok(self) -> bool:
@@ -149,6 +163,8 @@ class Outcome:
             "notes": list(self.notes),
             "region": self.region,
             "frames": self.frames,
+            "roi": self.roi,
+            "proposed_roi": self.proposed,
         }
 
 
@@ -319,11 +335,15 @@ class DemoService:
     # ------------------------------------------------------------------ classifying
 
     def classify_bytes(self, data: bytes, name: str, variant: str | None = None,
-                       region: str | None = None) -> Outcome:
+                       region: str | None = None, roi: str | Box | None = None) -> Outcome:
         """Decode and classify one uploaded file; never raises for bad input.
 
         region: "auto", "off" or "x,y,w,h" (runtime.scan_crop); None: the model's own
-        setting. Every frame of a cine loop is classified (their mean makes the call)."""
+        setting. Every frame of a cine loop is classified (their mean makes the call).
+        roi: the lesion box to classify (runtime.roi), in the original image's pixels:
+        None or "" (the whole scan region; the proposed box is still found and drawn),
+        "auto" (the proposed box) or a box ("x,y,w,h" or a Box), used for every frame.
+        A box that can't be used gives an Outcome with `error` and `roi_error` set."""
         started = time.perf_counter()
         chosen = self.variant(variant or self.default_variant)
         variant = chosen.key if chosen is not None else str(variant)
@@ -344,6 +364,10 @@ class DemoService:
         except ValueError as err:
             outcome.error = _sentence(f"{err}.")
             return outcome
+        request, problem = _lesion_request(roi, clf)
+        if problem is not None:
+            outcome.error, outcome.roi_error = problem, True
+            return outcome
         try:
             scan, notes = _decode_scan(data, name, self.config.max_pixels)
         except ImageReadError as err:
@@ -357,12 +381,14 @@ class DemoService:
             return outcome
         outcome.notes = notes
         image = scan.display
-        pred = clf.predict_decoded([scan], [name], with_cam=True, region=setting)[0]
+        pred = clf.predict_decoded([scan], [name], with_cam=True, region=setting, roi=request)[0]
         outcome.region = pred.region.to_dict() if pred.region is not None else None
         outcome.frames = pred.frames.to_dict() if pred.frames is not None else None
         if not pred.ok:
             reason = _strip_name(pred.error or "", name)
-            if reason.startswith(REFUSED):   # runtime.input_checks: not something the model may read
+            if request is not None and reason.startswith("roi "):   # runtime.roi's messages about the box
+                outcome.error, outcome.roi_error = f"This box can't be used: {reason[4:]}.", True
+            elif reason.startswith(REFUSED):   # runtime.input_checks: not something the model may read
                 outcome.error = ("This image was not classified: it does not look like a breast ultrasound scan "
                                  f"({reason[len(REFUSED) + 2:]}). Please upload a grayscale B-mode ultrasound image.")
             else:
@@ -371,11 +397,18 @@ class DemoService:
         outcome.label, outcome.probability, outcome.seconds = pred.label, pred.probability, pred.seconds
         outcome.threshold = pred.threshold
         outcome.out_of_distribution, outcome.ood_score = pred.out_of_distribution, pred.ood_score
+        outcome.prediction, outcome.picture = pred, image
+        outcome.roi = pred.roi_dict()
+        outcome.proposed = outcome.roi if request is not None and request.auto else \
+            self._proposal(clf, scan, name, setting) if request is None else None
+        lesion = pred.roi or _box_of(outcome.proposed)       # the proposed box is drawn while unused, too
         display = _display_size(image)
-        outcome.image_rgb = cv2.cvtColor(draw_region(display, pred.region, image.shape), cv2.COLOR_BGR2RGB)
+        outcome.image_rgb = cv2.cvtColor(draw_lesion(draw_region(display, pred.region, image.shape), lesion,
+                                                     image.shape), cv2.COLOR_BGR2RGB)
         if pred.cam is not None:
             over = gradcam.overlay(display, pred.cam)   # the map is resized to the display image
-            outcome.overlay_rgb = cv2.cvtColor(draw_region(over, pred.region, image.shape), cv2.COLOR_BGR2RGB)
+            over = draw_lesion(draw_region(over, pred.region, image.shape), lesion, image.shape)
+            outcome.overlay_rgb = cv2.cvtColor(over, cv2.COLOR_BGR2RGB)
             if float(np.max(pred.cam)) <= 0.0:
                 outcome.notes.append("The Grad-CAM map is empty for this image: no region pushed the score "
                                      "towards malignant, so the overlay is uniformly blue.")
@@ -386,6 +419,47 @@ class DemoService:
                 self._timings.setdefault(variant, deque(maxlen=_TIMING_WINDOW)).append(pred.seconds)
         outcome.total_seconds = time.perf_counter() - started
         return outcome
+
+    def _proposal(self, clf: Classifier, scan: DecodedScan, name: str,
+                  setting: RegionSetting | None) -> dict[str, Any] | None:
+        """The box proposed for the image (Prediction.roi_dict() of roi "auto"), found
+        while the call is for the whole scan region; None when the variant cannot propose."""
+        if clf.localiser is None and not clf.has_cam:
+            return None
+        proposal = clf.predict_decoded([scan], [name], region=setting, roi=AUTO)[0]
+        return proposal.roi_dict() if proposal.ok else None
+
+    def rerun(self, state: PageState, variant: str | None, region: str | None, mode: str | None = None,
+              box: str | None = None, fallback: bool = False) -> Outcome:
+        """The page's upload classified again with a lesion-box choice: mode "whole",
+        "proposed" or "mine" (with `box`, "x,y,w,h"); None: the state's. A box that
+        can't be used gives an Outcome with `roi_error` and leaves `state` as it was;
+        with `fallback` (a new variant or scan region, whose result must replace the
+        page's) the whole scan region is classified instead, `box_dropped` saying why."""
+        outcome = _rerun(self, state, variant, region, mode, box)
+        if fallback and outcome.roi_error and state.data is not None:
+            why = outcome.error
+            outcome = _rerun(self, state, variant, region, WHOLE)
+            outcome.box_dropped = f"{why} The call is for the whole scan region."
+        return outcome
+
+    # ------------------------------------------------------------------ reports
+
+    def report(self, outcome: Outcome, created: str | None = None) -> str:
+        """The one-page HTML report (runtime.report) of a result as the page shows it:
+        the box classified, the heatmap, the threshold or site profile of its variant."""
+        if not outcome.ok or outcome.prediction is None:
+            raise ValueError("there is no result to report")
+        return report_html(outcome.prediction, outcome.picture, self.classifier(outcome.variant),
+                           input_name=outcome.file, created=created)
+
+    def write_report(self, outcome: Outcome, folder: str | Path) -> Path:
+        """The report written (atomically) to a new folder inside `folder` (the demo's
+        private cache), named after the uploaded file: `<stem>_report.html`."""
+        target = Path(folder) / f"report-{uuid.uuid4().hex}" / report_name(outcome.file)
+        target.parent.mkdir(mode=0o700)
+        atomic.write_text(target, self.report(outcome))
+        return target
 
     # ------------------------------------------------------------------ examples
 
@@ -411,6 +485,126 @@ class DemoService:
         if not _inside(path, root) or not path.is_file():
             raise ValueError("that example is no longer available")
         return path.read_bytes(), path.name
+
+
+# ---------------------------------------------------------------------- the lesion box on the page
+
+WHOLE, PROPOSED, MINE = "whole", "proposed", "mine"      # what the call is for
+ROI_MODES = (WHOLE, PROPOSED, MINE)
+
+
+@dataclass
+class PageState:
+    """What one browser tab keeps between events (its gr.State): the upload's bytes (a
+    variant, region or box change re-runs them), the result on the page and the
+    lesion-box choice. DemoService.rerun and `click` change it."""
+
+    data: bytes | None = None
+    name: str = "image"
+    mode: str = WHOLE
+    box: str = ""                            # my box, "x,y,w,h" in the original image's pixels
+    corner: tuple[int, int] | None = None    # the first click of a box being drawn (original pixels)
+    shown: Outcome | None = None             # the last good result on the page
+
+    @classmethod
+    def for_upload(cls, data: bytes, name: str, roi: str | None = None) -> "PageState":
+        """A new upload: the whole scan region, unless `roi` ("auto" or "x,y,w,h", from the API) says otherwise."""
+        roi = (roi or "").strip()
+        mode = WHOLE if not roi else PROPOSED if roi.lower() == AUTO else MINE
+        return cls(data=data, name=name, mode=mode, box=roi if mode == MINE else "")
+
+
+def roi_of(mode: str, box: str) -> str | None:
+    """classify_bytes' roi for a lesion-box choice."""
+    if mode not in ROI_MODES:
+        raise ValueError(f"unknown lesion-box choice {mode!r}")
+    return None if mode == WHOLE else AUTO if mode == PROPOSED else box
+
+
+def _rerun(service: "DemoService", state: PageState, variant: str | None, region: str | None,
+           mode: str | None = None, box: str | None = None) -> Outcome:
+    """Classify the kept upload again with a lesion-box choice (default: the state's).
+    A result, or an error that is not about the box, becomes the page's; a box that can't
+    be used (`roi_error`) leaves the state as it was, so the page keeps its result."""
+    mode = mode or state.mode
+    box = state.box if box is None else str(box).strip()
+    state.corner = None
+    if state.data is None:
+        return Outcome(file="", variant=str(variant), error="There is no image yet: upload one first.",
+                       roi_error=True)
+    if mode == MINE and not box:
+        return Outcome(file=state.name, variant=str(variant), roi_error=True,
+                       error="There is no box of yours yet: click two opposite corners of the lesion on the input "
+                             "image, or type x,y,w,h.")
+    outcome = service.classify_bytes(state.data, state.name, variant, region, roi_of(mode, box))
+    if outcome.roi_error:
+        return outcome
+    state.mode, state.box = mode, box if mode == MINE else state.box
+    state.shown = outcome if outcome.ok else None
+    return outcome
+
+
+@dataclass
+class Click:
+    """What one click on the input image did: marked the first corner, or finished a box."""
+
+    message: str
+    corner: tuple[int, int] | None = None    # the first corner (original pixels)
+    box: str | None = None                   # the box drawn, "x,y,w,h" (original pixels)
+    image_rgb: np.ndarray | None = field(default=None, repr=False)   # the input shown with the first corner marked
+
+
+def click(state: PageState, x: float, y: float) -> Click:
+    """A click at (x, y) in the pixels of the image shown (Gradio's select event gives
+    them in the picture's own pixels, however it is scaled on the screen). The first
+    click marks one corner, the second the opposite one: their box, in the original
+    image's pixels, both corner pixels inside."""
+    shown = state.shown
+    if shown is None or shown.image_rgb is None or shown.picture is None:
+        return Click("There is no image to draw on yet: upload one first.")
+    point = to_original(x, y, shown.image_rgb.shape, shown.picture.shape)
+    if point is None:
+        return Click("That click was outside the image.")
+    if state.corner is None:
+        state.corner = point
+        return Click(f"First corner at x {point[0]}, y {point[1]}: now click the opposite corner.", corner=point,
+                     image_rgb=mark_point(shown.image_rgb, int(x), int(y)))
+    first, state.corner = state.corner, None
+    box = box_from_corners(first, point)
+    return Click(f"Your box: x {box.x}, y {box.y}, {box.width}×{box.height} px.",
+                 box=f"{box.x},{box.y},{box.width},{box.height}")
+
+
+def to_original(x: float, y: float, display_shape: tuple[int, ...],
+                original_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """A pixel of the display image -> the original image's pixel under it (None: outside)."""
+    dh, dw = display_shape[:2]
+    oh, ow = original_shape[:2]
+    try:
+        x, y = float(x), float(y)
+    except (TypeError, ValueError):
+        return None
+    if not (0 <= x < dw and 0 <= y < dh):
+        return None
+    return min(ow - 1, int(x * ow / dw)), min(oh - 1, int(y * oh / dh))
+
+
+def box_from_corners(a: tuple[int, int], b: tuple[int, int]) -> Box:
+    """The box with corner pixels a and b (in either order), both inside it."""
+    x0, x1 = sorted((int(a[0]), int(b[0])))
+    y0, y1 = sorted((int(a[1]), int(b[1])))
+    return Box(x0, y0, x1 - x0 + 1, y1 - y0 + 1)
+
+
+def mark_point(image_rgb: np.ndarray, x: int, y: int) -> np.ndarray:
+    """The image with a cross at (x, y): the first corner of a box being drawn."""
+    out = image_rgb.copy()
+    arm = max(6, round(min(out.shape[:2]) / 40))
+    rgb = LESION_COLOUR[::-1]
+    thickness = max(2, round(min(out.shape[:2]) / 200))
+    cv2.line(out, (x - arm, y), (x + arm, y), rgb, thickness)
+    cv2.line(out, (x, y - arm), (x, y + arm), rgb, thickness)
+    return out
 
 
 # ---------------------------------------------------------------------- helpers
@@ -522,6 +716,50 @@ def draw_region(display: np.ndarray, region: ScanRegion | None, original_shape: 
     bottom_right = (int(round((region.x + region.width) * sx)) - 1, int(round((region.y + region.height) * sy)) - 1)
     cv2.rectangle(out, top_left, bottom_right, REGION_COLOUR, max(1, round(min(out.shape[:2]) / 250)))
     return out
+
+
+LESION_COLOUR = (255, 0, 255)    # BGR magenta: unlike the scan region's amber, the gray scan and the JET heatmap
+
+
+def draw_lesion(display: np.ndarray, box: Box | None, original_shape: tuple[int, ...]) -> np.ndarray:
+    """The display image with the lesion box outlined (scaled from the original image's
+    pixels), a little thicker than the scan region's outline; unchanged without a box."""
+    if box is None:
+        return display
+    (x0, y0), (x1, y1) = _scaled_corners(box, display.shape, original_shape)
+    out = display.copy()
+    cv2.rectangle(out, (x0, y0), (x1, y1), LESION_COLOUR, max(2, round(min(out.shape[:2]) / 200)))
+    return out
+
+
+def _scaled_corners(box: Box, display_shape, original_shape) -> tuple[tuple[int, int], tuple[int, int]]:
+    sy, sx = display_shape[0] / original_shape[0], display_shape[1] / original_shape[1]
+    return ((int(round(box.x * sx)), int(round(box.y * sy))),
+            (int(round(box.right * sx)) - 1, int(round(box.bottom * sy)) - 1))
+
+
+def _box_of(roi: dict[str, Any] | None) -> Box | None:
+    """The Box of an Outcome's `roi` / `proposed` dict (None: none, or nothing proposed)."""
+    if not roi or roi.get("x") is None:
+        return None
+    return Box(int(roi["x"]), int(roi["y"]), int(roi["width"]), int(roi["height"]))
+
+
+def _lesion_request(roi: str | Box | None, clf: Classifier):
+    """(runtime.roi request or None, None), or (None, a sentence) for a box or a choice
+    this variant can't use: the page says why and keeps its result."""
+    if roi is None or (isinstance(roi, str) and not roi.strip()):
+        return None, None
+    try:
+        request = roi_request(roi)
+    except TypeError as err:
+        return None, _sentence(f"{err}.")
+    if request.error is not None:
+        return None, f"This box can't be used: {request.error[4:]}."
+    if request.auto and clf.localiser is None and not clf.has_cam:
+        return None, (f"Variant {clf.variant} cannot propose a lesion box (it has no Grad-CAM output and no "
+                      "lesion localiser): draw your own box, or pick another variant.")
+    return request, None
 
 
 def _fit(image: np.ndarray, side: int) -> np.ndarray:
