@@ -83,6 +83,23 @@ def split_images(run: RunInfo, name: str, limit: int | None = None, seed: int = 
     return ImageSet(images, labels, f"{name} split of run {run.run.root.name} ({len(labels)} images)")
 
 
+def lesion_crop_images(run: RunInfo, name: str) -> ImageSet | None:
+    """One lesion-centred crop per lesion image of a split (train.roi_samples, as the run
+    trained on them), for a run trained with --roi-share; None for other runs."""
+    from train.data import load_saved_split
+    from train.roi_samples import load_roi_crops
+
+    config = run.info.get("config") or {}
+    if not config.get("roi_share"):
+        return None
+    data, idx = load_saved_split(run.split, run.spec, class_labels=run.info["labels"]["class_labels"],
+                                 region=run.scan_region)
+    part = data.subset(idx[name])
+    crops = load_roi_crops(part, run.spec, int(config.get("roi_crops", 2)), run.scan_region)
+    return ImageSet(crops.images[crops.has, 0], part.labels[crops.has],
+                    f"lesion crops of the {name} split of run {run.run.root.name} ({int(crops.has.sum())} images)")
+
+
 def folder_images(run: RunInfo, folder, limit: int | None = None, seed: int = 0) -> ImageSet:
     """A labelled dataset (class folders, or a CSV index: a path or a DataSource),
     labelled with the run's class map."""

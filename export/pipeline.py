@@ -32,7 +32,8 @@ import numpy as np
 from export import onnx_convert, tflite_convert
 from export.int8_calibration import ImageCalibrationReader, representative_dataset
 from export.config import ExportConfig, VariantSpec
-from export.datasets import ImageSet, RunInfo, calibration_images, open_run, parity_images, split_images
+from export.datasets import (ImageSet, RunInfo, calibration_images, lesion_crop_images, open_run, parity_images,
+                             split_images)
 from export.gradcam import with_cam_output
 from export.ood import OOD_OUTPUT, OodStats, onnx_node_names
 from export.parity import CAM, PROB, Tolerance, auc_or_none, compare, run_file
@@ -105,8 +106,12 @@ class _Exporter:
         from export.ood import features_of, fit_stats
         try:
             train = self.train_images()
-            x = prepare_batch(list(train.images), self.spec)
-            stats = fit_stats(features_of(model, x, self.config.ood_layers, self.config.batch_size), train.labels)
+            images, labels = list(train.images), train.labels
+            crops = lesion_crop_images(self.run, "train")
+            if crops is not None:   # a model that also reads lesion boxes: its boxes are in distribution too
+                images, labels = images + list(crops.images), np.concatenate([labels, crops.labels])
+            x = prepare_batch(images, self.spec)
+            stats = fit_stats(features_of(model, x, self.config.ood_layers, self.config.batch_size), labels)
         except Exception as err:  # noqa: BLE001 - the export goes on without the flag
             log.warning("no out-of-distribution score for %s: %s", what, err)
             return None
