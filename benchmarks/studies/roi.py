@@ -90,6 +90,8 @@ def classify_three_ways(clf, items: list[tuple[Sample, Box]]) -> list[dict]:
                      "group": f"{sample.source}:{sample.group or sample.relative}",
                      "whole": whole.probability, "clinician box": given.probability,
                      "proposed box": proposed.probability,
+                     "ood": {"whole": whole.out_of_distribution, "clinician box": given.out_of_distribution,
+                             "proposed box": proposed.out_of_distribution},
                      "proposed_iou": iou(Box(box.x, box.y, box.width, box.height), lesion) if box is not None else 0.0})
         progress.update(i)
     return rows
@@ -111,6 +113,8 @@ def compare(rows: list[dict], threshold: float, n_resamples: int = 1000, seed: i
         if mode != "whole":
             whole = np.array([r["whole"] for r in rows], dtype=np.float64)
             out[mode]["minus_whole"] = grouped_paired_auc_difference(y, p, whole, groups, n_resamples, seed)
+        flags = [r["ood"][mode] for r in rows if r.get("ood", {}).get(mode) is not None]
+        out[mode]["ood_flagged"] = float(np.mean(flags)) if flags else None
     ious = np.array([r["proposed_iou"] for r in rows])
     out["proposed_iou"] = {"mean": float(ious.mean()), "share_at_least_0.5": float((ious >= 0.5).mean())}
     return out
@@ -151,20 +155,21 @@ def roi_markdown(doc: dict) -> str:
              f"({doc['variant']}, threshold {doc['threshold']:.3f} chosen on whole images); proposed boxes from "
              f"the {doc['proposer']}. Lesion images only. 95% CIs: bootstrap of images within each class; "
              "differences: bootstrap of patients.", "",
-             "| part | source | n (malignant) | mode | AUC | − whole | sens. / spec. | proposed IoU ≥ 0.5 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| part | source | n (malignant) | mode | AUC | − whole | sens. / spec. | OOD flagged | proposed IoU ≥ 0.5 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for part, r in doc["parts"].items():
         for source, s in r["sources"].items():
             if "note" in s:
-                lines.append(f"| {part} | {source} | {s['n']} ({s['malignant']}) | — | {s['note']} | | | |")
+                lines.append(f"| {part} | {source} | {s['n']} ({s['malignant']}) | — | {s['note']} | | | | |")
                 continue
             for mode in MODES:
                 e = s[mode]
                 d = e.get("minus_whole")
                 diff = f"{d['difference']:+.3f} [{d['ci95']['low']:+.3f}, {d['ci95']['high']:+.3f}]" if d else "—"
                 iou_text = f"{s['proposed_iou']['share_at_least_0.5']:.1%}" if mode == "proposed box" else ""
+                ood = f"{e['ood_flagged']:.1%}" if e.get("ood_flagged") is not None else "—"
                 lines.append(f"| {part} | {source} | {s['n']} ({s['malignant']}) | {mode} | {_v(e, 'roc_auc')} | "
-                             f"{diff} | {_v(e, 'sensitivity')} / {_v(e, 'specificity')} | {iou_text} |")
+                             f"{diff} | {_v(e, 'sensitivity')} / {_v(e, 'specificity')} | {ood} | {iou_text} |")
     lines += ["", f"Command: `{doc['command']}`", "", DISCLAIMER]
     return "\n".join(lines) + "\n"
 

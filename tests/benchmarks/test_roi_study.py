@@ -21,7 +21,8 @@ def _rows(n: int, seed: int) -> list[dict]:
     for i, label in enumerate(y):
         rows.append({"label": int(label), "group": f"p{i // 2}", "whole": float(rng.random()),
                      "clinician box": float(label * 0.6 + rng.random() * 0.4),   # separates well
-                     "proposed box": float(rng.random()), "proposed_iou": 0.7 if i % 3 else 0.2})
+                     "proposed box": float(rng.random()), "proposed_iou": 0.7 if i % 3 else 0.2,
+                     "ood": {"whole": False, "clinician box": i % 4 == 0, "proposed box": None}})
     return rows
 
 
@@ -34,6 +35,8 @@ def test_compare_scores_each_mode_and_its_difference_from_the_whole_image():
     assert "minus_whole" not in out["whole"]
     assert out["proposed_iou"]["share_at_least_0.5"] == pytest.approx(np.mean([i % 3 != 0 for i in range(80)]))
     assert set(MODES) <= set(out)
+    assert out["whole"]["ood_flagged"] == 0.0 and out["clinician box"]["ood_flagged"] == 0.25
+    assert out["proposed box"]["ood_flagged"] is None
 
 
 def test_one_class_gives_no_auc():
