@@ -767,7 +767,7 @@ def _cmd_predict(args) -> int:
 # ---- report ------------------------------------------------------------------------
 
 _REPORT_FIELDS = {"model": "model", "variant": "variant", "threads": "threads", "backend": "backend",
-                  "max_pixels": "max_pixels", "region": "region", "frames": "frames"}
+                  "max_pixels": "max_pixels", "region": "region", "frames": "frames", "roi": "roi"}
 
 
 def report_config(args):
@@ -798,6 +798,9 @@ def _add_report(sub) -> None:
                    help="refuse images with more pixels than this (default %(default)s; decompression-bomb guard)")
     _add_site_flags(p)
     _add_region_flags(p)
+    p.add_argument("--roi", metavar="X,Y,W,H|auto",
+                   help="report on the lesion's box: x,y,w,h in the image's pixels (one image), or auto (the "
+                        "proposed box; any number of images) (default: the whole scan region)")
     p.set_defaults(func=_cmd_report)
 
 
@@ -821,7 +824,8 @@ def _cmd_report(args) -> int:
 
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *rest, **kw: print(f"warning: {message}", file=sys.stderr)
-        written = report.write_reports(classifier, [str(i) for i in args.inputs], args.out, progress=progress)
+        written = report.write_reports(classifier, [str(i) for i in args.inputs], args.out, progress=progress,
+                                       roi=config.roi)
     for entry in written.entries:
         p = entry.prediction
         state = f"ERROR: {p.error}" if not p.ok else f"{p.label}-looking, probability {p.probability:.4f}" + (

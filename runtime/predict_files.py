@@ -353,11 +353,11 @@ def write_csv(target: str | os.PathLike, predictions: Iterable[Prediction], site
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows(predictions, site):
-        writer.writerow({k: "" if v is None else v for k, v in _flat(row).items()})
+        writer.writerow({k: "" if v is None else v for k, v in flat_row(row).items()})
     atomic.write_text(target, buffer.getvalue())
 
 
-def _flat(row: dict) -> dict:
+def flat_row(row: dict) -> dict:
     """A report row with its nested region, frames and ROI as CSV columns."""
     out = {k: v for k, v in row.items() if k not in ("region", "frames", "roi")}
     roi = row.get("roi") or {}

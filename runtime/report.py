@@ -39,7 +39,7 @@ from runtime.engines import AUTO
 from runtime.host import DISCLAIMER, utc_now
 from runtime.images import DEFAULT_MAX_PIXELS, to_bgr_uint8
 from runtime.model_files import sha256_file
-from runtime.predict_files import PredictConfig, expand_inputs, rows
+from runtime.predict_files import ROI_FIELDS, PredictConfig, expand_inputs, flat_row, rows
 from runtime.report_page import Page, Panel, Result, IndexRow, esc, index_page, report_page
 from runtime.scan_input import DecodedScan
 from runtime.site_profile import load_for
@@ -79,13 +79,14 @@ class ReportConfig:
     region: str | None = None                # auto | off | "X,Y,W,H"; None: the export's setting (auto if none)
     frames: str | int = "middle"             # a cine loop's frames: middle | all | frame number N (from 1)
     site: str | os.PathLike | None = None    # a site profile from `bcd calibrate`; None: the model's threshold
+    roi: str | None = None                   # the lesion box: "X,Y,W,H" (one image only) or auto; None: none
 
     def __post_init__(self) -> None:
         self.predict_config()                # the same checks as `bcd predict`, before any file is read
 
     def predict_config(self) -> PredictConfig:
         return PredictConfig(model=self.model, variant=self.variant, threads=self.threads, backend=self.backend,
-                             max_pixels=self.max_pixels, region=self.region, frames=self.frames)
+                             max_pixels=self.max_pixels, region=self.region, frames=self.frames, roi=self.roi)
 
     def load_classifier(self) -> Classifier:
         """The model, with the site profile applied when one is set."""
@@ -474,28 +475,33 @@ def prepare_out_dir(out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def classify_for_report(classifier: Classifier, path: str | os.PathLike) -> tuple[Prediction, np.ndarray | None]:
-    """One file's Prediction (with its Grad-CAM map when the variant has one) and the
-    image it was made on (None when the file could not be read); never raises for a bad file."""
+def classify_for_report(classifier: Classifier, path: str | os.PathLike, roi=None
+                        ) -> tuple[Prediction, np.ndarray | None]:
+    """One file's Prediction (with its Grad-CAM map when the variant has one; for the
+    lesion box `roi` as Classifier.predict takes it) and the image it was made on (None
+    when the file could not be read); never raises for a bad file."""
     _, scan, error = classifier.decode_or_error(path)
     if scan is None:
         return Prediction(str(path), None, None, classifier.threshold, error=error), None
-    pred = classifier.predict_decoded([scan], [str(path)], with_cam=classifier.has_cam)[0]
+    pred = classifier.predict_decoded([scan], [str(path)], with_cam=classifier.has_cam, roi=roi)[0]
     return pred, scan.display
 
 
 def write_reports(classifier: Classifier, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
-                  progress: Progress | None = None, created: str | None = None) -> ReportSet:
+                  progress: Progress | None = None, created: str | None = None, roi=None) -> ReportSet:
     """One report per file named by `inputs` (files, folders searched recursively, globs)
     in `out_dir`, plus index.html (a table linking to each) and summary.csv; every file
     written atomically. An input naming nothing usable gets an error report; ReportError
-    when there are no inputs or no input names any file."""
+    when there are no inputs or no input names any file, or a box (`roi` other than
+    "auto") is given for more than one file."""
     inputs = [str(i) for i in inputs]
     if not inputs:
         raise ReportError("no inputs: name image files, folders or glob patterns")
     files, problems = expand_inputs(inputs)
     if not files:
         raise ReportError("no image files found: " + "; ".join(p.error or str(p.path) for p in problems))
+    if roi is not None and roi != "auto" and len(files) > 1:
+        raise ReportError(f"a lesion box is for one image; {len(files)} files were named (use --roi auto)")
     out = prepare_out_dir(out_dir)
     created = created or utc_now()
     facts = model_facts(classifier)
@@ -507,7 +513,7 @@ def write_reports(classifier: Classifier, inputs: Iterable[str | os.PathLike], o
             problem.threshold = classifier.threshold
             pred, image = problem, None
         else:
-            pred, image = classify_for_report(classifier, path)
+            pred, image = classify_for_report(classifier, path, roi)
         entries.append(ReportEntry(pred, write_report(out / names[path], pred, image, classifier,
                                                       created=created, facts=facts)))
         if progress is not None:
@@ -542,10 +548,11 @@ def _summary_csv(entries: list[ReportEntry], classifier: Classifier) -> str:
     """index.html's table as CSV (the values of `bcd predict --csv`, plus the report's file name)."""
     site = classifier.site.name if classifier.site is not None else None
     buffer = io.StringIO()
-    fields = SUMMARY_FIELDS + (("site_profile",) if site is not None else ())
+    boxes = any(e.prediction.roi_source is not None for e in entries)
+    fields = SUMMARY_FIELDS + (ROI_FIELDS if boxes else ()) + (("site_profile",) if site is not None else ())
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for entry, row in zip(entries, rows([e.prediction for e in entries], site)):
-        row["report"] = entry.file.name
+        row = {**flat_row(row), "report": entry.file.name}
         writer.writerow({k: "" if row.get(k) is None else row[k] for k in fields})
     return buffer.getvalue()

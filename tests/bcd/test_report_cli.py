@@ -141,3 +141,23 @@ def test_report_as_a_command_prints_no_traceback(scans, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"open {out / 'index.html'}" in proc.stdout and (out / "scan_report.html").is_file()
     assert "Traceback" not in proc.stderr
+
+
+def test_report_on_a_lesion_box(scans, tmp_path, capsys):
+    """--roi auto reports on the proposed box for every image; a drawn box is for one image."""
+    out = tmp_path / "boxes"
+    assert main(["report", str(scans / "a" / "scan.png"), str(scans / "b" / "scan.png"), "--out", str(out),
+                 "--roi", "auto", "--threads", "1"]) == 0
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(rows) == 2 and all(r["roi_source"].startswith(("proposed:", "none proposed:")) for r in rows)
+    page = next(out.glob("scan*_report.html")).read_text()
+    assert "proposed" in page
+    assert main(["report", str(scans / "a" / "scan.png"), "--out", str(out / "one"), "--roi", "20,20,120,100",
+                 "--threads", "1"]) == 0
+    (row,) = list(csv.DictReader((out / "one" / "summary.csv").open()))
+    assert (row["roi_x"], row["roi_y"], row["roi_width"], row["roi_height"], row["roi_source"]) == \
+        ("20", "20", "120", "100", "given")
+    capsys.readouterr()
+    assert main(["report", str(scans), "--out", str(out / "many"), "--roi", "20,20,120,100"]) == 2
+    assert "a lesion box is for one image" in capsys.readouterr().err
+    assert not (out / "many" / "index.html").exists()
