@@ -322,6 +322,15 @@ class _Exporter:
         return record
 
 
+def _roi_threshold(staging: Path, run: RunInfo) -> None:
+    """A run trained with lesion crops gets a lesion-box threshold (export/roi_threshold.py)."""
+    from export.roi_threshold import fit_roi_threshold
+    try:
+        fit_roi_threshold(staging, run.run.root)
+    except Exception as err:  # noqa: BLE001 - the export stands without it (boxes use the model's threshold)
+        log.warning("no lesion-box threshold: %s", err)
+
+
 def compressed_size(path: Path) -> int:
     """Bytes of the file gzip-compressed (level 6, no timestamp): what a download costs,
     and where unstructured sparsity shows (zeros compress, the raw file does not shrink)."""
@@ -534,6 +543,7 @@ def _export_into(config: ExportConfig, run, out: Path, staging: Path, started: f
     from export.localiser import run_localiser   # RUN/localiser/ when trained (issue 21), else None
     manifest.localiser = run_localiser(run.run.root, staging, config.onnx_opset)
     write_manifest(staging, manifest)   # validated; complete only once moved into out, last
+    _roi_threshold(staging, run)
     _publish(staging, out)
     result.total_seconds = time.monotonic() - started
     log.info("manifest written: %s (%.0fs in total)", out / MANIFEST_NAME, result.total_seconds)

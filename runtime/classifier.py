@@ -185,6 +185,9 @@ class Classifier:
         self.backend = backend
         self.spec = spec
         self.threshold = float(threshold)
+        # A lesion box's own operating point (manifest threshold.roi); None: boxes are read
+        # at `threshold`, as with a site profile (calibrated on whole scans only)
+        self.roi_threshold: float | None = manifest.roi_threshold_value if manifest is not None else None
         self.info = info
         self.manifest = manifest
         self.max_pixels = max_pixels
@@ -389,6 +392,7 @@ class Classifier:
         profile.check_model(self.info.file, self.variant)
         self.site = profile
         self.threshold = float(profile.threshold)
+        self.roi_threshold = None        # the profile maps whole-scan probabilities; boxes follow it
 
     def close(self) -> None:
         self.backend.close()
@@ -686,7 +690,9 @@ class Classifier:
             return
         p = values[0] if len(values) == 1 else float(np.mean(values))
         pred.probability = p
-        pred.label = self.positive if p >= self.threshold else self.negative
+        if pred.roi is not None and self.roi_threshold is not None:
+            pred.threshold = self.roi_threshold     # a box is read at its own operating point
+        pred.label = self.positive if p >= pred.threshold else self.negative
         if scan.is_cine:
             pred.frames = FrameResults(scan.frame_count, list(scan.frame_numbers), values,
                                        "mean" if len(values) > 1 else "single frame")

@@ -299,7 +299,7 @@ class Manifest:
     source_model: dict[str, str]         # {"path": "<run>/model.keras", "sha256"}
     preprocessing: dict[str, Any]        # runtime.preprocessing.PreprocessSpec.to_dict()
     labels: dict[str, Any]               # {"names": [...], "positive": "malignant"}
-    threshold: dict[str, Any]            # {"value", "chosen_on", "policy"}
+    threshold: dict[str, Any]            # {"value", "chosen_on", "policy"[, "roi": {...}]}
     input: dict[str, Any]                # {"name": "image", "shape": [null, s, s, 3], "dtype": "float32", "layout": "NHWC"}
     training_data: dict[str, Any]        # run.json "data" summary
     baseline: dict[str, Any]             # {"auc", "n", "data"}: the Keras model on the parity data
@@ -338,6 +338,15 @@ class Manifest:
     @property
     def threshold_value(self) -> float:
         return float(self.threshold["value"])
+
+    @property
+    def roi_threshold_value(self) -> float | None:
+        """The operating threshold for a lesion box (`roi`), chosen on the validation
+        split's lesion crops by the same policy; None: a model that has none (a box is
+        then read at the whole-image threshold). A lesion fills a box, so a box's
+        probabilities run higher than a whole scan's (benchmarks/studies/roi.py)."""
+        roi = self.threshold.get("roi")
+        return float(roi["value"]) if roi is not None else None
 
     def ood_threshold(self, variant: str) -> float | None:
         """The OOD flag threshold of a variant; None: this variant raises no flag (an
@@ -411,6 +420,11 @@ class Manifest:
         value = _get(threshold, "value", "threshold", _NUM)
         if not 0.0 <= value <= 1.0:
             raise _fail("threshold.value", f"{value} is not a probability")
+        roi = _get(threshold, "roi", "threshold", dict, optional=True)
+        if roi is not None:
+            roi_value = _get(roi, "value", "threshold.roi", _NUM)
+            if isinstance(roi_value, bool) or not 0.0 <= roi_value <= 1.0:
+                raise _fail("threshold.roi.value", f"{roi_value} is not a probability")
         inp = _get(d, "input", "", dict)
         _get(inp, "name", "input", str)
         shape = _get(inp, "shape", "input", list)
@@ -504,6 +518,16 @@ def write_localiser(export_dir: str | os.PathLike, entry: LocaliserEntry | None)
     localiser's file must already be in the export directory."""
     manifest = read_manifest(export_dir)
     manifest.localiser = entry
+    return write_manifest(export_dir, manifest)
+
+
+def write_roi_threshold(export_dir: str | os.PathLike, record: dict[str, Any] | None) -> Path:
+    """Set (or, with None, remove) the lesion-box threshold of an existing export's
+    manifest (threshold.roi: {"value", "chosen_on", "policy", "n", "malignant"}),
+    everything else unchanged."""
+    manifest = read_manifest(export_dir)
+    threshold = {k: v for k, v in manifest.threshold.items() if k != "roi"}
+    manifest.threshold = {**threshold, **({"roi": dict(record)} if record is not None else {})}
     return write_manifest(export_dir, manifest)
 
 

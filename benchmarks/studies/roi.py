@@ -97,8 +97,10 @@ def classify_three_ways(clf, items: list[tuple[Sample, Box]]) -> list[dict]:
     return rows
 
 
-def compare(rows: list[dict], threshold: float, n_resamples: int = 1000, seed: int = 0) -> dict:
-    """Each mode's AUC, sensitivity and specificity, and its AUC minus the whole image's."""
+def compare(rows: list[dict], threshold: float, n_resamples: int = 1000, seed: int = 0,
+            box_threshold: float | None = None) -> dict:
+    """Each mode's AUC, sensitivity and specificity (a box's at `box_threshold`, the
+    export's lesion-box threshold, when it has one), and its AUC minus the whole image's."""
     y = np.array([r["label"] for r in rows])
     groups = [r["group"] for r in rows]
     out = {"n": len(rows), "malignant": int(y.sum())}
@@ -107,8 +109,9 @@ def compare(rows: list[dict], threshold: float, n_resamples: int = 1000, seed: i
         return out
     for mode in MODES:
         p = np.array([r[mode] for r in rows], dtype=np.float64)
-        m = binary_metrics(y, p, threshold)
-        ci = bootstrap_ci(y, p, threshold, n_resamples, seed, metrics=("roc_auc", "sensitivity", "specificity"))
+        at = threshold if mode == "whole" or box_threshold is None else box_threshold
+        m = binary_metrics(y, p, at)
+        ci = bootstrap_ci(y, p, at, n_resamples, seed, metrics=("roc_auc", "sensitivity", "specificity"))
         out[mode] = {k: {"value": m[k], "ci95": ci[k]} for k in ("roc_auc", "sensitivity", "specificity")}
         if mode != "whole":
             whole = np.array([r["whole"] for r in rows], dtype=np.float64)
@@ -126,7 +129,7 @@ def run_study(export: Path, parts: tuple[str, ...], data_override: str | None, n
     split = json.loads(Path(split_file(export)).read_text())
     doc = {"export": str(export), "parts": {}}
     with Classifier.load(export) as clf:
-        doc.update(variant=clf.variant, threshold=clf.threshold,
+        doc.update(variant=clf.variant, threshold=clf.threshold, box_threshold=clf.roi_threshold,
                    proposer="localiser" if getattr(clf, "localiser", None) is not None else "Grad-CAM")
         for part in parts:
             items = _spread(lesion_samples(split, part, data_override), limit)
@@ -134,7 +137,8 @@ def run_study(export: Path, parts: tuple[str, ...], data_override: str | None, n
                 continue
             rows = classify_three_ways(clf, items)
             by_source = {s: [r for r in rows if r["source"] == s] for s in sorted({r["source"] for r in rows})}
-            doc["parts"][part] = {"rows": rows, "sources": {s: compare(r, clf.threshold, n_resamples)
+            doc["parts"][part] = {"rows": rows, "sources": {s: compare(r, clf.threshold, n_resamples,
+                                                                      box_threshold=clf.roi_threshold)
                                                             for s, r in by_source.items()}}
     if not doc["parts"]:
         raise ValueError(f"{export}'s split lists no lesion images with masks in {', '.join(parts)}")
@@ -152,7 +156,9 @@ def _v(entry: dict, key: str) -> str:
 
 def roi_markdown(doc: dict) -> str:
     lines = [f"**Whole image vs a box around the lesion.** Export `{Path(doc['export']).name}` "
-             f"({doc['variant']}, threshold {doc['threshold']:.3f} chosen on whole images); proposed boxes from "
+             f"({doc['variant']}, threshold {doc['threshold']:.3f} chosen on whole images; boxes at "
+             + (f"its lesion-box threshold {doc['box_threshold']:.3f}" if doc.get("box_threshold") is not None
+                else "the same threshold") + f"); proposed boxes from "
              f"the {doc['proposer']}. Lesion images only. 95% CIs: bootstrap of images within each class; "
              "differences: bootstrap of patients.", "",
              "| part | source | n (malignant) | mode | AUC | − whole | sens. / spec. | OOD flagged | proposed IoU ≥ 0.5 |",
