@@ -55,8 +55,8 @@ from runtime.model_files import (
 )
 from runtime.overlay_marks import apply_colour_marks
 from runtime.preprocessing import PreprocessSpec, prepare
-from runtime.roi import (GIVEN, GRADCAM, GRADCAM_THRESHOLD, LOCALISER, ROI_MIN_SIDE, Localiser, RoiError, RoiRequest,
-                         fit_roi, none_proposed_source, propose, proposed_source, roi_request, roi_requests)
+from runtime.roi import (GIVEN, GRADCAM, GRADCAM_THRESHOLD, LOCALISER, PROPOSAL_MARGIN, ROI_MIN_SIDE, Localiser,
+                         RoiError, RoiRequest, fit_roi, none_proposed_source, propose, proposed_source, roi_request, roi_requests)
 from runtime.scan_crop import (RegionError, RegionSetting, apply_region, choose_region, colour_refusal,
                                 region_config_from_dict)
 from runtime.scan_input import DecodedScan, FrameChoice, decode_scan, read_scan, still
@@ -149,6 +149,9 @@ class Placed:
     scan: DecodedScan | None
     arrays: list[np.ndarray] | None
     roi: RoiRequest | None = None        # roi "auto", its box still to be proposed (by infer)
+    # the frames cut to the scan region with coloured marks erased, as training saw them:
+    # what a proposed box is cut from (roi "auto" only)
+    regions: list[np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -202,13 +205,14 @@ class Classifier:
         # it was recorded: the default finder, auto); `region` and `frames` are the
         # defaults of every predict call (runtime.scan_crop, runtime.scan_input).
         recorded = manifest.scan_region if manifest is not None else None
-        self.region_finder: RegionConfig = region_config_from_dict(recorded) if recorded is not None else RegionConfig()
+        # a model without the record was trained before coloured marks were erased: keep them
+        self.region_finder: RegionConfig = (region_config_from_dict(recorded) if recorded is not None
+                                            else RegionConfig(colour_marks="keep"))
         self.region = RegionSetting(self.region_finder.mode)
         self.frames = FrameChoice()
         # roi="auto" asks this lesion localiser for the box (runtime.roi.Localiser); None:
         # the model's own Grad-CAM map proposes it
-        self._localiser: Localiser | None = None
-        self._localiser_from: tuple[Path, int, bool] | None = None     # an export's localiser, loaded when asked
+        self.localiser: Localiser | None = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
@@ -310,8 +314,9 @@ class Classifier:
                          entry.status, verify, engine, why)
         clf = cls(served, spec, manifest.labels, manifest.threshold_value, info, manifest, max_pixels,
                   manifest.ood_threshold(entry.name))
-        if manifest.localiser is not None:
-            clf._localiser_from = (manifest_file, threads, verify)
+        if manifest.localiser is not None:   # loaded with the model: a bad file fails here, once, clearly
+            from runtime.localiser import Localiser as ExportLocaliser
+            clf.localiser = ExportLocaliser.load(manifest_file, threads=threads, verify=verify)
         return clf
 
     @classmethod
@@ -342,22 +347,6 @@ class Classifier:
                    ood["threshold"] if ood is not None else None)
 
     # ------------------------------------------------------------------ properties
-
-    @property
-    def localiser(self) -> Localiser | None:
-        """The lesion localiser roi="auto" asks for a box (runtime.roi.Localiser): the
-        export's own (runtime.localiser, loaded on first use: most calls never need it),
-        one set by the caller, or None (then the model's Grad-CAM proposes)."""
-        if self._localiser is None and self._localiser_from is not None:
-            from runtime.localiser import Localiser as ExportLocaliser
-            manifest_file, threads, verify = self._localiser_from
-            self._localiser_from = None
-            self._localiser = ExportLocaliser.load(manifest_file, threads=threads, verify=verify)
-        return self._localiser
-
-    @localiser.setter
-    def localiser(self, value: Localiser | None) -> None:
-        self._localiser, self._localiser_from = value, None
 
     @property
     def variant(self) -> str:
@@ -535,6 +524,9 @@ class Classifier:
         if colour is not None:
             pred.error = f"{name}: {colour}"
             return None
+        # after the checks (a colour photo is refused, not repainted): marks erased from the
+        # scan region as training erased them, before any lesion box is cut from it
+        crops = [apply_colour_marks(crop, self.region_finder.colour_marks) for crop in crops]
         if request is not None and request.box is not None:
             # the scan region passed the checks above; the model sees the lesion's box in it
             try:
@@ -543,9 +535,8 @@ class Classifier:
                 pred.error = f"{name}: {err}"
                 return None
             pred.roi_source = GIVEN
-            crops = [np.ascontiguousarray(pred.roi.crop(image)) for image in scan.frames]
-        # after the checks (a colour photo is refused, not repainted): marks as training erased them
-        return [apply_colour_marks(crop, self.region_finder.colour_marks) for crop in crops]
+            return [_cut(crop, pred.roi, pred.region) for crop in crops]
+        return crops
 
     def place(self, path: str | None, scan: DecodedScan | None, error: str | None = None,
               region: "RegionSetting | str | Sequence | None" = None, roi=None) -> "Placed":
@@ -567,8 +558,8 @@ class Classifier:
         except Exception as err:  # noqa: BLE001 - one odd image must not stop a batch or a folder
             pred.error = f"{path or 'image'}: cannot prepare it ({err.__class__.__name__}: {err})"
             arrays = None
-        return Placed(pred, scan, arrays, request if arrays is not None and request is not None and request.auto
-                      else None)
+        auto = arrays is not None and request is not None and request.auto
+        return Placed(pred, scan, arrays, request if auto else None, crops if auto else None)
 
     def infer(self, placed: Sequence["Placed"], with_cam: bool = False) -> list[Prediction]:
         """Classify inputs made ready by `place`, as one batch (a cine loop's frames each
@@ -599,25 +590,27 @@ class Classifier:
         the region by place), the box from the map, then its frames cut to that box and
         prepared again; the ROI pass is the inference that follows. No box proposed: the
         scan region is classified, and roi_source says so."""
-        proposer = LOCALISER if self.localiser is not None else GRADCAM
-        if self.localiser is None and not self.has_cam:
+        localiser = self.localiser               # read once: one proposer for the whole call
+        proposer = LOCALISER if localiser is not None else GRADCAM
+        if localiser is None and not self.has_cam:
             for item in items:
                 item.pred.error = f"{item.pred.path or 'image'}: roi 'auto': {self.variant} cannot propose a box"
                 item.arrays = None
             return
-        threshold = float(self.localiser.threshold) if self.localiser is not None else GRADCAM_THRESHOLD
-        maps = self._localiser_maps(items) if self.localiser is not None else self._gradcam_maps(items)
+        threshold = float(localiser.threshold) if localiser is not None else GRADCAM_THRESHOLD
+        margin = float(getattr(localiser, "margin", PROPOSAL_MARGIN)) if localiser is not None else PROPOSAL_MARGIN
+        maps = self._localiser_maps(items, localiser) if localiser is not None else self._gradcam_maps(items)
         for item, lesion_map in zip(items, maps):
             item.roi = None
             if lesion_map is None:               # its error is set
                 item.arrays = None
                 continue
             try:
-                box = propose(lesion_map, threshold, item.pred.region, self._roi_min_side)
+                box = propose(lesion_map, threshold, item.pred.region, self._roi_min_side, margin)
                 if box is None:
                     item.pred.roi_source = none_proposed_source(proposer)
                     continue
-                item.arrays = [prepare(np.ascontiguousarray(box.crop(image)), self.spec) for image in item.scan.frames]
+                item.arrays = [prepare(_cut(region, box, item.pred.region), self.spec) for region in item.regions]
                 item.pred.roi, item.pred.roi_source = box, proposed_source(proposer)
             except Exception as err:  # noqa: BLE001 - one odd image must not stop a batch or a folder
                 item.pred.error = f"{item.pred.path or 'image'}: cannot propose a lesion box ({err})"
@@ -639,13 +632,13 @@ class Classifier:
             return [gradcam.cam_to_image(cams[k], item.pred.region.height, item.pred.region.width)
                     for k, item in enumerate(items)]
 
-    def _localiser_maps(self, items: list["Placed"]) -> list[np.ndarray | None]:
-        """The localiser's lesion map over each input's scan region (its shown frame)."""
+    def _localiser_maps(self, items: list["Placed"], localiser: Localiser) -> list[np.ndarray | None]:
+        """The localiser's lesion map over each input's scan region (its shown frame, marks erased)."""
         maps: list[np.ndarray | None] = []
         for item in items:
-            region = np.ascontiguousarray(item.pred.region.crop(item.scan.display))
+            region = item.regions[len(item.regions) // 2]
             try:
-                lesion_map = np.asarray(self.localiser.lesion_map(region), dtype=np.float32)
+                lesion_map = np.asarray(localiser.lesion_map(region), dtype=np.float32)
                 if lesion_map.shape != region.shape[:2]:
                     raise ValueError(f"its map is {lesion_map.shape}, not the region's {region.shape[:2]}")
             except Exception as err:  # noqa: BLE001 - one odd image must not stop a batch or a folder
@@ -778,6 +771,11 @@ def _not_an_export(path: Path) -> str:
 
 def _item_name(item) -> str | None:
     return str(item) if isinstance(item, (str, os.PathLike)) else None
+
+
+def _cut(region_image: np.ndarray, box: Box, region: ScanRegion) -> np.ndarray:
+    """The part of a frame's scan-region picture under `box` (original-image pixels)."""
+    return np.ascontiguousarray(box.shifted(-region.x, -region.y).crop(region_image))
 
 
 def _cam_on_image(cam: np.ndarray, region: "ScanRegion | Box", shape: tuple[int, int]) -> np.ndarray:

@@ -288,7 +288,13 @@ def read_rois(rois_file: str | os.PathLike) -> list[tuple[Path, RoiRequest | Non
         text = source.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"boxes file {source}: cannot read it ({err})") from None
-    reader = csv.reader(io.StringIO(text))
+    try:
+        return _read_rois(source, csv.reader(io.StringIO(text)))
+    except csv.Error as err:                 # e.g. a field over the csv module's size limit
+        raise ValueError(f"boxes file {source}: not a readable CSV ({err})") from None
+
+
+def _read_rois(source: Path, reader) -> list[tuple[Path, RoiRequest | None]]:
     header = [cell.strip().lower() for cell in next(reader, [])]
     header = [{"width": "w", "height": "h"}.get(cell, cell) for cell in header]
     missing = [c for c in ROIS_COLUMNS if c not in header]

@@ -134,12 +134,18 @@ def model_facts(classifier: Classifier) -> ModelFacts:
         file=info.file.name, sha256=(listed or sha256_file(info.file)).lower(), sha256_checked=listed is not None)
 
 
-def threshold_source(classifier: Classifier) -> str:
-    """Whose threshold makes the call: the model's (with its policy) or a site profile's."""
+def threshold_source(classifier: Classifier, pred: Prediction | None = None) -> str:
+    """Whose threshold makes the call: the model's (with its policy), its lesion-box
+    threshold (a prediction with a box, when the model has one), or a site profile's."""
     site = classifier.site
     if site is not None:
         return f"site profile '{_short(site.name)}'" + (f": {site.policy}" if site.policy else "")
     t = classifier.manifest.threshold if classifier.manifest is not None else {}
+    if pred is not None and pred.roi is not None and classifier.roi_threshold is not None and t.get("roi"):
+        t = t["roi"]
+        details = ", ".join(x for x in (t.get("policy"), f"chosen on the {t['chosen_on']}" if t.get("chosen_on")
+                                        else None) if x)
+        return "the model's for a lesion box" + (f": {details}" if details else "")
     details = ", ".join(x for x in (t.get("policy"), f"chosen on the {t['chosen_on']}" if t.get("chosen_on")
                                     else None) if x)
     return "the model's" + (f": {details}" if details else "")
@@ -330,7 +336,7 @@ def _facts(pred: Prediction, classifier: Classifier, facts: ModelFacts, name: st
            lesion) -> list[tuple[str, str]]:
     site = classifier.site
     recal = site is not None and site.recalibration.method != "none"
-    threshold = (f"{pred.threshold:.4f}, {esc(threshold_source(classifier), 200)}"
+    threshold = (f"{pred.threshold:.4f}, {esc(threshold_source(classifier, pred), 200)}"
                  + (f"; probabilities recalibrated by the profile ({esc(site.recalibration.method)})" if recal else "")
                  if _finite(pred.threshold) else "unknown")
     checked = "checked against the manifest on loading" if facts.sha256_checked else "computed from the file"
@@ -394,7 +400,7 @@ def _data(pred: Prediction, classifier: Classifier, facts: ModelFacts, name: str
     return _finite_only({
         "prediction": rows([pred], site.name if site is not None else None)[0],
         "input": name, "created": created,
-        "threshold_source": threshold_source(classifier),
+        "threshold_source": threshold_source(classifier, pred),
         "site_profile": site.name if site is not None else None,
         "lesion_box": None if lesion is None else {**dict(zip(("x", "y", "width", "height"), lesion[0])),
                                                    "source": lesion[1]},
@@ -500,7 +506,7 @@ def write_reports(classifier: Classifier, inputs: Iterable[str | os.PathLike], o
     files, problems = expand_inputs(inputs)
     if not files:
         raise ReportError("no image files found: " + "; ".join(p.error or str(p.path) for p in problems))
-    if roi is not None and roi != "auto" and len(files) > 1:
+    if roi is not None and str(roi).strip().lower() != "auto" and len(files) > 1:
         raise ReportError(f"a lesion box is for one image; {len(files)} files were named (use --roi auto)")
     out = prepare_out_dir(out_dir)
     created = created or utc_now()
@@ -529,8 +535,10 @@ def _index_html(entries: list[ReportEntry], classifier: Classifier, facts: Model
     site = classifier.site
     subtitle = (f"{len(entries)} input(s) &middot; created {esc(created)} (UTC) &middot; model {esc(facts.name)} "
                 f"({esc(facts.variant)}, sha256 {esc(facts.sha256[:12])}&hellip;) &middot; threshold "
-                f"{classifier.threshold:.4f}, {esc(threshold_source(classifier))} &middot; site profile "
-                f"{esc(site.name) if site is not None else 'none'}")
+                f"{classifier.threshold:.4f}, {esc(threshold_source(classifier))}"
+                + (f" (lesion boxes: {classifier.roi_threshold:.4f})" if classifier.roi_threshold is not None
+                   and any(e.prediction.roi is not None for e in entries) else "")
+                + f" &middot; site profile {esc(site.name) if site is not None else 'none'}")
     out = []
     for e in entries:
         p = e.prediction

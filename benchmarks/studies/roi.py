@@ -85,6 +85,9 @@ def classify_three_ways(clf, items: list[tuple[Sample, Box]]) -> list[dict]:
         shape = read_image(sample.path).shape
         given = clf.predict(str(sample.path), roi=drawn_box(sample, lesion, shape[1], shape[0]))
         proposed = clf.predict(str(sample.path), roi="auto")
+        if not (given.ok and proposed.ok):
+            log.warning("skipped %s: %s", sample.relative, given.error or proposed.error)
+            continue
         box = getattr(proposed, "roi", None)
         rows.append({"source": sample.source, "path": sample.relative, "label": int(sample.label),
                      "group": f"{sample.source}:{sample.group or sample.relative}",

@@ -6,7 +6,7 @@ the box on every frame, and the report downloaded holds the call and the box.
 
 The browser test (slow) drives the page in Debian's Chromium: upload a real BUSI image,
 see the proposed box, click two corners, get the new call, download the report, and save
-docs/images/demo-roi.png.
+results/demo-roi.png (docs/images/demo-roi.png is a copy of one).
 """
 from __future__ import annotations
 
@@ -312,7 +312,7 @@ def test_the_api_takes_a_lesion_box_and_returns_the_report(service, image, tmp_p
 # ---------------------------------------------------------------------- in a real browser
 
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOT = REPO / "docs" / "images" / "demo-roi.png"
+SCREENSHOT = REPO / "results" / "demo-roi.png"        # gitignored; docs/images/demo-roi.png is a copy
 
 
 PICTURE_LOADED = ("() => { const i = document.querySelector('#bcd-input img'); "

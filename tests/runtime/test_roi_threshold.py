@@ -55,3 +55,51 @@ def test_a_bad_box_threshold_is_refused(export):
     (export / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="threshold.roi.value"):
         read_manifest(export)
+
+
+class _FixedMap:
+    """A localiser stand-in whose map marks one rectangle (the real one is tested in
+    tests/runtime/test_localiser.py); here only where the box is cut from matters."""
+
+    threshold, margin = 0.5, 0.0
+
+    def __init__(self, box):
+        self.box = box
+
+    def lesion_map(self, image):
+        out = np.zeros(image.shape[:2], np.float32)
+        x, y, w, h = self.box
+        out[y:y + h, x:x + w] = 1.0
+        return out
+
+
+def test_boxes_are_cut_from_the_scan_with_its_coloured_marks_erased(export):
+    """Training erases coloured marks from the scan region, then cuts the lesion box from
+    it: a given box and a proposed box must see the same pixels."""
+    doc = json.loads((export / "manifest.json").read_text())
+    doc["scan_region"]["colour_marks"] = "inpaint"
+    (export / "manifest.json").write_text(json.dumps(doc))
+    image = _scan(3)
+    cv2.drawMarker(image, (160, 130), (0, 255, 255), cv2.MARKER_CROSS, 14, 1, cv2.LINE_AA)
+    cv2.drawMarker(image, (220, 170), (0, 255, 255), cv2.MARKER_CROSS, 14, 1, cv2.LINE_AA)
+    cv2.putText(image, "D1 1.2cm", (150, 200), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 230, 0), 1, cv2.LINE_AA)
+    box = (140, 110, 100, 100)
+    from runtime.overlay_marks import erase_colour_marks
+    with Classifier.load(export) as clf:
+        assert clf.region_finder.colour_marks == "inpaint"
+        given = clf.predict(image, region="off", roi=box)
+        clean = clf.predict(erase_colour_marks(image), region="off", roi=box)
+        clf.localiser = _FixedMap(box)
+        auto = clf.predict(image, region="off", roi="auto")
+    assert given.ok and auto.ok and auto.roi_source == "proposed:localiser"
+    assert (auto.roi.x, auto.roi.y, auto.roi.width, auto.roi.height) == box
+    assert given.probability == pytest.approx(clean.probability, abs=1e-6)
+    assert auto.probability == pytest.approx(given.probability, abs=1e-6)
+
+
+def test_models_without_a_scan_region_record_keep_their_marks(export):
+    doc = json.loads((export / "manifest.json").read_text())
+    doc.pop("scan_region")
+    (export / "manifest.json").write_text(json.dumps(doc))
+    with Classifier.load(export) as clf:
+        assert clf.region_finder.colour_marks == "keep"
