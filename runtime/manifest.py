@@ -319,7 +319,7 @@ class Manifest:
     # the scan-region finder's settings, runtime.scan_region.RegionConfig.to_dict(), so the
     # runtime crops images the way the model's training images were cropped.
     scan_region: dict[str, Any] | None = None
-    # Optional (older manifests lack it; then no box is proposed): the lesion localiser
+    # Optional (older manifests lack it; then the model's Grad-CAM proposes boxes): the lesion localiser
     # shipped beside the classifier (LocaliserEntry, runtime/localiser.py).
     localiser: LocaliserEntry | None = None
     schema_version: int = SCHEMA_VERSION
