@@ -12,6 +12,7 @@ import pytest
 
 from bcd.cli import DISCLAIMER, build_parser, main, predict_config
 from runtime.classifier import Classifier
+from runtime.manifest import read_manifest
 from runtime.predict_files import PredictConfig
 from tests.conftest import missing
 
@@ -91,12 +92,14 @@ def test_a_box_with_several_inputs_is_refused_and_auto_takes_any(model, scans, t
     code, table, err = run(capsys, scans[0].parent, "--model", model, "--roi", "auto", "--json", out)
     assert code == 0, err
     rows = json.loads(out.read_text())
-    assert [r["roi"]["source"] for r in rows] == ["proposed:gradcam"] * 3
+    # the export's lesion localiser proposes when it ships one, its Grad-CAM otherwise
+    proposer = "localiser" if read_manifest(SHIPPED / "manifest.json").localiser is not None else "gradcam"
+    assert [r["roi"]["source"] for r in rows] == [f"proposed:{proposer}"] * 3
     for row in rows:
         box, region = row["roi"], row["region"]
         assert region["x"] <= box["x"] and box["x"] + box["width"] <= region["x"] + region["width"]
         assert region["y"] <= box["y"] and box["y"] + box["height"] <= region["y"] + region["height"]
-    assert table.count("(proposed:gradcam)") == 3
+    assert table.count(f"(proposed:{proposer})") == 3
 
 
 def test_a_boxes_file_with_a_bad_row(model, scans, tmp_path, capsys):

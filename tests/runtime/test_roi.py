@@ -30,9 +30,14 @@ BOX = (40, 30, 120, 100)                        # x, y, width, height, inside th
 
 @pytest.fixture(scope="module")
 def clf() -> Classifier:
+    """The shipped model with Grad-CAM as its proposer: the shipped export carries a lesion
+    localiser, which test_the_shipped_localiser_proposes_on_real_lesions exercises; the
+    other tests here pin the Grad-CAM path (and swap in stand-in localisers)."""
     if not (SHIPPED / "manifest.json").is_file():
         missing("the shipped model is not in runtime/models/")
-    return Classifier.load(SHIPPED, threads=1)
+    model = Classifier.load(SHIPPED, threads=1)
+    model.localiser = None
+    return model
 
 
 def scan(seed: int = 0, height: int = H, width: int = W) -> np.ndarray:
@@ -226,6 +231,28 @@ def test_auto_proposes_a_box_inside_the_scan_region_on_a_real_lesion(clf):
         same(pred, clf.predict(str(path), roi=pred.roi))
         found += iou(pred.roi, lesion) > 0
     assert found >= 3                                   # the proposals lie on the lesions
+
+
+def test_the_shipped_localiser_proposes_on_real_lesions():
+    """The shipped export's own localiser (manifest 'localiser') proposes roi='auto' boxes:
+    inside the scan region, at least 16 px a side, on the lesion, classified like a given box."""
+    if not (SHIPPED / "manifest.json").is_file():
+        missing("the shipped model is not in runtime/models/")
+    with Classifier.load(SHIPPED, threads=1) as own:
+        if own.localiser is None:
+            pytest.skip("the shipped model has no lesion localiser")
+        found = 0
+        for path, lesion in busi_lesion(4):
+            pred = own.predict(str(path), roi="auto")
+            assert pred.ok, pred.error
+            assert pred.roi_source == "proposed:localiser"
+            region = Box(pred.region.x, pred.region.y, pred.region.width, pred.region.height)
+            assert pred.roi.x >= region.x and pred.roi.y >= region.y
+            assert pred.roi.right <= region.right and pred.roi.bottom <= region.bottom
+            assert min(pred.roi.width, pred.roi.height) >= 16
+            same(pred, own.predict(str(path), roi=pred.roi))
+            found += iou(pred.roi, lesion) >= 0.5
+        assert found >= 3                               # its boxes match the lesions' boxes
 
 
 def test_the_gradcam_proposal_is_the_map_cut_at_its_threshold(clf):
