@@ -26,6 +26,7 @@ from demo.service import LESION_COLOUR, MINE, PROPOSED, DemoService, PageState, 
 from runtime.classifier import Classifier
 from runtime.host import DISCLAIMER
 from runtime.lesion_box import Box, mask_box, with_margin
+from runtime.manifest import read_manifest
 from runtime.report import model_facts
 from tests.conftest import BUSI, dicom_bytes, missing
 
@@ -100,9 +101,13 @@ def test_the_proposed_box_is_found_and_drawn_while_the_call_is_for_the_whole_sca
     state, outcome = uploaded(service, image)
     whole = clf.predict(str(image))
     auto = clf.predict(str(image), roi="auto")
+    # the export's lesion localiser proposes when it ships one (the shipped model does), its Grad-CAM otherwise
+    source = "proposed:localiser" if read_manifest(MODEL / "manifest.json").localiser is not None else "proposed:gradcam"
+    said = {"proposed:localiser": "proposed by the lesion localiser",
+            "proposed:gradcam": "proposed from the model&#x27;s Grad-CAM"}[source]
     assert outcome.probability == pytest.approx(whole.probability, abs=1e-6) and outcome.roi is None
-    assert auto.roi is not None and auto.roi_source == "proposed:gradcam"
-    assert outcome.proposed == {**auto.roi.to_dict(), "source": "proposed:gradcam"}
+    assert auto.roi is not None and auto.roi_source == source
+    assert outcome.proposed == {**auto.roi.to_dict(), "source": source}
     assert outcome.to_json()["proposed_roi"] == outcome.proposed and outcome.to_json()["roi"] is None
     # drawn in magenta where the box lies (scaled to the picture shown), on the input and the heatmap
     scale = outcome.image_rgb.shape[1] / outcome.picture.shape[1]
@@ -112,16 +117,16 @@ def test_the_proposed_box_is_found_and_drawn_while_the_call_is_for_the_whole_sca
     assert abs(x1 - (box.right * scale - 1)) <= 2 and abs(y1 - (box.bottom * scale - 1)) <= 2
     assert magenta(outcome.overlay_rgb).any()
     card = views.result_html(outcome)
-    assert "Lesion box proposed from the model&#x27;s Grad-CAM" in card
+    assert f"Lesion box {said}:" in card
     assert f"x {box.x}, y {box.y}, {box.width}&times;{box.height} px" in card
     assert "The call above is for the whole scan region" in card and views.esc(DISCLAIMER) in card
     assert state.shown is outcome and state.mode == "whole"
 
     proposed = service.rerun(state, None, None, PROPOSED)
     assert proposed.ok and proposed.probability == pytest.approx(auto.probability, abs=1e-6)
-    assert proposed.roi == {**auto.roi.to_dict(), "source": "proposed:gradcam"} and state.mode == PROPOSED
+    assert proposed.roi == {**auto.roi.to_dict(), "source": source} and state.mode == PROPOSED
     card = views.result_html(proposed)
-    assert "Lesion box classified" in card and "(proposed from the model&#x27;s Grad-CAM)" in card
+    assert "Lesion box classified" in card and f"({said})" in card
     assert "Scan region: x" in card and views.esc(DISCLAIMER) in card
     # its Grad-CAM lies over the box only
     cam = proposed.prediction.cam
@@ -361,7 +366,9 @@ def test_browser_draws_a_box_gets_its_call_and_downloads_the_report(service, clf
             page.locator("#bcd-result .bcd-verdict").wait_for(timeout=60_000)
             page.locator("#bcd-overlay img").wait_for(timeout=30_000)
             card = page.locator("#bcd-result").inner_text()
-            assert "Lesion box proposed from the model's Grad-CAM" in card and DISCLAIMER in card
+            proposed = ("Lesion box proposed by the lesion localiser" if read_manifest(MODEL / "manifest.json").localiser
+                        else "Lesion box proposed from the model's Grad-CAM")
+            assert proposed in card and DISCLAIMER in card
 
             # two clicks on the picture as the screen shows it (scaled down to fit, from the 2x display image)
             rect = _shown_rect(page)
