@@ -138,8 +138,9 @@ def build_app(config: DemoConfig, service: DemoService | None = None) -> gr.Bloc
                 with gr.Row(equal_height=True, elem_id="bcd-roi"):
                     roi_mode = gr.Radio(ROI_CHOICES, value=WHOLE, label="Lesion box: what the call is for",
                                         elem_id="bcd-roi-mode", scale=3,
-                                        info="The magenta box is proposed from the model's Grad-CAM, or drawn by "
-                                             "you: click two opposite corners of the lesion on the input image")
+                                        info="The magenta box is proposed (by the model's lesion localiser, else its "
+                                             "Grad-CAM; the card under the call says which), or drawn by you: click "
+                                             "two opposite corners of the lesion on the input image")
                     with gr.Column(scale=2, min_width=220):
                         roi_box = gr.Textbox(label="My box: x, y, width, height (the original image's pixels)",
                                              placeholder="e.g. 120,80,160,140 (Enter classifies it)", max_lines=1,
