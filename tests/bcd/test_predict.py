@@ -150,7 +150,7 @@ def test_predict_paths_library(clf, folder, tmp_path):
     assert (tmp_path / "r.csv").read_text().splitlines()[0] == \
         ("path,label,probability,threshold,out_of_distribution,ood_score,error,region_x,region_y,region_width,"
          "region_height,region_source,mm_per_pixel_x,mm_per_pixel_y,frames_in_file,frames_used,frame_probabilities,"
-         "frame_summary,max_frame_probability")
+         "frame_summary,max_frame_probability,roi_x,roi_y,roi_width,roi_height,roi_source")
     table = format_table(results)
     assert table.splitlines()[0].split() == ["path", "label", "probability", "threshold"]
     assert "ERROR: not a readable image" in table
