@@ -97,13 +97,13 @@ OOD_WARNING = ("Out of distribution: this image looks unlike the breast ultrasou
                "for it.")
 
 
-# The shipped models were trained on whole scans, and their OOD score was calibrated on
-# them: a lesion box is flagged far more often (test split, onnx-int8: the proposed box on
-# 33/65 BUSI and 84/215 BUS-BRA lesion images, the whole scan on 3/65 and 0/215;
-# `python -m benchmarks.studies.roi_ood runtime/models/bus-vgg16-w50-128 --source busi`).
+# A box gets its own wording: a model trained on whole scans only, with its OOD score fitted
+# on them, flags most boxes (the shipped models' predecessors: the proposed box on 33/65 BUSI
+# test lesions); the shipped models learnt from lesion crops too and flag 0-6 % of boxes
+# (`python -m benchmarks.studies.roi EXPORT`, docs/results/roi).
 OOD_BOX_WARNING = ("Out of distribution: the box classified looks unlike the images the model was trained on. "
-                   "A model trained on whole scans often sees a box drawn close around a lesion this way: the "
-                   "result below may mean nothing for it. Compare with the whole scan region.")
+                   "A model trained on whole scans only often sees a box drawn close around a lesion this way: "
+                   "the result below may mean nothing for it. Compare with the whole scan region.")
 
 
 def ood_warning_html(box: bool = False) -> str:

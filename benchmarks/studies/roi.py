@@ -38,10 +38,10 @@ from runtime.lesion_box import Box, clinician_box, iou, mask_box
 from runtime.manifest import split_file
 from runtime.progress import Progress
 from train.metrics import binary_metrics, bootstrap_ci, grouped_paired_auc_difference
+from train.roi_samples import MIN_LESION_PIXELS     # "a lesion image": as training's lesion crops count one
 
 log = logging.getLogger("benchmarks.studies.roi")
 MODES = ("whole", "clinician box", "proposed box")
-MIN_LESION_PIXELS = 20
 
 
 def lesion_samples(split: dict, part: str, data_override: str | None = None) -> list[tuple[Sample, Box]]:
