@@ -130,7 +130,8 @@ _TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "wei
                  "precision": "precision", "width": "width", "lesion_weight": "lesion_weight",
                  "lesion_loss": "lesion_loss", "strategy": "strategy", "lr": "lr_scratch",
                  "scan_region": "scan_region", "birads_weight": "birads_weight", "lr_schedule": "lr_schedule",
-                 "roi_share": "roi_share", "colour_marks": "colour_marks"}
+                 "roi_share": "roi_share", "colour_marks": "colour_marks", "consistency": "consistency",
+                 "head_epochs": "head_epochs"}
 
 
 def _add_train(sub) -> None:
@@ -144,6 +145,9 @@ def _add_train(sub) -> None:
     p.add_argument("--weights", default=_train("weights"),
                    help="imagenet | none | PATH to a no-top VGG16 .h5 file | an earlier RUN directory or .keras model "
                         "of the same architecture (fine-tuning from it, offline) (default %(default)s)")
+    p.add_argument("--head-epochs", type=int, default=_train("head_epochs"),
+                   help="with --weights: epochs with the VGG16 base frozen before it all trains (0: none, e.g. "
+                        "to fine-tune an earlier run whose head already fits) (default %(default)s)")
     p.add_argument("--arch", choices=ARCHS, default=_train("batch_norm", _arch_name),
                    help="vgg16 (plain; the only one ImageNet weights fit) or vgg16-bn (batch norm after every "
                         "conv, from scratch; folded into the convs in the saved model) (default %(default)s)")
@@ -167,6 +171,11 @@ def _add_train(sub) -> None:
                    help="share of training images shown, each time, as a lesion-centred crop (a box drawn like a "
                         "clinician's around the lesion mask, from the full-resolution scan) so that the model also "
                         "reads `bcd predict --roi` boxes, e.g. 0.3 (default %(default)s: whole images only)")
+    p.add_argument("--consistency", type=float, default=_train("consistency"),
+                   help="> 0: every batch also shows its images as a scanner's screen does (a curved or sector "
+                        "fan, calipers on the lesion, the scan's box a few pixels off) and a loss with this weight, "
+                        "e.g. 1, pays for any change in the probability; fans and calipers then leave the "
+                        "augmentation for that second view. About twice the time per epoch (default %(default)s: off)")
     p.add_argument("--birads-weight", type=float, default=_train("birads_weight"),
                    help="> 0: also learn the radiologists' BI-RADS category (an ordinal head, training only) with "
                         "this loss weight, on the CSV rows that have one (--csv-map ...,birads=COLUMN) "

@@ -198,11 +198,15 @@ def fan_mask(height: int, width: int, probe: str, apex: float = 0.8) -> np.ndarr
 
 def fan_bank(size: int, n: int = 32, seed: int = 0) -> np.ndarray:
     """(n, size, size) float32 0/1 fans: curved probes with the apex 0.3-1.5 x the height
-    above the image, and sector probes (a third of them), on a square model input (the
-    finder crops a fan to its bounding box, which the model input squashes to a square)."""
+    above the image, and sector probes (a third of them), each drawn on a scan 0.75-1.6 x
+    as wide as it is tall and squashed to the square model input, as the finder's box
+    around a fan on a real scan is (a wide scan's sector is wider than a square one's)."""
     rng = np.random.default_rng(seed)
-    fans = [fan_mask(size, size, "sector" if k % 3 == 0 else "curved", float(rng.uniform(0.3, 1.5)))
-            for k in range(n)]
+    fans = []
+    for k in range(n):
+        apex, aspect = float(rng.uniform(0.3, 1.5)), float(rng.uniform(0.75, 1.6))
+        fan = fan_mask(size, max(8, round(size * aspect)), "sector" if k % 3 == 0 else "curved", apex)
+        fans.append(cv2.resize(fan, (size, size), interpolation=cv2.INTER_NEAREST))
     return (np.stack(fans) > 0).astype(np.float32)
 
 
@@ -294,3 +298,55 @@ def build_augment(config: AugmentConfig, image_size: int, seed: int):
         return tf.clip_by_value(images, 0.0, 255.0), masks
 
     return augment
+
+
+# ---- paired screen views (consistency training) -----------------------------------
+
+@dataclass(frozen=True)
+class ScreenView:
+    """How the second view of a consistency pair differs from the first: what a scanner's
+    screen changes about the same tissue (benchmarks/frames.py measures each). Trained with
+    fans and calipers as independent augmentations only, the model still changed 6-14 % of
+    its calls on fan-shaped screens and 2-6 % with calipers: seeing the pairs side by side
+    and paying for any difference teaches it that they are the same scan."""
+
+    fan: float = 0.6             # probability of a curved or sector probe's fan
+    calipers: float = 0.5        # probability of a sonographer's calipers on the lesion
+    box_jitter: float = 0.03     # each edge of the finder's box moves by up to this share (in or out)
+
+
+def build_screen_view(view: ScreenView, image_size: int, seed: int):
+    """A function (images (N,H,W,3) float 0..255, masks (N,H,W,1) 0/1) -> the same scans
+    as a screen shows them: calipers drawn on the lesion, the box a finder gives (a few
+    pixels off, black where it overshoots), then a fan. Masks follow the box."""
+    from train.tf_setup import tf
+
+    fans = tf.constant(fan_bank(image_size, seed=seed + 7))
+    size = tf.constant([image_size, image_size])
+
+    def screen(images, masks, whole=None):
+        """`whole` (N,) bool: which images are whole scans; a lesion crop gets no fan (a
+        clinician's box lies inside the fan; a fan on it would cut the lesion itself)."""
+        n = tf.shape(images)[0]
+        if view.calipers:
+            drawn = tf.numpy_function(draw_calipers_batch, [images, masks, tf.constant(view.calipers, tf.float64),
+                                                            tf.random.uniform([], 0, 2**31 - 1, dtype=tf.int64)],
+                                      tf.float32, stateful=True)
+            images = tf.ensure_shape(drawn, images.shape)
+        if view.box_jitter:
+            j = view.box_jitter
+            edges = tf.random.uniform([n, 4], -j, j)
+            boxes = tf.constant([[0.0, 0.0, 1.0, 1.0]]) + edges
+            both = tf.image.crop_and_resize(tf.concat([images, masks], axis=-1), boxes, tf.range(n), size,
+                                            extrapolation_value=0.0)
+            images, masks = both[..., :3], tf.cast(both[..., 3:] >= 0.5, tf.float32)
+        if view.fan:
+            fan = tf.gather(fans, tf.random.uniform([n], 0, fans.shape[0], dtype=tf.int32))[..., None]
+            on = tf.random.uniform([n]) < view.fan
+            if whole is not None:
+                on = on & whole
+            keep = 1.0 - tf.cast(on, tf.float32)[:, None, None, None] * (1.0 - fan)
+            images, masks = images * keep, masks * keep
+        return tf.clip_by_value(images, 0.0, 255.0), masks
+
+    return screen

@@ -57,6 +57,9 @@ class TrainConfig:
                                      # on the images whose CSV row has a BI-RADS (--csv-map birads=COLUMN)
     roi_share: float = 0.0           # share of training images shown as a lesion-centred crop (train.roi_samples)
     roi_crops: int = 2               # crops cached per lesion image, drawn like a clinician's box
+    consistency: float = 0.0         # > 0: each batch also as a scanner's screen shows it (fan, calipers,
+                                     # the finder's box a few px off) and a loss with this weight on the
+                                     # difference between the views' probabilities (train.augment.ScreenView)
     strategy: str = "auto"           # tf.distribute: auto | none | mirrored | multiworker (TF_CONFIG)
     # auto: every image (and its lesion mask) is cut to its scan region, as the runtime
     # does (runtime.scan_crop.apply_region: a DICOM file's tissue region, else the finder);
@@ -80,6 +83,8 @@ class TrainConfig:
             raise ValueError("the lesion-crop share must be in [0, 1] and at least one crop is kept per lesion")
         if self.birads_weight < 0:
             raise ValueError("the BI-RADS loss weight must be >= 0")
+        if self.consistency < 0:
+            raise ValueError("the consistency loss weight must be >= 0")
         if self.lesion_loss not in ("cam", "head"):
             raise ValueError("the lesion loss must be 'cam' or 'head'")
         if self.scan_region not in SCAN_REGIONS:
@@ -92,6 +97,8 @@ class TrainConfig:
     def _check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch size must be at least 1")
+        if self.head_epochs < 0:
+            raise ValueError("head epochs must be >= 0")
         if self.lr_decay_patience < 0 or not 0 < self.lr_decay_factor <= 1:
             raise ValueError("learning-rate decay: patience must be >= 0 and the factor in (0, 1]")
         if self.image_size < 32:

@@ -29,7 +29,7 @@ from runtime.scan_crop import RegionSetting, apply_region, colour_refusal
 from runtime.scan_input import read_scan
 from runtime.scan_region import RegionConfig
 from runtime.progress import Progress
-from train.augment import AugmentConfig, build_augment
+from train.augment import AugmentConfig, ScreenView, build_augment, build_screen_view
 from train.cache import DecodeCache
 from train.dedup import DedupConfig, image_hash
 
@@ -277,7 +277,8 @@ def load_files(root: Path, relative_paths: list[str], spec: PreprocessSpec,
 def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec,
                     batch_size: int, training: bool, seed: int = 0,
                     augment: AugmentConfig | None = None, lesion: LesionTargets | None = None,
-                    birads: BiradsTargets | None = None, roi=None, roi_share: float = 0.0):
+                    birads: BiradsTargets | None = None, roi=None, roi_share: float = 0.0,
+                    pair: "PairViews | None" = None):
     """A batched tf.data pipeline of (normalized float32 images, float32 labels).
 
     With `lesion` (the lesion head is on) it yields (images, {"malignancy": labels,
@@ -286,7 +287,11 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
     targets and weights also hold "birads": the cumulative targets [BI-RADS >= k for k in
     BIRADS_CUTS], weighted 1 where the image's BI-RADS is known, else 0. With `roi`
     (train.roi_samples.RoiCrops) a share `roi_share` of the images that have a lesion is
-    replaced, each time it is drawn, by one of its lesion-centred crops (and its mask)."""
+    replaced, each time it is drawn, by one of its lesion-centred crops (and its mask).
+    With `pair` (training only) every batch of B images becomes 2B: the B augmented
+    images, then the same B as a scanner's screen shows them (train.augment.ScreenView),
+    with their labels, masks and weights repeated and a "pair" target (zeros) that the
+    consistency loss reads as "the second half repeats the first"."""
     from train.tf_setup import tf
 
     n = len(images)
@@ -295,7 +300,9 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
     else:
         masks, known = lesion.masks, lesion.has_mask.astype(np.float32)
     levels = birads.levels if birads is not None else np.zeros(n, np.int64)
-    class_weights = (lesion or birads).class_weights if (lesion or birads) is not None else None
+    pair = pair if training else None
+    auxiliary = lesion or birads or pair
+    class_weights = auxiliary.class_weights if auxiliary is not None else None
     cuts = tf.constant(BIRADS_CUTS, tf.int64)
     columns = (images, labels.astype(np.float32), masks, known, levels)
     use_roi = training and roi is not None and roi_share > 0 and bool(roi.has.any())
@@ -306,6 +313,7 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     aug = build_augment(augment or AugmentConfig(), spec.image_size, seed) if training else None
+    screen = build_screen_view(pair.view, spec.image_size, seed) if pair is not None else None
 
     def lesion_crop(x, m, crops, crop_masks, has):
         """Swap a share of the batch for one of each image's lesion crops."""
@@ -315,15 +323,20 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
         crop = tf.gather(crops, pick, batch_dims=1)
         if lesion is not None:
             m = tf.where(use[:, None, None], tf.gather(crop_masks, pick, batch_dims=1), m)
-        return tf.where(use[:, None, None, None], crop, x), m
+        return tf.where(use[:, None, None, None], crop, x), m, use
 
     def to_input(x, y, m, k, b, *crop_columns):
+        cropped = tf.zeros_like(y, tf.bool)
         if crop_columns:
-            x, m = lesion_crop(x, m, *crop_columns)
+            x, m, cropped = lesion_crop(x, m, *crop_columns)
         x = tf.cast(x, tf.float32)
         m = tf.cast(m, tf.float32)[..., None]
         if aug is not None:
             x, m = aug(x, m if lesion is not None else tf.zeros_like(x[..., :1]))
+        if screen is not None:
+            x2, m2 = screen(x, m, whole=tf.logical_not(cropped))
+            x, m = tf.concat([x, x2], 0), tf.concat([m, m2], 0)
+            y, k, b = tf.concat([y, y], 0), tf.concat([k, k], 0), tf.concat([b, b], 0)
         x = normalize(x, spec)
         if class_weights is None:
             return x, y
@@ -335,6 +348,8 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
         if birads is not None:
             targets["birads"] = tf.cast(b[:, None] >= cuts[None, :], tf.float32)
             weights["birads"] = tf.cast(b > 0, tf.float32)
+        if screen is not None:
+            targets[PAIR_OUTPUT], weights[PAIR_OUTPUT] = tf.zeros_like(y), tf.ones_like(y)
         return x, targets, weights
 
     return ds.map(to_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -365,6 +380,19 @@ class BiradsTargets:
 
     levels: np.ndarray
     class_weights: dict[int, float]
+
+
+@dataclass
+class PairViews:
+    """Consistency pairs (TrainConfig.consistency): how the second view of each image is
+    made, and the class weights of the classifier's loss (which then takes sample weights)."""
+
+    view: ScreenView
+    class_weights: dict[int, float]
+
+
+# The training-only output that repeats the classifier's; the consistency loss reads it.
+PAIR_OUTPUT = "pair"
 
 
 def to_model_input(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -189,6 +189,14 @@ def with_birads_head(model, outputs: int, seed: int):
     return keras.Model(model.inputs, list(model.outputs) + [head], name=model.name)
 
 
+def with_pair_output(model, name: str):
+    """The model with one more output that repeats the classifier's probability: the
+    consistency loss (train.trainer.pair_consistency_loss) reads it. Training only; it
+    owns no weights, and checkpoints keep the classifier alone."""
+    repeat = keras.layers.Activation("linear", dtype="float32", name=name)(model.outputs[0])
+    return keras.Model(model.inputs, list(model.outputs) + [repeat], name=model.name)
+
+
 def without_lesion_cam(model):
     """What a checkpoint holds: the classifier alone (same layers and weights), without the
     Grad-CAM branch, the lesion head or the BI-RADS head."""

@@ -22,11 +22,11 @@ from runtime.preprocessing import PreprocessSpec
 from train import prune, trainer
 from train.config import TrainConfig, run_scan_region
 from train.cost import count_macs, model_cost
-from train.data import LoadedDataset, load_saved_split, to_model_input
+from train.data import PAIR_OUTPUT, LoadedDataset, load_saved_split, to_model_input
 from train.dedup import DedupConfig
 from train.evaluate import predict_probabilities
 from train.metrics import ThresholdPolicy, binary_metrics
-from train.model import with_lesion_cam, without_lesion_cam
+from train.model import with_lesion_cam, with_pair_output, without_lesion_cam
 from train.run_dir import RunDir
 from train.tf_setup import keras
 
@@ -253,11 +253,15 @@ def slim(config: SlimConfig, resume: bool = False) -> RunDir:
 
     # the parent's Grad-CAM lesion loss keeps the thinner model looking at the lesion too
     cam = train_cfg.lesion_weight > 0 and train_cfg.lesion_loss == "cam"
-    trainer.fit_phases(with_lesion_cam(model, batch_norm=False) if cam else model, run, state, phases, data, split,
+    model = with_lesion_cam(model, batch_norm=False) if cam else model
+    if train_cfg.consistency > 0:     # and the parent's consistency pairs keep it reading screens as scans
+        model = with_pair_output(model, PAIR_OUTPUT)
+    trainer.fit_phases(model, run, state, phases, data, split,
                        spec, train_cfg.batch_size, train_cfg.seed, train_cfg.augment, config.patience, resume,
                        trainer.LrDecay(config.lr_decay_patience), lesion_weight=train_cfg.lesion_weight if cam else 0.0,
                        to_saved=without_lesion_cam, lesion_loss="cam",
-                       roi=trainer.lesion_crops(train_cfg, data, spec), roi_share=train_cfg.roi_share)
+                       roi=trainer.lesion_crops(train_cfg, data, spec), roi_share=train_cfg.roi_share,
+                       consistency=train_cfg.consistency)
     policy = ThresholdPolicy(train_cfg.threshold_method, train_cfg.min_sensitivity)
     done = trainer.finish_training(run, state, phases, data, split, spec, policy, config.bootstrap_resamples)
     atomic.write_json(run.run_info, trainer._run_info(train_cfg, spec, model_info, data, phases, "complete",

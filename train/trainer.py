@@ -22,14 +22,15 @@ from runtime.preprocessing import PreprocessSpec
 from train import evaluate
 from train.config import LEGACY_DEFAULTS, TrainConfig
 from train.cost import model_cost
-from train.data import (BIRADS_CUTS, BiradsTargets, LesionTargets, LoadedDataset, balanced_class_weights, load_sources, make_tf_dataset,
-                        split_from_doc)
+from train.augment import ScreenView
+from train.data import (BIRADS_CUTS, PAIR_OUTPUT, BiradsTargets, LesionTargets, LoadedDataset, PairViews,
+                        balanced_class_weights, load_sources, make_tf_dataset, split_from_doc)
 from train.dedup import DedupConfig, split_groups
 from train.distribute import Cluster, lost_worker_error, make_cluster, shard_by_data, split_sha256, writes_run_dir
 from train.metrics import ThresholdPolicy
 from train.bn_restart import match_batch_norms
 from train.model import (BIRADS_OUTPUT, LESION_OUTPUT, ModelConfig, build_model, inference_model, set_trainable_blocks,
-                         with_birads_head, with_lesion_cam, without_lesion_cam)
+                         with_birads_head, with_lesion_cam, with_pair_output, without_lesion_cam)
 from train.plots import plot_history
 from train.precision import apply_precision, resolve_precision
 from train.run_dir import RunDir
@@ -122,7 +123,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         state, history = self.state, self.state["history"]
         logs = _classifier_logs(logs)
         for key in ("loss", "auc", "val_loss", "val_auc", "lesion_loss", "val_lesion_loss",
-                    "birads_loss", "val_birads_loss"):
+                    "birads_loss", "val_birads_loss", "pair_loss"):
             if key in logs or key in history:
                 history.setdefault(key, []).append(float(logs.get(key, float("nan"))))
         history.setdefault("seconds", []).append(round(seconds, 1))
@@ -240,15 +241,17 @@ def _class_weights(labels: np.ndarray) -> dict[int, float]:
 
 
 def _compile(model, learning_rate: float, lesion_weight: float = 0.0, lesion_loss: str = "head",
-             birads_weight: float = 0.0) -> None:
+             birads_weight: float = 0.0, consistency: float = 0.0) -> None:
     optimizer = keras.optimizers.Adam(learning_rate)
-    if lesion_weight > 0 or birads_weight > 0:
+    if lesion_weight > 0 or birads_weight > 0 or consistency > 0:
         losses, weights = {"malignancy": "binary_crossentropy"}, {"malignancy": 1.0}
         if lesion_weight > 0:
             losses[LESION_OUTPUT] = cam_lesion_loss if lesion_loss == "cam" else "binary_crossentropy"
             weights[LESION_OUTPUT] = lesion_weight
         if birads_weight > 0:    # the mean cross-entropy of the cumulative BI-RADS targets
             losses[BIRADS_OUTPUT], weights[BIRADS_OUTPUT] = "binary_crossentropy", birads_weight
+        if consistency > 0:
+            losses[PAIR_OUTPUT], weights[PAIR_OUTPUT] = pair_consistency_loss, consistency
         model.compile(optimizer=optimizer, loss=losses, loss_weights=weights,
                       metrics={"malignancy": [keras.metrics.AUC(name="auc")]},
                       # the sample weights (class balance, masks known) shape the loss only;
@@ -269,6 +272,20 @@ def cam_lesion_loss(y_true, y_pred):
     total = tf.reduce_sum(target, axis=1, keepdims=True)
     ce = -tf.reduce_sum(target / tf.maximum(total, 1e-6) * tf.nn.log_softmax(logits, axis=1), axis=1)
     return tf.where(total[:, 0] > 0, ce, tf.zeros_like(ce))
+
+
+def pair_consistency_loss(y_true, y_pred):
+    """For a batch whose second half repeats its first as a screen shows it
+    (make_tf_dataset's `pair`): the Bernoulli KL divergence of each screen view's
+    probability from its plain view's, the plain view held fixed (it teaches, the screen
+    view learns to agree). Zero for the plain half; doubled so that the batch mean is the
+    mean over pairs."""
+    p = tf.clip_by_value(tf.cast(tf.reshape(y_pred, [-1]), tf.float32), 1e-6, 1.0 - 1e-6)
+    half = tf.shape(p)[0] // 2
+    teacher, student = tf.stop_gradient(p[:half]), p[half:]
+    kl = (teacher * tf.math.log(teacher / student)
+          + (1.0 - teacher) * tf.math.log((1.0 - teacher) / (1.0 - student)))
+    return 2.0 * tf.concat([tf.zeros_like(teacher), kl], 0)
 
 
 def _run_info(config, spec, model_info, data, phases, status, extra=None) -> dict:
@@ -304,15 +321,21 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
                split: dict[str, np.ndarray], spec: PreprocessSpec, batch_size: int, seed: int,
                augment, patience: int, resume: bool, decay: LrDecay = LrDecay(),
                lesion_weight: float = 0.0, to_saved=None, lesion_loss: str = "head",
-               birads_weight: float = 0.0, roi=None, roi_share: float = 0.0) -> None:
+               birads_weight: float = 0.0, roi=None, roi_share: float = 0.0, consistency: float = 0.0) -> None:
     """Train `model` through `phases` on the split's train images, validating on val:
     class weights, early stopping on val AUC, best model -> run.model (through
     `to_saved`), checkpoint every epoch. Shared by `bcd train` and `bcd slim` (which
     passes a pruned model). With lesion_weight > 0 the model's lesion head learns the
     masks of the images that have one; with birads_weight > 0 its BI-RADS head learns the
-    BI-RADS of the images that have one."""
+    BI-RADS of the images that have one. With consistency > 0 every batch also holds its
+    images as a scanner's screen shows them (train.augment.ScreenView: fans and calipers
+    move from the augmentation to that second view) and a loss with this weight pays for
+    any difference between the two views' probabilities."""
     tr, va = split["train"], split["val"]
     weights = _class_weights(data.labels[tr])
+    pair = PairViews(ScreenView(), weights) if consistency > 0 else None
+    if pair is not None and augment is not None:
+        augment = replace(augment, fan=0.0, calipers=0.0)
     per_sample = lesion_loss == "cam"
     lesion = (lambda idx: _lesion_targets(data, idx, weights, per_sample)) if lesion_weight > 0 else (lambda idx: None)
     birads = ((lambda idx: BiradsTargets(data.birads_levels()[idx], weights)) if birads_weight > 0
@@ -323,7 +346,7 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
     global_batch = batch_size * strategy.num_replicas_in_sync
     train_ds = shard_by_data(make_tf_dataset(data.images[tr], data.labels[tr], spec, global_batch, True, seed,
                                              augment, lesion(tr), birads(tr),
-                                             roi.subset(tr) if roi is not None else None, roi_share))
+                                             roi.subset(tr) if roi is not None else None, roi_share, pair))
     val_ds = shard_by_data(make_tf_dataset(data.images[va], data.labels[va], spec, global_batch, False,
                                            lesion=lesion(va), birads=birads(va)))
     verbose = 1 if _is_tty() else 2
@@ -333,20 +356,20 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
         if state["phase"] != phase.name or not resume:
             set_trainable_blocks(model, phase.blocks)
             with strategy.scope():     # the optimizer's variables live where the model's do
-                _compile(model, phase.learning_rate, lesion_weight, lesion_loss, birads_weight)
+                _compile(model, phase.learning_rate, lesion_weight, lesion_loss, birads_weight, consistency)
             state["wait"] = 0   # each phase gets its own patience
         elif model.optimizer is None:   # a checkpoint saved without its optimizer (Grad-CAM lesion loss)
             set_trainable_blocks(model, phase.blocks)
             with strategy.scope():
                 _compile(model, (state["history"].get("learning_rate") or [phase.learning_rate])[-1],
-                         lesion_weight, lesion_loss, birads_weight)
+                         lesion_weight, lesion_loss, birads_weight, consistency)
         resume = False  # later phases start fresh
         log.info("phase %s: epochs %d-%d, VGG16 blocks training: %s, learning rate %g",
                  phase.name, phase.start + 1, phase.end, phase.blocks, phase.learning_rate)
         model.fit(train_ds, validation_data=val_ds, epochs=phase.end,
                   initial_epoch=max(phase.start, state["epochs_done"]),
                   # sample weights carry the class weights when there is an auxiliary target
-                  class_weight=None if lesion_weight > 0 or birads_weight > 0 else weights,
+                  class_weight=None if lesion_weight > 0 or birads_weight > 0 or pair is not None else weights,
                   callbacks=[EpochCheckpoint(run, state, phase, patience, decay, to_saved)], verbose=verbose)
 
 
@@ -435,6 +458,10 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
             model = with_birads_head(model, len(BIRADS_CUTS), config.seed)
         model_info["birads_head"] = (f"P(BI-RADS >= k) for k in {list(BIRADS_CUTS)}, weight {config.birads_weight:g} "
                                      f"(training only; {int((data.birads_levels() > 0).sum())} images have a BI-RADS)")
+    if config.consistency > 0:
+        model = with_pair_output(model, PAIR_OUTPUT)
+        model_info["consistency"] = (f"each batch also as a screen shows it ({ScreenView()}), "
+                                     f"KL loss weight {config.consistency:g} (training only)")
     model_info["cost"] = model_cost(inference_model(model, model_cfg))
     model_info["precision"] = {"requested": config.precision, "used": precision}
     extra = {"distribution": cluster.summary(config.batch_size), "split_sha256": digest}
@@ -446,7 +473,7 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
                LrDecay(config.lr_decay_patience, config.lr_decay_factor, schedule=config.lr_schedule),
                lesion_weight=config.lesion_weight, to_saved=lambda m: inference_model(m, model_cfg),
                lesion_loss=config.lesion_loss, birads_weight=config.birads_weight,
-               roi=lesion_crops(config, data, spec), roi_share=config.roi_share)
+               roi=lesion_crops(config, data, spec), roi_share=config.roi_share, consistency=config.consistency)
     apply_precision("float32")
     if not cluster.is_chief:
         log.info("training done; the chief evaluates and writes %s", out.root)

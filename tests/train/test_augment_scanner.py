@@ -45,3 +45,11 @@ def test_build_augment_applies_fans_and_keeps_shapes():
     assert out_images.shape == images.shape and np.asarray(out_masks).shape == masks.shape
     assert (out_images[:, 0, 0] == 0).all()                # outside every fan: black
     assert (out_images[:, -1, 32] > 0).all()               # inside: the image
+
+
+def test_fan_bank_sectors_vary_with_the_scans_aspect_ratio():
+    bank = fan_bank(64, n=30, seed=2)
+    sectors = bank[::3]                                    # every third fan is a sector
+    square = fan_mask(64, 64, "sector") > 0
+    differs = [(sector.astype(bool) != square).mean() for sector in sectors]
+    assert max(differs) > 0.05 and min(differs) < max(differs) - 0.03   # drawn on scans of several shapes
