@@ -42,7 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.screens import (OVERLAYS, add_overlay, draw_calipers, make_screen, plain_scan,
+from benchmarks.screens import (OVERLAYS, add_overlay, draw_calipers, fan_mask, make_screen, plain_scan,
                                 random_layout)
 from runtime import atomic
 from runtime.classifier import Classifier
@@ -171,6 +171,7 @@ def frame_views(image: np.ndarray, mask: np.ndarray | None, idx: int, config: Fr
                   "error_vs_placed_px": edge_error(_box(found), screen.box),
                   "error_vs_plain_px": edge_error(_box(found), expected),
                   "scan_height_px": screen.box[3]}
+        record["lesion_in_fan"] = lesion_in_fan(mask, layout)
         if mask is not None:
             record["mask_coverage"] = coverage(mask, _to_scan(_box(found), screen.box, image.shape[:2]))
         screens.append(record)
@@ -179,6 +180,17 @@ def frame_views(image: np.ndarray, mask: np.ndarray | None, idx: int, config: Fr
             if len(keep) % 3 == 0:
                 keep.append(_example(screen_c.image, screen_c.box, found_c))
     return views, screens
+
+
+def lesion_in_fan(mask: np.ndarray | None, layout) -> float:
+    """The share of the lesion mask a layout's probe fan keeps (1 for a linear probe, or
+    without a lesion). Our scans are rectangles: a fan cut from one removes its corners,
+    and with them, on many scans, part of the lesion itself, which a real curved or
+    sector scan of that lesion shows (the sonographer centres it)."""
+    if mask is None or layout.probe == "linear" or not mask.any():
+        return 1.0
+    fan = fan_mask(mask.shape[0], mask.shape[1], layout.probe, layout.apex) > 0
+    return float((mask & fan).sum() / mask.sum())
 
 
 def _example(image: np.ndarray, placed: tuple, found: ScanRegion) -> np.ndarray:
@@ -266,6 +278,21 @@ LINEAR_ONLY = {
     "linear screens: calipers, framed, finder on": ("plain", "calipers_framed"),
 }
 
+# every probe, but only screens whose fan keeps the whole lesion (>= LESION_KEPT of its mask):
+# what a real curved or sector scan of the lesion shows; the others lost lesion pixels
+LESION_KEPT = 0.99
+LESION_IN_FAN = {
+    "lesion inside the fan: framed, finder on": ("plain", "framed"),
+    "lesion inside the fan: calipers, framed, finder on": ("plain", "calipers_framed"),
+}
+
+
+def _pooled_lesion_kept(run: dict, layouts: int) -> np.ndarray:
+    """Whether each pooled framed prediction's fan kept the lesion (layout-major)."""
+    n = len(run["labels"])
+    return np.array([run["screens"][i * layouts + j].get("lesion_in_fan", 1.0) >= LESION_KEPT
+                     for j in range(layouts) for i in range(n)])
+
 
 def _pooled_probe(run: dict, layouts: int) -> np.ndarray:
     """The probe of every pooled framed prediction (layout-major, as _pooled)."""
@@ -292,6 +319,10 @@ def accuracy_figures(run: dict, threshold: float, layouts: int) -> dict:
         for title, (a, b) in LINEAR_ONLY.items():
             figures[title] = compare(y[linear], _pooled(probs, a, layouts)[linear], _pooled(probs, b, layouts)[linear],
                                      threshold)
+        kept = _pooled_lesion_kept(run, layouts)[np.tile(keep, layouts)]
+        for title, (a, b) in LESION_IN_FAN.items():
+            figures[title] = compare(y[kept], _pooled(probs, a, layouts)[kept], _pooled(probs, b, layouts)[kept],
+                                     threshold)
         per_layout = [compare(run["labels"][keep], probs["plain"], probs[f"framed{j}"], threshold)
                       for j in range(layouts)]
         figures["framed, finder on"]["per_layout_draw"] = {
@@ -304,16 +335,18 @@ def accuracy_figures(run: dict, threshold: float, layouts: int) -> dict:
 def _by_probe(run: dict, keep: np.ndarray, threshold: float, layouts: int) -> dict:
     """Calls changed, framed (finder on) vs plain, per probe shape."""
     probe = _pooled_probe(run, layouts)
+    kept = _pooled_lesion_kept(run, layouts)
     plain = np.tile(run["probs"]["plain"], layouts)
     framed = np.concatenate([run["probs"][f"framed{j}"] for j in range(layouts)])
     mask = np.tile(keep, layouts)
+    changed = lambda ok: float(((plain[ok] >= threshold) != (framed[ok] >= threshold)).mean()) if ok.any() else None  # noqa: E731
     out = {}
     for kind in sorted(set(probe.tolist())):
         sel = mask & (probe == kind)
         ok = sel & np.isfinite(plain) & np.isfinite(framed)
-        out[kind] = {"screens": int(sel.sum()),
-                     "calls_changed": float(((plain[ok] >= threshold) != (framed[ok] >= threshold)).mean())
-                     if ok.any() else None}
+        out[kind] = {"screens": int(sel.sum()), "calls_changed": changed(ok),
+                     "lesion_cut": int((sel & ~kept).sum()),
+                     "calls_changed_lesion_kept": changed(ok & kept), "calls_changed_lesion_cut": changed(ok & ~kept)}
     return out
 
 
@@ -511,7 +544,7 @@ def markdown(doc: dict) -> str:
              "| source | comparison | n | AUC plain | AUC other | delta | calls changed | max abs dp |",
              "|---|---|---|---|---|---|---|---|"]
     for source, figures in doc["accuracy"].items():
-        for title in [*COMPARISONS, *LINEAR_ONLY]:
+        for title in [*COMPARISONS, *LINEAR_ONLY, *LESION_IN_FAN]:
             f = figures[title]
             lines.append(f"| {source} | {title} | {f['n']} | {_f(f['auc_plain'])} | {_f(f['auc_other'])} | "
                          f"{_f(f['auc_delta'])} | {_pct(f['calls_changed'])} ({f['calls_changed_n']}) | "
@@ -523,6 +556,16 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {source} | " + " | ".join(
             f"{_pct(bp[k]['calls_changed'])} of {bp[k]['screens']}" if k in bp else "-"
             for k in ("linear", "curved", "sector")) + " |")
+    lines += ["", f"The same, split by whether the fan kept the lesion (>= {LESION_KEPT:.0%} of its mask; our scans "
+              "are rectangles, and a fan cut from one can cut the lesion, which a real fan-shaped scan of it shows):",
+              "", "| source | probe | screens | fan cut the lesion | calls changed: lesion kept | lesion cut |",
+              "|---|---|---|---|---|---|"]
+    for source, figures in doc["accuracy"].items():
+        for kind in ("curved", "sector"):
+            b = figures["by_probe"].get(kind)
+            if b is not None and "lesion_cut" in b:
+                lines.append(f"| {source} | {kind} | {b['screens']} | {b['lesion_cut']} | "
+                             f"{_pct(b['calls_changed_lesion_kept'])} | {_pct(b['calls_changed_lesion_cut'])} |")
     lines += ["", "## The box found on screens", "",
               "Error: the largest distance between corresponding edges, in screen pixels; 'vs plain' compares "
               "with the box found on the scan alone (as the probe shows it), scaled and shifted to where it "

@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 
-from benchmarks.frames import _to_scan, _to_screen, compare, coverage, edge_error
+from benchmarks.frames import _to_scan, _to_screen, compare, coverage, edge_error, lesion_in_fan
 from benchmarks.screens import (Layout, add_overlay, draw_calipers, fan_mask, make_screen, plain_scan, random_layout,
                                 screen_dicom, synthetic_scan)
 
@@ -120,3 +120,16 @@ def test_compare_counts_changed_calls_and_refusals():
     assert c["n"] == 3 and c["refused"] == 1 and c["calls_changed_n"] == 1
     assert c["calls_changed"] == pytest.approx(1 / 3)
     assert c["auc_plain"] == pytest.approx(0.75) and c["auc_other"] == 1.0
+
+
+def test_lesion_in_fan_is_the_share_of_the_lesion_a_fan_keeps():
+    mask = np.zeros((100, 140), bool)
+    mask[60:80, 60:80] = True                              # deep in the middle: inside every fan
+    corner = np.zeros((100, 140), bool)
+    corner[0:10, 0:10] = True                              # a top corner: outside a sector
+    sector, linear = Layout(probe="sector"), Layout(probe="linear")
+    assert lesion_in_fan(mask, sector) == 1.0
+    assert lesion_in_fan(corner, sector) == 0.0 and lesion_in_fan(corner, linear) == 1.0
+    half = mask | corner                                   # 400 px inside, 100 outside
+    assert lesion_in_fan(half, sector) == pytest.approx(0.8)
+    assert lesion_in_fan(None, sector) == 1.0
