@@ -343,6 +343,10 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
     # batch_size is per replica: under a tf.distribute strategy (the one the model was
     # built in) every step takes batch_size x replicas images, split between the replicas.
     strategy = model.distribute_strategy
+    if pair is not None and strategy.num_replicas_in_sync > 1:
+        # a replica would get the plain half of a batch and another its screen views
+        raise ValueError("--consistency pairs each batch's two halves, which a tf.distribute strategy with several "
+                         "replicas would split between them: train with --strategy none")
     global_batch = batch_size * strategy.num_replicas_in_sync
     train_ds = shard_by_data(make_tf_dataset(data.images[tr], data.labels[tr], spec, global_batch, True, seed,
                                              augment, lesion(tr), birads(tr),
