@@ -76,8 +76,7 @@ def measure_colour(image_bgr: np.ndarray, region=None, config: ColourConfig = Co
         # at least 1 px each way: a very long, thin image (found by fuzzing) would give 0
         part = cv2.resize(part, (max(1, part.shape[1] // factor), max(1, part.shape[0] // factor)),
                           interpolation=cv2.INTER_AREA)
-    b, g, r = cv2.split(part)
-    spread = cv2.subtract(cv2.max(cv2.max(b, g), r), cv2.min(cv2.min(b, g), r))
+    _, spread = channel_range(part)
     coloured = cv2.threshold(spread, config.chroma - 1, 255, cv2.THRESH_BINARY)[1]
     area = float(coloured.size)
     coloured_share = cv2.countNonZero(coloured) / area
@@ -88,6 +87,14 @@ def measure_colour(image_bgr: np.ndarray, region=None, config: ColourConfig = Co
     blob_share = cv2.countNonZero(blobs) / area
     hues = _hue_families(part, blobs, area)
     return ColourStats(coloured_share, blob_share, hues, _kind(hues, blob_share, config))
+
+
+def channel_range(image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel of an HxWx3 uint8 image: the largest of B, G, R (its brightness) and the
+    largest minus the smallest (its colour: 0 for any gray), both uint8."""
+    b, g, r = cv2.split(image_bgr)
+    high = cv2.max(cv2.max(b, g), r)
+    return high, cv2.subtract(high, cv2.min(cv2.min(b, g), r))
 
 
 def _crop(image: np.ndarray, region) -> np.ndarray | None:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from runtime.colour_modes import channel_range
+
 CHROMA = 40          # max - min of B, G, R: a coloured pixel (runtime.colour_modes' measure)
 MIN_VALUE = 50       # darker coloured pixels are JPEG chroma noise in shadows, not marks
 MAX_SHARE = 0.10     # more colour than this is an overlay or a photo, not marks (a lesion box's
@@ -36,9 +38,8 @@ MODES = ("inpaint", "keep")
 
 def colour_mark_pixels(image_bgr: np.ndarray) -> np.ndarray:
     """uint8 0/1: the coloured pixels of a BGR image, with a 1 px rim around them."""
-    channels = image_bgr.astype(np.int16)
-    chroma = channels.max(axis=2) - channels.min(axis=2)
-    marks = ((chroma >= CHROMA) & (channels.max(axis=2) >= MIN_VALUE)).astype(np.uint8)
+    value, chroma = channel_range(image_bgr)
+    marks = ((chroma >= CHROMA) & (value >= MIN_VALUE)).astype(np.uint8)
     return cv2.dilate(marks, np.ones((3, 3), np.uint8)) if marks.any() else marks
 
 
