@@ -287,17 +287,20 @@ LESION_IN_FAN = {
 }
 
 
-def _pooled_lesion_kept(run: dict, layouts: int) -> np.ndarray:
-    """Whether each pooled framed prediction's fan kept the lesion (layout-major)."""
+def _pooled_screens(run: dict, layouts: int, key: str, default=None) -> np.ndarray:
+    """One field of the screen record behind every pooled framed prediction
+    (layout-major, as _pooled); `default` where a record lacks it."""
     n = len(run["labels"])
-    return np.array([run["screens"][i * layouts + j].get("lesion_in_fan", 1.0) >= LESION_KEPT
-                     for j in range(layouts) for i in range(n)])
+    return np.array([run["screens"][i * layouts + j].get(key, default) for j in range(layouts) for i in range(n)])
 
 
 def _pooled_probe(run: dict, layouts: int) -> np.ndarray:
-    """The probe of every pooled framed prediction (layout-major, as _pooled)."""
-    n = len(run["labels"])
-    return np.array([run["screens"][i * layouts + j]["probe"] for j in range(layouts) for i in range(n)])
+    return _pooled_screens(run, layouts, "probe")
+
+
+def _pooled_lesion_kept(run: dict, layouts: int) -> np.ndarray:
+    """Whether each pooled framed prediction's fan kept the lesion."""
+    return _pooled_screens(run, layouts, "lesion_in_fan", 1.0) >= LESION_KEPT
 
 
 def _pooled(probs: dict, name: str, layouts: int) -> np.ndarray:

@@ -205,9 +205,9 @@ class Classifier:
         # it was recorded: the default finder, auto); `region` and `frames` are the
         # defaults of every predict call (runtime.scan_crop, runtime.scan_input).
         recorded = manifest.scan_region if manifest is not None else None
-        # a model without the record was trained before coloured marks were erased: keep them
-        self.region_finder: RegionConfig = (region_config_from_dict(recorded) if recorded is not None
-                                            else RegionConfig(colour_marks="keep"))
+        # no record: the default finder, with the legacy defaults of a record that lacks a
+        # field (coloured marks kept: such a model was trained before they were erased)
+        self.region_finder: RegionConfig = region_config_from_dict(recorded if recorded is not None else {})
         self.region = RegionSetting(self.region_finder.mode)
         self.frames = FrameChoice()
         # roi="auto" asks this lesion localiser for the box (runtime.roi.Localiser); None:

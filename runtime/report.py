@@ -141,14 +141,12 @@ def threshold_source(classifier: Classifier, pred: Prediction | None = None) -> 
     if site is not None:
         return f"site profile '{_short(site.name)}'" + (f": {site.policy}" if site.policy else "")
     t = classifier.manifest.threshold if classifier.manifest is not None else {}
+    whose = "the model's"
     if pred is not None and pred.roi is not None and classifier.roi_threshold is not None and t.get("roi"):
-        t = t["roi"]
-        details = ", ".join(x for x in (t.get("policy"), f"chosen on the {t['chosen_on']}" if t.get("chosen_on")
-                                        else None) if x)
-        return "the model's for a lesion box" + (f": {details}" if details else "")
+        t, whose = t["roi"], "the model's for a lesion box"
     details = ", ".join(x for x in (t.get("policy"), f"chosen on the {t['chosen_on']}" if t.get("chosen_on")
                                     else None) if x)
-    return "the model's" + (f": {details}" if details else "")
+    return whose + (f": {details}" if details else "")
 
 
 # ---------------------------------------------------------------------- one report
