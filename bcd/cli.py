@@ -131,7 +131,7 @@ _TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "wei
                  "lesion_loss": "lesion_loss", "strategy": "strategy", "lr": "lr_scratch",
                  "scan_region": "scan_region", "birads_weight": "birads_weight", "lr_schedule": "lr_schedule",
                  "roi_share": "roi_share", "colour_marks": "colour_marks", "consistency": "consistency",
-                 "head_epochs": "head_epochs"}
+                 "head_epochs": "head_epochs", "average_from": "average_from"}
 
 
 def _add_train(sub) -> None:
@@ -176,6 +176,11 @@ def _add_train(sub) -> None:
                         "fan, calipers on the lesion, the scan's box a few pixels off) and a loss with this weight, "
                         "e.g. 1, pays for any change in the probability; fans and calipers then leave the "
                         "augmentation for that second view. About twice the time per epoch (default %(default)s: off)")
+    p.add_argument("--average-from", type=int, metavar="EPOCH", default=_train("average_from"),
+                   help="> 0: the saved model is the mean of the weights after each epoch from EPOCH (1-based) to "
+                        "the last, instead of the epoch with the best validation AUC: no epoch is chosen on the "
+                        "validation images (an honest --val-source estimate). Set --patience so that training "
+                        "reaches EPOCH (default %(default)s: off)")
     p.add_argument("--birads-weight", type=float, default=_train("birads_weight"),
                    help="> 0: also learn the radiologists' BI-RADS category (an ordinal head, training only) with "
                         "this loss weight, on the CSV rows that have one (--csv-map ...,birads=COLUMN) "

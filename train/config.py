@@ -60,6 +60,8 @@ class TrainConfig:
     consistency: float = 0.0         # > 0: each batch also as a scanner's screen shows it (fan, calipers,
                                      # the finder's box a few px off) and a loss with this weight on the
                                      # difference between the views' probabilities (train.augment.ScreenView)
+    average_from: int = 0            # > 0: model.keras is the mean of the weights after epochs
+                                     # average_from..last (1-based), not the best epoch (train.weight_average)
     strategy: str = "auto"           # tf.distribute: auto | none | mirrored | multiworker (TF_CONFIG)
     # auto: every image (and its lesion mask) is cut to its scan region, as the runtime
     # does (runtime.scan_crop.apply_region: a DICOM file's tissue region, else the finder);
@@ -85,6 +87,8 @@ class TrainConfig:
             raise ValueError("the BI-RADS loss weight must be >= 0")
         if self.consistency < 0:
             raise ValueError("the consistency loss weight must be >= 0")
+        if not 0 <= self.average_from <= self.epochs:
+            raise ValueError(f"--average-from must be between 0 (off) and the number of epochs ({self.epochs})")
         if self.lesion_loss not in ("cam", "head"):
             raise ValueError("the lesion loss must be 'cam' or 'head'")
         if self.scan_region not in SCAN_REGIONS:

@@ -36,6 +36,7 @@ from train.precision import apply_precision, resolve_precision
 from train.run_dir import RunDir
 from train.split import SplitConfig, describe_split, save_split, split_indices
 from train.tf_setup import keras, tf
+from train.weight_average import RunningAverage
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
     has not improved for `patience` epochs."""
 
     def __init__(self, run: RunDir, state: dict, phase: Phase, patience: int, decay: LrDecay = LrDecay(),
-                 to_saved=None):
+                 to_saved=None, average: "WeightAveraging | None" = None):
         super().__init__()
         self.run, self.state, self.phase, self.patience, self.decay = run, state, phase, patience, decay
         self.to_saved = to_saved or (lambda model: model)   # the trained model -> what model.keras holds
+        self.average = average
         self.epoch_start = time.monotonic()
 
     def _maybe_decay(self) -> None:
@@ -139,6 +141,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         history.setdefault("learning_rate", []).append(
             float(keras.backend.get_value(self.model.optimizer.learning_rate)))
         state.update(epochs_done=epoch + 1, phase=self.phase.name)
+        if self.average is not None and epoch + 1 >= self.average.first_epoch:
+            self.average.add_epoch(self.model, self.run, state)
         state["elapsed_seconds"] = state.get("elapsed_seconds", 0.0) + seconds
         if state["wait"] >= self.patience:
             state["stopped_early"] = True
@@ -152,6 +156,36 @@ class EpochCheckpoint(keras.callbacks.Callback):
             logs.get("loss", float("nan")), logs.get("val_loss", float("nan")), val_auc,
             "  (best, saved)" if improved else f"  (best {state['best_val_auc']:.4f}, {state['wait']}/{self.patience})",
         )
+
+
+@dataclass
+class WeightAveraging:
+    """--average-from: the running mean of the weights after every epoch from
+    `first_epoch` (1-based), saved beside the checkpoint."""
+    first_epoch: int
+    running: RunningAverage
+
+    def add_epoch(self, model, run: RunDir, state: dict) -> None:
+        state.pop("weight_average", None)          # a resumed run trains on: the mean is taken again
+        self.running.add(model.get_weights())
+        self.running.save(run.checkpoint_dir)     # before state.json counts the epoch
+        state["averaged_epochs"] = self.running.count
+
+    def apply(self, model, run: RunDir, state: dict, to_saved, val_ds) -> None:
+        """Put the mean into `model`, save it as model.keras, and record its validation AUC."""
+        if not self.running.count:
+            log.warning("training stopped at epoch %d, before --average-from %d: model.keras is the best epoch",
+                        state["epochs_done"], self.first_epoch)
+            return
+        model.set_weights(self.running.mean(model.get_weights()))
+        with atomic.atomic_path(run.model) as tmp:
+            to_saved(model).save(tmp)
+        val_auc = _classifier_logs(model.evaluate(val_ds, verbose=0, return_dict=True)).get("auc")
+        state["weight_average"] = {"from_epoch": self.first_epoch, "to_epoch": state["epochs_done"],
+                                   "epochs": self.running.count, "val_auc": val_auc}
+        log.info("model.keras: the mean of the weights after epochs %d-%d (%d epochs), validation AUC %.4f "
+                 "(best single epoch %d: %.4f)", self.first_epoch, state["epochs_done"], self.running.count,
+                 val_auc, state["best_epoch"], state["best_val_auc"])
 
 
 def prepare_run_dir(run: RunDir, resume: bool, writes: bool = True) -> None:
@@ -321,7 +355,8 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
                split: dict[str, np.ndarray], spec: PreprocessSpec, batch_size: int, seed: int,
                augment, patience: int, resume: bool, decay: LrDecay = LrDecay(),
                lesion_weight: float = 0.0, to_saved=None, lesion_loss: str = "head",
-               birads_weight: float = 0.0, roi=None, roi_share: float = 0.0, consistency: float = 0.0) -> None:
+               birads_weight: float = 0.0, roi=None, roi_share: float = 0.0, consistency: float = 0.0,
+               average_from: int = 0) -> None:
     """Train `model` through `phases` on the split's train images, validating on val:
     class weights, early stopping on val AUC, best model -> run.model (through
     `to_saved`), checkpoint every epoch. Shared by `bcd train` and `bcd slim` (which
@@ -330,7 +365,9 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
     BI-RADS of the images that have one. With consistency > 0 every batch also holds its
     images as a scanner's screen shows them (train.augment.ScreenView: fans and calipers
     move from the augmentation to that second view) and a loss with this weight pays for
-    any difference between the two views' probabilities."""
+    any difference between the two views' probabilities. With average_from > 0,
+    run.model is finally the mean of the weights after epochs average_from..last
+    (train.weight_average) instead of the best epoch."""
     tr, va = split["train"], split["val"]
     weights = _class_weights(data.labels[tr])
     pair = PairViews(ScreenView(), weights) if consistency > 0 else None
@@ -354,6 +391,9 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
     val_ds = shard_by_data(make_tf_dataset(data.images[va], data.labels[va], spec, global_batch, False,
                                            lesion=lesion(va), birads=birads(va)))
     verbose = 1 if _is_tty() else 2
+    to_saved = to_saved or (lambda m: m)
+    average = (WeightAveraging(average_from, RunningAverage.load(run.checkpoint_dir) if resume else RunningAverage())
+               if average_from > 0 else None)
     for phase in phases:
         if state.get("stopped_early") or state["epochs_done"] >= phase.end:
             continue
@@ -374,7 +414,10 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
                   initial_epoch=max(phase.start, state["epochs_done"]),
                   # sample weights carry the class weights when there is an auxiliary target
                   class_weight=None if lesion_weight > 0 or birads_weight > 0 or pair is not None else weights,
-                  callbacks=[EpochCheckpoint(run, state, phase, patience, decay, to_saved)], verbose=verbose)
+                  callbacks=[EpochCheckpoint(run, state, phase, patience, decay, to_saved, average)], verbose=verbose)
+    if average is not None and "weight_average" not in state:
+        average.apply(model, run, state, to_saved, val_ds)
+        atomic.write_json(run.state, state)
 
 
 def _lesion_targets(data: LoadedDataset, idx: np.ndarray, class_weights: dict, per_sample: bool) -> LesionTargets:
@@ -399,6 +442,7 @@ def finish_training(run: RunDir, state: dict, phases: list[Phase], data: LoadedD
     return {"threshold": result["threshold"], "best_epoch": state["best_epoch"],
             "best_val_auc": state["best_val_auc"], "epochs_trained": state["epochs_done"],
             "stopped_early": state.get("stopped_early", False),
+            **({"weight_average": state["weight_average"]} if "weight_average" in state else {}),
             "training_seconds": round(state["elapsed_seconds"], 1)}
 
 
@@ -477,7 +521,8 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
                LrDecay(config.lr_decay_patience, config.lr_decay_factor, schedule=config.lr_schedule),
                lesion_weight=config.lesion_weight, to_saved=lambda m: inference_model(m, model_cfg),
                lesion_loss=config.lesion_loss, birads_weight=config.birads_weight,
-               roi=lesion_crops(config, data, spec), roi_share=config.roi_share, consistency=config.consistency)
+               roi=lesion_crops(config, data, spec), roi_share=config.roi_share, consistency=config.consistency,
+               average_from=config.average_from)
     apply_precision("float32")
     if not cluster.is_chief:
         log.info("training done; the chief evaluates and writes %s", out.root)
