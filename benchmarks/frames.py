@@ -147,11 +147,12 @@ def frame_views(image: np.ndarray, mask: np.ndarray | None, idx: int, config: Fr
     """The images to classify for one test scan (name -> BGR image) and one record per
     screen (layout, boxes, errors, coverage)."""
     views = {"plain": image, "plain_crop": find_scan_region(image).crop(image)}
-    cal_rng = np.random.default_rng([config.seed, idx, 999])
-    calipered = draw_calipers(image, cal_rng, mask)
-    views["calipers_plain"] = find_scan_region(calipered).crop(calipered)
     screens = []
     for j in range(config.layouts):
+        # calipers drawn afresh for every screen: as many caliper draws as screens, so
+        # that a few borderline scans do not decide the calls-changed figure
+        calipered = draw_calipers(image, np.random.default_rng([config.seed, idx, 999, j]), mask)
+        views[f"calipers_plain{j}"] = find_scan_region(calipered).crop(calipered)
         rng = _screen_rng(config.seed, idx, j)
         layout = random_layout(rng)
         screen = make_screen(image, rng, layout)
@@ -336,20 +337,26 @@ def accuracy_figures(run: dict, threshold: float, layouts: int) -> dict:
 
 
 def _by_probe(run: dict, keep: np.ndarray, threshold: float, layouts: int) -> dict:
-    """Calls changed, framed (finder on) vs plain, per probe shape."""
+    """Calls changed per probe shape: framed (finder on) vs the plain scan, and vs the
+    probe's plain scan (the fan on black, no screen: the frame's own effect)."""
     probe = _pooled_probe(run, layouts)
     kept = _pooled_lesion_kept(run, layouts)
-    plain = np.tile(run["probs"]["plain"], layouts)
-    framed = np.concatenate([run["probs"][f"framed{j}"] for j in range(layouts)])
+    plain = _pooled(run["probs"], "plain", layouts)
+    reference = _pooled(run["probs"], "reference", layouts)
+    framed = _pooled(run["probs"], "framed", layouts)
     mask = np.tile(keep, layouts)
-    changed = lambda ok: float(((plain[ok] >= threshold) != (framed[ok] >= threshold)).mean()) if ok.any() else None  # noqa: E731
+
+    def changed(ok, base=plain):
+        ok = ok & np.isfinite(base) & np.isfinite(framed)
+        return float(((base[ok] >= threshold) != (framed[ok] >= threshold)).mean()) if ok.any() else None
+
     out = {}
     for kind in sorted(set(probe.tolist())):
         sel = mask & (probe == kind)
-        ok = sel & np.isfinite(plain) & np.isfinite(framed)
-        out[kind] = {"screens": int(sel.sum()), "calls_changed": changed(ok),
+        out[kind] = {"screens": int(sel.sum()), "calls_changed": changed(sel),
+                     "calls_changed_vs_probe_plain": changed(sel, reference),
                      "lesion_cut": int((sel & ~kept).sum()),
-                     "calls_changed_lesion_kept": changed(ok & kept), "calls_changed_lesion_cut": changed(ok & ~kept)}
+                     "calls_changed_lesion_kept": changed(sel & kept), "calls_changed_lesion_cut": changed(sel & ~kept)}
     return out
 
 
@@ -552,13 +559,14 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {source} | {title} | {f['n']} | {_f(f['auc_plain'])} | {_f(f['auc_other'])} | "
                          f"{_f(f['auc_delta'])} | {_pct(f['calls_changed'])} ({f['calls_changed_n']}) | "
                          f"{_f(f['max_abs_prob_change'])} |")
-    lines += ["", "Framed (finder on) vs plain, calls changed per probe shape:", "",
+    lines += ["", "Framed (finder on), calls changed per probe shape: vs the plain scan / vs the probe's plain "
+              "scan (the fan on black without the screen: what the frame alone changes):", "",
               "| source | " + " | ".join(("linear", "curved", "sector")) + " |", "|---|---|---|---|"]
     for source, figures in doc["accuracy"].items():
         bp = figures["by_probe"]
         lines.append(f"| {source} | " + " | ".join(
-            f"{_pct(bp[k]['calls_changed'])} of {bp[k]['screens']}" if k in bp else "-"
-            for k in ("linear", "curved", "sector")) + " |")
+            f"{_pct(bp[k]['calls_changed'])} / {_pct(bp[k].get('calls_changed_vs_probe_plain'))} of {bp[k]['screens']}"
+            if k in bp else "-" for k in ("linear", "curved", "sector")) + " |")
     lines += ["", f"The same, split by whether the fan kept the lesion (>= {LESION_KEPT:.0%} of its mask; our scans "
               "are rectangles, and a fan cut from one can cut the lesion, which a real fan-shaped scan of it shows):",
               "", "| source | probe | screens | fan cut the lesion | calls changed: lesion kept | lesion cut |",

@@ -133,3 +133,38 @@ def test_lesion_in_fan_is_the_share_of_the_lesion_a_fan_keeps():
     half = mask | corner                                   # 400 px inside, 100 outside
     assert lesion_in_fan(half, sector) == pytest.approx(0.8)
     assert lesion_in_fan(None, sector) == 1.0
+
+
+def test_by_probe_separates_the_frames_effect_from_the_fans():
+    from benchmarks.frames import _by_probe
+    # two scans, two screens each (records scan by scan): screen 0 linear, screen 1 sector
+    screens = [{"probe": "linear"}, {"probe": "sector"}, {"probe": "linear"}, {"probe": "sector"}]
+    probs = {"plain": np.array([0.6, 0.4]),
+             "reference0": np.array([0.6, 0.4]), "framed0": np.array([0.6, 0.4]),     # linear: nothing changes
+             "reference1": np.array([0.4, 0.6]), "framed1": np.array([0.4, 0.6])}     # the fan flips both calls
+    run = {"labels": np.array([1, 0]), "screens": screens, "probs": probs}
+    out = _by_probe(run, np.ones(2, bool), 0.5, 2)
+    assert out["linear"]["calls_changed"] == 0.0 and out["linear"]["calls_changed_vs_probe_plain"] == 0.0
+    # against the rectangle every sector call changed; against the fan on black (the frame's own effect) none
+    assert out["sector"]["calls_changed"] == 1.0 and out["sector"]["calls_changed_vs_probe_plain"] == 0.0
+    assert out["sector"]["screens"] == 2
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_on_a_few_test_scans_of_the_shipped_model(tmp_path):
+    """The whole benchmark (screens, calls, boxes, overlays, timing, files) on 4 test scans."""
+    import json
+    from pathlib import Path
+    from benchmarks.frames import DEFAULT_MODEL, FramesConfig, run
+    from tests.conftest import missing
+    data = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    if not data.is_dir():
+        missing("the shipped model's development data not present")
+    doc = run(FramesConfig(model=DEFAULT_MODEL, split_root=data, out=tmp_path, layouts=2, limit=4,
+                           dev_scans=False, examples=1), command="test")
+    figures = doc["accuracy"]["all"]
+    assert figures["calipers on plain scans"]["n"] == 8          # a caliper draw per screen
+    assert figures["framed, finder on"]["n"] + figures["framed, finder on"]["refused"] == 8
+    assert {"calls_changed", "calls_changed_vs_probe_plain"} <= set(next(iter(figures["by_probe"].values())))
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["test_scans"] == 4 and "vs the probe's plain scan" in (tmp_path / "results.md").read_text()
