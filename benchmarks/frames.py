@@ -319,14 +319,12 @@ def accuracy_figures(run: dict, threshold: float, layouts: int) -> dict:
         figures = {}
         for title, (a, b) in COMPARISONS.items():
             figures[title] = compare(y, _pooled(probs, a, layouts), _pooled(probs, b, layouts), threshold)
-        linear = _pooled_probe(run, layouts)[np.tile(keep, layouts)] == "linear"
-        for title, (a, b) in LINEAR_ONLY.items():
-            figures[title] = compare(y[linear], _pooled(probs, a, layouts)[linear], _pooled(probs, b, layouts)[linear],
-                                     threshold)
-        kept = _pooled_lesion_kept(run, layouts)[np.tile(keep, layouts)]
-        for title, (a, b) in LESION_IN_FAN.items():
-            figures[title] = compare(y[kept], _pooled(probs, a, layouts)[kept], _pooled(probs, b, layouts)[kept],
-                                     threshold)
+        for pairs, screens in ((LINEAR_ONLY, _pooled_probe(run, layouts) == "linear"),
+                               (LESION_IN_FAN, _pooled_lesion_kept(run, layouts))):
+            sel = screens[np.tile(keep, layouts)]
+            for title, (a, b) in pairs.items():
+                figures[title] = compare(y[sel], _pooled(probs, a, layouts)[sel], _pooled(probs, b, layouts)[sel],
+                                         threshold)
         per_layout = [compare(run["labels"][keep], probs["plain"], probs[f"framed{j}"], threshold)
                       for j in range(layouts)]
         figures["framed, finder on"]["per_layout_draw"] = {

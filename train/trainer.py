@@ -169,10 +169,10 @@ class WeightAveraging:
         state.pop("weight_average", None)          # a resumed run trains on: the mean is taken again
         self.running.add(model.get_weights())
         self.running.save(run.checkpoint_dir)     # before state.json counts the epoch
-        state["averaged_epochs"] = self.running.count
 
-    def apply(self, model, run: RunDir, state: dict, to_saved, val_ds) -> None:
-        """Put the mean into `model`, save it as model.keras, and record its validation AUC."""
+    def apply(self, model, run: RunDir, state: dict, to_saved) -> None:
+        """Put the mean into `model` and save it as model.keras (finish_training scores it
+        on validation with the rest)."""
         if not self.running.count:
             log.warning("training stopped at epoch %d, before --average-from %d: model.keras is the best epoch",
                         state["epochs_done"], self.first_epoch)
@@ -180,12 +180,11 @@ class WeightAveraging:
         model.set_weights(self.running.mean(model.get_weights()))
         with atomic.atomic_path(run.model) as tmp:
             to_saved(model).save(tmp)
-        val_auc = _classifier_logs(model.evaluate(val_ds, verbose=0, return_dict=True)).get("auc")
         state["weight_average"] = {"from_epoch": self.first_epoch, "to_epoch": state["epochs_done"],
-                                   "epochs": self.running.count, "val_auc": val_auc}
-        log.info("model.keras: the mean of the weights after epochs %d-%d (%d epochs), validation AUC %.4f "
-                 "(best single epoch %d: %.4f)", self.first_epoch, state["epochs_done"], self.running.count,
-                 val_auc, state["best_epoch"], state["best_val_auc"])
+                                   "epochs": self.running.count}
+        log.info("model.keras: the mean of the weights after epochs %d-%d (%d epochs); best single epoch %d: "
+                 "validation AUC %.4f", self.first_epoch, state["epochs_done"], self.running.count,
+                 state["best_epoch"], state["best_val_auc"])
 
 
 def prepare_run_dir(run: RunDir, resume: bool, writes: bool = True) -> None:
@@ -416,7 +415,7 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
                   class_weight=None if lesion_weight > 0 or birads_weight > 0 or pair is not None else weights,
                   callbacks=[EpochCheckpoint(run, state, phase, patience, decay, to_saved, average)], verbose=verbose)
     if average is not None and "weight_average" not in state:
-        average.apply(model, run, state, to_saved, val_ds)
+        average.apply(model, run, state, to_saved)
         atomic.write_json(run.state, state)
 
 
@@ -439,10 +438,14 @@ def finish_training(run: RunDir, state: dict, phases: list[Phase], data: LoadedD
 
     best = keras.models.load_model(run.model, compile=False)
     result = evaluate.evaluate_split_after_training(best, data, split, spec, policy, run, bootstrap_resamples)
+    average = state.get("weight_average")
+    if average is not None:     # model.keras is the mean: its validation AUC, from the scores just computed
+        average = {**average, "val_auc": result["threshold"]["validation"]["roc_auc"]}
+        log.info("the mean of the weights: validation AUC %.4f", average["val_auc"])
     return {"threshold": result["threshold"], "best_epoch": state["best_epoch"],
             "best_val_auc": state["best_val_auc"], "epochs_trained": state["epochs_done"],
             "stopped_early": state.get("stopped_early", False),
-            **({"weight_average": state["weight_average"]} if "weight_average" in state else {}),
+            **({"weight_average": average} if average is not None else {}),
             "training_seconds": round(state["elapsed_seconds"], 1)}
 
 
