@@ -32,9 +32,14 @@ benchmarks/frames.py):
    background, one flat colour, or (columns) far less textured than the scan (a text
    line, a ruler line with its ticks, a frame line the coarse box took in), then outwards
    by a few px while lines keep the scan's texture. Lines are judged along themselves
-   only, so what lies outside the scan does not move its edge. Curved edges (a fan's
-   tips, arcs and apex, which the opening rounds off) come from the content near the
-   piece opened with a small square that scales with the piece.
+   only, so what lies outside the scan does not move its edge. A fan (an edge that is
+   not straight) has all four edges taken at full resolution instead: the bounding box of
+   the pixels brighter than a dark background (or differing from a light one) that are
+   connected to the piece and lie within 2 `min_feature` of it, after a 3x3 opening that
+   removes strokes and lines up to 2 px thin (text, a ruler touching the fan). The
+   working copy's majority and opening round a sector's apex and a fan's tips off by an
+   amount that depends on the scan's size on the screen; at full resolution the same
+   fan is cut alike framed and plain (version 2 of the finder; version 1 rounded them).
 6. Repeat inside the box (at most `passes` times) while it keeps shrinking: a black
    image pane inside a gray screen gives the pane first, then the scan inside it.
 
@@ -50,7 +55,9 @@ Where it fails (benchmarks/frames.py measures how often on synthetic screens):
   band along the bottom, a dark fan tip on a black screen), cannot be told from the
   background and is cut on a screen; the plain scan keeps it (its border is not half
   one colour), so framed and plain boxes then differ by that band.
-- A sector probe's point apex (narrower than the small square) is left out of the box.
+- A fan's dark tissue no brighter than a dark screen (a black tip, a dark apex) is
+  outside the box, on the scan alone as on a screen; the darker the screen, the less is
+  cut, so framed and plain boxes can then differ by that dark strip.
 - Two scans side by side (dual mode) give the one with more texture, not both.
 - A screen whose background is a gradient or a photograph has no background colour:
   the whole image is returned.
@@ -91,7 +98,9 @@ class RegionConfig:
     """The finder's settings (recorded in manifest.json beside the preprocessing)."""
 
     mode: str = "auto"          # auto: find the scan; off: the whole image
-    version: int = 1
+    # 2 (2026-12-05): fans' edges at full resolution. Exports that record 1 run with it
+    # too: the two differ on 3 of the 2123 development scans, by at most 5 px
+    version: int = 2
     work_side: int = 480                 # long side of the working copy (integer downscale of larger images)
     background_tolerance: int = 2        # gray levels within which a pixel is the background colour
     min_background_share: float = 0.5    # share of the border band the background colour must fill
@@ -172,16 +181,18 @@ def _find_in(gray: np.ndarray, config: RegionConfig, exclude: int | None = None)
     # area averages: the share of content / texture in each working pixel
     content = cv2.resize(cv2.max(differs, textured), size, interpolation=cv2.INTER_AREA)
     texture = cv2.resize(textured, size, interpolation=cv2.INTER_AREA)
-    filled, solid, k = _solid(content, config)
+    solid, k = _solid(content, config)
     piece = _textured_piece(solid, texture)
     if piece is None:
         return None, background
     mask, (cx, cy, cw, ch) = piece
     straight = _straight_edges(mask[cy:cy + ch, cx:cx + cw], k)
-    if not all(straight):
-        cx, cy, cw, ch = _round_edges(filled, mask, (cx, cy, cw, ch), straight, k)
     box = (cx * factor, cy * factor, min(width, (cx + cw) * factor), min(height, (cy + ch) * factor))
-    return _exact_edges(gray, box, straight, background, factor + 2, 2 * k * factor, config), background
+    if all(straight):
+        return _exact_edges(gray, box, straight, background, factor + 2, 2 * k * factor, config), background
+    # a fan: every edge at full resolution (its bottom arc can fill a working line, but
+    # its full-resolution rows are mostly background)
+    return _fan_edges(gray, background, config.background_tolerance, mask, (cx, cy, cw, ch), factor, k) or box, background
 
 
 def _background(gray: np.ndarray, config: RegionConfig, exclude: int | None = None) -> int | None:
@@ -234,33 +245,56 @@ def _texture(gray: np.ndarray, step: int) -> np.ndarray:
     return out
 
 
-def _solid(content: np.ndarray, config: RegionConfig) -> tuple[np.ndarray, np.ndarray, int]:
-    """0/255 maps at working resolution: `filled`, where most of a 5x5 neighbourhood is
-    content; `solid`, that with everything thinner than k = `min_feature` opened away."""
+def _solid(content: np.ndarray, config: RegionConfig) -> tuple[np.ndarray, int]:
+    """0/255 map at working resolution: where most of a 5x5 neighbourhood is content,
+    with everything thinner than k = `min_feature` opened away; and k."""
     # a majority over 5x5: grainy dark tissue stays solid, a straight edge stays in place
     filled = cv2.threshold(cv2.blur(content, (5, 5)), 127, 255, cv2.THRESH_BINARY)[1]
     k = max(3, int(round(config.min_feature * max(content.shape))) | 1)
-    return filled, cv2.morphologyEx(filled, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))), k
+    return cv2.morphologyEx(filled, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))), k
 
 
-def _round_edges(filled: np.ndarray, piece: np.ndarray, box, straight, k: int):
-    """The box with its curved edges (a fan's tips, arcs and apex, which the opening
-    rounds off) taken from the content within k/2 px of the piece, opened with a small
-    square (text and lines stay out)."""
-    r = max(1, k // 2)
-    near = cv2.dilate(piece.astype(np.uint8) * 255, cv2.getStructuringElement(cv2.MORPH_RECT, (2 * r + 1, 2 * r + 1)))
-    # the small square scales with the piece, so a fan's apex is cut alike at any zoom
-    small = max(3, int(round(0.02 * max(box[2], box[3]))))
-    around = cv2.bitwise_and(cv2.morphologyEx(filled, cv2.MORPH_OPEN, np.ones((small, small), np.uint8)), near)
-    ax, ay, aw, ah = cv2.boundingRect(around)
-    if aw == 0 or ah == 0:
-        return box
-    x, y, w, h = box
-    x0 = ax if not straight[0] else x
-    y0 = ay if not straight[1] else y
-    x1 = ax + aw if not straight[2] else x + w
-    y1 = ay + ah if not straight[3] else y + h
-    return x0, y0, x1 - x0, y1 - y0
+def _fan_edges(gray: np.ndarray, background: int, tolerance: int, piece: np.ndarray, piece_box, factor: int, k: int):
+    """A fan's box (x0, y0, x1, y1) at full resolution: the bounding box of the content
+    connected to the piece, within what the working copy's majority and opening can have
+    cut off around it (they round a sector's apex and a fan's tips off by an amount that
+    depends on the scan's size on the screen). Strokes and lines up to 2 px thin (text,
+    a ruler and its ticks touching the fan) are opened away first, so they do not join.
+    None when the piece is too thin to hold an inside."""
+    height, width = gray.shape
+    r = 2 * k                    # working px the opening may have cut (more than k/2 at a sharp tip)
+    px, py, pw, ph = piece_box
+    wx0, wy0 = max(0, px - r), max(0, py - r)
+    wx1, wy1 = min(piece.shape[1], px + pw + r), min(piece.shape[0], py + ph + r)
+    x0, y0 = wx0 * factor, wy0 * factor
+    x1, y1 = min(width, wx1 * factor), min(height, wy1 * factor)
+    part = piece[wy0:wy1, wx0:wx1].astype(np.uint8) * 255
+
+    def full(m: np.ndarray) -> np.ndarray:
+        return cv2.resize(m, ((wx1 - wx0) * factor, (wy1 - wy0) * factor), interpolation=cv2.INTER_NEAREST)[:y1 - y0, :x1 - x0]
+
+    near = full(cv2.dilate(part, np.ones((2 * r + 1, 2 * r + 1), np.uint8)))
+    # the piece a working pixel or two inside its edge (a working pixel half on the scan
+    # counts as content): it joins the fan's parts, and the full-resolution content alone
+    # decides the edges
+    inner = full(cv2.erode(part, np.ones((5, 5), np.uint8)))
+    window = gray[y0:y1, x0:x1]
+    if background < 128:
+        # dark tissue counts only where it is brighter than a dark screen: on a black
+        # screen it cannot be told from the background, and framed and plain must be cut alike
+        content = cv2.threshold(window, min(254, background + tolerance), 255, cv2.THRESH_BINARY)[1]
+    else:
+        content = cv2.threshold(cv2.absdiff(window, np.full_like(window, background)), tolerance, 255,
+                                cv2.THRESH_BINARY)[1]
+    strokes_gone = cv2.morphologyEx(content, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(cv2.max(cv2.bitwise_and(strokes_gone, near), inner),
+                                                           connectivity=8)
+    ids = np.flatnonzero(np.bincount(labels[inner > 0], minlength=2)[1:]) + 1      # the pieces inside
+    if ids.size == 0:
+        return None
+    left, top = stats[ids, cv2.CC_STAT_LEFT], stats[ids, cv2.CC_STAT_TOP]
+    right, bottom = left + stats[ids, cv2.CC_STAT_WIDTH], top + stats[ids, cv2.CC_STAT_HEIGHT]
+    return x0 + int(left.min()), y0 + int(top.min()), x0 + int(right.max()), y0 + int(bottom.max())
 
 
 def _textured_piece(solid: np.ndarray, texture: np.ndarray):

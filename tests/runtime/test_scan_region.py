@@ -59,18 +59,22 @@ def test_a_black_pane_inside_a_gray_screen_gives_the_scan():
 
 
 @pytest.mark.parametrize("probe", ["curved", "sector"])
-def test_fans_give_the_box_found_on_the_fan_alone_shifted(probe):
+@pytest.mark.parametrize("seed", range(12))
+def test_fans_give_the_box_found_on_the_fan_alone_shifted(probe, seed):
     """The consistency framed and plain predictions rest on: the box on the screen is
-    the box on the scan alone (as the probe shows it), scaled and shifted."""
-    scan, _ = _scan(5)
-    layout = replace(random_layout(np.random.default_rng(7)), probe=probe, apex=0.8, pane=None)
-    screen = make_screen(scan, np.random.default_rng(8), layout)
+    the box on the scan alone (as the probe shows it), scaled and shifted, to 1.5 % of
+    the scan's height, at whatever size the screen shows it. A sector's apex and a fan's
+    tips used to be cut by the working copy's opening, by up to 3.4 % on these screens,
+    and by another amount on the scan alone."""
+    scan, _ = synthetic_scan(300 + 10 * seed, 260 + 10 * seed, np.random.default_rng(seed))
+    layout = replace(random_layout(np.random.default_rng(50 + seed)), probe=probe, pane=None)
+    screen = make_screen(scan, np.random.default_rng(60 + seed), layout)
     alone = find_scan_region(plain_scan(scan, layout))
     x, y, w, h = screen.box
     sx, sy = w / scan.shape[1], h / scan.shape[0]
     expected = (x + alone.x * sx, y + alone.y * sy, alone.width * sx, alone.height * sy)
     found = find_scan_region(screen.image)
-    assert max(abs(e) for e in _edges(found, expected)) <= 0.06 * h       # a sector's apex is cut alike, not exactly
+    assert max(abs(e) for e in _edges(found, expected)) <= 0.015 * h, (layout, found, expected)
 
 
 def test_the_lesion_stays_inside_the_box_on_screens():
