@@ -4,7 +4,7 @@ split). All images come back resized uint8 BGR, prepared by runtime.preprocessin
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,9 @@ class RunInfo:
     info: dict                 # run.json
     split: dict                # split.json
     spec: PreprocessSpec
+    # the split's images, read once (calibration, parity, OOD fitting and the lesion
+    # crops all need them: one read, and its warnings logged once)
+    _loaded: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def threshold(self) -> float:
@@ -38,6 +41,15 @@ class RunInfo:
         """How the run's images were cut to their scan region (INT8 calibration and
         parity images are read the same way)."""
         return run_scan_region(self.info)
+
+    def split_data(self):
+        """(LoadedData, {split name: indices}) of the run's split.json, read on first use."""
+        from train.data import load_saved_split
+
+        if self._loaded is None:
+            self._loaded = load_saved_split(self.split, self.spec, class_labels=self.info["labels"]["class_labels"],
+                                            region=self.scan_region)
+        return self._loaded
 
 
 @dataclass
@@ -69,13 +81,10 @@ def _limit(images: np.ndarray, labels: np.ndarray, limit: int | None, seed: int)
 
 def split_images(run: RunInfo, name: str, limit: int | None = None, seed: int = 0) -> ImageSet:
     """Images of one split of the run; with `limit`, a seeded random subset (sorted)."""
-    from train.data import load_saved_split
-
     if not run.split["files"].get(name):
         raise ValueError(f"the run's {name} split is empty")
     try:
-        data, idx = load_saved_split(run.split, run.spec, class_labels=run.info["labels"]["class_labels"],
-                                     region=run.scan_region)
+        data, idx = run.split_data()
     except (FileNotFoundError, ValueError) as err:
         raise FileNotFoundError(
             f"the run's data cannot be read ({err}): pass --calib-data / --data datasets instead") from None
@@ -86,14 +95,12 @@ def split_images(run: RunInfo, name: str, limit: int | None = None, seed: int = 
 def lesion_crop_images(run: RunInfo, name: str) -> ImageSet | None:
     """One lesion-centred crop per lesion image of a split (train.roi_samples, as the run
     trained on them), for a run trained with --roi-share; None for other runs."""
-    from train.data import load_saved_split
     from train.roi_samples import load_roi_crops
 
     config = run.info.get("config") or {}
     if not config.get("roi_share"):
         return None
-    data, idx = load_saved_split(run.split, run.spec, class_labels=run.info["labels"]["class_labels"],
-                                 region=run.scan_region)
+    data, idx = run.split_data()
     part = data.subset(idx[name])
     crops = load_roi_crops(part, run.spec, int(config.get("roi_crops", 2)), run.scan_region)
     return ImageSet(crops.images[crops.has, 0], part.labels[crops.has],
