@@ -192,7 +192,8 @@ def _find_in(gray: np.ndarray, config: RegionConfig, exclude: int | None = None)
         return _exact_edges(gray, box, straight, background, factor + 2, 2 * k * factor, config), background
     # a fan: every edge at full resolution (its bottom arc can fill a working line, but
     # its full-resolution rows are mostly background)
-    return _fan_edges(gray, background, config.background_tolerance, mask, (cx, cy, cw, ch), factor, k) or box, background
+    fan = _fan_edges(gray, background, config.background_tolerance, mask, (cx, cy, cw, ch), factor, k)
+    return fan or box, background
 
 
 def _background(gray: np.ndarray, config: RegionConfig, exclude: int | None = None) -> int | None:
@@ -271,7 +272,8 @@ def _fan_edges(gray: np.ndarray, background: int, tolerance: int, piece: np.ndar
     part = piece[wy0:wy1, wx0:wx1].astype(np.uint8) * 255
 
     def full(m: np.ndarray) -> np.ndarray:
-        return cv2.resize(m, ((wx1 - wx0) * factor, (wy1 - wy0) * factor), interpolation=cv2.INTER_NEAREST)[:y1 - y0, :x1 - x0]
+        up = cv2.resize(m, ((wx1 - wx0) * factor, (wy1 - wy0) * factor), interpolation=cv2.INTER_NEAREST)
+        return up[:y1 - y0, :x1 - x0]
 
     near = full(cv2.dilate(part, np.ones((2 * r + 1, 2 * r + 1), np.uint8)))
     # the piece a working pixel or two inside its edge (a working pixel half on the scan
@@ -334,8 +336,8 @@ def _textured_piece(solid: np.ndarray, texture: np.ndarray):
 def _straight_edges(piece: np.ndarray, depth: int) -> tuple[bool, bool, bool, bool]:
     """Whether the piece fills most of one of the `depth` outermost lines on its box's
     left, top, right and bottom: a rectangle's edges (refined at full resolution, where a
-    text line taken in with them is trimmed), not a fan's tip or arc (found from the
-    content around the piece)."""
+    text line taken in with them is trimmed), not a fan's tip or arc. A piece with any
+    edge not straight is a fan, whose four edges `_fan_edges` finds."""
     n = max(1, min(depth, piece.shape[0] // 4, piece.shape[1] // 4))
     cols = piece[:, :n].mean(axis=0), piece[:n].mean(axis=1), piece[:, -n:].mean(axis=0), piece[-n:].mean(axis=1)
     return tuple(bool(c.max() > 0.9) for c in cols)
