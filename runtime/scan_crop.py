@@ -131,8 +131,10 @@ def apply_region(image: np.ndarray, mask: np.ndarray | None = None, setting: Reg
 
 def region_config_from_dict(d: Any, where: str = "scan_region") -> RegionConfig:
     """A RegionConfig from its to_dict() (a manifest's "scan_region"); ValueError for a
-    field this version does not know or a wrong type, so a model is never run with a
-    finder other than the one its manifest names."""
+    field this version does not know or a wrong type, so a model is never run with
+    settings its runtime cannot honour. The finder's `version` is recorded, not enforced:
+    a version-1 export runs with today's finder (they differ on fans only; see
+    RegionConfig.version)."""
     if not isinstance(d, dict):
         raise ValueError(f"{where}: expected an object, got {type(d).__name__}")
     known = {f.name: f for f in fields(RegionConfig)}

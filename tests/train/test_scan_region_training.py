@@ -39,8 +39,10 @@ def test_run_json_readers(tmp_path):
     keep = "keep"        # runs from before coloured marks were erased
     assert run_scan_region({"config": {}}) == RegionConfig(mode="off", colour_marks=keep)   # before the finder
     assert run_scan_region({"config": {"scan_region": "auto"}}) == RegionConfig(mode="auto", colour_marks=keep)
+    # the version recorded is kept (runs recorded with version 1 are cut by today's finder,
+    # which differs from it on fans only: runtime.scan_region.RegionConfig.version)
     assert run_scan_region({"scan_region": {"mode": "auto", "version": 1}, "config": {}}) == \
-        RegionConfig(colour_marks=keep)
+        RegionConfig(version=1, colour_marks=keep)
     assert run_scan_region({"scan_region": RegionConfig().to_dict(), "config": {}}) == RegionConfig()
     assert run_scan_region({"config": {"scan_region": "auto", "colour_marks": "inpaint"}}) == RegionConfig()
     with pytest.raises(ValueError, match="unknown field"):
