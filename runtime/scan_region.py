@@ -133,10 +133,10 @@ def find_scan_region(image_bgr: np.ndarray, config: RegionConfig = RegionConfig(
     found, background = False, None
     for _ in range(max(1, config.passes)):
         part = gray[y0:y1, x0:x1]
-        box, used = _find_in(part, config)
+        box, used, fan = _find_in(part, config)
         if box == (0, 0, x1 - x0, y1 - y0) and background is not None and used == background:
             # no progress with the same colour: a pane of another colour inside the screen?
-            box, used = _find_in(part, config, exclude=background)
+            box, used, fan = _find_in(part, config, exclude=background)
         background = used
         if box is None:
             break
@@ -146,6 +146,8 @@ def find_scan_region(image_bgr: np.ndarray, config: RegionConfig = RegionConfig(
             break
         x0, y0, x1, y1 = x0 + bx0, y0 + by0, x0 + bx1, y0 + by1
         found = True
+        if fan:
+            break          # a fan is the scan itself (a pane is a rectangle): nothing inside to find
     if not found:
         return whole_image(image_bgr)
     w, h = x1 - x0, y1 - y0
@@ -164,15 +166,15 @@ def _usable(image: np.ndarray) -> bool:
 
 def _find_in(gray: np.ndarray, config: RegionConfig, exclude: int | None = None):
     """((x0, y0, x1, y1) of the scan in `gray`, its own size when there is no background
-    to trim, None when nothing scan-like is there; the background colour used). With
-    `exclude`, that colour is not a background and another one must fill half the band
-    (a black pane inside a gray screen)."""
+    to trim, None when nothing scan-like is there; the background colour used; whether
+    the scan is a fan, found to its edges). With `exclude`, that colour is not a
+    background and another one must fill half the band (a black pane inside a gray screen)."""
     height, width = gray.shape
     if min(height, width) < config.min_side:
-        return None, None
+        return None, None, False
     background = _background(gray, config, exclude)
     if background is None:
-        return (0, 0, width, height), None
+        return (0, 0, width, height), None, False
     factor = max(1, -(-max(height, width) // config.work_side))          # ceil
     size = (max(1, width // factor), max(1, height // factor))
     differs = cv2.threshold(cv2.absdiff(gray, np.full_like(gray, background)), config.background_tolerance,
@@ -184,16 +186,16 @@ def _find_in(gray: np.ndarray, config: RegionConfig, exclude: int | None = None)
     solid, k = _solid(content, config)
     piece = _textured_piece(solid, texture)
     if piece is None:
-        return None, background
+        return None, background, False
     mask, (cx, cy, cw, ch) = piece
     straight = _straight_edges(mask[cy:cy + ch, cx:cx + cw], k)
     box = (cx * factor, cy * factor, min(width, (cx + cw) * factor), min(height, (cy + ch) * factor))
     if all(straight):
-        return _exact_edges(gray, box, straight, background, factor + 2, 2 * k * factor, config), background
+        return _exact_edges(gray, box, background, factor + 2, 2 * k * factor, config), background, False
     # a fan: every edge at full resolution (its bottom arc can fill a working line, but
     # its full-resolution rows are mostly background)
     fan = _fan_edges(gray, background, config.background_tolerance, mask, (cx, cy, cw, ch), factor, k)
-    return fan or box, background
+    return fan or box, background, True
 
 
 def _background(gray: np.ndarray, config: RegionConfig, exclude: int | None = None) -> int | None:
@@ -346,19 +348,16 @@ def _straight_edges(piece: np.ndarray, depth: int) -> tuple[bool, bool, bool, bo
 # ---------------------------------------------------------------------- exact edges
 
 
-def _exact_edges(gray: np.ndarray, box: tuple[int, int, int, int], straight: tuple[bool, bool, bool, bool],
-                 background: int, reach: int, trim: int, config: RegionConfig) -> tuple[int, int, int, int]:
-    """Move each straight edge of the coarse box to the outermost line that belongs to the
+def _exact_edges(gray: np.ndarray, box: tuple[int, int, int, int], background: int, reach: int, trim: int,
+                 config: RegionConfig) -> tuple[int, int, int, int]:
+    """Move each edge of a rectangle's coarse box to the outermost line that belongs to the
     scan, judged along that line only: inwards past lines that are background or one flat
     colour (a frame line, a strip of ruler ticks that the coarse box took in; at most
     `trim` px), then outwards while lines keep the scan's texture (at most `reach` px)."""
     x0, y0, x1, y1 = box
-    if straight[0] or straight[2]:           # left/right: each column over the box's rows
-        lo, hi = _snap(_line_stats(gray[y0:y1], background, 0, config), x0, x1, reach, trim, config, True)
-        x0, x1 = (lo if straight[0] else x0), (hi if straight[2] else x1)
-    if straight[1] or straight[3]:           # top/bottom: each row over the box's columns
-        lo, hi = _snap(_line_stats(gray[:, x0:x1], background, 1, config), y0, y1, reach, trim, config, False)
-        y0, y1 = (lo if straight[1] else y0), (hi if straight[3] else y1)
+    # left/right: each column over the box's rows; then top/bottom: each row over its columns
+    x0, x1 = _snap(_line_stats(gray[y0:y1], background, 0, config), x0, x1, reach, trim, config, True)
+    y0, y1 = _snap(_line_stats(gray[:, x0:x1], background, 1, config), y0, y1, reach, trim, config, False)
     return x0, y0, x1, y1
 
 
