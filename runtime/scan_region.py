@@ -41,7 +41,8 @@ benchmarks/frames.py):
    amount that depends on the scan's size on the screen; at full resolution the same
    fan is cut alike framed and plain (version 2 of the finder; version 1 rounded them).
 6. Repeat inside the box (at most `passes` times) while it keeps shrinking: a black
-   image pane inside a gray screen gives the pane first, then the scan inside it.
+   image pane inside a gray screen gives the pane first, then the scan inside it. A
+   fan ends it: a pane is a rectangle, and the fan's edges are already exact.
 
 Never fails: an image that is blank, tiny, not 8-bit (gray or BGR), or where nothing
 scan-like is found, gives the whole image (source "whole"); a found box smaller than
