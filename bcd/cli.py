@@ -130,7 +130,8 @@ _TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "wei
                  "precision": "precision", "width": "width", "lesion_weight": "lesion_weight",
                  "lesion_loss": "lesion_loss", "strategy": "strategy", "lr": "lr_scratch",
                  "scan_region": "scan_region", "birads_weight": "birads_weight", "lr_schedule": "lr_schedule",
-                 "roi_share": "roi_share", "colour_marks": "colour_marks", "consistency": "consistency",
+                 "roi_share": "roi_share", "colour_marks": "colour_marks", "white_calipers": "white_calipers",
+                 "consistency": "consistency",
                  "head_epochs": "head_epochs", "average_from": "average_from"}
 
 
@@ -167,6 +168,10 @@ def _add_train(sub) -> None:
                    help="coloured marks in the scan (calipers, measurement text): inpaint erases them from every "
                         "image before the model, in training and at run time (runtime/overlay_marks.py); keep "
                         "leaves them (default %(default)s)")
+    p.add_argument("--white-calipers", choices=["erase", "keep"], default=_train("white_calipers"),
+                   help="white calipers in the scan ('+' or 'x' marks, their dotted line and number): erase finds "
+                        "them by their shape and fills them in from the tissue around, in training and at run time "
+                        "(runtime/caliper_marks.py); keep leaves them (default %(default)s)")
     p.add_argument("--roi-share", type=float, default=_train("roi_share"),
                    help="share of training images shown, each time, as a lesion-centred crop (a box drawn like a "
                         "clinician's around the lesion mask, from the full-resolution scan) so that the model also "

@@ -53,7 +53,7 @@ from runtime.model_files import (
     refuse_unsafe_file,
     sha256_bytes,
 )
-from runtime.overlay_marks import apply_colour_marks
+from runtime.overlay_marks import apply_marks
 from runtime.preprocessing import PreprocessSpec, prepare
 from runtime.roi import (GIVEN, GRADCAM, GRADCAM_THRESHOLD, LOCALISER, PROPOSAL_MARGIN, ROI_MIN_SIDE, Localiser,
                          RoiError, RoiRequest, fit_roi, none_proposed_source, propose, proposed_source, roi_request, roi_requests)
@@ -526,7 +526,8 @@ class Classifier:
             return None
         # after the checks (a colour photo is refused, not repainted): marks erased from the
         # scan region as training erased them, before any lesion box is cut from it
-        crops = [apply_colour_marks(crop, self.region_finder.colour_marks) for crop in crops]
+        finder = self.region_finder
+        crops = [apply_marks(crop, finder.colour_marks, finder.white_calipers) for crop in crops]
         if request is not None and request.box is not None:
             # the scan region passed the checks above; the model sees the lesion's box in it
             try:

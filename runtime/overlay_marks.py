@@ -12,7 +12,8 @@ only the model's training against marks, calipers changed 3.4 % (BUSI) and 5.1 %
 (BUS-BRA) of its calls; a third of those marks are white, which no colour rule can find.
 
 What it does not do: white or gray marks stay (they cannot be told from bright echoes,
-and erasing bright specks would erase microcalcifications, a sign of malignancy); a
+and erasing bright specks would erase microcalcifications, a sign of malignancy; white
+calipers are found by their shape instead, runtime.caliper_marks); a
 coloured area larger than `MAX_SHARE` of the scan is left alone (that is a colour
 Doppler or elastography overlay, refused by runtime.colour_modes, or not a scan).
 
@@ -26,6 +27,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from runtime.caliper_marks import MODES as CALIPER_MODES
+from runtime.caliper_marks import erase_calipers
 from runtime.colour_modes import channel_range
 
 CHROMA = 40          # max - min of B, G, R: a coloured pixel (runtime.colour_modes' measure)
@@ -60,3 +63,12 @@ def apply_colour_marks(image_bgr: np.ndarray, mode: str) -> np.ndarray:
     if mode not in MODES:
         raise ValueError(f"colour_marks must be one of {', '.join(MODES)}, got {mode!r}")
     return erase_colour_marks(image_bgr) if mode == "inpaint" else image_bgr
+
+
+def apply_marks(image_bgr: np.ndarray, colour_mode: str, caliper_mode: str) -> np.ndarray:
+    """Both mark steps as a manifest's scan_region records them (colour_marks,
+    white_calipers): coloured marks first, then white calipers (runtime.caliper_marks)."""
+    if caliper_mode not in CALIPER_MODES:
+        raise ValueError(f"white_calipers must be one of {', '.join(CALIPER_MODES)}, got {caliper_mode!r}")
+    image_bgr = apply_colour_marks(image_bgr, colour_mode)
+    return erase_calipers(image_bgr) if caliper_mode == "erase" else image_bgr

@@ -23,6 +23,7 @@ import numpy as np
 
 from runtime.colour_modes import colour_overlay
 from runtime.dicom_regions import DicomRegionChoice, colour_flow_reason
+from runtime.caliper_marks import MODES as CALIPER_MODES
 from runtime.overlay_marks import MODES as MARK_MODES
 from runtime.scan_region import RegionConfig, ScanRegion, find_scan_region, whole_image
 
@@ -142,7 +143,8 @@ def region_config_from_dict(d: Any, where: str = "scan_region") -> RegionConfig:
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}: not written by this version of "
                          "`bcd export` (export again with a matching bcd, or update the runtime)")
-    defaults, values = RegionConfig(), {"colour_marks": "keep"}    # recorded before marks were erased
+    # recorded before the marks were erased
+    defaults, values = RegionConfig(), {"colour_marks": "keep", "white_calipers": "keep"}
     for key, value in d.items():
         expected = type(getattr(defaults, key))
         if expected is tuple and isinstance(value, list):     # JSON has no tuples
@@ -158,6 +160,8 @@ def region_config_from_dict(d: Any, where: str = "scan_region") -> RegionConfig:
         raise ValueError(f"{where}.mode: {config.mode!r} is not auto or off")
     if config.colour_marks not in MARK_MODES:
         raise ValueError(f"{where}.colour_marks: {config.colour_marks!r} is not {' or '.join(MARK_MODES)}")
+    if config.white_calipers not in CALIPER_MODES:
+        raise ValueError(f"{where}.white_calipers: {config.white_calipers!r} is not {' or '.join(CALIPER_MODES)}")
     return config
 
 

@@ -114,6 +114,9 @@ class RegionConfig:
     # coloured marks in the scan (calipers, measurement text): inpaint (runtime.overlay_marks)
     # or keep. A manifest or run.json without it is from before that step: keep.
     colour_marks: str = "inpaint"
+    # white calipers ('+', 'x', their dotted line) in the scan: erase (runtime.caliper_marks)
+    # or keep. A manifest or run.json without it is from before that step: keep.
+    white_calipers: str = "erase"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

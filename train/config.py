@@ -5,6 +5,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from runtime.dataset import DEFAULT_CLASS_LABELS
+from runtime.caliper_marks import MODES as CALIPER_MODES
 from runtime.overlay_marks import MODES as MARK_MODES
 from runtime.scan_crop import region_config_from_dict
 from runtime.scan_region import RegionConfig
@@ -19,7 +20,7 @@ STRATEGIES = ("auto", "none", "mirrored", "multiworker")   # see train.distribut
 SCAN_REGIONS = ("auto", "off")
 # What a run.json from before a setting existed meant: such runs load (and resume) as
 # they were trained. Before the scan-region finder, images were never cropped.
-LEGACY_DEFAULTS = {"scan_region": "off", "colour_marks": "keep"}
+LEGACY_DEFAULTS = {"scan_region": "off", "colour_marks": "keep", "white_calipers": "keep"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class TrainConfig:
     # inpaint: coloured marks in the scan are erased (runtime.overlay_marks), in training
     # and at run time; keep: not (runs from before it load as "keep").
     colour_marks: str = "inpaint"
+    # erase: white calipers in the scan are erased (runtime.caliper_marks), in training and
+    # at run time; keep: not (runs from before it load as "keep").
+    white_calipers: str = "erase"
 
     def __post_init__(self) -> None:
         if self.lr_scratch is None:
@@ -95,6 +99,8 @@ class TrainConfig:
             raise ValueError(f"the scan region must be one of {', '.join(SCAN_REGIONS)}, got {self.scan_region!r}")
         if self.colour_marks not in MARK_MODES:
             raise ValueError(f"colour marks must be one of {', '.join(MARK_MODES)}, got {self.colour_marks!r}")
+        if self.white_calipers not in CALIPER_MODES:
+            raise ValueError(f"white calipers must be one of {', '.join(CALIPER_MODES)}, got {self.white_calipers!r}")
         if self.data is not None:
             object.__setattr__(self, "data", _as_sources(self.data))
 
@@ -132,7 +138,7 @@ class TrainConfig:
     @property
     def region(self) -> RegionConfig:
         """The scan-region finder settings training crops with (recorded in run.json)."""
-        return RegionConfig(mode=self.scan_region, colour_marks=self.colour_marks)
+        return RegionConfig(mode=self.scan_region, colour_marks=self.colour_marks, white_calipers=self.white_calipers)
 
     # Settings that may change when resuming (train longer, a run directory that was
     # copied or moved, another number of workers); the rest must match.
@@ -160,7 +166,8 @@ def run_scan_region(info: dict) -> RegionConfig:
         return region_config_from_dict(recorded, "run.json scan_region")
     config = info.get("config") or {}
     return RegionConfig(mode=config.get("scan_region", LEGACY_DEFAULTS["scan_region"]),
-                        colour_marks=config.get("colour_marks", LEGACY_DEFAULTS["colour_marks"]))
+                        colour_marks=config.get("colour_marks", LEGACY_DEFAULTS["colour_marks"]),
+                        white_calipers=config.get("white_calipers", LEGACY_DEFAULTS["white_calipers"]))
 
 
 def saved_scan_region(run_dir) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 
 from runtime.dataset import DataSource, DatasetError, LabelMap, SourceScan, read_source, sources_of_split, unique_names
 from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError, read_image
-from runtime.overlay_marks import apply_colour_marks
+from runtime.overlay_marks import apply_marks
 from runtime.preprocessing import PreprocessSpec, normalize, resize
 from runtime.scan_crop import RegionSetting, apply_region, colour_refusal
 from runtime.scan_input import read_scan
@@ -102,7 +102,7 @@ class LoadedDataset:
         return np.zeros(len(self.labels), np.int64) if self.birads is None else self.birads
 
 
-NO_REGION = RegionConfig(mode="off", colour_marks="keep")
+NO_REGION = RegionConfig(mode="off", colour_marks="keep", white_calipers="keep")
 
 
 def _mask_to_input(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -127,7 +127,7 @@ def read_sample(path: Path, mask_path: Path | None, region: RegionConfig = NO_RE
         reason = colour_refusal(scan.display, cropped.region, scan.dicom)
         if reason is not None:
             raise ImageReadError(f"{path}: {reason}")
-    return apply_colour_marks(cropped.image, region.colour_marks), cropped.mask
+    return apply_marks(cropped.image, region.colour_marks, region.white_calipers), cropped.mask
 
 
 def _decode_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig, max_pixels: int,
@@ -182,8 +182,11 @@ def load_source(scan: SourceScan, spec: PreprocessSpec, dedup: DedupConfig = Ded
     if region.mode != "off":     # whole images: the same key as before the finder existed
         settings["scan_region"] = region.to_dict()
         settings["colour_overlays"] = "refused inside the scan region"
-    elif region.colour_marks != "keep":
-        settings["colour_marks"] = region.colour_marks
+    else:
+        if region.colour_marks != "keep":
+            settings["colour_marks"] = region.colour_marks
+        if region.white_calipers != "keep":
+            settings["white_calipers"] = region.white_calipers
     key = cache.key(scan, settings)
     arrays = cache.get(key)
     if arrays is None:

@@ -91,7 +91,8 @@ def test_manifest_round_trip_and_an_old_manifest_means_auto(tiny_export, tmp_pat
     old = copy_export(tiny_export, tmp_path / "old", lambda d: d.pop("scan_region"))
     assert read_manifest(old).scan_region is None and "scan_region" not in read_manifest(old).to_dict()
     with Classifier.load(old) as c:     # the default finder; marks kept, as the model was trained
-        assert c.region_finder == RegionConfig(colour_marks="keep") and c.region == RegionSetting("auto")
+        assert c.region_finder == RegionConfig(colour_marks="keep", white_calipers="keep")
+        assert c.region == RegionSetting("auto")
 
 
 def test_manifest_setting_off_and_the_callers_override(tiny_export, tmp_path):

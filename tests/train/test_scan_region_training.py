@@ -36,15 +36,19 @@ def test_new_runs_crop_and_old_runs_load_as_they_were_trained():
 
 
 def test_run_json_readers(tmp_path):
-    keep = "keep"        # runs from before coloured marks were erased
-    assert run_scan_region({"config": {}}) == RegionConfig(mode="off", colour_marks=keep)   # before the finder
-    assert run_scan_region({"config": {"scan_region": "auto"}}) == RegionConfig(mode="auto", colour_marks=keep)
+    keep = {"colour_marks": "keep", "white_calipers": "keep"}   # runs from before marks were erased
+    assert run_scan_region({"config": {}}) == RegionConfig(mode="off", **keep)   # before the finder
+    assert run_scan_region({"config": {"scan_region": "auto"}}) == RegionConfig(mode="auto", **keep)
     # the version recorded is kept (runs recorded with version 1 are cut by today's finder,
     # which differs from it on fans only: runtime.scan_region.RegionConfig.version)
     assert run_scan_region({"scan_region": {"mode": "auto", "version": 1}, "config": {}}) == \
-        RegionConfig(version=1, colour_marks=keep)
+        RegionConfig(version=1, **keep)
     assert run_scan_region({"scan_region": RegionConfig().to_dict(), "config": {}}) == RegionConfig()
-    assert run_scan_region({"config": {"scan_region": "auto", "colour_marks": "inpaint"}}) == RegionConfig()
+    # colour marks erased, white calipers not yet (runs between the two steps)
+    assert run_scan_region({"config": {"scan_region": "auto", "colour_marks": "inpaint"}}) == \
+        RegionConfig(white_calipers="keep")
+    assert run_scan_region({"config": {"scan_region": "auto", "colour_marks": "inpaint",
+                                       "white_calipers": "erase"}}) == RegionConfig()
     with pytest.raises(ValueError, match="unknown field"):
         run_scan_region({"scan_region": {"mode": "auto", "version": 1, "extra": 1}})
     assert saved_scan_region(tmp_path) == "auto"                                        # no run yet: a new run
