@@ -247,10 +247,17 @@ def _load_data(config: TrainConfig, run: RunDir, spec: PreprocessSpec) -> Loaded
 
 def _split(config: TrainConfig, run: RunDir, data: LoadedDataset, resume: bool,
            saved: RunDir | None = None) -> dict[str, np.ndarray]:
-    """The split: computed (and saved in `run`), or on --resume read from `saved`."""
+    """The split: computed (and saved in `run`), on --resume read from `saved`, or, when
+    fine-tuning an earlier run on the same images, that run's split (`_parent_split`)."""
     if resume:
         saved = saved or run
         return split_from_doc(saved.read_json(saved.split), data)
+    parent = _parent_split(config, data)
+    if parent is not None:
+        path, doc = parent
+        atomic.write_text(run.split, path.read_text())     # byte for byte: the same split
+        log.info("split: the one of the run fine-tuned from (%s): %s", path.parent, doc["counts"])
+        return split_from_doc(doc, data)
     patients = [(src, p) if p is not None else None for src, p in zip(data.source_names.tolist(), data.patients)]
     groups = split_groups(data.hashes, config.dedup_max_distance, patients)
     split_cfg = SplitConfig(config.val_fraction, config.test_fraction, config.seed, config.val_source)
@@ -264,6 +271,34 @@ def _split(config: TrainConfig, run: RunDir, data: LoadedDataset, resume: bool,
     if len(data.sources) > 1:
         log.info("per source: %s", doc["counts_per_source"])
     return {s: np.array(v, dtype=int) for s, v in indices.items()}
+
+
+def _parent_split(config: TrainConfig, data: LoadedDataset) -> tuple[Path, dict] | None:
+    """The split.json of the run `--weights` names, when that run split the same images:
+    a fine-tuned model must keep its parent's validation and test images out of training.
+    A split computed afresh can differ (near-duplicate groups come from the images as read,
+    and a new preprocessing step changes them) and would train on the parent's test
+    images. None for other weights, or another set of images (a new site's data)."""
+    weights = Path(config.weights) if config.weights not in ("none", "imagenet") else None
+    if weights is None:
+        return None
+    path = (weights if weights.is_dir() else weights.parent) / "split.json"
+    if not path.is_file():
+        return None
+    import json
+    doc = json.loads(path.read_text())
+    single = data.sources[0].name if len(data.sources) == 1 else None
+    theirs = {(f.get("source", single), f["path"]) for files in doc.get("files", {}).values() for f in files}
+    if theirs != set(data.keys()):
+        if theirs & set(data.keys()):
+            log.warning("--weights %s: its run split other images (%d shared with these); the split is computed "
+                        "afresh, and its test images may be trained on", weights, len(theirs & set(data.keys())))
+        return None
+    held_out = (doc.get("config") or {}).get("val_source")
+    if held_out != config.val_source:
+        raise ValueError(f"--weights {weights}: that run held out {held_out or 'no source'} for validation, this one "
+                         f"{config.val_source or 'none'}; fine-tuning must keep its split (give the same --val-source)")
+    return path, doc
 
 
 def _class_weights(labels: np.ndarray) -> dict[int, float]:

@@ -256,15 +256,22 @@ def test_fine_tuning_starts_from_the_earlier_run(two_site_run):
 
 
 @pytest.mark.slow   # two_site_run trains
-def test_bcd_train_from_a_folded_run_matches_the_restarted_batch_norms(two_site_run, two_sites, tmp_path):
+def test_bcd_train_from_a_folded_run_matches_the_restarted_batch_norms(two_site_run, two_sites, tmp_path, capsys):
     from bcd.cli import main
     out = tmp_path / "fine-tuned"
-    assert main(["train", "--data", f"a={two_sites['csv']}", "--data", str(two_sites["folder"]),
-                 "--weights", str(two_site_run), "--out", str(out), "--image-size", "32", "--epochs", "1",
-                 "--arch", "vgg16-bn", "--width", "0.25", "--batch-size", "8"]) == 0
+    data = ["--data", f"a={two_sites['csv']}", "--data", str(two_sites["folder"])]
+    # another seed, which would split the images otherwise: a fine-tuned model keeps its
+    # parent's split, or it would train on the parent's test images
+    assert main(["train", *data, "--weights", str(two_site_run), "--out", str(out), "--image-size", "32",
+                 "--epochs", "1", "--arch", "vgg16-bn", "--width", "0.25", "--batch-size", "8", "--seed", "5"]) == 0
     model = json.loads((out / "run.json").read_text())["model"]
     assert len(model["batch_norms_restarted"]) == 13 and "from an earlier run" in model["initialisation"]
     assert "13 matched to" in (out / "train.log").read_text()
+    assert (out / "split.json").read_bytes() == (two_site_run / "split.json").read_bytes()
+    # holding a source out would move the parent's training images into validation
+    assert main(["train", *data, "--weights", str(two_site_run), "--out", str(tmp_path / "loso"), "--image-size",
+                 "32", "--epochs", "1", "--arch", "vgg16-bn", "--width", "0.25", "--val-source", "a"]) != 0
+    assert "give the same --val-source" in capsys.readouterr().err
 
 
 @pytest.mark.slow   # two_site_run trains
