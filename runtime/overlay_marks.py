@@ -13,7 +13,7 @@ only the model's training against marks, calipers changed 3.4 % (BUSI) and 5.1 %
 
 What it does not do: white or gray marks stay (they cannot be told from bright echoes,
 and erasing bright specks would erase microcalcifications, a sign of malignancy; white
-calipers are found by their shape instead, runtime.caliper_marks); a
+calipers can be found by their shape instead, runtime.caliper_marks, off by default); a
 coloured area larger than `MAX_SHARE` of the scan is left alone (that is a colour
 Doppler or elastography overlay, refused by runtime.colour_modes, or not a scan).
 

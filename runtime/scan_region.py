@@ -115,8 +115,10 @@ class RegionConfig:
     # or keep. A manifest or run.json without it is from before that step: keep.
     colour_marks: str = "inpaint"
     # white calipers ('+', 'x', their dotted line) in the scan: erase (runtime.caliper_marks)
-    # or keep. A manifest or run.json without it is from before that step: keep.
-    white_calipers: str = "erase"
+    # or keep (the default: erasing found them on plain scans but missed a third of them on
+    # the same scans resampled onto a screen, and screens changed more calls, not fewer:
+    # docs/scanner-images.md). A manifest or run.json without it is from before it: keep.
+    white_calipers: str = "keep"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -72,8 +72,8 @@ class TrainConfig:
     # and at run time; keep: not (runs from before it load as "keep").
     colour_marks: str = "inpaint"
     # erase: white calipers in the scan are erased (runtime.caliper_marks), in training and
-    # at run time; keep: not (runs from before it load as "keep").
-    white_calipers: str = "erase"
+    # at run time; keep (the default, see runtime.scan_region.RegionConfig): not.
+    white_calipers: str = "keep"
 
     def __post_init__(self) -> None:
         if self.lr_scratch is None:

@@ -74,7 +74,7 @@ def test_modes_and_the_manifest_record():
         apply_marks(scan, "keep", "blur")
     old = {k: v for k, v in RegionConfig().to_dict().items() if k != "white_calipers"}
     assert region_config_from_dict(old).white_calipers == "keep"          # models from before the step
-    assert region_config_from_dict(RegionConfig().to_dict()).white_calipers == "erase"
+    assert region_config_from_dict(RegionConfig(white_calipers="erase").to_dict()).white_calipers == "erase"
     with pytest.raises(ValueError, match="white_calipers"):
         region_config_from_dict({**old, "white_calipers": "blur"})
 
@@ -93,3 +93,9 @@ def test_real_busi_scans_with_and_without_calipers():
         image = read_image(BUSI / folder / name)
         crop = find_scan_region(image).crop(image)
         assert erase_calipers(crop) is crop
+
+
+def test_noise_is_not_a_field_of_calipers():
+    # uniform noise holds '+' shapes of bright pixels by chance; it is not a scan
+    noise = cv2.cvtColor(np.random.default_rng(0).integers(0, 256, (80, 80), dtype=np.uint8), cv2.COLOR_GRAY2BGR)
+    assert not caliper_pixels(noise).any() and erase_calipers(noise) is noise

@@ -21,6 +21,7 @@ from runtime.classifier import Classifier, Prediction, choose_variant
 from runtime.images import read_image
 from runtime.manifest import MANIFEST_NAME, Manifest, read_manifest
 from runtime.model_files import ModelLoadError, check_onnx_external_data, onnx_external_data, onnx_metadata
+from runtime.overlay_marks import apply_marks
 from runtime.preprocessing import PreprocessSpec, prepare_batch, resize
 from runtime.session import physical_cores
 from tests.conftest import missing, needs_module
@@ -121,7 +122,10 @@ def test_predictions_match_keras_fp32(fp32, keras_model, tiny_dataset):
     from train.evaluate import predict_probabilities
 
     paths = dataset_images(tiny_dataset)
-    images = [read_image(p) for p in paths]
+    # the marks step the export records (real BUSI scans carry white calipers); the
+    # comparison is of the two engines on the same input
+    marks = fp32.region_finder.colour_marks, fp32.region_finder.white_calipers
+    images = [apply_marks(read_image(p), *marks) for p in paths]
     resized = np.stack([resize(img, fp32.spec) for img in images])
     keras_p = predict_probabilities(keras_model, resized, fp32.spec)
     preds = fp32.predict(paths)

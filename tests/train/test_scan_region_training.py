@@ -48,7 +48,7 @@ def test_run_json_readers(tmp_path):
     assert run_scan_region({"config": {"scan_region": "auto", "colour_marks": "inpaint"}}) == \
         RegionConfig(white_calipers="keep")
     assert run_scan_region({"config": {"scan_region": "auto", "colour_marks": "inpaint",
-                                       "white_calipers": "erase"}}) == RegionConfig()
+                                       "white_calipers": "erase"}}) == RegionConfig(white_calipers="erase")
     with pytest.raises(ValueError, match="unknown field"):
         run_scan_region({"scan_region": {"mode": "auto", "version": 1, "extra": 1}})
     assert saved_scan_region(tmp_path) == "auto"                                        # no run yet: a new run
