@@ -6,6 +6,7 @@ is kept as model.keras.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import platform
@@ -285,7 +286,6 @@ def _parent_split(config: TrainConfig, data: LoadedDataset) -> tuple[Path, dict]
     path = (weights if weights.is_dir() else weights.parent) / "split.json"
     if not path.is_file():
         return None
-    import json
     doc = json.loads(path.read_text())
     single = data.sources[0].name if len(data.sources) == 1 else None
     theirs = {(f.get("source", single), f["path"]) for files in doc.get("files", {}).values() for f in files}

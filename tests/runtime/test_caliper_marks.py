@@ -9,7 +9,7 @@ from runtime.images import read_image
 from runtime.overlay_marks import apply_marks
 from runtime.scan_crop import region_config_from_dict
 from runtime.scan_region import RegionConfig, find_scan_region
-from tests.conftest import BUSI
+from tests.conftest import BUSI, missing
 
 
 def _tissue(seed=0, size=300):
@@ -81,7 +81,7 @@ def test_modes_and_the_manifest_record():
 
 def test_real_busi_scans_with_and_without_calipers():
     if not BUSI.exists():
-        pytest.skip("../shared/data/busi is not here")
+        missing("../shared/data/busi is not here")
     # BUSI 'benign (229)': a lesion measured twice with white '+' calipers (seen by eye)
     image = read_image(BUSI / "benign" / "benign (229).png")
     crop = find_scan_region(image).crop(image)
