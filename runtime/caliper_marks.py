@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from runtime.components import connected_components
+
 MODES = ("erase", "keep")
 SIDE_SHIFT = 4.0     # px beside a line between two calipers where its dots should not be
 MAX_STROKE_SHARE = 0.15   # thin bright strokes cover 1-8 % of a development scan (max 7.7 %)
@@ -78,28 +80,11 @@ def caliper_centres(strokes: np.ndarray, arm: int) -> list[tuple[int, int]]:
     ys, xs = np.nonzero(hits)
     if len(xs) > MAX_HIT_PIXELS:        # crosses everywhere: a texture (noise), not marks
         return []
-    return [(int(round(xs[g].mean())), int(round(ys[g].mean()))) for g in _touching_groups(xs, ys)]
-
-
-def _touching_groups(xs: np.ndarray, ys: np.ndarray) -> list[list[int]]:
-    """Indices of the points grouped as 8-connected pixels (what connectedComponents
-    gives, without starting OpenCV's thread pool for a handful of pixels)."""
-    parent = list(range(len(xs)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i in range(len(xs)):
-        near = np.flatnonzero((np.abs(xs[i + 1:] - xs[i]) <= 1) & (np.abs(ys[i + 1:] - ys[i]) <= 1)) + i + 1
-        for j in near:
-            parent[root(int(j))] = root(i)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(xs)):
-        groups.setdefault(root(i), []).append(i)
-    return list(groups.values())
+    # touching hit pixels are one centre (8-connected; see runtime.components for why not OpenCV's)
+    touching = (np.abs(xs[:, None] - xs[None, :]) <= 1) & (np.abs(ys[:, None] - ys[None, :]) <= 1)
+    labels = connected_components(len(xs), zip(*np.nonzero(np.triu(touching, k=1))))
+    groups = [labels == g for g in range(labels.max(initial=-1) + 1)]
+    return [(int(round(xs[g].mean())), int(round(ys[g].mean()))) for g in groups]
 
 
 def _segment(a: tuple[int, int], b: tuple[int, int], skip: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,8 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from runtime.components import connected_components
+
 # On BUSI, pairs at <= 10 bits were all the same shot (re-annotated or shifted), about a
 # third of pairs at 12 were, and pairs at 14 were different lesions; 12 errs towards
 # grouping, which costs nothing but a little split flexibility, while missing a
@@ -43,26 +45,6 @@ def pairwise_distances(hashes: np.ndarray) -> np.ndarray:
     # Matches of ones plus matches of zeros, subtracted from the bit count.
     same = h @ h.T + (1 - h) @ (1 - h).T
     return hashes.shape[1] - same
-
-
-def connected_components(n: int, pairs) -> np.ndarray:
-    """Component id (0..k-1, in order of first appearance) of n nodes linked by `pairs`
-    (union-find)."""
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in pairs:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    roots = [find(i) for i in range(n)]
-    renumber = {root: k for k, root in enumerate(dict.fromkeys(roots))}
-    return np.array([renumber[r] for r in roots], dtype=int)
 
 
 def group_ids(hashes: np.ndarray, max_distance: int) -> np.ndarray:

@@ -255,8 +255,8 @@ def _split(config: TrainConfig, run: RunDir, data: LoadedDataset, resume: bool,
         return split_from_doc(saved.read_json(saved.split), data)
     parent = _parent_split(config, data)
     if parent is not None:
-        path, doc = parent
-        atomic.write_text(run.split, path.read_text())     # byte for byte: the same split
+        path, text, doc = parent
+        atomic.write_text(run.split, text)     # byte for byte: the same split
         log.info("split: the one of the run fine-tuned from (%s): %s", path.parent, doc["counts"])
         return split_from_doc(doc, data)
     patients = [(src, p) if p is not None else None for src, p in zip(data.source_names.tolist(), data.patients)]
@@ -274,7 +274,7 @@ def _split(config: TrainConfig, run: RunDir, data: LoadedDataset, resume: bool,
     return {s: np.array(v, dtype=int) for s, v in indices.items()}
 
 
-def _parent_split(config: TrainConfig, data: LoadedDataset) -> tuple[Path, dict] | None:
+def _parent_split(config: TrainConfig, data: LoadedDataset) -> tuple[Path, str, dict] | None:
     """The split.json of the run `--weights` names, when that run split the same images:
     a fine-tuned model must keep its parent's validation and test images out of training.
     A split computed afresh can differ (near-duplicate groups come from the images as read,
@@ -286,7 +286,8 @@ def _parent_split(config: TrainConfig, data: LoadedDataset) -> tuple[Path, dict]
     path = (weights if weights.is_dir() else weights.parent) / "split.json"
     if not path.is_file():
         return None
-    doc = json.loads(path.read_text())
+    text = path.read_text()
+    doc = json.loads(text)
     single = data.sources[0].name if len(data.sources) == 1 else None
     theirs = {(f.get("source", single), f["path"]) for files in doc.get("files", {}).values() for f in files}
     if theirs != set(data.keys()):
@@ -298,7 +299,7 @@ def _parent_split(config: TrainConfig, data: LoadedDataset) -> tuple[Path, dict]
     if held_out != config.val_source:
         raise ValueError(f"--weights {weights}: that run held out {held_out or 'no source'} for validation, this one "
                          f"{config.val_source or 'none'}; fine-tuning must keep its split (give the same --val-source)")
-    return path, doc
+    return path, text, doc
 
 
 def _class_weights(labels: np.ndarray) -> dict[int, float]:
