@@ -158,6 +158,9 @@ def _add_train(sub) -> None:
                    help="augmentation preset: basic (flips, rotation, zoom, gain, contrast), ultrasound "
                         "(adds gamma, speckle, blur, aspect-ratio crops and pasted burned-in marks) or scanner "
                         "(ultrasound plus calipers on the lesion and curved/sector probe fans) (default %(default)s)")
+    p.add_argument("--tgc", type=float, metavar="T", default=library("train.augment:AugmentConfig", "tgc"),
+                   help="also vary the gain by depth, as another sonographer's time-gain sliders would: log gain "
+                        "drawn in [-T, T] at 5 depths, smooth between, e.g. 0.4 (default %(default)s: off)")
     p.add_argument("--lesion-weight", type=float, default=_train("lesion_weight"),
                    help="> 0: a loss on the lesion masks (where a source has them) with this weight, e.g. 0.5, so "
                         "that the model looks at the lesion (default %(default)s: off; see --lesion-loss)")
@@ -230,6 +233,8 @@ def _add_train(sub) -> None:
 
 def train_config(args, sources=(), labels=None):
     """The TrainConfig that `bcd train` ARGS ask for (only the given options are set)."""
+    from dataclasses import replace
+
     from train.augment import AugmentConfig
     from train.config import TrainConfig, saved_scan_region
 
@@ -240,6 +245,8 @@ def train_config(args, sources=(), labels=None):
         options["batch_norm"] = args.arch == "vgg16-bn"
     if not isinstance(args.augment, LibraryDefault):
         options["augment"] = AugmentConfig.preset(args.augment)
+    if not isinstance(args.tgc, LibraryDefault):
+        options["augment"] = replace(options.get("augment", AugmentConfig()), tgc=args.tgc)
     if labels is not None:
         options["class_labels"] = labels.to_dict()
     if sources:

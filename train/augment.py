@@ -25,6 +25,7 @@ import numpy as np
 
 PRESETS = ("basic", "ultrasound", "scanner")
 F32 = "float32"   # augmentation stays float32 under a mixed bfloat16 policy
+TGC_KNOTS = 5     # a scanner's time-gain sliders: gain set separately at a few depths
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class AugmentConfig:
     gamma: float = 0.0           # gamma drawn log-uniformly in [exp(-g), exp(g)]
     speckle: float = 0.0         # multiplicative noise: x * (1 + s * N(0, 1)), s up to this
     blur: float = 0.0            # mix with a Gaussian-blurred copy, weight up to this
+    tgc: float = 0.0             # depth gain bands: log gain drawn in [-t, t] at TGC_KNOTS depths, smooth between
     marks: float = 0.0           # probability of pasting burned-in marks
     # scanner preset (issue 20: what a screen capture adds that tidy crops lack)
     calipers: float = 0.0        # probability of a sonographer's calipers drawn on the lesion (lesion_calipers)
@@ -273,6 +275,8 @@ def build_augment(config: AugmentConfig, image_size: int, seed: int):
         if geo is not None:
             both = geo(tf.concat([images, masks * 255.0], axis=-1), training=True)
             images, masks = both[..., :3], tf.cast(both[..., 3:] >= 127.5, tf.float32)
+        if config.tgc:   # on the tissue, before a fan's black and the burned-in marks
+            images = images * depth_gain(n, tf.shape(images)[1], config.tgc)
         if fans is not None:   # after the geometry: a probe's fan does not rotate or zoom with the tissue
             fan = tf.gather(fans, tf.random.uniform([n], 0, fans.shape[0], dtype=tf.int32))[..., None]
             on = tf.cast(tf.random.uniform([n, 1, 1, 1]) < config.fan, tf.float32)
@@ -298,6 +302,17 @@ def build_augment(config: AugmentConfig, image_size: int, seed: int):
         return tf.clip_by_value(images, 0.0, 255.0), masks
 
     return augment
+
+
+def depth_gain(n, height, tgc: float):
+    """(n, height, 1, 1) gains that vary smoothly with depth (row), as another sonographer's
+    time-gain compensation sliders would set them: log gain uniform in [-tgc, tgc] at
+    TGC_KNOTS depths, linear in between. Intensity bands by depth differ between sites
+    (scanner presets, sonographers) in a way a global brightness change does not cover."""
+    from train.tf_setup import tf
+
+    knots = tf.random.uniform([n, TGC_KNOTS, 1, 1], -tgc, tgc)
+    return tf.exp(tf.image.resize(knots, [height, 1], method="bilinear"))
 
 
 # ---- paired screen views (consistency training) -----------------------------------

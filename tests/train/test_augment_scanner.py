@@ -53,3 +53,27 @@ def test_fan_bank_sectors_vary_with_the_scans_aspect_ratio():
     square = fan_mask(64, 64, "sector") > 0
     differs = [(sector.astype(bool) != square).mean() for sector in sectors]
     assert max(differs) > 0.05 and min(differs) < max(differs) - 0.03   # drawn on scans of several shapes
+
+
+def test_tgc_bands_change_the_gain_by_depth_only():
+    config = AugmentConfig(flip=False, rotation_degrees=0, zoom=0, brightness=0, contrast=0, tgc=0.5)
+    augment = build_augment(config, 64, seed=0)
+    images = np.full((8, 64, 64, 3), 100.0, np.float32)
+    out = np.asarray(augment(images, np.zeros((8, 64, 64, 1), np.float32))[0])
+    rows = out[..., 0]
+    assert np.allclose(rows, rows[:, :, :1], atol=1e-3)          # one gain across each row
+    assert np.allclose(out[..., 0], out[..., 2])                 # grey stays grey
+    depth = rows[:, :, 0]                                        # (8, 64) gain profile of each image
+    assert depth.min() >= 100 * np.exp(-0.5) - 1e-3 and depth.max() <= 100 * np.exp(0.5) + 1e-3
+    assert (depth.max(axis=1) - depth.min(axis=1)).mean() > 10   # it varies with depth...
+    assert np.abs(np.diff(depth, axis=1)).max() < 100 * (np.exp(1.0) - 1) / 12   # ...smoothly, no steps
+    assert not np.allclose(depth[0], depth[1])                   # and differs between images
+
+
+def test_bcd_train_tgc_option_adds_bands_to_the_preset():
+    from bcd.cli import build_parser, train_config
+
+    args = build_parser().parse_args(["train", "--out", "x", "--augment", "scanner", "--tgc", "0.4"])
+    augment = train_config(args).augment
+    assert augment.tgc == 0.4 and augment.fan == AugmentConfig.preset("scanner").fan
+    assert train_config(build_parser().parse_args(["train", "--out", "x"])).augment.tgc == 0.0
