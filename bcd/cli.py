@@ -131,6 +131,7 @@ _TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "wei
                  "lesion_loss": "lesion_loss", "strategy": "strategy", "lr": "lr_scratch",
                  "scan_region": "scan_region", "birads_weight": "birads_weight", "lr_schedule": "lr_schedule",
                  "roi_share": "roi_share", "colour_marks": "colour_marks", "white_calipers": "white_calipers",
+                 "pair_calipers": "pair_calipers",
                  "consistency": "consistency",
                  "head_epochs": "head_epochs", "average_from": "average_from"}
 
@@ -184,6 +185,10 @@ def _add_train(sub) -> None:
                         "fan, calipers on the lesion, the scan's box a few pixels off) and a loss with this weight, "
                         "e.g. 1, pays for any change in the probability; fans and calipers then leave the "
                         "augmentation for that second view. About twice the time per epoch (default %(default)s: off)")
+    p.add_argument("--pair-calipers", choices=["any", "white"], default=_train("pair_calipers"),
+                   help="with --consistency: the calipers of the screen view. any: every colour on half of the pairs; "
+                        "white: white to light grey on 80 %%, as what is left once coloured marks are erased "
+                        "(--colour-marks inpaint) (default %(default)s)")
     p.add_argument("--average-from", type=int, metavar="EPOCH", default=_train("average_from"),
                    help="> 0: the saved model is the mean of the weights after each epoch from EPOCH (1-based) to "
                         "the last, instead of the epoch with the best validation AUC: no epoch is chosen on the "

@@ -9,7 +9,7 @@ from runtime.caliper_marks import MODES as CALIPER_MODES
 from runtime.overlay_marks import MODES as MARK_MODES
 from runtime.scan_crop import region_config_from_dict
 from runtime.scan_region import RegionConfig
-from train.augment import AugmentConfig
+from train.augment import PAIR_CALIPERS, AugmentConfig
 from train.dedup import DEFAULT_MAX_DISTANCE
 
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -74,6 +74,9 @@ class TrainConfig:
     # erase: white calipers in the scan are erased (runtime.caliper_marks), in training and
     # at run time; keep (the default, see runtime.scan_region.RegionConfig): not.
     white_calipers: str = "keep"
+    # with consistency > 0, the calipers of the screen view (train.augment.ScreenView.with_calipers):
+    # any: every colour on half the pairs (runs before it); white: white to light grey on 80 %
+    pair_calipers: str = "any"
 
     def __post_init__(self) -> None:
         if self.lr_scratch is None:
@@ -101,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"colour marks must be one of {', '.join(MARK_MODES)}, got {self.colour_marks!r}")
         if self.white_calipers not in CALIPER_MODES:
             raise ValueError(f"white calipers must be one of {', '.join(CALIPER_MODES)}, got {self.white_calipers!r}")
+        if self.pair_calipers not in PAIR_CALIPERS:
+            raise ValueError(f"pair calipers must be one of {', '.join(PAIR_CALIPERS)}, got {self.pair_calipers!r}")
         if self.data is not None:
             object.__setattr__(self, "data", _as_sources(self.data))
 

@@ -23,6 +23,7 @@ from train import prune, trainer
 from train.config import TrainConfig, run_scan_region
 from train.cost import count_macs, model_cost
 from train.data import PAIR_OUTPUT, LoadedDataset, load_saved_split, to_model_input
+from train.augment import ScreenView
 from train.dedup import DedupConfig
 from train.evaluate import predict_probabilities
 from train.metrics import ThresholdPolicy, binary_metrics
@@ -247,6 +248,8 @@ def slim(config: SlimConfig, resume: bool = False) -> RunDir:
                       "pruned": f"{pruning['ratio']:.3f} of the filters of every conv layer removed "
                                 f"({config.criterion} criterion), then fine-tuned"}
         _pruned_model_is_epoch_zero(model, run, state, _keras_val_auc(model, data, split, spec))
+    if train_cfg.consistency > 0:   # the pairs as this child makes them (the parent's may predate a change)
+        model_info["consistency"] = trainer.consistency_note(train_cfg.pair_calipers, train_cfg.consistency)
     # the parent's images were cut to their scan region this way: so are the child's
     extra = {"slim": config.to_dict(), "pruning": pruning, "scan_region": run_scan_region(parent_info).to_dict()}
     atomic.write_json(run.run_info, trainer._run_info(train_cfg, spec, model_info, data, phases, "training", extra))
@@ -261,7 +264,7 @@ def slim(config: SlimConfig, resume: bool = False) -> RunDir:
                        trainer.LrDecay(config.lr_decay_patience), lesion_weight=train_cfg.lesion_weight if cam else 0.0,
                        to_saved=without_lesion_cam, lesion_loss="cam",
                        roi=trainer.lesion_crops(train_cfg, data, spec), roi_share=train_cfg.roi_share,
-                       consistency=train_cfg.consistency)
+                       consistency=train_cfg.consistency, view=ScreenView.with_calipers(train_cfg.pair_calipers))
     policy = ThresholdPolicy(train_cfg.threshold_method, train_cfg.min_sensitivity)
     done = trainer.finish_training(run, state, phases, data, split, spec, policy, config.bootstrap_resamples)
     atomic.write_json(run.run_info, trainer._run_info(train_cfg, spec, model_info, data, phases, "complete",

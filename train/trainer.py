@@ -386,12 +386,18 @@ def new_state() -> dict:
     }
 
 
+def consistency_note(pair_calipers: str, weight: float) -> str:
+    """How a run's consistency pairs were made (run.json's model.consistency)."""
+    return (f"each batch also as a screen shows it ({ScreenView.with_calipers(pair_calipers)}), "
+            f"KL loss weight {weight:g} (training only)")
+
+
 def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: LoadedDataset,
                split: dict[str, np.ndarray], spec: PreprocessSpec, batch_size: int, seed: int,
                augment, patience: int, resume: bool, decay: LrDecay = LrDecay(),
                lesion_weight: float = 0.0, to_saved=None, lesion_loss: str = "head",
                birads_weight: float = 0.0, roi=None, roi_share: float = 0.0, consistency: float = 0.0,
-               average_from: int = 0) -> None:
+               average_from: int = 0, view: ScreenView = ScreenView()) -> None:
     """Train `model` through `phases` on the split's train images, validating on val:
     class weights, early stopping on val AUC, best model -> run.model (through
     `to_saved`), checkpoint every epoch. Shared by `bcd train` and `bcd slim` (which
@@ -400,12 +406,12 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
     BI-RADS of the images that have one. With consistency > 0 every batch also holds its
     images as a scanner's screen shows them (train.augment.ScreenView: fans and calipers
     move from the augmentation to that second view) and a loss with this weight pays for
-    any difference between the two views' probabilities. With average_from > 0,
-    run.model is finally the mean of the weights after epochs average_from..last
-    (train.weight_average) instead of the best epoch."""
+    any difference between the two views' probabilities (`view` says how the second view
+    is made). With average_from > 0, run.model is finally the mean of the weights after
+    epochs average_from..last (train.weight_average) instead of the best epoch."""
     tr, va = split["train"], split["val"]
     weights = _class_weights(data.labels[tr])
-    pair = PairViews(ScreenView(), weights) if consistency > 0 else None
+    pair = PairViews(view, weights) if consistency > 0 else None
     if pair is not None and augment is not None:
         augment = replace(augment, fan=0.0, calipers=0.0)
     per_sample = lesion_loss == "cam"
@@ -547,8 +553,7 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
                                      f"(training only; {int((data.birads_levels() > 0).sum())} images have a BI-RADS)")
     if config.consistency > 0:
         model = with_pair_output(model, PAIR_OUTPUT)
-        model_info["consistency"] = (f"each batch also as a screen shows it ({ScreenView()}), "
-                                     f"KL loss weight {config.consistency:g} (training only)")
+        model_info["consistency"] = consistency_note(config.pair_calipers, config.consistency)
     model_info["cost"] = model_cost(inference_model(model, model_cfg))
     model_info["precision"] = {"requested": config.precision, "used": precision}
     extra = {"distribution": cluster.summary(config.batch_size), "split_sha256": digest}
@@ -561,7 +566,7 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
                lesion_weight=config.lesion_weight, to_saved=lambda m: inference_model(m, model_cfg),
                lesion_loss=config.lesion_loss, birads_weight=config.birads_weight,
                roi=lesion_crops(config, data, spec), roi_share=config.roi_share, consistency=config.consistency,
-               average_from=config.average_from)
+               average_from=config.average_from, view=ScreenView.with_calipers(config.pair_calipers))
     apply_precision("float32")
     if not cluster.is_chief:
         log.info("training done; the chief evaluates and writes %s", out.root)

@@ -77,3 +77,25 @@ def test_bcd_train_tgc_option_adds_bands_to_the_preset():
     augment = train_config(args).augment
     assert augment.tgc == 0.4 and augment.fan == AugmentConfig.preset("scanner").fan
     assert train_config(build_parser().parse_args(["train", "--out", "x"])).augment.tgc == 0.0
+
+
+def test_screen_view_draws_white_calipers_when_asked():
+    from train.augment import ScreenView, build_screen_view
+
+    assert ScreenView.with_calipers("white").white_calipers_only
+    assert not ScreenView.with_calipers("any").white_calipers_only and ScreenView.with_calipers("any") == ScreenView()
+    images = np.full((12, 64, 64, 3), 40.0, np.float32)
+    masks = np.zeros((12, 64, 64, 1), np.float32)
+    masks[:, 20:44, 16:48] = 1
+
+    def drawn_colours(white: bool) -> np.ndarray:
+        view = ScreenView(fan=0.0, calipers=1.0, box_jitter=0.0, white_calipers_only=white)
+        out = np.asarray(build_screen_view(view, 64, seed=0)(images, masks)[0])
+        changed = np.abs(out - images).max(axis=-1) > 0
+        assert changed.any(axis=(1, 2)).all()                 # every image got its calipers
+        return out[changed]
+
+    white = drawn_colours(True)
+    assert np.abs(white[:, 0] - white[:, 2]).max() <= 1e-3 and np.abs(white[:, 1] - white[:, 2]).max() <= 1e-3
+    coloured = drawn_colours(False)
+    assert (coloured.max(axis=1) - coloured.min(axis=1)).max() > 60     # yellow, green or sky among them

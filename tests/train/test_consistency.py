@@ -79,6 +79,8 @@ def test_negative_consistency_weight_is_refused():
     from train.config import TrainConfig
     with pytest.raises(ValueError, match="consistency"):
         TrainConfig(out="x", consistency=-1)
+    with pytest.raises(ValueError, match="pair calipers"):
+        TrainConfig(out="x", pair_calipers="red")
 
 
 @pytest.mark.slow
@@ -88,9 +90,10 @@ def test_tiny_run_with_consistency_records_its_loss_and_saves_the_classifier_alo
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "--image-size", "32", "--epochs", "2", "--arch", "vgg16-bn",
                  "--width", "0.25", "--batch-size", "8", "--augment", "scanner", "--consistency", "1",
-                 "--lesion-weight", "1"]) == 0
+                 "--lesion-weight", "1", "--pair-calipers", "white"]) == 0
     info = json.loads((out / "run.json").read_text())
     assert info["config"]["consistency"] == 1 and "KL loss weight 1" in info["model"]["consistency"]
+    assert info["config"]["pair_calipers"] == "white" and "white_calipers_only=True" in info["model"]["consistency"]
     history = json.loads((out / "history.json").read_text())
     assert len(history["pair_loss"]) == 2 and all(np.isfinite(history["pair_loss"]))
     model = keras.models.load_model(out / "model.keras", compile=False)
@@ -98,6 +101,7 @@ def test_tiny_run_with_consistency_records_its_loss_and_saves_the_classifier_alo
     # slimming keeps the parent's pairs: the thinner model learns the same invariance
     slim = tmp_path / "slim"
     assert main(["slim", str(out), "--ratio", "0.5", "--epochs", "1", "--out", str(slim)]) == 0
+    assert "white_calipers_only=True" in json.loads((slim / "run.json").read_text())["model"]["consistency"]
     slim_history = json.loads((slim / "history.json").read_text())
     assert slim_history["pair_loss"] and np.isfinite(slim_history["pair_loss"][-1])
 
