@@ -186,9 +186,9 @@ def _add_train(sub) -> None:
                         "e.g. 1, pays for any change in the probability; fans and calipers then leave the "
                         "augmentation for that second view. About twice the time per epoch (default %(default)s: off)")
     p.add_argument("--pair-calipers", choices=["any", "white"], default=_train("pair_calipers"),
-                   help="with --consistency: the calipers of the screen view. any: every colour on half of the pairs; "
-                        "white: white to light grey on 80 %%, as what is left once coloured marks are erased "
-                        "(--colour-marks inpaint) (default %(default)s)")
+                   help="with --consistency: the calipers of the screen view. white: white to light grey on 80 %% "
+                        "of the pairs, as what is left once coloured marks are erased (--colour-marks inpaint); "
+                        "any: every colour on half, as runs before it (default %(default)s)")
     p.add_argument("--average-from", type=int, metavar="EPOCH", default=_train("average_from"),
                    help="> 0: the saved model is the mean of the weights after each epoch from EPOCH (1-based) to "
                         "the last, instead of the epoch with the best validation AUC: no epoch is chosen on the "

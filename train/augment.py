@@ -109,10 +109,10 @@ def lesion_calipers(image: np.ndarray, mask: np.ndarray | None, rng: np.random.G
     """A copy of `image` (HxWx3 uint8) with a sonographer's measurement drawn where it is
     drawn in a clinic: calipers ('+' or 'x') on the lesion's edges (from `mask`, with a
     few px of slack; anywhere without one), a dotted line between them, a small number,
-    in white, yellow, green or cyan (`white_only`: white to light grey, what is left
-    once the runtime has erased coloured marks). With `extras`, some images also get a measurement
-    text ("D1 1.23 cm") somewhere on the scan, an arrow, or calipers away from the lesion
-    (a second structure measured), so that no mark means "lesion here".
+    in white, yellow, green or cyan (`white_only`: white to light grey, what is left once
+    the runtime has erased coloured marks). With `extras`, some images also get a
+    measurement text ("D1 1.23 cm") somewhere on the scan, an arrow, or calipers away from
+    the lesion (a second structure measured), so that no mark means "lesion here".
 
     The marks are drawn on a canvas 1-5x the image's size and brought down with area
     averaging, as a scanner's 1-2 px marks reach the model after the screen is shrunk to
@@ -349,9 +349,9 @@ class ScreenView:
         """The view for `TrainConfig.pair_calipers`. "any": every colour on half of the
         pairs. "white": where the runtime erases coloured marks (colour_marks: inpaint) a
         coloured caliper never reaches the model, so the pairs spend nothing on it and
-        draw white to light-grey ones, on 80 %: fine-tuned with "any", the reference model
-        still changed 6.6 % of its calls when white calipers were drawn (1.1 % with
-        coloured ones); fine-tuned the same way with "white", 4.6 % (run h5,
+        draw white to light-grey ones, on 80 %. Fine-tuned with "any" (two seeds), the
+        reference model still changed 6.6 and 6.8 % of its calls when white calipers were
+        drawn; fine-tuned the same way with "white", 4.6 and 3.2 % (runs h5, h5s7 in
         docs/scanner-images.md)."""
         if kind not in PAIR_CALIPERS:
             raise ValueError(f"pair calipers must be one of {', '.join(PAIR_CALIPERS)}, got {kind!r}")

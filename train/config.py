@@ -20,7 +20,7 @@ STRATEGIES = ("auto", "none", "mirrored", "multiworker")   # see train.distribut
 SCAN_REGIONS = ("auto", "off")
 # What a run.json from before a setting existed meant: such runs load (and resume) as
 # they were trained. Before the scan-region finder, images were never cropped.
-LEGACY_DEFAULTS = {"scan_region": "off", "colour_marks": "keep", "white_calipers": "keep"}
+LEGACY_DEFAULTS = {"scan_region": "off", "colour_marks": "keep", "white_calipers": "keep", "pair_calipers": "any"}
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,9 @@ class TrainConfig:
     # at run time; keep (the default, see runtime.scan_region.RegionConfig): not.
     white_calipers: str = "keep"
     # with consistency > 0, the calipers of the screen view (train.augment.ScreenView.with_calipers):
-    # any: every colour on half the pairs (runs before it); white: white to light grey on 80 %
-    pair_calipers: str = "any"
+    # white: white to light grey on 80 % of the pairs; any: every colour on half (runs from
+    # before it load as "any")
+    pair_calipers: str = "white"
 
     def __post_init__(self) -> None:
         if self.lr_scratch is None:

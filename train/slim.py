@@ -20,10 +20,10 @@ from runtime import atomic
 from runtime.model_files import sha256_file
 from runtime.preprocessing import PreprocessSpec
 from train import prune, trainer
+from train.augment import ScreenView
 from train.config import TrainConfig, run_scan_region
 from train.cost import count_macs, model_cost
 from train.data import PAIR_OUTPUT, LoadedDataset, load_saved_split, to_model_input
-from train.augment import ScreenView
 from train.dedup import DedupConfig
 from train.evaluate import predict_probabilities
 from train.metrics import ThresholdPolicy, binary_metrics

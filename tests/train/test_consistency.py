@@ -83,6 +83,14 @@ def test_negative_consistency_weight_is_refused():
         TrainConfig(out="x", pair_calipers="red")
 
 
+def test_new_runs_pair_white_calipers_and_older_runs_load_as_any():
+    from train.config import TrainConfig
+    new = TrainConfig(out="x")
+    assert new.pair_calipers == "white"
+    older = {k: v for k, v in new.to_dict().items() if k != "pair_calipers"}     # run.json from before the option
+    assert TrainConfig.from_dict(older).pair_calipers == "any"
+
+
 @pytest.mark.slow
 def test_tiny_run_with_consistency_records_its_loss_and_saves_the_classifier_alone(tmp_path):
     from bcd.cli import main
