@@ -349,10 +349,10 @@ class ScreenView:
         """The view for `TrainConfig.pair_calipers`. "any": every colour on half of the
         pairs. "white": where the runtime erases coloured marks (colour_marks: inpaint) a
         coloured caliper never reaches the model, so the pairs spend nothing on it and
-        draw white to light-grey ones, on 80 %. Fine-tuned with "any" (two seeds), the
-        reference model still changed 6.6 and 6.8 % of its calls when white calipers were
-        drawn; fine-tuned the same way with "white", 4.6 and 3.2 % (runs h5, h5s7 in
-        docs/scanner-images.md)."""
+        draw white to light-grey ones, on 80 %. Fine-tuned with "any" (three seeds), the
+        reference model still changed 6.6, 6.8 and 7.6 % of its calls when white calipers
+        were drawn; fine-tuned the same way with "white", 4.6, 3.2 and 5.4 % (runs h5,
+        h5s7, h5s3 in docs/scanner-images.md)."""
         if kind not in PAIR_CALIPERS:
             raise ValueError(f"pair calipers must be one of {', '.join(PAIR_CALIPERS)}, got {kind!r}")
         return cls() if kind == "any" else cls(calipers=0.8, white_calipers_only=True)
