@@ -12,7 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from bcd.cli_options import LibraryDefault, given, is_default, library
+from bcd.cli_options import LibraryDefault, field_default, given, is_default, library
 from runtime.engines import BACKENDS
 from runtime.host import DISCLAIMER, tool_version
 
@@ -250,8 +250,9 @@ def train_config(args, sources=(), labels=None):
         options["batch_norm"] = args.arch == "vgg16-bn"
     if not isinstance(args.augment, LibraryDefault):
         options["augment"] = AugmentConfig.preset(args.augment)
-    if not isinstance(args.tgc, LibraryDefault):
-        options["augment"] = replace(options.get("augment", AugmentConfig()), tgc=args.tgc)
+    if not isinstance(args.tgc, LibraryDefault):   # bands on the preset given, else on the config's default
+        augment = options.get("augment", field_default(TrainConfig, "augment"))
+        options["augment"] = replace(augment, tgc=args.tgc)
     if labels is not None:
         options["class_labels"] = labels.to_dict()
     if sources:

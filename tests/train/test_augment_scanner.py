@@ -71,12 +71,17 @@ def test_tgc_bands_change_the_gain_by_depth_only():
 
 
 def test_bcd_train_tgc_option_adds_bands_to_the_preset():
+    from dataclasses import replace
+
     from bcd.cli import build_parser, train_config
+    from train.config import TrainConfig
 
     args = build_parser().parse_args(["train", "--out", "x", "--augment", "scanner", "--tgc", "0.4"])
     augment = train_config(args).augment
     assert augment.tgc == 0.4 and augment.fan == AugmentConfig.preset("scanner").fan
     assert train_config(build_parser().parse_args(["train", "--out", "x"])).augment.tgc == 0.0
+    alone = train_config(build_parser().parse_args(["train", "--out", "x", "--tgc", "0.3"])).augment
+    assert alone == replace(TrainConfig(out="x").augment, tgc=0.3)
 
 
 def test_screen_view_draws_white_calipers_when_asked():
