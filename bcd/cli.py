@@ -131,7 +131,7 @@ _TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "wei
                  "lesion_loss": "lesion_loss", "strategy": "strategy", "lr": "lr_scratch",
                  "scan_region": "scan_region", "birads_weight": "birads_weight", "lr_schedule": "lr_schedule",
                  "roi_share": "roi_share", "colour_marks": "colour_marks", "white_calipers": "white_calipers",
-                 "pair_calipers": "pair_calipers",
+                 "pair_calipers": "pair_calipers", "lesion_free_share": "lesion_free_share",
                  "consistency": "consistency",
                  "head_epochs": "head_epochs", "average_from": "average_from"}
 
@@ -180,6 +180,10 @@ def _add_train(sub) -> None:
                    help="share of training images shown, each time, as a lesion-centred crop (a box drawn like a "
                         "clinician's around the lesion mask, from the full-resolution scan) so that the model also "
                         "reads `bcd predict --roi` boxes, e.g. 0.3 (default %(default)s: whole images only)")
+    p.add_argument("--lesion-free-share", type=float, default=_train("lesion_free_share"),
+                   help="share of the lesion images (those not shown as a lesion crop) shown, each time, as a crop "
+                        "of their tissue clear of the lesion, labelled benign, so that the model also learns "
+                        "scans with nothing in them, e.g. 0.25 (default %(default)s: off)")
     p.add_argument("--consistency", type=float, default=_train("consistency"),
                    help="> 0: every batch also shows its images as a scanner's screen does (a curved or sector "
                         "fan, calipers on the lesion, the scan's box a few pixels off) and a loss with this weight, "

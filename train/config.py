@@ -58,6 +58,8 @@ class TrainConfig:
                                      # on the images whose CSV row has a BI-RADS (--csv-map birads=COLUMN)
     roi_share: float = 0.0           # share of training images shown as a lesion-centred crop (train.roi_samples)
     roi_crops: int = 2               # crops cached per lesion image, drawn like a clinician's box
+    lesion_free_share: float = 0.0   # share of the other lesion images shown as a lesion-free crop of
+                                     # their tissue, labelled benign (train.roi_samples, kind "free")
     consistency: float = 0.0         # > 0: each batch also as a scanner's screen shows it (fan, calipers,
                                      # the finder's box a few px off) and a loss with this weight on the
                                      # difference between the views' probabilities (train.augment.ScreenView)
@@ -91,6 +93,8 @@ class TrainConfig:
             raise ValueError("the lesion loss weight must be >= 0")
         if not 0.0 <= self.roi_share <= 1.0 or self.roi_crops < 1:
             raise ValueError("the lesion-crop share must be in [0, 1] and at least one crop is kept per lesion")
+        if not 0.0 <= self.lesion_free_share <= 1.0:
+            raise ValueError("the lesion-free crop share must be in [0, 1]")
         if self.birads_weight < 0:
             raise ValueError("the BI-RADS loss weight must be >= 0")
         if self.consistency < 0:

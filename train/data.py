@@ -281,7 +281,7 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
                     batch_size: int, training: bool, seed: int = 0,
                     augment: AugmentConfig | None = None, lesion: LesionTargets | None = None,
                     birads: BiradsTargets | None = None, roi=None, roi_share: float = 0.0,
-                    pair: "PairViews | None" = None):
+                    pair: "PairViews | None" = None, free=None, free_share: float = 0.0):
     """A batched tf.data pipeline of (normalized float32 images, float32 labels).
 
     With `lesion` (the lesion head is on) it yields (images, {"malignancy": labels,
@@ -291,6 +291,9 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
     BIRADS_CUTS], weighted 1 where the image's BI-RADS is known, else 0. With `roi`
     (train.roi_samples.RoiCrops) a share `roi_share` of the images that have a lesion is
     replaced, each time it is drawn, by one of its lesion-centred crops (and its mask).
+    With `free` (RoiCrops of kind "free") a share `free_share` of the lesion images not
+    shown as a lesion crop is replaced by one of its lesion-free crops, labelled benign,
+    with an empty mask and no BI-RADS (the radiologist's category is the lesion's).
     With `pair` (training only) every batch of B images becomes 2B: the B augmented
     images, then the same B as a scanner's screen shows them (train.augment.ScreenView),
     with their labels, masks and weights repeated and a "pair" target (zeros) that the
@@ -311,6 +314,9 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
     use_roi = training and roi is not None and roi_share > 0 and bool(roi.has.any())
     if use_roi:
         columns += (roi.images, roi.masks if lesion is not None else np.zeros((n, 1, 1, 1), np.uint8), roi.has)
+    use_free = training and free is not None and free_share > 0 and bool(free.has.any())
+    if use_free:
+        columns += (free.images, free.has)
     ds = tf.data.Dataset.from_tensor_slices(columns)
     if training:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
@@ -328,10 +334,21 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
             m = tf.where(use[:, None, None], tf.gather(crop_masks, pick, batch_dims=1), m)
         return tf.where(use[:, None, None, None], crop, x), m, use
 
+    def lesion_free_crop(x, y, m, b, cropped, crops, has):
+        """Swap a share of the rest of the batch for a lesion-free crop, labelled benign."""
+        count = tf.shape(x)[0]
+        pick = tf.random.uniform([count], 0, tf.shape(crops)[1], dtype=tf.int32)
+        use = (tf.random.uniform([count]) < free_share) & has & tf.logical_not(cropped)
+        x = tf.where(use[:, None, None, None], tf.gather(crops, pick, batch_dims=1), x)
+        m = tf.where(use[:, None, None], tf.zeros_like(m), m)
+        return x, tf.where(use, tf.zeros_like(y), y), m, tf.where(use, tf.zeros_like(b), b), cropped | use
+
     def to_input(x, y, m, k, b, *crop_columns):
         cropped = tf.zeros_like(y, tf.bool)
-        if crop_columns:
-            x, m, cropped = lesion_crop(x, m, *crop_columns)
+        if use_roi:
+            x, m, cropped = lesion_crop(x, m, *crop_columns[:3])
+        if use_free:
+            x, y, m, b, cropped = lesion_free_crop(x, y, m, b, cropped, *crop_columns[-2:])
         x = tf.cast(x, tf.float32)
         m = tf.cast(m, tf.float32)[..., None]
         if aug is not None:

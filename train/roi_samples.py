@@ -13,6 +13,12 @@ Training shows a crop instead of the whole image for a share of the samples
 (TrainConfig.roi_share); validation, the threshold and every metric stay on whole
 images. Images without a lesion (BUSI's normal class) have no crop. Crops are seeded
 per image and cached beside the decoded dataset (train.cache).
+
+The same images also give lesion-free crops (kind "free", TrainConfig.lesion_free_share):
+a box of tissue beside the lesion, clear of it by a margin, shown as a benign sample. A
+model trained on BUS-BRA alone (which has no lesion-free scans) scored BUSI's normal scans
+as more suspicious than its benign lesions (docs/results.md); these crops show it tissue
+with nothing in it.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import numpy as np
 
 from runtime.dataset import read_source
 from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError
-from runtime.lesion_box import clinician_box, mask_box
+from runtime.lesion_box import Box, clinician_box, mask_box
 from runtime.preprocessing import PreprocessSpec, resize
 from runtime.progress import Progress
 from runtime.scan_region import RegionConfig
@@ -32,6 +38,18 @@ from train.cache import DecodeCache
 
 log = logging.getLogger(__name__)
 MIN_LESION_PIXELS = 20
+
+# A lesion-free crop stays clear of the lesion's box by this share of its side plus a few
+# pixels (a mask traces the lesion's core, not its halo or shadow). Each side of the crop
+# is at least FREE_MIN_SIDE of the scan's, and the ratio of its height share to its width
+# share lies in FREE_ASPECT, so it is squashed to the square input about as the whole
+# scan is.
+FREE_MARGIN, FREE_MARGIN_PX = 0.15, 4
+FREE_MIN_SIDE = 0.3
+FREE_ASPECT = (0.6, 1.6)
+KINDS = {"lesion": "clinician 10-40 % margin, 10 % jitter",
+         "free": f"lesion-free: margin {FREE_MARGIN} + {FREE_MARGIN_PX} px, sides >= {FREE_MIN_SIDE}, "
+                 f"aspect {FREE_ASPECT}"}
 
 
 @dataclass
@@ -46,34 +64,59 @@ class RoiCrops:
         return RoiCrops(self.images[idx], self.masks[idx], self.has[idx])
 
 
+def lesion_free_box(lesion: Box, width: int, height: int, rng: np.random.Generator) -> Box | None:
+    """A box of a width x height scan clear of `lesion` (with the margin above), in one of
+    the four bands beside it, or None when no band is wide enough."""
+    mx = int(FREE_MARGIN * lesion.width) + FREE_MARGIN_PX
+    my = int(FREE_MARGIN * lesion.height) + FREE_MARGIN_PX
+    x0, x1 = max(0, lesion.x - mx), min(width, lesion.right + mx)
+    y0, y1 = max(0, lesion.y - my), min(height, lesion.bottom + my)
+    bands = [(0, 0, x0, height), (x1, 0, width - x1, height), (0, 0, width, y0), (0, y1, width, height - y1)]
+    min_w, min_h = max(1, round(FREE_MIN_SIDE * width)), max(1, round(FREE_MIN_SIDE * height))
+    usable = [b for b in bands if b[2] >= min_w and b[3] >= min_h]
+    if not usable:
+        return None
+    bx, by, bw, bh = usable[rng.integers(len(usable))]
+    crop_w = int(rng.integers(min_w, bw + 1))
+    wanted_h = round(crop_w / width * rng.uniform(*FREE_ASPECT) * height)
+    crop_h = int(np.clip(wanted_h, min_h, bh))
+    return Box(bx + int(rng.integers(0, bw - crop_w + 1)), by + int(rng.integers(0, bh - crop_h + 1)), crop_w, crop_h)
+
+
 def crops_of_image(image: np.ndarray, mask: np.ndarray, spec: PreprocessSpec, crops: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
-    """`crops` clinician-like crops of one scan region (image HxWx3, mask HxW) resized to
-    the model input, or None without a lesion."""
+                   rng: np.random.Generator, kind: str = "lesion") -> tuple[np.ndarray, np.ndarray] | None:
+    """`crops` crops of one scan region (image HxWx3, mask HxW) resized to the model input:
+    clinician-like boxes around the lesion (kind "lesion") or lesion-free boxes beside it
+    ("free"). None without a lesion, or without room beside it for a lesion-free box."""
     from train.data import _mask_to_input        # one mask resize for whole images and crops
     lesion = mask_box(mask > 0) if np.count_nonzero(mask) >= MIN_LESION_PIXELS else None
     if lesion is None:
         return None
     h, w = mask.shape[:2]
-    boxes = [clinician_box(lesion, w, h, rng) for _ in range(crops)]
+    if kind == "free":
+        boxes = [lesion_free_box(lesion, w, h, rng) for _ in range(crops)]
+        if any(b is None for b in boxes):
+            return None
+    else:
+        boxes = [clinician_box(lesion, w, h, rng) for _ in range(crops)]
     size = (spec.image_size, spec.image_size)
     return (np.stack([resize(b.crop(image), spec) for b in boxes]),
             np.stack([_mask_to_input(b.crop(mask), size) for b in boxes]))
 
 
 def _source_crops(source, spec: PreprocessSpec, crops: int, region: RegionConfig, max_pixels: int,
-                  cache: DecodeCache) -> dict:
+                  cache: DecodeCache, kind: str) -> dict:
     """{relative path: (images, masks)} for one source's lesion images (cached)."""
     from train.data import read_sample
     scan = read_source(source)
     key = cache.key(scan, {"roi_crops": crops, "spec": spec.to_dict(), "scan_region": region.to_dict(),
-                           "max_pixels": max_pixels, "box": "clinician 10-40 % margin, 10 % jitter"})
+                           "max_pixels": max_pixels, "box": KINDS[kind]})
     cached = cache.get(key)
     if cached is not None:
         return {r: (i, m) for r, i, m in zip(cached["relative"].tolist(), cached["images"], cached["masks"])}
     out = {}
     with_masks = [s for s in scan.labelled if s.mask is not None]
-    progress = Progress(len(with_masks), f"lesion crops of {source.name}")
+    progress = Progress(len(with_masks), f"{'lesion-free' if kind == 'free' else 'lesion'} crops of {source.name}")
     for i, sample in enumerate(with_masks, 1):
         try:
             image, mask = read_sample(sample.path, sample.mask, region, max_pixels)
@@ -82,7 +125,7 @@ def _source_crops(source, spec: PreprocessSpec, crops: int, region: RegionConfig
         else:
             if mask is not None:
                 rng = np.random.default_rng(zlib.crc32(f"{source.name}:{sample.relative}".encode()))
-                made = crops_of_image(image, mask, spec, crops, rng)
+                made = crops_of_image(image, mask, spec, crops, rng, kind)
                 if made is not None:
                     out[sample.relative] = made
         progress.update(i)
@@ -95,18 +138,23 @@ def _source_crops(source, spec: PreprocessSpec, crops: int, region: RegionConfig
 
 
 def load_roi_crops(data, spec: PreprocessSpec, crops: int, region: RegionConfig,
-                   max_pixels: int = DEFAULT_MAX_PIXELS, cache: DecodeCache | None = None) -> RoiCrops:
-    """Lesion-centred crops aligned with `data` (a train.data.LoadedDataset)."""
+                   max_pixels: int = DEFAULT_MAX_PIXELS, cache: DecodeCache | None = None,
+                   kind: str = "lesion") -> RoiCrops:
+    """Lesion-centred (or, kind "free", lesion-free) crops aligned with `data` (a
+    train.data.LoadedDataset)."""
+    if kind not in KINDS:
+        raise ValueError(f"crop kind must be one of {', '.join(KINDS)}, got {kind!r}")
     cache = cache if cache is not None else DecodeCache.default()
     size, n = spec.image_size, len(data.labels)
     images = np.zeros((n, crops, size, size, 3), np.uint8)
     masks = np.zeros((n, crops, size, size), np.uint8)
     has = np.zeros(n, bool)
     for source in data.sources:
-        made = _source_crops(source, spec, crops, region, max_pixels, cache)
+        made = _source_crops(source, spec, crops, region, max_pixels, cache, kind)
         for i in np.flatnonzero(data.source_names == source.name):
             found = made.get(data.relative_paths[i])
             if found is not None:
                 images[i], masks[i], has[i] = found[0], found[1], True
-    log.info("lesion-centred crops: %d images x %d crops", int(has.sum()), crops)
+    log.info("%s crops: %d images x %d crops", "lesion-free" if kind == "free" else "lesion-centred",
+             int(has.sum()), crops)
     return RoiCrops(images, masks, has)

@@ -264,7 +264,8 @@ def slim(config: SlimConfig, resume: bool = False) -> RunDir:
                        trainer.LrDecay(config.lr_decay_patience), lesion_weight=train_cfg.lesion_weight if cam else 0.0,
                        to_saved=without_lesion_cam, lesion_loss="cam",
                        roi=trainer.lesion_crops(train_cfg, data, spec), roi_share=train_cfg.roi_share,
-                       consistency=train_cfg.consistency, view=ScreenView.with_calipers(train_cfg.pair_calipers))
+                       consistency=train_cfg.consistency, view=ScreenView.with_calipers(train_cfg.pair_calipers),
+                       free=trainer.lesion_free_crops(train_cfg, data, spec), free_share=train_cfg.lesion_free_share)
     policy = ThresholdPolicy(train_cfg.threshold_method, train_cfg.min_sensitivity)
     done = trainer.finish_training(run, state, phases, data, split, spec, policy, config.bootstrap_resamples)
     atomic.write_json(run.run_info, trainer._run_info(train_cfg, spec, model_info, data, phases, "complete",

@@ -397,7 +397,8 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
                augment, patience: int, resume: bool, decay: LrDecay = LrDecay(),
                lesion_weight: float = 0.0, to_saved=None, lesion_loss: str = "head",
                birads_weight: float = 0.0, roi=None, roi_share: float = 0.0, consistency: float = 0.0,
-               average_from: int = 0, view: ScreenView = ScreenView()) -> None:
+               average_from: int = 0, view: ScreenView = ScreenView(), free=None,
+               free_share: float = 0.0) -> None:
     """Train `model` through `phases` on the split's train images, validating on val:
     class weights, early stopping on val AUC, best model -> run.model (through
     `to_saved`), checkpoint every epoch. Shared by `bcd train` and `bcd slim` (which
@@ -408,7 +409,9 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
     move from the augmentation to that second view) and a loss with this weight pays for
     any difference between the two views' probabilities (`view` says how the second view
     is made). With average_from > 0, run.model is finally the mean of the weights after
-    epochs average_from..last (train.weight_average) instead of the best epoch."""
+    epochs average_from..last (train.weight_average) instead of the best epoch. With
+    free_share > 0 a share of the lesion images is shown as one of their lesion-free
+    crops (`free`), labelled benign."""
     tr, va = split["train"], split["val"]
     weights = _class_weights(data.labels[tr])
     pair = PairViews(view, weights) if consistency > 0 else None
@@ -428,7 +431,8 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
     global_batch = batch_size * strategy.num_replicas_in_sync
     train_ds = shard_by_data(make_tf_dataset(data.images[tr], data.labels[tr], spec, global_batch, True, seed,
                                              augment, lesion(tr), birads(tr),
-                                             roi.subset(tr) if roi is not None else None, roi_share, pair))
+                                             roi.subset(tr) if roi is not None else None, roi_share, pair,
+                                             free.subset(tr) if free is not None else None, free_share))
     val_ds = shard_by_data(make_tf_dataset(data.images[va], data.labels[va], spec, global_batch, False,
                                            lesion=lesion(va), birads=birads(va)))
     verbose = 1 if _is_tty() else 2
@@ -566,7 +570,8 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
                lesion_weight=config.lesion_weight, to_saved=lambda m: inference_model(m, model_cfg),
                lesion_loss=config.lesion_loss, birads_weight=config.birads_weight,
                roi=lesion_crops(config, data, spec), roi_share=config.roi_share, consistency=config.consistency,
-               average_from=config.average_from, view=ScreenView.with_calipers(config.pair_calipers))
+               average_from=config.average_from, view=ScreenView.with_calipers(config.pair_calipers),
+               free=lesion_free_crops(config, data, spec), free_share=config.lesion_free_share)
     apply_precision("float32")
     if not cluster.is_chief:
         log.info("training done; the chief evaluates and writes %s", out.root)
@@ -582,6 +587,14 @@ def lesion_crops(config: TrainConfig, data: LoadedDataset, spec: PreprocessSpec)
         return None
     from train.roi_samples import load_roi_crops
     return load_roi_crops(data, spec, config.roi_crops, config.region)
+
+
+def lesion_free_crops(config: TrainConfig, data: LoadedDataset, spec: PreprocessSpec):
+    """The lesion-free crops the recipe asks for (None with lesion_free_share 0)."""
+    if config.lesion_free_share <= 0:
+        return None
+    from train.roi_samples import load_roi_crops
+    return load_roi_crops(data, spec, config.roi_crops, config.region, kind="free")
 
 
 def _sample(images: np.ndarray, n: int, seed: int) -> np.ndarray:
