@@ -132,6 +132,7 @@ _TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "wei
                  "scan_region": "scan_region", "birads_weight": "birads_weight", "lr_schedule": "lr_schedule",
                  "roi_share": "roi_share", "colour_marks": "colour_marks", "white_calipers": "white_calipers",
                  "pair_calipers": "pair_calipers", "lesion_free_share": "lesion_free_share",
+                 "thin_marks": "thin_marks",
                  "consistency": "consistency",
                  "head_epochs": "head_epochs", "average_from": "average_from"}
 
@@ -176,6 +177,11 @@ def _add_train(sub) -> None:
                    help="white calipers in the scan ('+' or 'x' marks, their dotted line and number): erase finds "
                         "them by their shape and fills them in from the tissue around, in training and at run time "
                         "(runtime/caliper_marks.py); keep leaves them (default %(default)s)")
+    p.add_argument("--thin-marks", choices=["open", "keep"], default=_train("thin_marks"),
+                   help="thin bright marks in the scan (calipers' strokes, dotted lines, thin text): open removes "
+                        "every bright detail under about a third of an input pixel wide before the resize, in "
+                        "training and at run time (recorded in the model's preprocessing); keep leaves them "
+                        "(default %(default)s)")
     p.add_argument("--roi-share", type=float, default=_train("roi_share"),
                    help="share of training images shown, each time, as a lesion-centred crop (a box drawn like a "
                         "clinician's around the lesion mask, from the full-resolution scan) so that the model also "

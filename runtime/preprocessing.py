@@ -4,9 +4,10 @@ Training, export calibration, the runtime and the demo all call `prepare()`; the
 travels with every model (run directory and export manifest) as a plain dict, so a
 model is never fed differently from how it was trained.
 
-Pipeline: decoded image (any size, BGR uint8, see runtime.images) -> resize to the
-model's square input with area interpolation (squashing, no crop: lesions can sit
-anywhere in the frame) -> float32 -> subtract the per-channel mean and divide by std.
+Pipeline: decoded image (any size, BGR uint8, see runtime.images) -> [thin_marks "open":
+remove thin bright marks, below] -> resize to the model's square input with area
+interpolation (squashing, no crop: lesions can sit anywhere in the frame) -> float32 ->
+subtract the per-channel mean and divide by std.
 The default mean is ImageNet's in BGR order, the "caffe" convention VGG16's ImageNet
 weights were trained with; std stays 1 (0..255 scale) for them and, as measured, for
 from-scratch training too. Layout is NHWC.
@@ -21,6 +22,17 @@ import numpy as np
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 
+# thin_marks "open": a sonographer's calipers, dotted lines and thin text are bright strokes
+# one or two pixels wide. The scan is first area-resized to OPEN_SCALE x the model's input,
+# where a grey opening with an OPEN_SIZE-pixel square removes every bright detail narrower
+# than that square, then resized to the input. The opening runs at a scale fixed by the
+# input, not by the file, so a scan and the same scan resampled by a screen capture lose
+# the same details (the shape finder of runtime.caliper_marks did not survive resampling:
+# docs/scanner-images.md). "keep": no opening (models trained before it).
+THIN_MARKS = ("keep", "open")
+OPEN_SCALE, OPEN_SIZE = 2, 3
+_OPEN_KERNEL = np.ones((OPEN_SIZE, OPEN_SIZE), np.uint8)
+
 _INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
 
@@ -32,6 +44,7 @@ class PreprocessSpec:
     interpolation: str = "area"
     mean: tuple[float, float, float] = IMAGENET_BGR_MEAN
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    thin_marks: str = "keep"
     version: int = field(default=1)
 
     def __post_init__(self) -> None:
@@ -41,6 +54,8 @@ class PreprocessSpec:
             raise ValueError("only BGR channel order and NHWC layout are supported")
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}")
+        if self.thin_marks not in THIN_MARKS:
+            raise ValueError(f"thin_marks must be one of {', '.join(THIN_MARKS)}, got {self.thin_marks!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -49,6 +64,10 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:   # a step this code does not know would be silently skipped: refuse instead
+            raise ValueError(f"unknown preprocessing setting(s) {', '.join(unknown)}: the model was made by a newer "
+                             "version of this tool; upgrade it")
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         for key in ("mean", "std"):
             if key in known:
@@ -67,7 +86,18 @@ def resize(image_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     size = (spec.image_size, spec.image_size)
     if image_bgr.shape[:2] == size:
         return image_bgr
+    if spec.thin_marks == "open":
+        image_bgr = open_thin_marks(image_bgr, spec.image_size)
     return cv2.resize(image_bgr, size, interpolation=_INTERPOLATIONS[spec.interpolation])
+
+
+def open_thin_marks(image_bgr: np.ndarray, image_size: int) -> np.ndarray:
+    """The scan at OPEN_SCALE x the input size (area resize, only ever down) with bright
+    details narrower than OPEN_SIZE pixels there removed by a grey opening."""
+    mid = OPEN_SCALE * image_size
+    if image_bgr.shape[0] > mid and image_bgr.shape[1] > mid:
+        image_bgr = cv2.resize(image_bgr, (mid, mid), interpolation=cv2.INTER_AREA)
+    return cv2.morphologyEx(image_bgr, cv2.MORPH_OPEN, _OPEN_KERNEL)
 
 
 def normalize(pixels, spec: PreprocessSpec):

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from runtime.dataset import DEFAULT_CLASS_LABELS
 from runtime.caliper_marks import MODES as CALIPER_MODES
 from runtime.overlay_marks import MODES as MARK_MODES
+from runtime.preprocessing import THIN_MARKS
 from runtime.scan_crop import region_config_from_dict
 from runtime.scan_region import RegionConfig
 from train.augment import PAIR_CALIPERS, AugmentConfig
@@ -20,7 +21,8 @@ STRATEGIES = ("auto", "none", "mirrored", "multiworker")   # see train.distribut
 SCAN_REGIONS = ("auto", "off")
 # What a run.json from before a setting existed meant: such runs load (and resume) as
 # they were trained. Before the scan-region finder, images were never cropped.
-LEGACY_DEFAULTS = {"scan_region": "off", "colour_marks": "keep", "white_calipers": "keep", "pair_calipers": "any"}
+LEGACY_DEFAULTS = {"scan_region": "off", "colour_marks": "keep", "white_calipers": "keep", "pair_calipers": "any",
+                   "thin_marks": "keep"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,11 @@ class TrainConfig:
     # white: white to light grey on 80 % of the pairs; any: every colour on half (runs from
     # before it load as "any")
     pair_calipers: str = "white"
+    # open: thin bright marks (calipers' strokes, dotted lines, thin text) are removed from
+    # every image before it is resized to the input, in training and at run time (recorded
+    # in the preprocessing: runtime.preprocessing.THIN_MARKS); keep: not (runs from before
+    # it load as "keep")
+    thin_marks: str = "keep"
 
     def __post_init__(self) -> None:
         if self.lr_scratch is None:
@@ -109,6 +116,8 @@ class TrainConfig:
             raise ValueError(f"colour marks must be one of {', '.join(MARK_MODES)}, got {self.colour_marks!r}")
         if self.white_calipers not in CALIPER_MODES:
             raise ValueError(f"white calipers must be one of {', '.join(CALIPER_MODES)}, got {self.white_calipers!r}")
+        if self.thin_marks not in THIN_MARKS:
+            raise ValueError(f"thin marks must be one of {', '.join(THIN_MARKS)}, got {self.thin_marks!r}")
         if self.pair_calipers not in PAIR_CALIPERS:
             raise ValueError(f"pair calipers must be one of {', '.join(PAIR_CALIPERS)}, got {self.pair_calipers!r}")
         if self.data is not None:

@@ -524,7 +524,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunDir:
 def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run: RunDir) -> None:
     """The training run itself; `out` is the run directory (read on --resume), `run` is
     where this process writes (the run directory, or a non-chief worker's scratch)."""
-    spec = PreprocessSpec(image_size=config.image_size)
+    spec = PreprocessSpec(image_size=config.image_size, thin_marks=config.thin_marks)
     data = _load_data(config, run, spec)
     split = _split(config, run, data, resume, saved=out)
     digest = split_sha256(data.keys(), data.labels, split)
