@@ -179,9 +179,9 @@ def _add_train(sub) -> None:
                         "(runtime/caliper_marks.py); keep leaves them (default %(default)s)")
     p.add_argument("--thin-marks", choices=["open", "keep"], default=_train("thin_marks"),
                    help="thin bright marks in the scan (calipers' strokes, dotted lines, thin text): open removes "
-                        "every bright detail under about a third of an input pixel wide before the resize, in "
-                        "training and at run time (recorded in the model's preprocessing); keep leaves them "
-                        "(default %(default)s)")
+                        "every bright detail under about a third of an input pixel wide before the resize "
+                        "(microcalcifications too), in training and at run time (recorded in the model's "
+                        "preprocessing); keep leaves them (default %(default)s; docs/scanner-images.md)")
     p.add_argument("--roi-share", type=float, default=_train("roi_share"),
                    help="share of training images shown, each time, as a lesion-centred crop (a box drawn like a "
                         "clinician's around the lesion mask, from the full-resolution scan) so that the model also "

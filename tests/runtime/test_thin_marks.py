@@ -83,3 +83,54 @@ def test_a_spec_with_a_step_this_code_does_not_know_is_refused():
 def test_an_input_already_at_the_model_size_is_left_alone():
     small = cv2.resize(_tissue(), (128, 128), interpolation=cv2.INTER_AREA)
     np.testing.assert_array_equal(prepare(small, OPEN), prepare(small, KEEP))
+
+
+# ------------------------------------------------- the setting from training to the runtime
+
+
+def test_train_setting_defaults_to_keep_and_old_runs_load_as_keep():
+    from bcd.cli import build_parser, train_config
+    from train.config import TrainConfig
+
+    assert TrainConfig(out="r").thin_marks == "keep"
+    assert train_config(build_parser().parse_args(["train", "--out", "r", "--thin-marks", "open"])).thin_marks == "open"
+    old = TrainConfig(out="r", thin_marks="open").to_dict()
+    old.pop("thin_marks")                                  # a run.json from before the setting
+    assert TrainConfig.from_dict(old).thin_marks == "keep"
+    with pytest.raises(ValueError, match="thin marks must be one of keep, open"):
+        TrainConfig(out="r", thin_marks="erase")
+
+
+def test_a_served_model_opens_marks_when_its_manifest_says_so(tiny_export, tmp_path):
+    from runtime.classifier import Classifier
+    from tests.runtime.test_classifier import copy_export, edit_manifest
+
+    opened = copy_export(tiny_export, tmp_path / "open")
+    edit_manifest(opened, lambda doc: doc["preprocessing"].update(thin_marks="open"))
+    keep = Classifier.load(tiny_export, variant="onnx-fp32")
+    clf = Classifier.load(opened, variant="onnx-fp32")
+    assert (keep.spec.thin_marks, clf.spec.thin_marks) == ("keep", "open")
+    marked = _with_calipers(_tissue())
+    small = cv2.resize(marked, (clf.spec.image_size,) * 2, interpolation=cv2.INTER_AREA)
+    # a scan larger than the input is opened before the resize; one at the input size is not
+    assert keep.predict(marked).probability != clf.predict(marked).probability
+    assert keep.predict(small).probability == pytest.approx(clf.predict(small).probability, abs=1e-6)
+
+
+@pytest.mark.slow   # trains (1 epoch, 32 px) and exports a model
+def test_a_run_trained_with_open_marks_exports_and_serves_them(tiny_dataset, tmp_path):
+    import json
+
+    from export import ExportConfig, export_run
+    from runtime.classifier import Classifier
+    from runtime.manifest import MANIFEST_NAME
+    from train.config import TrainConfig
+    from train.trainer import train
+
+    run = train(TrainConfig(out=str(tmp_path / "run"), data=str(tiny_dataset), image_size=32, epochs=1,
+                            batch_size=8, bootstrap_resamples=50, thin_marks="open")).root
+    assert json.loads((run / "run.json").read_text())["preprocessing"]["thin_marks"] == "open"
+    out = tmp_path / "export"
+    export_run(ExportConfig(run_dir=str(run), out=str(out), formats=("onnx-fp32",)))
+    assert json.loads((out / MANIFEST_NAME).read_text())["preprocessing"]["thin_marks"] == "open"
+    assert Classifier.load(out).spec.thin_marks == "open"
