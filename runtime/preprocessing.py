@@ -68,11 +68,11 @@ class PreprocessSpec:
         if unknown:   # a step this code does not know would be silently skipped: refuse instead
             raise ValueError(f"unknown preprocessing setting(s) {', '.join(unknown)}: the model was made by a newer "
                              "version of this tool; upgrade it")
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        fields = dict(d)
         for key in ("mean", "std"):
-            if key in known:
-                known[key] = tuple(float(v) for v in known[key])
-        return cls(**known)
+            if key in fields:
+                fields[key] = tuple(float(v) for v in fields[key])
+        return cls(**fields)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
