@@ -65,6 +65,8 @@ class TrainConfig:
     consistency: float = 0.0         # > 0: each batch also as a scanner's screen shows it (fan, calipers,
                                      # the finder's box a few px off) and a loss with this weight on the
                                      # difference between the views' probabilities (train.augment.ScreenView)
+    mixstyle: float = 0.0            # > 0: MixStyle after blocks 1-3 with this probability per batch
+                                     # (train.model.MixStyle: other images' feature statistics, training only)
     average_from: int = 0            # > 0: model.keras is the mean of the weights after epochs
                                      # average_from..last (1-based), not the best epoch (train.weight_average)
     strategy: str = "auto"           # tf.distribute: auto | none | mirrored | multiworker (TF_CONFIG)
@@ -104,6 +106,8 @@ class TrainConfig:
             raise ValueError("the lesion-free crop share must be in [0, 1]")
         if self.birads_weight < 0:
             raise ValueError("the BI-RADS loss weight must be >= 0")
+        if not 0.0 <= self.mixstyle <= 1.0:
+            raise ValueError("the MixStyle probability must be in [0, 1]")
         if self.consistency < 0:
             raise ValueError("the consistency loss weight must be >= 0")
         if not 0 <= self.average_from <= self.epochs:

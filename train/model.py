@@ -8,7 +8,7 @@ mean subtracted.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,10 @@ LESION_OUTPUT = "lesion"
 BIRADS_OUTPUT = "birads"
 LESION_LOSSES = ("none", "head", "cam")
 BN_EPSILON = 1e-3
+# MixStyle (ModelConfig.mixstyle) sits after these blocks' pooling: the early features, where
+# a scanner's look (gain, speckle, texture) lives rather than what the tissue is.
+MIXSTYLE_BLOCKS = (1, 2, 3)
+MIXSTYLE_ALPHA = 0.1
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class ModelConfig:
     width: float = 1.0             # share of VGG16's filters per conv layer (from scratch or a run)
     lesion: str = "none"           # lesion-mask loss (training only): none | head (auxiliary segmentation
                                    # head on block 5) | cam (the Grad-CAM map itself, pulled toward the lesion)
+    mixstyle: float = 0.0          # training only: probability per batch of MixStyle after blocks 1-3 (MixStyle)
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.width <= 1.0:
@@ -49,6 +54,10 @@ class ModelConfig:
             raise ValueError(f"lesion loss must be one of {', '.join(LESION_LOSSES)}")
         if self.uses_keras_vgg16_weights and (self.batch_norm or self.width != 1.0):
             raise ValueError("ImageNet (.h5) weights fit only plain VGG16: use --arch vgg16 --width 1")
+        if not 0.0 <= self.mixstyle <= 1.0:
+            raise ValueError("the MixStyle probability must be in [0, 1]")
+        if self.mixstyle and self.uses_keras_applications:
+            raise ValueError("MixStyle needs the project's own VGG16 topology: use --arch vgg16-bn or --width below 1")
 
     @property
     def pretrained(self) -> bool:
@@ -57,6 +66,11 @@ class ModelConfig:
     @property
     def uses_keras_vgg16_weights(self) -> bool:
         return self.weights == "imagenet" or self.weights.lower().endswith((".h5", ".hdf5"))
+
+    @property
+    def uses_keras_applications(self) -> bool:
+        """Built by keras.applications.VGG16 (ImageNet weights, or plain full-width VGG16)."""
+        return self.uses_keras_vgg16_weights or (self.width == 1.0 and not self.batch_norm and self.weights == "none")
 
     def filters(self) -> list[int]:
         """Filters of each conv layer, in order."""
@@ -77,7 +91,46 @@ def _own_vgg16(config: ModelConfig, inputs, batch_norm: bool):
             else:
                 x = keras.layers.Conv2D(next(widths), 3, padding="same", activation="relu", name=name)(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
+        if config.mixstyle and b in MIXSTYLE_BLOCKS:
+            x = MixStyle(config.mixstyle, MIXSTYLE_ALPHA, name=f"block{b}_mixstyle")(x)
     return x
+
+
+@keras.utils.register_keras_serializable(package="bcd")
+class MixStyle(keras.layers.Layer):
+    """MixStyle (Zhou et al., ICLR 2021): in training, with probability `p` per batch, each
+    image's feature statistics (per-channel mean and standard deviation over the map) are
+    replaced by a random mix, weight lambda ~ Beta(alpha, alpha), of its own and another
+    image's of the batch. The image's content stays; its "style" (what another scanner,
+    preset or sonographer changes: gain, contrast, speckle) becomes one the training set
+    does not hold, for a hospital the model has not seen. The identity at inference, and
+    `inference_model` leaves it out of model.keras."""
+
+    def __init__(self, p: float = 0.5, alpha: float = 0.1, eps: float = 1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.p, self.alpha, self.eps = float(p), float(alpha), float(eps)
+
+    def call(self, x, training=None):
+        from train.tf_setup import tf
+        if not training or self.p <= 0.0:
+            return x
+        f = tf.cast(x, tf.float32)
+        n = tf.shape(f)[0]
+        mu = tf.stop_gradient(tf.reduce_mean(f, axis=[1, 2], keepdims=True))
+        sigma = tf.stop_gradient(tf.sqrt(tf.math.reduce_variance(f, axis=[1, 2], keepdims=True) + self.eps))
+        a = tf.random.gamma([n, 1, 1, 1], self.alpha)      # lambda ~ Beta(alpha, alpha) as a / (a + b)
+        lam = a / (a + tf.random.gamma([n, 1, 1, 1], self.alpha) + 1e-12)
+        other = tf.random.shuffle(tf.range(n))
+        mixed_mu = lam * mu + (1.0 - lam) * tf.gather(mu, other)
+        mixed_sigma = lam * sigma + (1.0 - lam) * tf.gather(sigma, other)
+        styled = (f - mu) / sigma * mixed_sigma + mixed_mu
+        apply = tf.random.uniform([]) < self.p
+        return tf.cast(tf.where(apply, styled, f), x.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(p=self.p, alpha=self.alpha, eps=self.eps)
+        return config
 
 
 def _vgg16_base(config: ModelConfig, inputs):
@@ -229,6 +282,8 @@ def build_model(config: ModelConfig):
         "width": config.width,
         "filters": config.filters(),
         "lesion_loss": config.lesion,
+        "mixstyle": (f"p {config.mixstyle:g} per batch after blocks {', '.join(map(str, MIXSTYLE_BLOCKS))}, "
+                     f"alpha {MIXSTYLE_ALPHA:g} (training only)") if config.mixstyle else None,
         "last_conv_layer": LAST_CONV_LAYER,
         "dense_units": config.dense_units,
         "dropout": config.dropout,
@@ -243,7 +298,7 @@ def inference_model(model, config: ModelConfig):
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        plain = _classifier(config, batch_norm=False, lesion="none")
+        plain = _classifier(replace(config, mixstyle=0.0), batch_norm=False, lesion="none")
     finally:
         keras.mixed_precision.set_global_policy(policy)
     for layer in plain.layers:

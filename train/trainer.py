@@ -539,7 +539,8 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
     precision = resolve_precision(config.precision)
     apply_precision(precision)
     model_cfg = ModelConfig(config.image_size, config.weights, seed=config.seed, batch_norm=config.batch_norm,
-                            width=config.width, lesion=config.lesion_loss if config.lesion_weight > 0 else "none")
+                            width=config.width, lesion=config.lesion_loss if config.lesion_weight > 0 else "none",
+                            mixstyle=config.mixstyle)
     with cluster.strategy.scope():    # variables (and on resume the optimizer's) mirrored per replica
         model, model_info = build_model(model_cfg)
         if resume and out.last_model.is_file():
