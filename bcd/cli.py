@@ -256,11 +256,14 @@ def train_config(args, sources=(), labels=None):
     from dataclasses import replace
 
     from train.augment import AugmentConfig
-    from train.config import TrainConfig, saved_scan_region
+    from train.config import TrainConfig, parent_input_settings, saved_scan_region
 
     options = given(args, _TRAIN_FIELDS)
     if is_default(args.scan_region) and args.resume:     # resuming keeps the run's own setting
         options["scan_region"] = saved_scan_region(args.out)
+    elif not args.resume:     # fine-tuning keeps its parent's input settings unless given
+        for key, value in parent_input_settings(options.get("weights")).items():
+            options.setdefault(key, value)
     if not isinstance(args.arch, LibraryDefault):
         options["batch_norm"] = args.arch == "vgg16-bn"
     if not isinstance(args.augment, LibraryDefault):

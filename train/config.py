@@ -193,6 +193,27 @@ def run_scan_region(info: dict) -> RegionConfig:
                         white_calipers=config.get("white_calipers", LEGACY_DEFAULTS["white_calipers"]))
 
 
+# The settings that decide what a model's input looks like (the scan region, marks erased
+# or opened). A run fine-tuned from another (--weights RUN) must see what its parent saw,
+# so `bcd train` takes the parent's for those not given (parent_input_settings), and the
+# trainer warns about any given that differ (train.trainer.warn_input_changes).
+INPUT_SETTINGS = ("scan_region", "colour_marks", "white_calipers", "thin_marks")
+
+
+def parent_input_settings(weights) -> dict:
+    """The INPUT_SETTINGS of the run directory `weights` names, from its run.json (runs
+    from before a setting: LEGACY_DEFAULTS); {} when `weights` is not a run directory."""
+    import json
+    from pathlib import Path
+    if weights in (None, "none", "imagenet") or not Path(weights).is_dir():
+        return {}
+    try:
+        config = json.loads((Path(weights) / "run.json").read_text()).get("config") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {key: config.get(key, LEGACY_DEFAULTS[key]) for key in INPUT_SETTINGS}
+
+
 def saved_scan_region(run_dir) -> str:
     """The scan_region setting of the run in `run_dir` (for --resume without --scan-region)."""
     import json

@@ -21,7 +21,7 @@ from runtime.dataset import CsvMapping, DataSource, LabelMap
 from runtime.host import tool_record
 from runtime.preprocessing import PreprocessSpec
 from train import evaluate
-from train.config import LEGACY_DEFAULTS, TrainConfig
+from train.config import LEGACY_DEFAULTS, TrainConfig, parent_input_settings
 from train.cost import model_cost
 from train.augment import ScreenView
 from train.data import (BIRADS_CUTS, PAIR_OUTPUT, BiradsTargets, LesionTargets, LoadedDataset, PairViews,
@@ -272,6 +272,18 @@ def _split(config: TrainConfig, run: RunDir, data: LoadedDataset, resume: bool,
     if len(data.sources) > 1:
         log.info("per source: %s", doc["counts_per_source"])
     return {s: np.array(v, dtype=int) for s, v in indices.items()}
+
+
+def warn_input_changes(config: TrainConfig) -> list[str]:
+    """Warn (and return the warnings) where a run fine-tuned from another (--weights RUN)
+    prepares its images differently from that run: the model then meets inputs it did not
+    learn on, which is allowed (a deliberate change) but never silent."""
+    changed = [f"{key.replace('_', '-')} {theirs} -> {getattr(config, key)}"
+               for key, theirs in parent_input_settings(config.weights).items() if getattr(config, key) != theirs]
+    if changed:
+        log.warning("--weights %s: that run prepared its images otherwise (%s); the fine-tuned model will learn "
+                    "inputs its weights have not seen", config.weights, ", ".join(changed))
+    return changed
 
 
 def _parent_split(config: TrainConfig, data: LoadedDataset) -> tuple[Path, str, dict] | None:
@@ -525,6 +537,8 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
     """The training run itself; `out` is the run directory (read on --resume), `run` is
     where this process writes (the run directory, or a non-chief worker's scratch)."""
     spec = PreprocessSpec(image_size=config.image_size, thin_marks=config.thin_marks)
+    if not resume:
+        warn_input_changes(config)
     data = _load_data(config, run, spec)
     split = _split(config, run, data, resume, saved=out)
     digest = split_sha256(data.keys(), data.labels, split)
