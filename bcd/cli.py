@@ -163,6 +163,10 @@ def _add_train(sub) -> None:
     p.add_argument("--tgc", type=float, metavar="T", default=library("train.augment:AugmentConfig", "tgc"),
                    help="also vary the gain by depth, as another sonographer's time-gain sliders would: log gain "
                         "drawn in [-T, T] at 5 depths, smooth between, e.g. 0.4 (default %(default)s: off)")
+    p.add_argument("--mixup", type=float, metavar="S", default=library("train.augment:AugmentConfig", "mixup"),
+                   help="also blend a share S of each batch's images with another image of the batch, their labels, "
+                        "lesion masks and BI-RADS alike (mixup; weight drawn from Beta(0.4, 0.4), the image's own "
+                        "at least half), e.g. 0.5 (default %(default)s: off)")
     p.add_argument("--lesion-weight", type=float, default=_train("lesion_weight"),
                    help="> 0: a loss on the lesion masks (where a source has them) with this weight, e.g. 0.5, so "
                         "that the model looks at the lesion (default %(default)s: off; see --lesion-loss)")
@@ -268,9 +272,10 @@ def train_config(args, sources=(), labels=None):
         options["batch_norm"] = args.arch == "vgg16-bn"
     if not isinstance(args.augment, LibraryDefault):
         options["augment"] = AugmentConfig.preset(args.augment)
-    if not isinstance(args.tgc, LibraryDefault):   # bands on the preset given, else on the config's default
-        augment = options.get("augment", field_default(TrainConfig, "augment"))
-        options["augment"] = replace(augment, tgc=args.tgc)
+    for name in ("tgc", "mixup"):   # added to the preset given, else to the config's default
+        if not isinstance(getattr(args, name), LibraryDefault):
+            augment = options.get("augment", field_default(TrainConfig, "augment"))
+            options["augment"] = replace(augment, **{name: getattr(args, name)})
     if labels is not None:
         options["class_labels"] = labels.to_dict()
     if sources:

@@ -47,6 +47,8 @@ class AugmentConfig:
     # scanner preset (issue 20: what a screen capture adds that tidy crops lack)
     calipers: float = 0.0        # probability of a sonographer's calipers drawn on the lesion (lesion_calipers)
     fan: float = 0.0             # probability of a curved or sector probe's fan (black outside it; fan_bank)
+    # batch-level (needs the labels: train.data.make_tf_dataset applies it)
+    mixup: float = 0.0           # share of the images blended with another of the batch, labels and masks alike
 
     @classmethod
     def preset(cls, name: str) -> "AugmentConfig":
@@ -60,6 +62,33 @@ class AugmentConfig:
             # changed 6-7 % and sector scans 11 %: now half the images get marks, 40 % a fan.
             return ultrasound if name == "ultrasound" else replace(ultrasound, calipers=0.5, fan=0.4)
         raise ValueError(f"unknown augmentation preset {name!r}; choose from {', '.join(PRESETS)}")
+
+
+# ---- mixup ------------------------------------------------------------------------
+
+MIXUP_ALPHA = 0.4
+
+
+def mixup_weights(n, share: float):
+    """For mixup (Zhang et al., ICLR 2018) on a share of a batch of n: (lam (n,), other (n,)),
+    each image to be blended as lam * itself + (1 - lam) * image `other`. lam ~ Beta(0.4, 0.4)
+    folded to [0.5, 1], so an image stays mostly itself (and keeps its own class weight); 1
+    for the images not mixed."""
+    from train.tf_setup import tf
+
+    a, b = tf.random.gamma([n], MIXUP_ALPHA), tf.random.gamma([n], MIXUP_ALPHA)
+    lam = a / (a + b + 1e-12)
+    lam = tf.maximum(lam, 1.0 - lam)
+    lam = tf.where(tf.random.uniform([n]) < share, lam, tf.ones_like(lam))
+    return lam, tf.random.shuffle(tf.range(n))
+
+
+def blend(t, lam, other):
+    """lam * t + (1 - lam) * t[other], lam broadcast over t's other axes."""
+    from train.tf_setup import tf
+
+    w = tf.reshape(lam, tf.concat([tf.shape(lam), tf.ones([tf.rank(t) - 1], tf.int32)], 0))
+    return w * t + (1.0 - w) * tf.gather(t, other)
 
 
 # ---- burned-in marks ---------------------------------------------------------------

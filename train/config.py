@@ -106,6 +106,8 @@ class TrainConfig:
             raise ValueError("the lesion-free crop share must be in [0, 1]")
         if self.birads_weight < 0:
             raise ValueError("the BI-RADS loss weight must be >= 0")
+        if not 0.0 <= self.augment.mixup <= 1.0:
+            raise ValueError("the mixup share must be in [0, 1]")
         if not 0.0 <= self.mixstyle <= 1.0:
             raise ValueError("the MixStyle probability must be in [0, 1]")
         if self.consistency < 0:

@@ -29,7 +29,7 @@ from runtime.scan_crop import RegionSetting, apply_region, colour_refusal
 from runtime.scan_input import read_scan
 from runtime.scan_region import RegionConfig
 from runtime.progress import Progress
-from train.augment import AugmentConfig, ScreenView, build_augment, build_screen_view
+from train.augment import AugmentConfig, ScreenView, blend, build_augment, build_screen_view, mixup_weights
 from train.cache import DecodeCache
 from train.dedup import DedupConfig, image_hash
 
@@ -322,6 +322,7 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     aug = build_augment(augment or AugmentConfig(), spec.image_size, seed) if training else None
+    mixup = (augment or AugmentConfig()).mixup if training else 0.0
     screen = build_screen_view(pair.view, spec.image_size, seed) if pair is not None else None
 
     def lesion_crop(x, m, crops, crop_masks, has):
@@ -353,21 +354,29 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
         m = tf.cast(m, tf.float32)[..., None]
         if aug is not None:
             x, m = aug(x, m if lesion is not None else tf.zeros_like(x[..., :1]))
+        if mixup:     # images and masks blended here; the targets below, with the same weights
+            lam, other = mixup_weights(tf.shape(x)[0], mixup)
+            x, m = blend(x, lam, other), blend(m, lam, other)
         if screen is not None:
             x2, m2 = screen(x, m, whole=tf.logical_not(cropped))
             x, m = tf.concat([x, x2], 0), tf.concat([m, m2], 0)
             y, k, b = tf.concat([y, y], 0), tf.concat([k, k], 0), tf.concat([b, b], 0)
+            if mixup:     # the screen views blend as their plain views did
+                lam, other = tf.concat([lam, lam], 0), tf.concat([other, other + tf.size(other)], 0)
         x = normalize(x, spec)
+        soft = (lambda t: blend(t, lam, other)) if mixup else (lambda t: t)  # noqa: E731
         if class_weights is None:
-            return x, y
-        targets = {"malignancy": y}
-        weights = {"malignancy": tf.where(y > 0.5, class_weights[1], class_weights[0])}
+            return x, soft(y)
+        targets = {"malignancy": soft(y)}
+        weights = {"malignancy": tf.where(y > 0.5, class_weights[1], class_weights[0])}   # the image's own class
+        both_known = (lambda w: w * tf.gather(w, other)) if mixup else (lambda w: w)  # noqa: E731
         if lesion is not None:
             targets["lesion"] = tf.nn.avg_pool2d(m, lesion.cell, lesion.cell, "VALID")  # lesion share of each map cell
+            k = both_known(k)
             weights["lesion"] = k if lesion.per_sample_weight else k[:, None, None]   # per image, or per map cell
         if birads is not None:
-            targets["birads"] = tf.cast(b[:, None] >= cuts[None, :], tf.float32)
-            weights["birads"] = tf.cast(b > 0, tf.float32)
+            targets["birads"] = soft(tf.cast(b[:, None] >= cuts[None, :], tf.float32))
+            weights["birads"] = both_known(tf.cast(b > 0, tf.float32))
         if screen is not None:
             targets[PAIR_OUTPUT], weights[PAIR_OUTPUT] = tf.zeros_like(y), tf.ones_like(y)
         return x, targets, weights
