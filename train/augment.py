@@ -134,7 +134,7 @@ CALIPER_COLOURS = ((255, 255, 255), (0, 255, 255), (0, 230, 0), (255, 230, 120))
 
 
 def lesion_calipers(image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator,
-                    extras: bool = True, white_only: bool = False) -> np.ndarray:
+                    extras: bool = True, white_only: bool = False, open_marks: bool = False) -> np.ndarray:
     """A copy of `image` (HxWx3 uint8) with a sonographer's measurement drawn where it is
     drawn in a clinic: calipers ('+' or 'x') on the lesion's edges (from `mask`, with a
     few px of slack; anywhere without one), a dotted line between them, a small number,
@@ -149,7 +149,14 @@ def lesion_calipers(image: np.ndarray, mask: np.ndarray | None, rng: np.random.G
     model's own size (which the reference model had learnt to ignore while real-size
     marks still changed 6-7 % of its calls, benchmarks/frames.py). Issue 20.
     `build_augment` draws it (draw_calipers_batch) before the geometric changes, on a
-    share `AugmentConfig.calipers` of the images."""
+    share `AugmentConfig.calipers` of the images.
+
+    `open_marks` (a model whose preprocessing opens thin marks, thin_marks "open"): the
+    image reaches training already opened, so marks drawn on it would reach the model
+    as the runtime never shows them. They are drawn at the opening's scale instead, twice
+    the input (the image brought up to it), opened there as the runtime opens a scan
+    (runtime.preprocessing.open_thin_marks) and brought down; pixels away from the marks
+    keep the image's own values."""
     h, w = image.shape[:2]
     scale = int(rng.integers(1, 6))
     canvas = np.zeros((h * scale, w * scale, 3), np.uint8)    # the marks' colour over black
@@ -166,9 +173,33 @@ def lesion_calipers(image: np.ndarray, mask: np.ndarray | None, rng: np.random.G
         draw = np.random.default_rng(seed)            # the same marks on both layers
         _draw_marks(layer, ink, [(up(a), up(b)) for a, b in ends], draw, size, thick, marker, scale,
                     extras, draw.random())
+    if open_marks:
+        return _opened_marks(image, canvas, alpha)
     small_alpha = cv2.resize(alpha, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)[..., None] / 255.0
     small_canvas = cv2.resize(canvas, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
     out = image.astype(np.float32) * (1.0 - small_alpha) + small_canvas
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _opened_marks(image: np.ndarray, canvas: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """The marks (colour `canvas` over `alpha`, any multiple of the image's size) drawn on
+    `image` at OPEN_SCALE x its size and opened there as the runtime opens a scan: the
+    image plus what the marks still change after the opening (the difference between
+    the opened scan with and without them, brought down), so that the tissue, already
+    opened once, is not opened again."""
+    from runtime.preprocessing import OPEN_SCALE, open_thin_marks
+
+    h, w = image.shape[:2]
+    mid = (OPEN_SCALE * w, OPEN_SCALE * h)
+    up = cv2.INTER_AREA if canvas.shape[0] >= OPEN_SCALE * h else cv2.INTER_LINEAR
+    a = cv2.resize(alpha, mid, interpolation=up).astype(np.float32)[..., None] / 255.0
+    ink = cv2.resize(canvas, mid, interpolation=up).astype(np.float32)
+    big = cv2.resize(image, mid, interpolation=cv2.INTER_LINEAR)
+    drawn = np.clip(np.round(big * (1.0 - a) + ink), 0, 255).astype(np.uint8)
+
+    def opened(x):
+        return cv2.resize(open_thin_marks(x, h), (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+    out = image.astype(np.float32) + opened(drawn) - opened(big)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
@@ -209,7 +240,7 @@ def _draw_marks(layer, ink, ends, rng, size, thick, marker, scale, extras, extra
 
 
 def draw_calipers_batch(images: np.ndarray, masks: np.ndarray, share: float, seed: np.ndarray,
-                        white_only: bool = False) -> np.ndarray:
+                        white_only: bool = False, open_marks: bool = False) -> np.ndarray:
     """`lesion_calipers` on a random `share` of a batch (N,H,W,3 float 0..255 and their
     N,H,W,1 lesion masks); for tf.numpy_function, so `seed` varies per call."""
     rng = np.random.default_rng(int(seed))
@@ -217,7 +248,7 @@ def draw_calipers_batch(images: np.ndarray, masks: np.ndarray, share: float, see
     for i in np.flatnonzero(rng.random(len(images)) < share):
         mask = masks[i, ..., 0] >= 0.5
         drawn = lesion_calipers(np.clip(images[i], 0, 255).astype(np.uint8), mask if mask.any() else None, rng,
-                                white_only=bool(white_only))
+                                white_only=bool(white_only), open_marks=bool(open_marks))
         out[i] = drawn.astype(np.float32)
     return out
 
@@ -277,9 +308,10 @@ def _gaussian_kernel(sigma: float = 1.2, radius: int = 2) -> np.ndarray:
     return np.tile(k2[:, :, None, None], (1, 1, 3, 1)).astype(np.float32)
 
 
-def build_augment(config: AugmentConfig, image_size: int, seed: int):
+def build_augment(config: AugmentConfig, image_size: int, seed: int, open_marks: bool = False):
     """A function (images (N,H,W,3) float 0..255, masks (N,H,W,1) float 0/1) -> the same,
-    augmented; masks follow every geometric change."""
+    augmented; masks follow every geometric change. `open_marks`: calipers are drawn as
+    a model whose preprocessing opens thin marks sees them (lesion_calipers)."""
     from train.tf_setup import keras, tf
 
     geometric = []
@@ -312,7 +344,8 @@ def build_augment(config: AugmentConfig, image_size: int, seed: int):
         n = tf.shape(images)[0]
         if config.calipers:   # drawn on the lesion first, then moved with it
             drawn = tf.numpy_function(draw_calipers_batch, [images, masks, tf.constant(config.calipers, tf.float64),
-                                                            tf.random.uniform([], 0, 2**31 - 1, dtype=tf.int64)],
+                                                            tf.random.uniform([], 0, 2**31 - 1, dtype=tf.int64),
+                                                            tf.constant(False), tf.constant(open_marks)],
                                       tf.float32, stateful=True)
             images = tf.ensure_shape(drawn, images.shape)
         if geo is not None:
@@ -387,10 +420,11 @@ class ScreenView:
         return cls() if kind == "any" else cls(calipers=0.8, white_calipers_only=True)
 
 
-def build_screen_view(view: ScreenView, image_size: int, seed: int):
+def build_screen_view(view: ScreenView, image_size: int, seed: int, open_marks: bool = False):
     """A function (images (N,H,W,3) float 0..255, masks (N,H,W,1) 0/1) -> the same scans
     as a screen shows them: calipers drawn on the lesion, the box a finder gives (a few
-    pixels off, black where it overshoots), then a fan. Masks follow the box."""
+    pixels off, black where it overshoots), then a fan. Masks follow the box.
+    `open_marks`: as in build_augment."""
     from train.tf_setup import tf
 
     fans = tf.constant(fan_bank(image_size, seed=seed + 7))
@@ -403,7 +437,8 @@ def build_screen_view(view: ScreenView, image_size: int, seed: int):
         if view.calipers:
             drawn = tf.numpy_function(draw_calipers_batch, [images, masks, tf.constant(view.calipers, tf.float64),
                                                             tf.random.uniform([], 0, 2**31 - 1, dtype=tf.int64),
-                                                            tf.constant(view.white_calipers_only)],
+                                                            tf.constant(view.white_calipers_only),
+                                                            tf.constant(open_marks)],
                                       tf.float32, stateful=True)
             images = tf.ensure_shape(drawn, images.shape)
         if view.box_jitter:

@@ -321,9 +321,10 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
     if training:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    aug = build_augment(augment or AugmentConfig(), spec.image_size, seed) if training else None
+    open_marks = spec.thin_marks == "open"    # drawn calipers reach the model as the runtime's opening leaves them
+    aug = build_augment(augment or AugmentConfig(), spec.image_size, seed, open_marks) if training else None
     mixup = (augment or AugmentConfig()).mixup if training else 0.0
-    screen = build_screen_view(pair.view, spec.image_size, seed) if pair is not None else None
+    screen = build_screen_view(pair.view, spec.image_size, seed, open_marks) if pair is not None else None
 
     def lesion_crop(x, m, crops, crop_masks, has):
         """Swap a share of the batch for one of each image's lesion crops."""
