@@ -110,6 +110,8 @@ class TrainConfig:
             raise ValueError("the mixup share must be in [0, 1]")
         if not 0.0 <= self.mixstyle <= 1.0:
             raise ValueError("the MixStyle probability must be in [0, 1]")
+        if self.mixstyle and not self.batch_norm and self.width == 1.0:   # keras.applications' VGG16 (train.model)
+            raise ValueError("--mixstyle needs the project's own VGG16 topology: --arch vgg16-bn or --width below 1")
         if self.consistency < 0:
             raise ValueError("the consistency loss weight must be >= 0")
         if not 0 <= self.average_from <= self.epochs:

@@ -61,8 +61,11 @@ def test_settings_are_checked_and_reach_the_config():
         TrainConfig(out="x", mixstyle=1.5)
     with pytest.raises(ValueError, match="own VGG16 topology"):
         ModelConfig(image_size=32, mixstyle=0.5)            # plain full-width VGG16 comes from keras.applications
+    with pytest.raises(ValueError, match="own VGG16 topology"):
+        TrainConfig(out="x", mixstyle=0.5)                  # refused before any image is read
+    assert TrainConfig(out="x", mixstyle=0.5, width=0.5).mixstyle == 0.5
     assert TrainConfig(out="x").mixstyle == 0.0
-    args = build_parser().parse_args(["train", "--out", "x", "--mixstyle", "0.5"])
+    args = build_parser().parse_args(["train", "--out", "x", "--arch", "vgg16-bn", "--mixstyle", "0.5"])
     assert train_config(args).mixstyle == 0.5
 
 
