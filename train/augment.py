@@ -191,9 +191,9 @@ def _opened_marks(image: np.ndarray, canvas: np.ndarray, alpha: np.ndarray) -> n
 
     h, w = image.shape[:2]
     mid = (OPEN_SCALE * w, OPEN_SCALE * h)
-    up = cv2.INTER_AREA if canvas.shape[0] >= OPEN_SCALE * h else cv2.INTER_LINEAR
-    a = cv2.resize(alpha, mid, interpolation=up).astype(np.float32)[..., None] / 255.0
-    ink = cv2.resize(canvas, mid, interpolation=up).astype(np.float32)
+    to_mid = cv2.INTER_AREA if canvas.shape[0] >= OPEN_SCALE * h else cv2.INTER_LINEAR   # down, or up
+    a = cv2.resize(alpha, mid, interpolation=to_mid).astype(np.float32)[..., None] / 255.0
+    ink = cv2.resize(canvas, mid, interpolation=to_mid).astype(np.float32)
     big = cv2.resize(image, mid, interpolation=cv2.INTER_LINEAR)
     drawn = np.clip(np.round(big * (1.0 - a) + ink), 0, 255).astype(np.uint8)
 

@@ -56,7 +56,7 @@ class ModelConfig:
             raise ValueError("ImageNet (.h5) weights fit only plain VGG16: use --arch vgg16 --width 1")
         if not 0.0 <= self.mixstyle <= 1.0:
             raise ValueError("the MixStyle probability must be in [0, 1]")
-        if self.mixstyle and self.uses_keras_applications:
+        if self.mixstyle and self.uses_keras_applications(self.batch_norm):
             raise ValueError("MixStyle needs the project's own VGG16 topology: use --arch vgg16-bn or --width below 1")
 
     @property
@@ -67,10 +67,11 @@ class ModelConfig:
     def uses_keras_vgg16_weights(self) -> bool:
         return self.weights == "imagenet" or self.weights.lower().endswith((".h5", ".hdf5"))
 
-    @property
-    def uses_keras_applications(self) -> bool:
-        """Built by keras.applications.VGG16 (ImageNet weights, or plain full-width VGG16)."""
-        return self.uses_keras_vgg16_weights or (self.width == 1.0 and not self.batch_norm and self.weights == "none")
+    def uses_keras_applications(self, batch_norm: bool) -> bool:
+        """Whether the conv base is keras.applications' VGG16 (ImageNet weights, or plain
+        full-width VGG16) rather than the project's own; `batch_norm` as it is built (the
+        saved inference model is built without, whatever the training model had)."""
+        return self.uses_keras_vgg16_weights or (self.width == 1.0 and not batch_norm and self.weights == "none")
 
     def filters(self) -> list[int]:
         """Filters of each conv layer, in order."""
@@ -176,7 +177,7 @@ def _he_initialise(model, seed: int) -> None:
 
 
 def _features(config: ModelConfig, inputs, batch_norm: bool):
-    if config.uses_keras_vgg16_weights or (config.width == 1.0 and not batch_norm and config.weights == "none"):
+    if config.uses_keras_applications(batch_norm):
         return _vgg16_base(config, inputs).output
     return _own_vgg16(config, inputs, batch_norm)
 
