@@ -311,6 +311,89 @@ def _cmd_train(args) -> int:
     return 0
 
 
+# ---- pretrain -----------------------------------------------------------------------
+
+def _pretrain(name: str) -> LibraryDefault:
+    return library("train.pretrain:ContrastiveConfig", name)
+
+
+# option dest -> TrainConfig field (what the images are and how they are read)
+_PRETRAIN_DATA_FIELDS = {"image_size": "image_size", "seed": "seed", "precision": "precision", "width": "width",
+                         "scan_region": "scan_region", "colour_marks": "colour_marks",
+                         "white_calipers": "white_calipers", "thin_marks": "thin_marks"}
+# option dest -> ContrastiveConfig field
+_PRETRAIN_FIELDS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate",
+                    "temperature": "temperature", "min_crop": "min_crop"}
+
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="self-supervised pretraining of the conv base on unlabelled scans "
+                                        "(contrastive, SimCLR), to start `bcd train --weights RUN` from")
+    _add_data_options(p, help_text="scans to learn from, read as `bcd train` reads them (their labels only feed a "
+                      "monitor); for an honest held-out-hospital estimate leave that hospital out")
+    p.add_argument("--out", type=Path, required=True, help="run directory to create")
+    p.add_argument("--image-size", type=int, default=_train("image_size"), help="input size (default %(default)s)")
+    p.add_argument("--arch", choices=ARCHS, default="vgg16-bn",
+                   help="as `bcd train --arch`; the fine-tuning run must use the same (default %(default)s)")
+    p.add_argument("--width", type=float, default=_train("width"),
+                   help="share of VGG16's filters per conv layer; the fine-tuning run must use the same "
+                        "(default %(default)s)")
+    p.add_argument("--epochs", type=int, default=_pretrain("epochs"), help="default %(default)s")
+    p.add_argument("--batch-size", type=int, default=_pretrain("batch_size"),
+                   help="scans per step, each seen as two views; the other scans of the batch are the contrast "
+                        "(default %(default)s)")
+    p.add_argument("--lr", type=float, default=_pretrain("learning_rate"),
+                   help="Adam learning rate, a half cosine down to 1 %% of it (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=_pretrain("temperature"),
+                   help="of the contrastive loss (default %(default)s)")
+    p.add_argument("--min-crop", type=float, default=_pretrain("min_crop"),
+                   help="smallest share of a scan's area that a view keeps (default %(default)s)")
+    p.add_argument("--colour-marks", choices=["inpaint", "keep"], default=_train("colour_marks"),
+                   help="as `bcd train`; a run fine-tuned from this one inherits it (default %(default)s)")
+    p.add_argument("--white-calipers", choices=["erase", "keep"], default=_train("white_calipers"),
+                   help="as `bcd train`; inherited likewise (default %(default)s)")
+    p.add_argument("--thin-marks", choices=["open", "keep"], default=_train("thin_marks"),
+                   help="as `bcd train`; inherited likewise (default %(default)s)")
+    p.add_argument("--scan-region", choices=["auto", "off"], default=_train("scan_region"),
+                   help="as `bcd train`; inherited likewise (default %(default)s)")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default=_train("precision"),
+                   help="as `bcd train` (default %(default)s)")
+    p.add_argument("--seed", type=int, default=_train("seed"), help="default %(default)s")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted pretraining in --out")
+    p.set_defaults(func=_cmd_pretrain)
+
+
+def pretrain_configs(args, sources=()):
+    """The (TrainConfig for the images, ContrastiveConfig) that `bcd pretrain` ARGS ask for."""
+    from train.config import TrainConfig
+    from train.pretrain import ContrastiveConfig, default_augment
+
+    options = given(args, _PRETRAIN_DATA_FIELDS)
+    if sources:
+        options["data"] = tuple({"path": str(s.path), "name": s.name,
+                               "mapping": s.mapping.to_dict() if s.mapping else None} for s in sources)
+    try:
+        return (TrainConfig(out=str(args.out), batch_norm=args.arch == "vgg16-bn", augment=default_augment(),
+                            **options),
+                ContrastiveConfig(**given(args, _PRETRAIN_FIELDS)))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _cmd_pretrain(args) -> int:
+    try:
+        from train.pretrain import LOG_NAME, pretrain
+    except ImportError as err:
+        raise _missing_extra("train", err)
+    data_config, config = pretrain_configs(args, _sources(args.data))
+    _setup_logging(args.out / LOG_NAME)
+    run = pretrain(data_config, config, resume=args.resume)
+    print(f"\npretrained conv base written to {run.root}: model.keras (its head untrained), history.json, plots/\n"
+          f"fine-tune it: bcd train --weights {run.root} --arch {args.arch} --width {data_config.width:g} "
+          f"--image-size {data_config.image_size} ...")
+    return 0
+
+
 # ---- slim --------------------------------------------------------------------------
 
 def _macs(text: str) -> float:
@@ -1058,8 +1141,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     # not required: a bare `bcd` prints the help instead of an argparse error
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_slim, _add_evaluate, _add_calibrate, _add_export, _add_predict, _add_report,
-                _add_demo, _add_benchmark, _add_pick, _add_localiser):
+    for add in (_add_train, _add_pretrain, _add_slim, _add_evaluate, _add_calibrate, _add_export, _add_predict,
+                _add_report, _add_demo, _add_benchmark, _add_pick, _add_localiser):
         add(sub)
     return parser
 

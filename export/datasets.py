@@ -13,7 +13,7 @@ from runtime.dataset import DataSource, LabelMap
 from runtime.preprocessing import PreprocessSpec
 from runtime.scan_region import RegionConfig
 from train.config import run_scan_region
-from train.run_dir import RunDir
+from train.run_dir import RunDir, unfinished
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,9 @@ def open_run(run_dir: str | Path) -> RunInfo:
     if not run.root.is_dir():
         raise FileNotFoundError(f"run directory not found: {run.root}")
     info = run.read_json(run.run_info)
-    if info.get("status") != "complete" or "threshold" not in info:
-        raise ValueError(f"{run.root} is not a finished run (no operating threshold yet): finish `bcd train` first")
+    reason = unfinished(run.root, info)
+    if reason:
+        raise ValueError(reason)
     if not run.model.is_file():
         raise FileNotFoundError(f"model file not found: {run.model}")
     split = run.read_json(run.split)

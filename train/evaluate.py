@@ -21,7 +21,7 @@ from train.config import run_scan_region
 from train.data import LoadedDataset, load_saved_split, load_sources, to_model_input
 from train.metrics import ThresholdPolicy, binary_metrics, choose_threshold, evaluate_predictions
 from train.plots import plot_roc_per_source, write_evaluation_plots
-from train.run_dir import RunDir
+from train.run_dir import RunDir, unfinished
 from runtime.host import DISCLAIMER
 
 log = logging.getLogger(__name__)
@@ -207,8 +207,9 @@ def _open_run(model_path: Path) -> tuple[RunDir, dict]:
     root = model_path if model_path.is_dir() else model_path.parent
     run = RunDir(root)
     info = run.read_json(run.run_info)
-    if info.get("status") != "complete" or "threshold" not in info:
-        raise ValueError(f"{root} is not a finished run (no operating threshold yet)")
+    reason = unfinished(root, info)
+    if reason:
+        raise ValueError(reason)
     return run, info
 
 

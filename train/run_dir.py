@@ -59,3 +59,15 @@ class RunDir:
         if not path.is_file():
             raise FileNotFoundError(f"{path.name} not found in {self.root}: is this a run directory from `bcd train`?")
         return json.loads(path.read_text())
+
+
+def unfinished(root: Path, info: dict) -> str | None:
+    """Why the run in `root` (its run.json `info`) cannot be evaluated, exported or
+    slimmed, or None when it is a finished, classifying run."""
+    if info.get("kind") == "pretrain":
+        return (f"{root} is a pretraining run (`bcd pretrain`): its head is untrained; fine-tune it first "
+                f"(bcd train --weights {root} ...)")
+    if info.get("status") != "complete" or "threshold" not in info:
+        return f"{root} is not a finished run (status {info.get('status')!r}, no operating threshold yet): " \
+               "finish `bcd train` first"
+    return None

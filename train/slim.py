@@ -28,7 +28,7 @@ from train.dedup import DedupConfig
 from train.evaluate import predict_probabilities
 from train.metrics import ThresholdPolicy, binary_metrics
 from train.model import with_lesion_cam, with_pair_output, without_lesion_cam
-from train.run_dir import RunDir
+from train.run_dir import RunDir, unfinished
 from train.tf_setup import keras
 
 log = logging.getLogger(__name__)
@@ -94,12 +94,14 @@ def open_parent(path: str | Path) -> tuple[RunDir, dict, dict]:
     run = RunDir(Path(path))
     if not run.root.is_dir():
         raise NotARun(f"{run.root}: no such run directory")
-    for needed in (run.run_info, run.split, run.model):
-        if not needed.is_file():
-            raise NotARun(f"{run.root} is not a run directory from `bcd train`: {needed.name} is missing")
-    info = run.read_json(run.run_info)
-    if info.get("status") != "complete" or "threshold" not in info:
-        raise NotARun(f"{run.root} is not a finished run (status {info.get('status')!r}); finish its training first")
+    info = run.read_json(run.run_info) if run.run_info.is_file() else {}
+    if info.get("kind") != "pretrain":      # a pretraining run has no split: told below what it is for
+        for needed in (run.run_info, run.split, run.model):
+            if not needed.is_file():
+                raise NotARun(f"{run.root} is not a run directory from `bcd train`: {needed.name} is missing")
+    reason = unfinished(run.root, info)
+    if reason:
+        raise NotARun(reason)
     return run, info, run.read_json(run.split)
 
 

@@ -188,16 +188,17 @@ class WeightAveraging:
                  state["best_epoch"], state["best_val_auc"])
 
 
-def prepare_run_dir(run: RunDir, resume: bool, writes: bool = True) -> None:
-    """Check (and for the writer create) the run directory. A non-chief worker only
-    checks that there is something to resume: the chief may be creating the folder."""
+def prepare_run_dir(run: RunDir, resume: bool, writes: bool = True, log_name: str = LOG_NAME) -> None:
+    """Check (and for the writer create) the run directory; its log (`log_name`, opened
+    before) may be there already. A non-chief worker only checks that there is something
+    to resume: the chief may be creating the folder."""
     if resume:
         if not run.state.is_file():
             raise RunExists(f"nothing to resume in {run.root}: no checkpoint/state.json")
         return
     if not writes:
         return
-    if run.root.exists() and any(p.name != LOG_NAME for p in run.root.iterdir()):
+    if run.root.exists() and any(p.name != log_name for p in run.root.iterdir()):
         raise RunExists(
             f"{run.root} already holds files; use --resume to continue that run or choose another --out"
         )
