@@ -314,7 +314,7 @@ def _cmd_train(args) -> int:
 # ---- pretrain -----------------------------------------------------------------------
 
 def _pretrain(name: str) -> LibraryDefault:
-    return library("train.pretrain:ContrastiveConfig", name)
+    return library("train.config:ContrastiveConfig", name)
 
 
 # option dest -> TrainConfig field (what the images are and how they are read)
@@ -366,15 +366,18 @@ def _add_pretrain(sub) -> None:
 def pretrain_configs(args, sources=()):
     """The (TrainConfig for the images, ContrastiveConfig) that `bcd pretrain` ARGS ask for."""
     from train.config import TrainConfig
-    from train.pretrain import ContrastiveConfig, default_augment
+    from train.augment import AugmentConfig
+    from train.config import ContrastiveConfig
 
     options = given(args, _PRETRAIN_DATA_FIELDS)
     if sources:
         options["data"] = tuple({"path": str(s.path), "name": s.name,
                                "mapping": s.mapping.to_dict() if s.mapping else None} for s in sources)
     try:
-        return (TrainConfig(out=str(args.out), batch_norm=args.arch == "vgg16-bn", augment=default_augment(),
-                            **options),
+        # the views' augmentation: the scanner preset, so that the features learn to ignore what a
+        # scanner's screen adds (fans, calipers, marks) and what differs between sites (gain, speckle, blur)
+        return (TrainConfig(out=str(args.out), batch_norm=args.arch == "vgg16-bn",
+                            augment=AugmentConfig.preset("scanner"), **options),
                 ContrastiveConfig(**given(args, _PRETRAIN_FIELDS)))
     except ValueError as err:
         raise UsageError(str(err)) from None

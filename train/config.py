@@ -173,6 +173,27 @@ class TrainConfig:
                          "bootstrap_resamples", "strategy")
 
 
+@dataclass(frozen=True)
+class ContrastiveConfig:
+    """`bcd pretrain`'s own settings (train.pretrain); the images and how they are read
+    come from a TrainConfig."""
+
+    epochs: int = 30
+    batch_size: int = 64          # scans per step; each gives two views (2x the images per step)
+    learning_rate: float = 1e-3   # Adam, a half cosine down to 1 % of it over the epochs
+    temperature: float = 0.2      # NT-Xent: lower sharpens the contrast between neighbours
+    projection_units: int = 128   # the projection head's output (discarded after pretraining)
+    min_crop: float = 0.35        # smallest share of the scan's area a view keeps
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("pretraining needs at least 1 epoch and 2 scans per batch (the others are the contrast)")
+        if self.temperature <= 0 or self.learning_rate <= 0:
+            raise ValueError("the temperature and the learning rate must be > 0")
+        if not 0.05 <= self.min_crop <= 1.0:
+            raise ValueError("the smallest crop must be between 0.05 and 1 of the scan's area")
+
+
 def _as_sources(data) -> tuple:
     """Normalise `data` to a tuple of source dicts {"path", "name", "mapping"}."""
     items = [data] if isinstance(data, (str, dict, os.PathLike)) else list(data)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from runtime import atomic
 from runtime.host import tool_record
 from runtime.preprocessing import PreprocessSpec, normalize
 from train.augment import AugmentConfig, build_augment
-from train.config import TrainConfig
+from train.config import ContrastiveConfig, TrainConfig
 from train.model import ModelConfig, build_model, inference_model
 from train.precision import apply_precision, resolve_precision
 from train.run_dir import RunDir
@@ -46,24 +46,6 @@ LOG_NAME = "pretrain.log"
 KIND = "pretrain"
 PROBE_IMAGES = 600        # scans whose features the per-epoch kNN monitor reads
 PROBE_NEIGHBOURS = 20
-
-
-@dataclass(frozen=True)
-class ContrastiveConfig:
-    epochs: int = 30
-    batch_size: int = 64          # scans per step; each gives two views (2x the images per step)
-    learning_rate: float = 1e-3   # Adam, a half cosine down to 1 % of it over the epochs
-    temperature: float = 0.2      # NT-Xent: lower sharpens the contrast between neighbours
-    projection_units: int = 128   # the projection head's output (discarded after pretraining)
-    min_crop: float = 0.35        # smallest share of the scan's area a view keeps
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("pretraining needs at least 1 epoch and 2 scans per batch (the others are the contrast)")
-        if self.temperature <= 0 or self.learning_rate <= 0:
-            raise ValueError("the temperature and the learning rate must be > 0")
-        if not 0.05 <= self.min_crop <= 1.0:
-            raise ValueError("the smallest crop must be between 0.05 and 1 of the scan's area")
 
 
 def nt_xent(z, temperature: float):
@@ -265,9 +247,3 @@ def _plot(history: dict, path: Path) -> None:
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
-
-
-def default_augment() -> AugmentConfig:
-    """The views' augmentation: the scanner preset (fans, calipers, marks, gain, speckle,
-    blur), so that the features learn to ignore what a scanner's screen adds."""
-    return replace(AugmentConfig.preset("scanner"))
