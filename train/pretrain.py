@@ -180,7 +180,8 @@ def _weights_path(run: RunDir) -> Path:
 
 def pretrain(data_config: TrainConfig, config: ContrastiveConfig, resume: bool = False) -> RunDir:
     """Pretrain the conv base that `data_config` (data, input settings, image size,
-    architecture, width, seed, precision) describes on its images; return the run."""
+    architecture, width, seed, precision) describes on its images; return the run. Its
+    `augment` makes the views after their crop (`bcd pretrain`: the scanner preset)."""
     from train.trainer import _load_data, prepare_run_dir, _sample
 
     run = RunDir(Path(data_config.out))
