@@ -89,6 +89,12 @@ def _sources(items, labels=None, single: str | None = None):
 
 
 
+def _source_dicts(sources) -> tuple:
+    """DataSource objects as the config's `data` holds them (saved in run.json)."""
+    return tuple({"path": str(s.path), "name": s.name, "mapping": s.mapping.to_dict() if s.mapping else None}
+                 for s in sources)
+
+
 def _add_backend(p, prefix: str = "") -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help=prefix + "inference engine (default auto: OpenVINO for an .onnx variant when it is installed, "
@@ -279,8 +285,7 @@ def train_config(args, sources=(), labels=None):
     if labels is not None:
         options["class_labels"] = labels.to_dict()
     if sources:
-        options["data"] = tuple({"path": str(s.path), "name": s.name,
-                               "mapping": s.mapping.to_dict() if s.mapping else None} for s in sources)
+        options["data"] = _source_dicts(sources)
     try:
         return TrainConfig(out=str(args.out), **options)
     except ValueError as err:
@@ -371,8 +376,7 @@ def pretrain_configs(args, sources=()):
 
     options = given(args, _PRETRAIN_DATA_FIELDS)
     if sources:
-        options["data"] = tuple({"path": str(s.path), "name": s.name,
-                               "mapping": s.mapping.to_dict() if s.mapping else None} for s in sources)
+        options["data"] = _source_dicts(sources)
     try:
         # the views' augmentation: the scanner preset, so that the features learn to ignore what a
         # scanner's screen adds (fans, calipers, marks) and what differs between sites (gain, speckle, blur)
