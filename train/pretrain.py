@@ -37,13 +37,12 @@ from train.augment import AugmentConfig, build_augment
 from train.config import ContrastiveConfig, TrainConfig
 from train.model import ModelConfig, build_model, inference_model
 from train.precision import apply_precision, resolve_precision
-from train.run_dir import RunDir
+from train.run_dir import PRETRAIN_KIND, RunDir
 from train.tf_setup import keras, tf
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "pretrain.log"
-KIND = "pretrain"
 PROBE_IMAGES = 600        # scans whose features the per-epoch kNN monitor reads
 PROBE_NEIGHBOURS = 20
 
@@ -182,12 +181,12 @@ def pretrain(data_config: TrainConfig, config: ContrastiveConfig, resume: bool =
     """Pretrain the conv base that `data_config` (data, input settings, image size,
     architecture, width, seed, precision) describes on its images; return the run. Its
     `augment` makes the views after their crop (`bcd pretrain`: the scanner preset)."""
-    from train.trainer import _load_data, prepare_run_dir, _sample
+    from train.trainer import load_data, prepare_run_dir     # the images read as `bcd train` reads them
 
     run = RunDir(Path(data_config.out))
     prepare_run_dir(run, resume, log_name=LOG_NAME)
     spec = PreprocessSpec(image_size=data_config.image_size, thin_marks=data_config.thin_marks)
-    data = _load_data(data_config, run, spec)
+    data = load_data(data_config, run, spec)
     if len(data.labels) < config.batch_size:
         raise ValueError(f"{len(data.labels)} images, fewer than one batch of {config.batch_size}: "
                          "give more images or a smaller --batch-size")
@@ -204,7 +203,7 @@ def pretrain(data_config: TrainConfig, config: ContrastiveConfig, resume: bool =
     if state["epochs_done"]:
         model.load_weights(str(_weights_path(run)))
         log.info("resuming after epoch %d (the optimizer's moments restart)", state["epochs_done"])
-    info = {"tool": tool_record(), "kind": KIND, "status": "pretraining", "config": data_config.to_dict(),
+    info = {"tool": tool_record(), "kind": PRETRAIN_KIND, "status": "pretraining", "config": data_config.to_dict(),
             "pretrain": asdict(config), "preprocessing": spec.to_dict(), "scan_region": data_config.region.to_dict(),
             "model": {**model_info, "precision": {"requested": data_config.precision, "used": precision},
                       "head": "untrained: `bcd train --weights` this run to train it"},

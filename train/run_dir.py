@@ -61,10 +61,13 @@ class RunDir:
         return json.loads(path.read_text())
 
 
+PRETRAIN_KIND = "pretrain"     # run.json "kind" of a `bcd pretrain` run (train.pretrain)
+
+
 def unfinished(root: Path, info: dict) -> str | None:
     """Why the run in `root` (its run.json `info`) cannot be evaluated, exported or
     slimmed, or None when it is a finished, classifying run."""
-    if info.get("kind") == "pretrain":
+    if info.get("kind") == PRETRAIN_KIND:
         return (f"{root} is a pretraining run (`bcd pretrain`): its head is untrained; fine-tune it first "
                 f"(bcd train --weights {root} ...)")
     if info.get("status") != "complete" or "threshold" not in info:

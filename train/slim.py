@@ -28,7 +28,7 @@ from train.dedup import DedupConfig
 from train.evaluate import predict_probabilities
 from train.metrics import ThresholdPolicy, binary_metrics
 from train.model import with_lesion_cam, with_pair_output, without_lesion_cam
-from train.run_dir import RunDir, unfinished
+from train.run_dir import PRETRAIN_KIND, RunDir, unfinished
 from train.tf_setup import keras
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def open_parent(path: str | Path) -> tuple[RunDir, dict, dict]:
     if not run.root.is_dir():
         raise NotARun(f"{run.root}: no such run directory")
     info = run.read_json(run.run_info) if run.run_info.is_file() else {}
-    if info.get("kind") != "pretrain":      # a pretraining run has no split: told below what it is for
+    if info.get("kind") != PRETRAIN_KIND:      # a pretraining run has no split: told below what it is for
         for needed in (run.run_info, run.split, run.model):
             if not needed.is_file():
                 raise NotARun(f"{run.root} is not a run directory from `bcd train`: {needed.name} is missing")

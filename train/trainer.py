@@ -235,7 +235,8 @@ def data_sources(config: TrainConfig) -> list[DataSource]:
     return sources
 
 
-def _load_data(config: TrainConfig, run: RunDir, spec: PreprocessSpec) -> LoadedDataset:
+def load_data(config: TrainConfig, run: RunDir, spec: PreprocessSpec) -> LoadedDataset:
+    """The images `config.data` names (none: the built-in synthetic set, written into the run)."""
     if config.data is None:
         from train.synthetic import write_synthetic_dataset
         root = write_synthetic_dataset(run.root / "synthetic-data")
@@ -540,7 +541,7 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
     spec = PreprocessSpec(image_size=config.image_size, thin_marks=config.thin_marks)
     if not resume:
         warn_input_changes(config)
-    data = _load_data(config, run, spec)
+    data = load_data(config, run, spec)
     split = _split(config, run, data, resume, saved=out)
     digest = split_sha256(data.keys(), data.labels, split)
     if resume and out.read_json(out.run_info).get("split_sha256") not in (None, digest):

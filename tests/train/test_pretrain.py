@@ -72,8 +72,10 @@ def test_pretrain_then_fine_tune_from_it(tmp_path, capsys):
     assert (pre / "plots" / "pretrain_curves.png").stat().st_size > 1000
     capsys.readouterr()
 
-    assert main(["evaluate", str(pre)]) == 2
-    assert "pretraining run" in capsys.readouterr().err
+    for refused in (["evaluate", str(pre)], ["export", str(pre), "--out", str(tmp_path / "x")],
+                    ["slim", str(pre), "--out", str(tmp_path / "s")]):
+        assert main(refused) == 2
+        assert "pretraining run" in capsys.readouterr().err
 
     assert main(["train", "--out", str(fine), "--weights", str(pre), "--arch", "vgg16-bn", *small,
                  "--epochs", "1", "--head-epochs", "0"]) == 0
