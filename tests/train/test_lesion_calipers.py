@@ -91,15 +91,17 @@ def test_training_draws_opened_calipers_when_the_preprocessing_opens_thin_marks(
     from runtime.preprocessing import PreprocessSpec
     from train.augment import AugmentConfig
     from train.data import LesionTargets, make_tf_dataset
+    from train.tf_setup import tf
     image, mask = _opened_scan()
     images, masks = np.stack([image] * 8), np.stack([mask] * 8).astype(np.uint8)
     still = AugmentConfig(flip=False, rotation_degrees=0, zoom=0, brightness=0, contrast=0, calipers=1.0)
     change = {}
     for thin in ("keep", "open"):
+        tf.random.set_seed(3)      # the same calipers in both: the difference is the opening's alone
         spec = PreprocessSpec(image_size=64, thin_marks=thin)
         ds = make_tf_dataset(images, np.zeros(8), spec, 8, True, seed=1, augment=still,
                              lesion=LesionTargets(masks, np.ones(8, bool), {0: 1.0, 1: 1.0}))
         x = next(iter(ds))[0].numpy() + np.array(spec.mean, np.float32)
         change[thin] = float(np.abs(x - images).sum())
-    # with texts, arrows and bold strokes, which stay, about a fifth goes
+    # with texts, arrows and bold strokes, which stay, not all goes (about half with these calipers)
     assert 0 < change["open"] < 0.9 * change["keep"]
