@@ -370,9 +370,8 @@ def _add_pretrain(sub) -> None:
 
 def pretrain_configs(args, sources=()):
     """The (TrainConfig for the images, ContrastiveConfig) that `bcd pretrain` ARGS ask for."""
-    from train.config import TrainConfig
     from train.augment import AugmentConfig
-    from train.config import ContrastiveConfig
+    from train.config import ContrastiveConfig, TrainConfig
 
     options = given(args, _PRETRAIN_DATA_FIELDS)
     if sources:

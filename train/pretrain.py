@@ -36,6 +36,7 @@ from runtime.preprocessing import PreprocessSpec, normalize
 from train.augment import AugmentConfig, build_augment
 from train.config import ContrastiveConfig, TrainConfig
 from train.model import ModelConfig, build_model, inference_model
+from train.plots import plot_history
 from train.precision import apply_precision, resolve_precision
 from train.run_dir import PRETRAIN_KIND, RunDir
 from train.tf_setup import keras, tf
@@ -45,6 +46,10 @@ log = logging.getLogger(__name__)
 LOG_NAME = "pretrain.log"
 PROBE_IMAGES = 600        # scans whose features the per-epoch kNN monitor reads
 PROBE_NEIGHBOURS = 20
+# The TrainConfig fields a pretraining uses (its images, how they are read, the model's shape);
+# run.json records these only, so that none of bcd train's schedule seems to apply
+DATA_FIELDS = ("data", "class_labels", "dedup_max_distance", "image_size", "batch_norm", "width", "seed",
+               "precision", "augment", "scan_region", "colour_marks", "white_calipers", "thin_marks")
 
 
 def nt_xent(z, temperature: float):
@@ -198,12 +203,12 @@ def pretrain(data_config: TrainConfig, config: ContrastiveConfig, resume: bool =
     model = Contrastive(classifier, config)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     model(tf.zeros([2, data_config.image_size, data_config.image_size, 3]))    # builds the projection head
-    state = run.read_json(run.state) if resume and run.state.is_file() else {
-        "epochs_done": 0, "history": {}, "elapsed_seconds": 0.0}
+    state = run.read_json(run.state) if resume else {"epochs_done": 0, "history": {}, "elapsed_seconds": 0.0}
     if state["epochs_done"]:
         model.load_weights(str(_weights_path(run)))
         log.info("resuming after epoch %d (the optimizer's moments restart)", state["epochs_done"])
-    info = {"tool": tool_record(), "kind": PRETRAIN_KIND, "status": "pretraining", "config": data_config.to_dict(),
+    used = {k: v for k, v in data_config.to_dict().items() if k in DATA_FIELDS}
+    info = {"tool": tool_record(), "kind": PRETRAIN_KIND, "status": "pretraining", "config": used,
             "pretrain": asdict(config), "preprocessing": spec.to_dict(), "scan_region": data_config.region.to_dict(),
             "model": {**model_info, "precision": {"requested": data_config.precision, "used": precision},
                       "head": "untrained: `bcd train --weights` this run to train it"},
@@ -220,7 +225,9 @@ def pretrain(data_config: TrainConfig, config: ContrastiveConfig, resume: bool =
                   callbacks=[PretrainCheckpoint(run, state, config, probe)], verbose=2)
     apply_precision("float32")
     atomic.write_json(run.history, state["history"])
-    _plot(state["history"], run.plots / "pretrain_curves.png")
+    plot_history(state["history"], run.plots / "pretrain_curves.png",
+                 title=f"Contrastive pretraining: NT-Xent loss, and the kNN ({PROBE_NEIGHBOURS}) AUC of the features "
+                       "(a monitor only)")
     keras_model = inference_model(classifier, model_config)
     with atomic.atomic_path(run.model) as tmp:
         keras_model.save(tmp)
@@ -229,21 +236,3 @@ def pretrain(data_config: TrainConfig, config: ContrastiveConfig, resume: bool =
                 final={"loss": state["history"]["loss"][-1], "knn_auc": state["history"]["knn_auc"][-1]})
     atomic.write_json(run.run_info, info)
     return run
-
-
-def _plot(history: dict, path: Path) -> None:
-    """The contrastive loss and the kNN monitor by epoch, side by side."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = np.arange(1, len(history["loss"]) + 1)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
-    left.plot(epochs, history["loss"], marker="o")
-    left.set(xlabel="epoch", ylabel="NT-Xent loss", title="contrastive loss")
-    right.plot(epochs, history["knn_auc"], marker="o", color="#c0392b")
-    right.set(xlabel="epoch", ylabel="AUC", title=f"kNN ({PROBE_NEIGHBOURS}) AUC of the features (monitor only)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)

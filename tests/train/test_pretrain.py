@@ -67,6 +67,7 @@ def test_pretrain_then_fine_tune_from_it(tmp_path, capsys):
                  "--thin-marks", "open", "--resume"]) == 0
     info = json.loads((pre / "run.json").read_text())
     assert info["kind"] == "pretrain" and info["status"] == "complete" and info["epochs_trained"] == 2
+    assert info["config"]["width"] == 0.125 and "epochs" not in info["config"]   # bcd train's schedule: not used
     history = json.loads((pre / "history.json").read_text())
     assert len(history["loss"]) == 2 and all(0.0 <= a <= 1.0 for a in history["knn_auc"])
     assert (pre / "plots" / "pretrain_curves.png").stat().st_size > 1000
