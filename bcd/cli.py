@@ -138,6 +138,7 @@ _TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "wei
                  "scan_region": "scan_region", "birads_weight": "birads_weight", "lr_schedule": "lr_schedule",
                  "roi_share": "roi_share", "colour_marks": "colour_marks", "white_calipers": "white_calipers",
                  "pair_calipers": "pair_calipers", "lesion_free_share": "lesion_free_share",
+                 "lesion_free_kind": "lesion_free_kind",
                  "thin_marks": "thin_marks", "mixstyle": "mixstyle",
                  "consistency": "consistency",
                  "head_epochs": "head_epochs", "average_from": "average_from"}
@@ -200,6 +201,10 @@ def _add_train(sub) -> None:
                    help="share of the lesion images (those not shown as a lesion crop) shown, each time, as a crop "
                         "of their tissue clear of the lesion, labelled benign, so that the model also learns "
                         "scans with nothing in them, e.g. 0.25 (default %(default)s: off)")
+    p.add_argument("--lesion-free-kind", choices=("crop", "erased"), default=_train("lesion_free_kind"),
+                   help="what --lesion-free-share shows: crop, a crop of the tissue beside the lesion; erased, the "
+                        "whole scan with its lesion replaced by the tissue beside it at the same depth "
+                        "(default %(default)s)")
     p.add_argument("--mixstyle", type=float, metavar="P", default=_train("mixstyle"),
                    help="> 0: MixStyle in training, on a share P of the batches (e.g. 0.5): after VGG16's blocks 1-3 "
                         "each image's feature statistics are mixed with another image's, so that the model meets "

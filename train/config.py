@@ -19,6 +19,8 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 LR_SCRATCH = {"plain": 3e-4, "batch_norm": 1e-3}
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")   # see train.distribute
 SCAN_REGIONS = ("auto", "off")
+# What a lesion-free sample is (train.roi_samples kinds "free" and "erased")
+LESION_FREE_KINDS = {"crop": "free", "erased": "erased"}
 # What a run.json from before a setting existed meant: such runs load (and resume) as
 # they were trained. Before the scan-region finder, images were never cropped.
 LEGACY_DEFAULTS = {"scan_region": "off", "colour_marks": "keep", "white_calipers": "keep", "pair_calipers": "any",
@@ -62,6 +64,8 @@ class TrainConfig:
     roi_crops: int = 2               # crops cached per lesion image, drawn like a clinician's box
     lesion_free_share: float = 0.0   # share of the other lesion images shown as a lesion-free crop of
                                      # their tissue, labelled benign (train.roi_samples, kind "free")
+    lesion_free_kind: str = "crop"   # crop: a crop beside the lesion; erased: the whole scan with the
+                                     # lesion replaced by tissue at its depth (kind "erased")
     consistency: float = 0.0         # > 0: each batch also as a scanner's screen shows it (fan, calipers,
                                      # the finder's box a few px off) and a loss with this weight on the
                                      # difference between the views' probabilities (train.augment.ScreenView)
@@ -104,6 +108,9 @@ class TrainConfig:
             raise ValueError("the lesion-crop share must be in [0, 1] and at least one crop is kept per lesion")
         if not 0.0 <= self.lesion_free_share <= 1.0:
             raise ValueError("the lesion-free crop share must be in [0, 1]")
+        if self.lesion_free_kind not in LESION_FREE_KINDS:
+            raise ValueError(f"the lesion-free kind must be one of {', '.join(LESION_FREE_KINDS)}, "
+                             f"got {self.lesion_free_kind!r}")
         if self.birads_weight < 0:
             raise ValueError("the BI-RADS loss weight must be >= 0")
         if not 0.0 <= self.augment.mixup <= 1.0:

@@ -18,7 +18,9 @@ The same images also give lesion-free crops (kind "free", TrainConfig.lesion_fre
 a box of tissue beside the lesion, clear of it by a margin, shown as a benign sample. A
 model trained on BUS-BRA alone (which has no lesion-free scans) scored BUSI's normal scans
 as more suspicious than its benign lesions (docs/results.md); these crops show it tissue
-with nothing in it.
+with nothing in it. Kind "erased" shows instead the whole scan with its lesion replaced by
+tissue from beside it at the same depth (`erase_lesion`): a whole scan with nothing in it,
+which is what a normal scan is, where a crop is a zoomed patch.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import logging
 import zlib
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from runtime.dataset import read_source
@@ -47,9 +50,17 @@ MIN_LESION_PIXELS = 20
 FREE_MARGIN, FREE_MARGIN_PX = 0.15, 4
 FREE_MIN_SIDE = 0.3
 FREE_ASPECT = (0.6, 1.6)
+# An erased lesion's patch covers the mask grown by this share of the lesion's box side
+# (at least a few pixels: the halo a mask leaves out), and fades into the scan beyond it.
+ERASE_GROW, ERASE_GROW_PX = 0.1, 4
+ERASE_CHOICES = 3      # the patch is one of the shifts whose copy best continues the tissue
 KINDS = {"lesion": "clinician 10-40 % margin, 10 % jitter",
          "free": f"lesion-free: margin {FREE_MARGIN} + {FREE_MARGIN_PX} px, sides >= {FREE_MIN_SIDE}, "
-                 f"aspect {FREE_ASPECT}"}
+                 f"aspect {FREE_ASPECT}",
+         "erased": f"whole scan, lesion replaced by tissue at its depth (mirrored at the edges): grown "
+                   f"{ERASE_GROW} + {ERASE_GROW_PX} px, feathered, of the near shifts one of the {ERASE_CHOICES} best-matching"}
+
+KIND_NAMES = {"lesion": "lesion-centred crops", "free": "lesion-free crops", "erased": "scans with the lesion erased"}
 
 
 @dataclass
@@ -83,23 +94,73 @@ def lesion_free_box(lesion: Box, width: int, height: int, rng: np.random.Generat
     return Box(bx + int(rng.integers(0, bw - crop_w + 1)), by + int(rng.integers(0, bh - crop_h + 1)), crop_w, crop_h)
 
 
+def erase_lesion(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """The scan (HxWx3 uint8) with its lesion (mask HxW, nonzero inside) replaced by the
+    tissue beside it at the same depth, or None where there is no such tissue.
+
+    The grown lesion, feathered, is filled from the same rows shifted sideways: speckle
+    and brightness change with depth, not across, so a sideways copy looks like the scan.
+    The scan is mirrored at its left and right edges first, so that a lesion as wide as
+    half the scan still has tissue beside it. Of the shifts that copy none of the lesion and
+    lie within a quarter of the scan's width of the nearest such, one of the few whose
+    copy best continues the tissue around the lesion (the feathered ring, where both
+    show) is taken: that keeps rulers, marks and a fan's black corners out of the patch
+    where it can. A smooth inpainting instead would teach the model that a smear is
+    benign."""
+    lesion = mask_box(mask > 0)
+    h, w = mask.shape[:2]
+    grow = max(ERASE_GROW_PX, int(ERASE_GROW * max(lesion.width, lesion.height)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
+    core = cv2.dilate((mask > 0).astype(np.uint8), kernel)
+    alpha = np.maximum(cv2.GaussianBlur(core.astype(np.float32), (0, 0), grow / 2), core)
+    ys, xs = np.nonzero(alpha > 0.01)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    a = alpha[y0:y1, x0:x1]
+    support, ring = a > 0.01, (a > 0.01) & (core[y0:y1, x0:x1] == 0)
+    mirrored = cv2.copyMakeBorder(image, 0, 0, w, w, cv2.BORDER_REFLECT_101)[y0:y1]
+    taken = cv2.copyMakeBorder(core, 0, 0, w, w, cv2.BORDER_REFLECT_101)[y0:y1]
+    grey = mirrored.mean(axis=2, dtype=np.float32)
+    around = image[y0:y1, x0:x1].mean(axis=2, dtype=np.float32)[ring]
+    step = max(1, w // 200)              # shifts a few pixels apart differ little
+    costs = {dx: float(np.abs(grey[:, x0 + w + dx:x1 + w + dx][ring] - around).mean())
+             for dx in range(-x0 - w, 2 * w - x1 + 1, step)
+             if not (taken[:, x0 + w + dx:x1 + w + dx] & support).any()}
+    if not costs:
+        return None
+    nearest = min(abs(dx) for dx in costs)       # tissue nearby looks most like the lesion's place
+    near = [dx for dx in costs if abs(dx) <= nearest + w // 4]
+    best = sorted(near, key=costs.get)[:ERASE_CHOICES]
+    dx = best[rng.integers(len(best))]
+    source = mirrored[:, x0 + w + dx:x1 + w + dx].astype(np.float32)
+    out = image.astype(np.float32)
+    out[y0:y1, x0:x1] = a[..., None] * source + (1 - a[..., None]) * out[y0:y1, x0:x1]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def crops_of_image(image: np.ndarray, mask: np.ndarray, spec: PreprocessSpec, crops: int,
                    rng: np.random.Generator, kind: str = "lesion") -> tuple[np.ndarray, np.ndarray] | None:
     """`crops` crops of one scan region (image HxWx3, mask HxW) resized to the model input:
-    clinician-like boxes around the lesion (kind "lesion") or lesion-free boxes beside it
-    ("free"). None without a lesion, or without room beside it for a lesion-free box."""
+    clinician-like boxes around the lesion (kind "lesion"), lesion-free boxes beside it
+    ("free"), or the whole scan with the lesion erased, each from its own place ("erased").
+    None without a lesion, or without room beside it for a lesion-free box or tissue to
+    erase it with."""
     from train.data import _mask_to_input        # one mask resize for whole images and crops
     lesion = mask_box(mask > 0) if np.count_nonzero(mask) >= MIN_LESION_PIXELS else None
     if lesion is None:
         return None
     h, w = mask.shape[:2]
+    size = (spec.image_size, spec.image_size)
+    if kind == "erased":
+        erased = [erase_lesion(image, mask, rng) for _ in range(crops)]
+        if erased[0] is None:
+            return None
+        return np.stack([resize(e, spec) for e in erased]), np.zeros((crops, *size), np.uint8)
     if kind == "free":
         boxes = [lesion_free_box(lesion, w, h, rng) for _ in range(crops)]
         if any(b is None for b in boxes):
             return None
     else:
         boxes = [clinician_box(lesion, w, h, rng) for _ in range(crops)]
-    size = (spec.image_size, spec.image_size)
     return (np.stack([resize(b.crop(image), spec) for b in boxes]),
             np.stack([_mask_to_input(b.crop(mask), size) for b in boxes]))
 
@@ -116,7 +177,7 @@ def _source_crops(source, spec: PreprocessSpec, crops: int, region: RegionConfig
         return {r: (i, m) for r, i, m in zip(cached["relative"].tolist(), cached["images"], cached["masks"])}
     out = {}
     with_masks = [s for s in scan.labelled if s.mask is not None]
-    progress = Progress(len(with_masks), f"{'lesion-free' if kind == 'free' else 'lesion'} crops of {source.name}")
+    progress = Progress(len(with_masks), f"{KIND_NAMES[kind]} of {source.name}")
     for i, sample in enumerate(with_masks, 1):
         try:
             image, mask = read_sample(sample.path, sample.mask, region, max_pixels)
@@ -155,6 +216,5 @@ def load_roi_crops(data, spec: PreprocessSpec, crops: int, region: RegionConfig,
             found = made.get(data.relative_paths[i])
             if found is not None:
                 images[i], masks[i], has[i] = found[0], found[1], True
-    log.info("%s crops: %d images x %d crops", "lesion-free" if kind == "free" else "lesion-centred",
-             int(has.sum()), crops)
+    log.info("%s: %d images x %d", KIND_NAMES[kind], int(has.sum()), crops)
     return RoiCrops(images, masks, has)

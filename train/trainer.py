@@ -21,7 +21,7 @@ from runtime.dataset import CsvMapping, DataSource, LabelMap
 from runtime.host import tool_record
 from runtime.preprocessing import PreprocessSpec
 from train import evaluate
-from train.config import LEGACY_DEFAULTS, TrainConfig, parent_input_settings
+from train.config import LEGACY_DEFAULTS, LESION_FREE_KINDS, TrainConfig, parent_input_settings
 from train.cost import model_cost
 from train.augment import ScreenView
 from train.data import (BIRADS_CUTS, PAIR_OUTPUT, BiradsTargets, LesionTargets, LoadedDataset, PairViews,
@@ -607,11 +607,12 @@ def lesion_crops(config: TrainConfig, data: LoadedDataset, spec: PreprocessSpec)
 
 
 def lesion_free_crops(config: TrainConfig, data: LoadedDataset, spec: PreprocessSpec):
-    """The lesion-free crops the recipe asks for (None with lesion_free_share 0)."""
+    """The lesion-free samples the recipe asks for (None with lesion_free_share 0): crops
+    beside the lesion, or the whole scans with the lesion erased."""
     if config.lesion_free_share <= 0:
         return None
     from train.roi_samples import load_roi_crops
-    return load_roi_crops(data, spec, config.roi_crops, config.region, kind="free")
+    return load_roi_crops(data, spec, config.roi_crops, config.region, kind=LESION_FREE_KINDS[config.lesion_free_kind])
 
 
 def _sample(images: np.ndarray, n: int, seed: int) -> np.ndarray:

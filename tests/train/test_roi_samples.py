@@ -153,6 +153,62 @@ def test_lesion_free_share_option_reaches_the_config_and_bad_shares_are_refused(
         TrainConfig(out="x", lesion_free_share=1.5)
 
 
+# --- scans with the lesion erased (TrainConfig.lesion_free_kind "erased") ---
+
+def _banded_scan_with_lesion(seed=0):
+    """Tissue whose brightness changes with depth (rows) and not across, with speckle, and
+    a dark lesion in it."""
+    rng = np.random.default_rng(seed)
+    rows = np.linspace(60, 200, 300)[:, None]
+    grey = np.clip(rows + rng.normal(0, 12, (300, 400)), 0, 255)
+    mask = np.zeros((300, 400), np.uint8)
+    mask[110:170, 150:230] = 255
+    grey[mask > 0] = 15
+    return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2), mask
+
+
+def test_erasing_fills_the_lesion_with_the_tissue_at_its_depth():
+    from train.roi_samples import erase_lesion
+    image, mask = _banded_scan_with_lesion()
+    erased = erase_lesion(image, mask, np.random.default_rng(0))
+    assert erased.shape == image.shape and erased.dtype == np.uint8
+    lesion = erased[110:170, 150:230, 0].astype(float)
+    tissue = image[110:170, :100, 0].astype(float)                 # the same rows, clear of the lesion
+    assert abs(lesion.mean() - tissue.mean()) < 8                    # no dark lesion left
+    assert abs(lesion.mean(axis=1) - tissue.mean(axis=1)).max() < 12   # each depth its own brightness
+    assert lesion.std() > 0.6 * tissue.std()                         # speckle, not a smooth smear
+    assert (erased[:, :100] == image[:, :100]).all() and (erased[:60] == image[:60]).all()   # the rest untouched
+
+
+def test_a_lesion_with_no_tissue_beside_it_is_not_erased():
+    from train.roi_samples import erase_lesion
+    image, _ = _banded_scan_with_lesion()
+    mask = np.zeros((300, 400), np.uint8)
+    mask[100:180, :] = 255                                           # across the whole scan
+    assert erase_lesion(image, mask, np.random.default_rng(0)) is None
+    assert crops_of_image(image, mask, SPEC, 2, np.random.default_rng(0), kind="erased") is None
+
+
+def test_erased_samples_are_whole_scans_with_an_empty_mask():
+    image, mask = _banded_scan_with_lesion(1)
+    scans, masks = crops_of_image(image, mask, SPEC, 2, np.random.default_rng(2), kind="erased")
+    assert scans.shape == (2, 32, 32, 3) and not masks.any()
+    whole = resize(image, SPEC)
+    assert np.abs(scans[0].astype(int) - whole).mean() < np.abs(scans[0].astype(int) - 128).mean()   # the scan, not a crop
+    assert scans[0, 12:18, 12:18].mean() > 2 * whole[12:18, 12:18].mean()       # where the dark lesion was
+
+
+def test_lesion_free_kind_option_reaches_the_config_and_bad_kinds_are_refused():
+    from bcd.cli import build_parser, train_config
+    from train.config import TrainConfig
+    args = build_parser().parse_args(["train", "--out", "x", "--lesion-free-share", "0.25",
+                                      "--lesion-free-kind", "erased"])
+    assert train_config(args).lesion_free_kind == "erased"
+    assert TrainConfig(out="x").lesion_free_kind == "crop"          # as runs from before it did
+    with pytest.raises(ValueError, match="lesion-free kind"):
+        TrainConfig(out="x", lesion_free_kind="blur")
+
+
 @pytest.mark.slow
 def test_tiny_run_with_lesion_free_crops(tmp_path):
     """A CSV source of 16 generated scans with a lesion mask each: the run cuts two
