@@ -210,11 +210,14 @@ def test_lesion_free_kind_option_reaches_the_config_and_bad_kinds_are_refused():
 
 
 @pytest.mark.slow
-def test_tiny_run_with_lesion_free_crops(tmp_path):
-    """A CSV source of 16 generated scans with a lesion mask each: the run cuts two
-    lesion-free crops per scan, trains on them and records the share."""
+@pytest.mark.parametrize("kind, made", [("crop", "lesion-free crops"), ("erased", "scans with the lesion erased")])
+def test_tiny_run_with_lesion_free_samples(tmp_path, kind, made):
+    """A CSV source of 16 generated scans with a lesion mask each: the run makes two
+    lesion-free samples per scan (crops beside the lesion, or the scan with it erased),
+    trains on them and records the share and the kind."""
     import csv
     import json
+    import re
 
     import cv2
 
@@ -237,6 +240,8 @@ def test_tiny_run_with_lesion_free_crops(tmp_path):
                  "--csv-map", "path={ID}.png,label=Pathology,group=Case,mask={ID}_lesion.png",
                  "--out", str(out), "--image-size", "32", "--epochs", "1", "--arch", "vgg16-bn", "--width", "0.25",
                  "--batch-size", "8", "--lesion-weight", "1", "--roi-share", "0.3", "--lesion-free-share", "0.5",
-                 "--scan-region", "off"]) == 0
-    assert json.loads((out / "run.json").read_text())["config"]["lesion_free_share"] == 0.5
-    assert "lesion-free crops: 16 images x 2 crops" in (out / "train.log").read_text()
+                 "--lesion-free-kind", kind, "--scan-region", "off"]) == 0
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert config["lesion_free_share"] == 0.5 and config["lesion_free_kind"] == kind
+    found = re.search(made + r": (\d+) images x 2", (out / "train.log").read_text())
+    assert found and 12 <= int(found.group(1)) <= 16       # a lesion with no room beside it gives none
