@@ -201,10 +201,10 @@ def _add_train(sub) -> None:
                    help="share of the lesion images (those not shown as a lesion crop) shown, each time, as a crop "
                         "of their tissue clear of the lesion, labelled benign, so that the model also learns "
                         "scans with nothing in them, e.g. 0.25 (default %(default)s: off)")
-    p.add_argument("--lesion-free-kind", choices=("crop", "erased"), default=_train("lesion_free_kind"),
+    p.add_argument("--lesion-free-kind", choices=["crop", "erased", "erased-benign"], default=_train("lesion_free_kind"),
                    help="what --lesion-free-share shows: crop, a crop of the tissue beside the lesion; erased, the "
-                        "whole scan with its lesion replaced by the tissue beside it at the same depth "
-                        "(default %(default)s)")
+                        "whole scan with its lesion replaced by the tissue beside it at the same depth; "
+                        "erased-benign, the same for images labelled benign only (default %(default)s)")
     p.add_argument("--mixstyle", type=float, metavar="P", default=_train("mixstyle"),
                    help="> 0: MixStyle in training, on a share P of the batches (e.g. 0.5): after VGG16's blocks 1-3 "
                         "each image's feature statistics are mixed with another image's, so that the model meets "

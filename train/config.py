@@ -19,8 +19,10 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 LR_SCRATCH = {"plain": 3e-4, "batch_norm": 1e-3}
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")   # see train.distribute
 SCAN_REGIONS = ("auto", "off")
-# What a lesion-free sample is (train.roi_samples kinds "free" and "erased")
-LESION_FREE_KINDS = {"crop": "free", "erased": "erased"}
+# What a lesion-free sample is: the train.roi_samples kind it is cut as ("free", "erased").
+# erased-benign erases only the lesions of images labelled benign: a malignant lesion
+# erased leaves its shadow and the distortion around it, which are not benign.
+LESION_FREE_KINDS = {"crop": "free", "erased": "erased", "erased-benign": "erased"}
 # What a run.json from before a setting existed meant: such runs load (and resume) as
 # they were trained. Before the scan-region finder, images were never cropped.
 LEGACY_DEFAULTS = {"scan_region": "off", "colour_marks": "keep", "white_calipers": "keep", "pair_calipers": "any",
@@ -65,7 +67,8 @@ class TrainConfig:
     lesion_free_share: float = 0.0   # share of the other lesion images shown as a lesion-free crop of
                                      # their tissue, labelled benign (train.roi_samples, kind "free")
     lesion_free_kind: str = "crop"   # crop: a crop beside the lesion; erased: the whole scan with the
-                                     # lesion replaced by tissue at its depth (kind "erased")
+                                     # lesion replaced by tissue at its depth (kind "erased");
+                                     # erased-benign: the same, of benign images only
     consistency: float = 0.0         # > 0: each batch also as a scanner's screen shows it (fan, calipers,
                                      # the finder's box a few px off) and a loss with this weight on the
                                      # difference between the views' probabilities (train.augment.ScreenView)

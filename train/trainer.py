@@ -608,11 +608,16 @@ def lesion_crops(config: TrainConfig, data: LoadedDataset, spec: PreprocessSpec)
 
 def lesion_free_crops(config: TrainConfig, data: LoadedDataset, spec: PreprocessSpec):
     """The lesion-free samples the recipe asks for (None with lesion_free_share 0): crops
-    beside the lesion, or the whole scans with the lesion erased."""
+    beside the lesion, or the whole scans with the lesion erased (of benign images only
+    with erased-benign)."""
     if config.lesion_free_share <= 0:
         return None
     from train.roi_samples import load_roi_crops
-    return load_roi_crops(data, spec, config.roi_crops, config.region, kind=LESION_FREE_KINDS[config.lesion_free_kind])
+    free = load_roi_crops(data, spec, config.roi_crops, config.region, kind=LESION_FREE_KINDS[config.lesion_free_kind])
+    if config.lesion_free_kind == "erased-benign":
+        free.has &= data.labels == 0
+        log.info("of them, benign: %d images", int(free.has.sum()))
+    return free
 
 
 def _sample(images: np.ndarray, n: int, seed: int) -> np.ndarray:

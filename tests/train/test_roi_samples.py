@@ -205,12 +205,17 @@ def test_lesion_free_kind_option_reaches_the_config_and_bad_kinds_are_refused():
                                       "--lesion-free-kind", "erased"])
     assert train_config(args).lesion_free_kind == "erased"
     assert TrainConfig(out="x").lesion_free_kind == "crop"          # as runs from before it did
+    from train.config import LESION_FREE_KINDS
+    for kind in LESION_FREE_KINDS:                                   # the CLI offers every kind the config takes
+        assert train_config(build_parser().parse_args(["train", "--out", "x", "--lesion-free-kind", kind])
+                            ).lesion_free_kind == kind
     with pytest.raises(ValueError, match="lesion-free kind"):
         TrainConfig(out="x", lesion_free_kind="blur")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, made", [("crop", "lesion-free crops"), ("erased", "scans with the lesion erased")])
+@pytest.mark.parametrize("kind, made", [("crop", "lesion-free crops"), ("erased", "scans with the lesion erased"),
+                                        ("erased-benign", "of them, benign")])
 def test_tiny_run_with_lesion_free_samples(tmp_path, kind, made):
     """A CSV source of 16 generated scans with a lesion mask each: the run makes two
     lesion-free samples per scan (crops beside the lesion, or the scan with it erased),
@@ -243,5 +248,6 @@ def test_tiny_run_with_lesion_free_samples(tmp_path, kind, made):
                  "--lesion-free-kind", kind, "--scan-region", "off"]) == 0
     config = json.loads((out / "run.json").read_text())["config"]
     assert config["lesion_free_share"] == 0.5 and config["lesion_free_kind"] == kind
-    found = re.search(made + r": (\d+) images x 2", (out / "train.log").read_text())
-    assert found and 12 <= int(found.group(1)) <= 16       # a lesion with no room beside it gives none
+    found = re.search(made + r": (\d+) images", (out / "train.log").read_text())
+    expected = (5, 8) if kind == "erased-benign" else (12, 16)       # half of them benign
+    assert found and expected[0] <= int(found.group(1)) <= expected[1]   # a lesion with no room beside it gives none
