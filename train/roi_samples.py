@@ -94,9 +94,11 @@ def lesion_free_box(lesion: Box, width: int, height: int, rng: np.random.Generat
     return Box(bx + int(rng.integers(0, bw - crop_w + 1)), by + int(rng.integers(0, bh - crop_h + 1)), crop_w, crop_h)
 
 
-def erase_lesion(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
-    """The scan (HxWx3 uint8) with its lesion (mask HxW, nonzero inside) replaced by the
-    tissue beside it at the same depth, or None where there is no such tissue.
+def erase_lesion(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                 count: int = 1) -> list[np.ndarray] | None:
+    """`count` copies of the scan (HxWx3 uint8) with its lesion (mask HxW, nonzero inside)
+    replaced by the tissue beside it at the same depth, each from a shift drawn anew; None
+    where there is no such tissue.
 
     The grown lesion, feathered, is filled from the same rows shifted sideways: speckle
     and brightness change with depth, not across, so a sideways copy looks like the scan.
@@ -108,7 +110,7 @@ def erase_lesion(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) 
     where it can. A smooth inpainting instead would teach the model that a smear is
     benign."""
     lesion = mask_box(mask > 0)
-    h, w = mask.shape[:2]
+    w = mask.shape[1]
     grow = max(ERASE_GROW_PX, int(ERASE_GROW * max(lesion.width, lesion.height)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
     core = cv2.dilate((mask > 0).astype(np.uint8), kernel)
@@ -130,11 +132,14 @@ def erase_lesion(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) 
     nearest = min(abs(dx) for dx in costs)       # tissue nearby looks most like the lesion's place
     near = [dx for dx in costs if abs(dx) <= nearest + w // 4]
     best = sorted(near, key=costs.get)[:ERASE_CHOICES]
-    dx = best[rng.integers(len(best))]
-    source = mirrored[:, x0 + w + dx:x1 + w + dx].astype(np.float32)
-    out = image.astype(np.float32)
-    out[y0:y1, x0:x1] = a[..., None] * source + (1 - a[..., None]) * out[y0:y1, x0:x1]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    a = a[..., None]
+    erased = []
+    for dx in (best[i] for i in rng.integers(len(best), size=count)):
+        out = image.copy()
+        patch = a * mirrored[:, x0 + w + dx:x1 + w + dx] + (1 - a) * image[y0:y1, x0:x1]
+        out[y0:y1, x0:x1] = np.clip(np.rint(patch), 0, 255).astype(np.uint8)
+        erased.append(out)
+    return erased
 
 
 def crops_of_image(image: np.ndarray, mask: np.ndarray, spec: PreprocessSpec, crops: int,
@@ -151,8 +156,8 @@ def crops_of_image(image: np.ndarray, mask: np.ndarray, spec: PreprocessSpec, cr
     h, w = mask.shape[:2]
     size = (spec.image_size, spec.image_size)
     if kind == "erased":
-        erased = [erase_lesion(image, mask, rng) for _ in range(crops)]
-        if erased[0] is None:
+        erased = erase_lesion(image, mask, rng, crops)
+        if erased is None:
             return None
         return np.stack([resize(e, spec) for e in erased]), np.zeros((crops, *size), np.uint8)
     if kind == "free":

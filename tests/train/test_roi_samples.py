@@ -170,7 +170,7 @@ def _banded_scan_with_lesion(seed=0):
 def test_erasing_fills_the_lesion_with_the_tissue_at_its_depth():
     from train.roi_samples import erase_lesion
     image, mask = _banded_scan_with_lesion()
-    erased = erase_lesion(image, mask, np.random.default_rng(0))
+    erased, = erase_lesion(image, mask, np.random.default_rng(0))
     assert erased.shape == image.shape and erased.dtype == np.uint8
     lesion = erased[110:170, 150:230, 0].astype(float)
     tissue = image[110:170, :100, 0].astype(float)                 # the same rows, clear of the lesion
