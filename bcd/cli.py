@@ -139,7 +139,7 @@ _TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "wei
                  "roi_share": "roi_share", "colour_marks": "colour_marks", "white_calipers": "white_calipers",
                  "pair_calipers": "pair_calipers", "lesion_free_share": "lesion_free_share",
                  "lesion_free_kind": "lesion_free_kind",
-                 "thin_marks": "thin_marks", "mixstyle": "mixstyle",
+                 "thin_marks": "thin_marks", "grey_map": "grey_map", "mixstyle": "mixstyle",
                  "consistency": "consistency",
                  "head_epochs": "head_epochs", "average_from": "average_from"}
 
@@ -193,6 +193,10 @@ def _add_train(sub) -> None:
                         "every bright detail under about a third of an input pixel wide before the resize "
                         "(microcalcifications too), in training and at run time (recorded in the model's "
                         "preprocessing); keep leaves them (default %(default)s; docs/scanner-images.md)")
+    p.add_argument("--grey-map", choices=["equalize", "keep"], default=_train("grey_map"),
+                   help="equalize: equalize each image's grey levels after augmentation, in training and at run time "
+                        "(recorded in the model's preprocessing), so that no site's gain or grey map can be learnt; "
+                        "keep leaves them (default %(default)s)")
     p.add_argument("--roi-share", type=float, default=_train("roi_share"),
                    help="share of training images shown, each time, as a lesion-centred crop (a box drawn like a "
                         "clinician's around the lesion mask, from the full-resolution scan) so that the model also "
@@ -330,7 +334,7 @@ def _pretrain(name: str) -> LibraryDefault:
 # option dest -> TrainConfig field (what the images are and how they are read)
 _PRETRAIN_DATA_FIELDS = {"image_size": "image_size", "seed": "seed", "precision": "precision", "width": "width",
                          "scan_region": "scan_region", "colour_marks": "colour_marks",
-                         "white_calipers": "white_calipers", "thin_marks": "thin_marks"}
+                         "white_calipers": "white_calipers", "thin_marks": "thin_marks", "grey_map": "grey_map"}
 # option dest -> ContrastiveConfig field
 _PRETRAIN_FIELDS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate",
                     "temperature": "temperature", "min_crop": "min_crop"}
@@ -363,6 +367,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--white-calipers", choices=["erase", "keep"], default=_train("white_calipers"),
                    help="as `bcd train`; inherited likewise (default %(default)s)")
     p.add_argument("--thin-marks", choices=["open", "keep"], default=_train("thin_marks"),
+                   help="as `bcd train`; inherited likewise (default %(default)s)")
+    p.add_argument("--grey-map", choices=["equalize", "keep"], default=_train("grey_map"),
                    help="as `bcd train`; inherited likewise (default %(default)s)")
     p.add_argument("--scan-region", choices=["auto", "off"], default=_train("scan_region"),
                    help="as `bcd train`; inherited likewise (default %(default)s)")

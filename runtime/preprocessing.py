@@ -7,7 +7,8 @@ model is never fed differently from how it was trained.
 Pipeline: decoded image (any size, BGR uint8, see runtime.images) -> [thin_marks "open":
 remove thin bright marks, below] -> resize to the model's square input with area
 interpolation (squashing, no crop: lesions can sit anywhere in the frame) -> float32 ->
-subtract the per-channel mean and divide by std.
+[grey_map "equalize": equalize the grey levels, below] -> subtract the per-channel mean
+and divide by std.
 The default mean is ImageNet's in BGR order, the "caffe" convention VGG16's ImageNet
 weights were trained with; std stays 1 (0..255 scale) for them and, as measured, for
 from-scratch training too. Layout is NHWC.
@@ -33,6 +34,17 @@ THIN_MARKS = ("keep", "open")
 OPEN_SCALE, OPEN_SIZE = 2, 3
 _OPEN_KERNEL = np.ones((OPEN_SIZE, OPEN_SIZE), np.uint8)
 
+# grey_map "equalize": scanners and sonographers map echo strength to grey differently
+# (gain, dynamic range, grey map curves): monotone changes of the grey levels. Histogram
+# equalization gives nearly the same image for any monotone change, so a model trained on it
+# cannot learn one site's grey map. Levels at or below EQUALIZE_FLOOR are background (a
+# fan's corners, a black margin: their share varies with the probe and the crop) and stay
+# black, out of the histogram. It runs on the input-size image after augmentation
+# (normalize), so training's gain and contrast draws reach the model as the runtime's
+# images do. "keep": the grey levels as they are (models trained before it).
+GREY_MAPS = ("keep", "equalize")
+EQUALIZE_FLOOR = 8
+
 _INTERPOLATIONS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
 
 
@@ -45,6 +57,7 @@ class PreprocessSpec:
     mean: tuple[float, float, float] = IMAGENET_BGR_MEAN
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     thin_marks: str = "keep"
+    grey_map: str = "keep"
     version: int = field(default=1)
 
     def __post_init__(self) -> None:
@@ -56,10 +69,14 @@ class PreprocessSpec:
             raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}")
         if self.thin_marks not in THIN_MARKS:
             raise ValueError(f"thin_marks must be one of {', '.join(THIN_MARKS)}, got {self.thin_marks!r}")
+        if self.grey_map not in GREY_MAPS:
+            raise ValueError(f"grey_map must be one of {', '.join(GREY_MAPS)}, got {self.grey_map!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.grey_map == "keep":   # as before the setting existed: older runtimes read such a model, caches stay valid
+            del d["grey_map"]
         return d
 
     @classmethod
@@ -100,12 +117,34 @@ def open_thin_marks(image_bgr: np.ndarray, image_size: int) -> np.ndarray:
     return cv2.morphologyEx(image_bgr, cv2.MORPH_OPEN, _OPEN_KERNEL)
 
 
+def equalize_grey(pixels: np.ndarray) -> np.ndarray:
+    """HxWx3 or NxHxWx3 BGR values 0..255 -> the same shape, float32, each image's grey
+    levels equalized (grey_map "equalize", above). One look-up table per image, from the
+    histogram of its channel mean, is applied to every channel, so a grey scan stays grey."""
+    x = np.asarray(pixels, dtype=np.float32)
+    batch = x if x.ndim == 4 else x[None]
+    out = np.empty_like(batch)
+    for i, image in enumerate(batch):
+        levels = np.clip(np.rint(image), 0, 255).astype(np.intp)
+        grey = np.clip(np.rint(image.mean(axis=2)), 0, 255).astype(np.intp)
+        cdf = np.cumsum(np.bincount(grey.ravel(), minlength=256))
+        dark = cdf[EQUALIZE_FLOOR]
+        lut = (255.0 * np.clip(cdf - dark, 0, None) / max(int(cdf[-1] - dark), 1)).astype(np.float32)
+        out[i] = lut[levels]
+    return out if x.ndim == 4 else out[0]
+
+
 def normalize(pixels, spec: PreprocessSpec):
     """Map 0..255 BGR pixel values to model input.
 
-    Written with plain arithmetic so it works unchanged on NumPy arrays and on
-    TensorFlow tensors: training applies it after augmentation, inside tf.data.
+    The mean and std are plain arithmetic, so they work unchanged on NumPy arrays and on
+    TensorFlow tensors: training applies them after augmentation, inside tf.data. The grey
+    map is NumPy only; training runs it through train.tf_setup.normalize_tensor.
     """
+    if spec.grey_map == "equalize":
+        if not isinstance(pixels, np.ndarray):
+            raise TypeError("the grey map runs on NumPy arrays: use train.tf_setup.normalize_tensor on tensors")
+        pixels = equalize_grey(pixels)
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
     return (pixels - mean) / std

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from runtime.dataset import DEFAULT_CLASS_LABELS
 from runtime.caliper_marks import MODES as CALIPER_MODES
 from runtime.overlay_marks import MODES as MARK_MODES
-from runtime.preprocessing import THIN_MARKS
+from runtime.preprocessing import GREY_MAPS, THIN_MARKS
 from runtime.scan_crop import region_config_from_dict
 from runtime.scan_region import RegionConfig
 from train.augment import PAIR_CALIPERS, AugmentConfig
@@ -26,7 +26,7 @@ LESION_FREE_KINDS = {"crop": "free", "erased": "erased", "erased-benign": "erase
 # What a run.json from before a setting existed meant: such runs load (and resume) as
 # they were trained. Before the scan-region finder, images were never cropped.
 LEGACY_DEFAULTS = {"scan_region": "off", "colour_marks": "keep", "white_calipers": "keep", "pair_calipers": "any",
-                   "thin_marks": "keep"}
+                   "thin_marks": "keep", "grey_map": "keep"}
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,10 @@ class TrainConfig:
     # in the preprocessing: runtime.preprocessing.THIN_MARKS); keep: not (runs from before
     # it load as "keep")
     thin_marks: str = "keep"
+    # equalize: each image's grey levels are equalized after augmentation, in training and
+    # at run time (recorded in the preprocessing: runtime.preprocessing.GREY_MAPS), so no
+    # site's gain or grey map can be learnt; keep: not (runs from before it load as "keep")
+    grey_map: str = "keep"
 
     def __post_init__(self) -> None:
         if self.lr_scratch is None:
@@ -136,6 +140,8 @@ class TrainConfig:
             raise ValueError(f"white calipers must be one of {', '.join(CALIPER_MODES)}, got {self.white_calipers!r}")
         if self.thin_marks not in THIN_MARKS:
             raise ValueError(f"thin marks must be one of {', '.join(THIN_MARKS)}, got {self.thin_marks!r}")
+        if self.grey_map not in GREY_MAPS:
+            raise ValueError(f"the grey map must be one of {', '.join(GREY_MAPS)}, got {self.grey_map!r}")
         if self.pair_calipers not in PAIR_CALIPERS:
             raise ValueError(f"pair calipers must be one of {', '.join(PAIR_CALIPERS)}, got {self.pair_calipers!r}")
         if self.data is not None:
@@ -232,7 +238,7 @@ def run_scan_region(info: dict) -> RegionConfig:
 # or opened). A run fine-tuned from another (--weights RUN) must see what its parent saw,
 # so `bcd train` takes the parent's for those not given (parent_input_settings), and the
 # trainer warns about any given that differ (train.trainer.warn_input_changes).
-INPUT_SETTINGS = ("scan_region", "colour_marks", "white_calipers", "thin_marks")
+INPUT_SETTINGS = ("scan_region", "colour_marks", "white_calipers", "thin_marks", "grey_map")
 
 
 def parent_input_settings(weights) -> dict:

@@ -298,7 +298,7 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
     images, then the same B as a scanner's screen shows them (train.augment.ScreenView),
     with their labels, masks and weights repeated and a "pair" target (zeros) that the
     consistency loss reads as "the second half repeats the first"."""
-    from train.tf_setup import tf
+    from train.tf_setup import normalize_tensor, tf
 
     n = len(images)
     if lesion is None:
@@ -364,7 +364,7 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
             y, k, b = tf.concat([y, y], 0), tf.concat([k, k], 0), tf.concat([b, b], 0)
             if mixup:     # the screen views blend as their plain views did
                 lam, other = tf.concat([lam, lam], 0), tf.concat([other, other + tf.size(other)], 0)
-        x = normalize(x, spec)
+        x = normalize_tensor(x, spec)
         soft = (lambda t: blend(t, lam, other)) if mixup else (lambda t: t)  # noqa: E731
         if class_weights is None:
             return x, soft(y)

@@ -49,7 +49,7 @@ from train.dedup import DedupConfig
 from train.precision import apply_precision, resolve_precision
 from train.run_dir import RunDir
 from train.slim import open_parent
-from train.tf_setup import keras, tf
+from train.tf_setup import keras, normalize_tensor, tf
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ def training_dataset(part: Part, spec: PreprocessSpec, config: LocaliserConfig):
     def prepared(x, m):
         x, m = augment(tf.cast(x, tf.float32), tf.cast(m, tf.float32)[..., None])
         target = tf.nn.avg_pool2d(m, stride, stride, "VALID") if stride > 1 else m
-        return normalize(x, spec), target
+        return normalize_tensor(x, spec), target
 
     return ds.map(prepared, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

@@ -39,7 +39,7 @@ from train.model import ModelConfig, build_model, inference_model
 from train.plots import plot_history
 from train.precision import apply_precision, resolve_precision
 from train.run_dir import PRETRAIN_KIND, RunDir
-from train.tf_setup import keras, tf
+from train.tf_setup import keras, normalize_tensor, tf
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ PROBE_NEIGHBOURS = 20
 # The TrainConfig fields a pretraining uses (its images, how they are read, the model's shape);
 # run.json records these only, so that none of bcd train's schedule seems to apply
 DATA_FIELDS = ("data", "class_labels", "dedup_max_distance", "image_size", "batch_norm", "width", "seed",
-               "precision", "augment", "scan_region", "colour_marks", "white_calipers", "thin_marks")
+               "precision", "augment", "scan_region", "colour_marks", "white_calipers", "thin_marks",
+               "grey_map")
 
 
 def nt_xent(z, temperature: float):
@@ -95,7 +96,7 @@ def view_pairs(images: np.ndarray, masks: np.ndarray, spec: PreprocessSpec, conf
 
     def pair(x, m):
         x, m = tf.cast(x, tf.float32), tf.cast(m, tf.float32)[..., None]
-        return normalize(tf.concat([one_view(x, m), one_view(x, m)], axis=0), spec)
+        return normalize_tensor(tf.concat([one_view(x, m), one_view(x, m)], axis=0), spec)
 
     ds = tf.data.Dataset.from_tensor_slices((images, masks)).shuffle(len(images), seed=seed,
                                                                      reshuffle_each_iteration=True)
@@ -190,7 +191,8 @@ def pretrain(data_config: TrainConfig, config: ContrastiveConfig, resume: bool =
 
     run = RunDir(Path(data_config.out))
     prepare_run_dir(run, resume, log_name=LOG_NAME)
-    spec = PreprocessSpec(image_size=data_config.image_size, thin_marks=data_config.thin_marks)
+    spec = PreprocessSpec(image_size=data_config.image_size, thin_marks=data_config.thin_marks,
+                          grey_map=data_config.grey_map)
     data = load_data(data_config, run, spec)
     if len(data.labels) < config.batch_size:
         raise ValueError(f"{len(data.labels)} images, fewer than one batch of {config.batch_size}: "

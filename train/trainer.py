@@ -538,7 +538,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunDir:
 def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run: RunDir) -> None:
     """The training run itself; `out` is the run directory (read on --resume), `run` is
     where this process writes (the run directory, or a non-chief worker's scratch)."""
-    spec = PreprocessSpec(image_size=config.image_size, thin_marks=config.thin_marks)
+    spec = PreprocessSpec(image_size=config.image_size, thin_marks=config.thin_marks, grey_map=config.grey_map)
     if not resume:
         warn_input_changes(config)
     data = load_data(config, run, spec)
