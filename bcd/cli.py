@@ -487,6 +487,46 @@ def _cmd_slim(args) -> int:
     return 0
 
 
+# ---- adapt -------------------------------------------------------------------------
+
+def _adapt(name: str) -> LibraryDefault:
+    return library("train.site_adapt:AdaptConfig", name)
+
+
+def _add_adapt(sub) -> None:
+    p = sub.add_parser("adapt", help="fit a finished run to a new site's scanner from the site's own unlabelled "
+                                     "scans (its conv layers' statistics), as a new run to export")
+    p.add_argument("run", type=Path, help="finished run directory from `bcd train` (or `bcd slim`)")
+    p.add_argument("--data", nargs="+", required=True, metavar="PATH",
+                   help="the site's scans: folders (searched recursively) or image files; labels are not read")
+    p.add_argument("--out", type=Path, required=True, help="new run directory to create")
+    p.add_argument("--max-images", type=int, default=_adapt("max_images"),
+                   help="use a random subset of this many of the site's scans, if there are more (default %(default)s)")
+    p.add_argument("--layers", choices=["all", "early"], default=_adapt("layers"),
+                   help="conv layers to align: all, or early (blocks 1-3) (default %(default)s)")
+    p.add_argument("--seed", type=int, default=_adapt("seed"), help="for the random subsets (default %(default)s)")
+    p.set_defaults(func=_cmd_adapt)
+
+
+def _cmd_adapt(args) -> int:
+    try:
+        from train.site_adapt import AdaptConfig, adapt_run
+    except ImportError as err:
+        raise _missing_extra("train", err)
+    if args.out.exists():
+        raise UsageError(f"--out {args.out} already exists; choose a new directory")
+    try:
+        config = AdaptConfig(run_dir=str(args.run), data=tuple(str(d) for d in args.data), out=str(args.out),
+                             **given(args, {"max_images": "max_images", "layers": "layers", "seed": "seed"}))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    _setup_logging()
+    run = adapt_run(config)
+    print(f"\nadapted run written to {run.root}: model.keras, run.json, split.json. Next: bcd export {run.root} "
+          "--out EXPORT_DIR; the threshold is the parent's (set the site's own with bcd calibrate).")
+    return 0
+
+
 # ---- evaluate ----------------------------------------------------------------------
 
 def _evaluate(name: str) -> LibraryDefault:
@@ -1158,7 +1198,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     # not required: a bare `bcd` prints the help instead of an argparse error
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_pretrain, _add_slim, _add_evaluate, _add_calibrate, _add_export, _add_predict,
+    for add in (_add_train, _add_pretrain, _add_slim, _add_adapt, _add_evaluate, _add_calibrate, _add_export, _add_predict,
                 _add_report, _add_demo, _add_benchmark, _add_pick, _add_localiser):
         add(sub)
     return parser
