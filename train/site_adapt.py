@@ -176,7 +176,7 @@ def read_site_images(inputs, info: dict, spec: PreprocessSpec, limit: int, seed:
     from train.data import read_sample
     files, problems = expand_inputs(inputs)
     files = [f for f in files if "_mask" not in f.stem]          # BUSI-style lesion masks beside the scans
-    skipped = [f"{p.path}: {p.error}" for p in problems]
+    skipped = [p.error for p in problems]
     if len(files) > limit:
         files = sorted(np.random.default_rng(seed).choice(np.array(files, dtype=object), limit, replace=False))
     region = run_scan_region(info)
@@ -257,7 +257,9 @@ def _write(out: RunDir, parent: RunDir, info: dict, split: dict, model, config: 
                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
                   "layers_aligned": len(align),
-                  "largest_scale_change": float(max(np.abs(np.log(a.scale)).max() for a in align.values()))}
+                  # how far the site's spreads were from the reference's, over every channel
+                  "scale_range": [float(min(a.scale.min() for a in align.values())),
+                                  float(max(a.scale.max() for a in align.values()))]}
         adapted = {**info, "site_adaptation": record, "data": {**info.get("data", {}), "site_adaptation": record}}
         atomic.write_json(tmp / parent.run_info.name, adapted)
         atomic.write_json(tmp / parent.split.name, split)
