@@ -36,7 +36,7 @@ from runtime.predict_files import expand_inputs
 from runtime.preprocessing import PreprocessSpec, normalize, resize
 from runtime.progress import Progress
 from train.config import run_scan_region
-from train.run_dir import RunDir, unfinished
+from train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -211,13 +211,9 @@ def adapt_run(config: AdaptConfig) -> RunDir:
     """Write an adapted copy of the run to config.out; return it."""
     from train.tf_setup import keras
 
-    parent = RunDir(Path(config.run_dir))
-    if not parent.run_info.is_file():
-        raise AdaptError(f"{parent.root} is not a run directory (no run.json)")
-    info = parent.read_json(parent.run_info)
-    reason = unfinished(parent.root, info)
-    if reason:
-        raise AdaptError(reason)
+    from train.slim import open_parent     # a finished run, or a ValueError saying what is missing
+
+    parent, info, split = open_parent(config.run_dir)
     out = RunDir(Path(config.out))
     if out.root.exists():
         raise AdaptError(f"{out.root} already exists: give a new directory (nothing was changed)")
@@ -230,7 +226,6 @@ def adapt_run(config: AdaptConfig) -> RunDir:
     if len(site) < MIN_IMAGES:
         raise AdaptError(f"only {len(site)} readable scan(s) in {', '.join(config.data)}: give at least {MIN_IMAGES} "
                          "of the site's own scans (100 or more measure its scanner better)")
-    split = parent.read_json(parent.split)
     reference = _reference_images(parent, info, split, spec, config.reference_images, config.seed)
     log.info("aligning %s to %d of the site's scans (reference: %d training images of the run)",
              parent.root.name, len(site), len(reference))
