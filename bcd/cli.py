@@ -494,7 +494,7 @@ def _adapt(name: str) -> LibraryDefault:
 
 
 def _add_adapt(sub) -> None:
-    p = sub.add_parser("adapt", help="fit a finished run to a new site's scanner from the site's own unlabelled "
+    p = sub.add_parser("adapt", help="try fitting a finished run to a new site's scanner from the site's own unlabelled "
                                      "scans (its conv layers' statistics), as a new run to export")
     p.add_argument("run", type=Path, help="finished run directory from `bcd train` (or `bcd slim`)")
     p.add_argument("--data", nargs="+", required=True, metavar="PATH",
@@ -522,8 +522,9 @@ def _cmd_adapt(args) -> int:
         raise UsageError(str(err)) from None
     _setup_logging()
     run = adapt_run(config)
-    print(f"\nadapted run written to {run.root}: model.keras, run.json, split.json. Next: bcd export {run.root} "
-          "--out EXPORT_DIR; the threshold is the parent's (set the site's own with bcd calibrate).")
+    print(f"\nadapted run written to {run.root}: model.keras, run.json, split.json. It is not a sure gain: score it "
+          f"and {args.run} on labelled scans of the site (bcd evaluate RUN --data SITE_DATA) and keep the better; then "
+          f"bcd export it. The threshold is the parent's (set the site's own with bcd calibrate).")
     return 0
 
 

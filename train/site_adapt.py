@@ -15,7 +15,9 @@ own training split) and over the site's scans. The layers are aligned in order, 
 the outputs the aligned layers before it give, and every correction is folded back into
 the conv's kernel and bias: the adapted model is an ordinary run, exported, evaluated and
 run exactly as fast as its parent. Labels are never read: a site needs only a folder of
-its own scans (on BUSI held out, 100 scans gave +0.01 of AUC on the others; docs/results.md).
+its own scans. It is not a sure gain (docs/results.md): with a hospital held out it gained
+0.007 of AUC at one and lost 0.006-0.014 at the other, so a site checks the adapted run
+against its parent on labelled scans of its own before using it.
 
 What it does not do: choose the site's operating point. The threshold stays the
 parent's; a site that needs its own sets it on labelled scans (`bcd calibrate`).
