@@ -502,8 +502,9 @@ def _add_adapt(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="new run directory to create")
     p.add_argument("--max-images", type=int, default=_adapt("max_images"),
                    help="use a random subset of this many of the site's scans, if there are more (default %(default)s)")
-    p.add_argument("--layers", choices=["all", "early"], default=_adapt("layers"),
-                   help="conv layers to align: all, or early (blocks 1-3) (default %(default)s)")
+    p.add_argument("--layers", choices=["early", "all"], default=_adapt("layers"),
+                   help="conv layers to align: early (blocks 1-3, the 7 nearest the pixels) or all 13 "
+                        "(default %(default)s)")
     p.add_argument("--seed", type=int, default=_adapt("seed"), help="for the random subsets (default %(default)s)")
     p.set_defaults(func=_cmd_adapt)
 

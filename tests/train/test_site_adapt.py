@@ -32,7 +32,7 @@ def test_the_home_site_itself_changes_nothing(graded_run, tiny_dataset):
     images, spec = _images(tiny_dataset)
     model = _model(graded_run)
     before = np.asarray(model(prepare_batch(list(images), spec), training=False))
-    align = fit_alignments(model, images, images, spec)
+    align = fit_alignments(model, images, images, spec, layers="all")
     assert len(align) == 13
     for a in align.values():
         assert np.allclose(a.scale, 1, atol=1e-3) and np.abs(a.shift).max() < 1e-2
@@ -57,7 +57,7 @@ def test_another_scanner_is_brought_back_to_the_reference(graded_run, tiny_datas
     home = probabilities(model, images)
     gap_before = np.abs(probabilities(model, site) - home).mean()
     reference = _conv_moments(model, images, spec, names)
-    fold(model, fit_alignments(model, images, site, spec))
+    fold(model, fit_alignments(model, images, site, spec, layers="all"))
     adapted = _conv_moments(model, site, spec, names)
     for name in names:
         (m_ref, s_ref), (m_site, s_site) = reference[name], adapted[name]
@@ -67,11 +67,11 @@ def test_another_scanner_is_brought_back_to_the_reference(graded_run, tiny_datas
     assert gap_before > 0.02 and gap_after < 0.5 * gap_before
 
 
-def test_early_layers_only(graded_run, tiny_dataset):
+def test_early_layers_by_default(graded_run, tiny_dataset):
     from train.site_adapt import fit_alignments
     images, spec = _images(tiny_dataset)
-    align = fit_alignments(_model(graded_run), images, images[:10], spec, layers="early")
-    assert sorted({name.split("_")[0] for name in align}) == ["block1", "block2", "block3"]
+    align = fit_alignments(_model(graded_run), images, images[:10], spec)
+    assert sorted({name.split("_")[0] for name in align}) == ["block1", "block2", "block3"] and len(align) == 7
 
 
 @pytest.mark.slow
@@ -81,7 +81,7 @@ def test_adapt_command_writes_a_run_that_evaluate_reads(graded_run, tiny_dataset
     assert main(["adapt", str(graded_run), "--data", str(tiny_dataset), "--out", str(out)]) == 0
     info = json.loads((out / "run.json").read_text())
     record = info["site_adaptation"]
-    assert record["site_scans"] == 20 and record["layers_aligned"] == 13 and record["parent"] == str(graded_run)
+    assert record["site_scans"] == 20 and record["layers_aligned"] == 7 and record["parent"] == str(graded_run)
     assert info["data"]["site_adaptation"] == record                      # what the export's manifest copies
     assert info["threshold"] == json.loads((graded_run / "run.json").read_text())["threshold"]
     assert (out / "split.json").read_text() == (graded_run / "split.json").read_text()
