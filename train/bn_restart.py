@@ -40,7 +40,7 @@ def match_batch_norms(model, names: list[str], images: np.ndarray, spec: Preproc
         return
     convs = [model.get_layer(name[: -len(BN_SUFFIX)]) for name in names]
     probe = keras.Model(model.inputs, [conv.output for conv in convs])
-    stats = [_Moments() for _ in names]
+    stats = [ChannelMoments() for _ in names]
     for start in range(0, len(images), batch_size):
         batch = normalize(images[start:start + batch_size].astype(np.float32), spec)
         outputs = probe(batch, training=False)
@@ -57,14 +57,15 @@ def match_batch_norms(model, names: list[str], images: np.ndarray, spec: Preproc
              len(names), len(images))
 
 
-class _Moments:
-    """Per-channel mean and variance of conv outputs, accumulated batch by batch."""
+class ChannelMoments:
+    """Per-channel mean and variance of conv outputs, accumulated batch by batch in float64
+    (also train.site_adapt's)."""
 
     def __init__(self) -> None:
         self.n, self.total, self.squares = 0, 0.0, 0.0
 
     def add(self, x: np.ndarray) -> None:
-        x = x.reshape(-1, x.shape[-1])
+        x = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
         self.n += len(x)
         self.total = self.total + x.sum(0)
         self.squares = self.squares + (x * x).sum(0)

@@ -91,20 +91,17 @@ def conv_names(model) -> list[str]:
 def channel_moments(forward, images: np.ndarray, spec: PreprocessSpec, names: list[str],
                     align: dict[str, Alignment]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{conv: (mean, std)} of each conv's output before its ReLU over `images`, with the
-    alignments in `align` applied on the way (float64 sums over every position)."""
-    sums = {n: [0.0, 0.0, 0] for n in names}
+    alignments in `align` applied on the way (over every position)."""
+    from train.bn_restart import ChannelMoments     # TensorFlow with it: loaded when first needed
+    moments = {n: ChannelMoments() for n in names}
     for start in range(0, len(images), BATCH):
         x = normalize(images[start:start + BATCH].astype(np.float32), spec).astype(np.float32)
         for name, z in forward(x, align, names):
-            flat = z.reshape(-1, z.shape[-1]).astype(np.float64)
-            acc = sums[name]
-            acc[0] = acc[0] + flat.sum(0)
-            acc[1] = acc[1] + (flat * flat).sum(0)
-            acc[2] += len(flat)
+            moments[name].add(z)
     out = {}
-    for name, (total, squares, n) in sums.items():
-        mean = total / n
-        out[name] = (mean, np.sqrt(np.maximum(squares / n - mean * mean, 1e-12)))
+    for name, m in moments.items():
+        mean, var = m.mean_var()
+        out[name] = (mean, np.sqrt(np.maximum(var, 1e-12)))
     return out
 
 
@@ -255,7 +252,7 @@ def _write(out: RunDir, parent: RunDir, info: dict, split: dict, model, config: 
         model.save(tmp / parent.model.name)
         record = {"parent": str(parent.root), "site_scans": used, "skipped": skipped,
                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+                  "config": asdict(config),
                   "layers_aligned": len(align),
                   # how far the site's spreads were from the reference's, over every channel
                   "scale_range": [float(min(a.scale.min() for a in align.values())),
