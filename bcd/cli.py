@@ -494,12 +494,16 @@ def _adapt(name: str) -> LibraryDefault:
 
 
 def _add_adapt(sub) -> None:
-    p = sub.add_parser("adapt", help="try fitting a finished run to a new site's scanner from the site's own unlabelled "
-                                     "scans (its conv layers' statistics), as a new run to export")
-    p.add_argument("run", type=Path, help="finished run directory from `bcd train` (or `bcd slim`)")
+    p = sub.add_parser("adapt", help="try fitting a model to a new site's scanner from the site's own unlabelled "
+                                     "scans (its conv layers' statistics): an export (runtime install + onnx) "
+                                     "or a finished run (TensorFlow)")
+    p.add_argument("source", type=Path, metavar="EXPORT_OR_RUN",
+                   help="export directory from `bcd export`, a shipped model's name (bus-vgg16-w50-128), or "
+                        "finished run directory from `bcd train` / `bcd slim`")
     p.add_argument("--data", nargs="+", required=True, metavar="PATH",
                    help="the site's scans: folders (searched recursively) or image files; labels are not read")
-    p.add_argument("--out", type=Path, required=True, help="new run directory to create")
+    p.add_argument("--out", type=Path, required=True,
+                   help="new directory to create: an export for an export, a run for a run")
     p.add_argument("--max-images", type=int, default=_adapt("max_images"),
                    help="use a random subset of this many of the site's scans, if there are more (default %(default)s)")
     p.add_argument("--layers", choices=["early", "all"], default=_adapt("layers"),
@@ -510,22 +514,51 @@ def _add_adapt(sub) -> None:
 
 
 def _cmd_adapt(args) -> int:
+    if args.out.exists():
+        raise UsageError(f"--out {args.out} already exists; choose a new directory")
+    source = _shipped_or_path(args.source)
+    if (source / "manifest.json").is_file():
+        return _adapt_export(args, source)
     try:
         from train.site_adapt import AdaptConfig, adapt_run
     except ImportError as err:
         raise _missing_extra("train", err)
-    if args.out.exists():
-        raise UsageError(f"--out {args.out} already exists; choose a new directory")
     try:
-        config = AdaptConfig(run_dir=str(args.run), data=tuple(str(d) for d in args.data), out=str(args.out),
+        config = AdaptConfig(run_dir=str(source), data=tuple(str(d) for d in args.data), out=str(args.out),
                              **given(args, {"max_images": "max_images", "layers": "layers", "seed": "seed"}))
     except ValueError as err:
         raise UsageError(str(err)) from None
     _setup_logging()
     run = adapt_run(config)
     print(f"\nadapted run written to {run.root}: model.keras, run.json, split.json. It is not a sure gain: score it "
-          f"and {args.run} on labelled scans of the site (bcd evaluate RUN --data SITE_DATA) and keep the better; then "
+          f"and {args.source} on labelled scans of the site (bcd evaluate RUN --data SITE_DATA) and keep the better; then "
           f"bcd export it. The threshold is the parent's (set the site's own with bcd calibrate).")
+    return 0
+
+
+def _shipped_or_path(path: Path) -> Path:
+    """A directory as given, or a shipped model named by its folder name (bus-vgg16-w50-128)."""
+    if path.exists():
+        return path
+    from runtime.shipped import shipped_models
+    named = [m for m in shipped_models() if m.name == str(path)]
+    if not named:
+        raise UsageError(f"{path}: no such directory, nor a shipped model of that name")
+    return named[0]
+
+
+def _adapt_export(args, source: Path) -> int:
+    from runtime.site_adapt import ExportAdaptConfig, adapt_export
+    try:
+        config = ExportAdaptConfig(export_dir=str(source), data=tuple(str(d) for d in args.data), out=str(args.out),
+                                   **given(args, {"max_images": "max_images", "layers": "layers", "seed": "seed"}))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    _setup_logging()
+    out = adapt_export(config)
+    print(f"\nadapted export written to {out}. It is not a sure gain: score it and {args.source} on labelled scans of "
+          f"the site (bcd evaluate EXPORT --data SITE_DATA) and keep the better. The threshold is the parent's (set "
+          f"the site's own with bcd calibrate).")
     return 0
 
 

@@ -127,7 +127,7 @@ def _extra_groups(config: BenchmarkConfig, main: ExportGroup) -> list[ExportGrou
 
 
 def _file_gzip_bytes(path: Path | None) -> int | None:
-    from export.pipeline import compressed_size
+    from runtime.model_files import compressed_size
     if path is None or not Path(path).is_file():
         return None
     return compressed_size(path)

@@ -17,7 +17,6 @@ the runtime refuses ("no manifest.json"): a partial export is never taken for a 
 """
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import shutil
@@ -30,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from export import onnx_convert, tflite_convert
+from export.adapt_reference import write_for_export
 from export.int8_calibration import ImageCalibrationReader, representative_dataset
 from export.config import ExportConfig, VariantSpec
 from export.datasets import (ImageSet, RunInfo, calibration_images, lesion_crop_images, open_run, parity_images,
@@ -41,7 +41,7 @@ from runtime import atomic
 from runtime.engines import engine_label
 from runtime.host import tool_record, utc_now
 from runtime.manifest import MANIFEST_NAME, ONNX_METADATA_KEY, Manifest, VariantEntry, write_manifest
-from runtime.model_files import sha256_file
+from runtime.model_files import compressed_size, sha256_file
 from runtime.preprocessing import prepare_batch
 
 log = logging.getLogger(__name__)
@@ -331,12 +331,6 @@ def _roi_threshold(staging: Path, run: RunInfo) -> None:
         log.warning("no lesion-box threshold: %s", err)
 
 
-def compressed_size(path: Path) -> int:
-    """Bytes of the file gzip-compressed (level 6, no timestamp): what a download costs,
-    and where unstructured sparsity shows (zeros compress, the raw file does not shrink)."""
-    return len(gzip.compress(Path(path).read_bytes(), compresslevel=6, mtime=0))
-
-
 def _keras_reference(graph_model, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     """The source model's outputs: probability, Grad-CAM and (when present) the OOD score."""
     names = [PROB, CAM, OOD_OUTPUT]
@@ -533,6 +527,9 @@ def _export_into(config: ExportConfig, run, out: Path, staging: Path, started: f
         log.info("[%d/%d] %s: %s in %.0fs (total %.0fs)", i, len(variants), variant.name, entry.status,
                  result.seconds[variant.name], time.monotonic() - started)
 
+    # the training images' conv statistics, for `bcd adapt` at a site (runtime/site_adapt.py)
+    calib = exporter.calibration()
+    write_for_export(staging, manifest.variants, calib.images, run.spec, calib.description)
     if exporter.lazy.has("calibration"):
         manifest.export_settings["calibration"]["images_used"] = int(len(exporter.calibration().images))
     manifest.qat_summary = _qat_summary(exporter, manifest.variants)

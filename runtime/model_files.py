@@ -15,6 +15,7 @@ Stdlib only.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 from pathlib import Path
@@ -64,6 +65,13 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def compressed_size(path_or_bytes: "Path | bytes") -> int:
+    """Bytes of the file gzip-compressed (level 6, no timestamp): what a download costs,
+    and where unstructured sparsity shows (zeros compress, the raw file does not shrink)."""
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
+    return len(gzip.compress(data, compresslevel=6, mtime=0))
 
 
 def inside(folder: Path, relative: str) -> Path:

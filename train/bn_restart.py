@@ -22,6 +22,7 @@ import logging
 import numpy as np
 
 from runtime.preprocessing import PreprocessSpec, normalize
+from runtime.site_adapt import ChannelMoments
 from train.tf_setup import keras, tf
 
 log = logging.getLogger(__name__)
@@ -55,21 +56,3 @@ def match_batch_norms(model, names: list[str], images: np.ndarray, spec: Preproc
                         mean.astype(np.float32), var.astype(np.float32)])
     log.info("batch norms restarted from the earlier run's folded convs: %d matched to %d training images",
              len(names), len(images))
-
-
-class ChannelMoments:
-    """Per-channel mean and variance of conv outputs, accumulated batch by batch in float64
-    (also train.site_adapt's)."""
-
-    def __init__(self) -> None:
-        self.n, self.total, self.squares = 0, 0.0, 0.0
-
-    def add(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
-        self.n += len(x)
-        self.total = self.total + x.sum(0)
-        self.squares = self.squares + (x * x).sum(0)
-
-    def mean_var(self) -> tuple[np.ndarray, np.ndarray]:
-        mean = self.total / self.n
-        return mean, np.maximum(self.squares / self.n - mean * mean, 0.0)

@@ -20,6 +20,10 @@ on 100 of its scans gained 0.009 and 0.006 of AUC (aligning all 13 convs: +0.007
 -0.009); per scanner it still lost 0.002 once, so a site checks the adapted run against its
 parent on labelled scans of its own before using it.
 
+runtime/site_adapt.py does the same on an exported ONNX file, with the runtime's install
+(what a clinic has); the statistics, the corrections and the choice of layers are that
+module's, shared by both.
+
 What it does not do: choose the site's operating point. The threshold stays the
 parent's; a site that needs its own sets it on labelled scans (`bcd calibrate`).
 """
@@ -38,20 +42,13 @@ from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError
 from runtime.predict_files import expand_inputs
 from runtime.preprocessing import PreprocessSpec, normalize, resize
 from runtime.progress import Progress
+from runtime.site_adapt import LAYERS, MIN_IMAGES, AdaptError, Alignment, ChannelMoments, chosen_convs
 from train.config import run_scan_region
 from train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
-# early: blocks 1-3, the layers nearest the pixels (the default: at both held-out hospitals
-# it gained more, or lost less, than aligning all 13; docs/results.md); all: every conv
-LAYERS = ("early", "all")
-MIN_IMAGES = 20                    # fewer say little about a scanner's statistics
 BATCH = 32
-
-
-class AdaptError(ValueError):
-    """What makes adapting impossible, said plainly (the CLI prints it, no stack trace)."""
 
 
 @dataclass(frozen=True)
@@ -73,13 +70,6 @@ class AdaptConfig:
             raise AdaptError("give the site's scans: one or more folders or image files")
 
 
-@dataclass
-class Alignment:
-    """Per output channel of one conv: z' = z * scale + shift."""
-    scale: np.ndarray
-    shift: np.ndarray
-
-
 def conv_names(model) -> list[str]:
     """The model's convs in order; refuses a model with batch norms left unfolded."""
     kinds = {type(layer).__name__ for layer in model.layers}
@@ -92,17 +82,12 @@ def channel_moments(forward, images: np.ndarray, spec: PreprocessSpec, names: li
                     align: dict[str, Alignment]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{conv: (mean, std)} of each conv's output before its ReLU over `images`, with the
     alignments in `align` applied on the way (over every position)."""
-    from train.bn_restart import ChannelMoments     # TensorFlow with it: loaded when first needed
     moments = {n: ChannelMoments() for n in names}
     for start in range(0, len(images), BATCH):
         x = normalize(images[start:start + BATCH].astype(np.float32), spec).astype(np.float32)
         for name, z in forward(x, align, names):
             moments[name].add(z)
-    out = {}
-    for name, m in moments.items():
-        mean, var = m.mean_var()
-        out[name] = (mean, np.sqrt(np.maximum(var, 1e-12)))
-    return out
+    return {name: m.mean_std() for name, m in moments.items()}
 
 
 class ConvForward:
@@ -148,7 +133,7 @@ def fit_alignments(model, reference: np.ndarray, site: np.ndarray, spec: Preproc
     """The per-channel corrections that give each chosen conv the reference images'
     statistics on the site's images, fitted layer by layer in order."""
     names = conv_names(model)
-    chosen = names if layers == "all" else [n for n in names if n.split("_")[0] in ("block1", "block2", "block3")]
+    chosen = chosen_convs(names, layers)
     forward = ConvForward(model)
     ref = channel_moments(forward, reference, spec, chosen, {})
     align: dict[str, Alignment] = {}
@@ -156,10 +141,7 @@ def fit_alignments(model, reference: np.ndarray, site: np.ndarray, spec: Preproc
     for i, name in enumerate(chosen, 1):
         # each layer on the outputs of the layers already aligned (one pass per layer: a
         # few seconds each at the model's input size)
-        site_mean, site_std = channel_moments(forward, site, spec, [name], align)[name]
-        ref_mean, ref_std = ref[name]
-        scale = ref_std / site_std
-        align[name] = Alignment(scale.astype(np.float32), (ref_mean - site_mean * scale).astype(np.float32))
+        align[name] = Alignment.between(ref[name], channel_moments(forward, site, spec, [name], align)[name])
         progress.update(i)
     return align
 

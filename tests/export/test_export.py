@@ -228,7 +228,8 @@ def test_int8_onnx_is_qdq_u8s8(full_export):
 @pytest.mark.slow   # full export, QAT included (module fixture ~80 s)
 def test_writes_leave_no_temporary_files(full_export):
     names = [p.name for p in full_export.export_dir.iterdir()]
-    assert sorted(names) == sorted([f"{v}.{v.split('-')[0]}" for v in ALL_VARIANTS] + [MANIFEST_NAME, "split.json"])
+    assert sorted(names) == sorted([f"{v}.{v.split('-')[0]}" for v in ALL_VARIANTS]
+                                   + [MANIFEST_NAME, "split.json", "adapt-reference.json"])
     assert not [n for n in names if n.startswith(".") or ".tmp" in n]
     from export.onnx_convert import _STRAY
     assert not [p.name for p in Path.cwd().iterdir() if _STRAY.match(p.name)]
