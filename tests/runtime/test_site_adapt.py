@@ -169,3 +169,23 @@ def test_adapt_export_refuses_plainly(tiny_export, tiny_dataset, tmp_path, capsy
     assert "has no adapt-reference.json" in capsys.readouterr().err and not (tmp_path / "b").exists()
     assert main(["adapt", "no-such-model", "--data", str(few), "--out", str(tmp_path / "c")]) == 2
     assert "nor a shipped model" in capsys.readouterr().err
+
+
+def test_an_adapted_int8_file_keeps_its_integer_convs(tiny_export, tiny_dataset, tmp_path):
+    """The adapted file runs as fast as its parent only if ONNX Runtime still fuses every
+    dequantize-conv-quantize into one integer conv: the bias scale must stay input scale x
+    weight scale. Counted in the graph ONNX Runtime optimizes, not timed."""
+    from runtime.site_adapt import fit
+    model, images, prepare = _setup(tiny_export, tiny_dataset, "onnx-int8")
+    x = prepare(images)
+    dark = prepare(np.clip(images * 0.55 + 30, 0, 255).astype(np.uint8))
+
+    def fused(m, name):
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{name}.onnx")
+        ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        ops = [n.op_type for n in onnx.load_model(str(tmp_path / f"{name}.onnx")).graph.node]
+        return ops.count("QLinearConv"), ops.count("Conv")
+    before = fused(model, "parent")
+    fit(model, _reference(model, x), dark, "all", threads=1)
+    assert before[0] == 13 and fused(model, "adapted") == before
