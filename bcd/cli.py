@@ -523,17 +523,19 @@ def _cmd_adapt(args) -> int:
         from train.site_adapt import AdaptConfig, adapt_run
     except ImportError as err:
         raise _missing_extra("train", err)
+    _setup_logging()
+    run = adapt_run(_adapt_config(AdaptConfig, args, run_dir=str(source)))
+    return _adapted(f"run written to {run.root}: model.keras, run.json, split.json", args.source, "RUN",
+                    "; then bcd export it")
+
+
+def _adapt_config(cls, args, **source):
+    """AdaptConfig or ExportAdaptConfig from the command line; a bad value is a usage error."""
     try:
-        config = AdaptConfig(run_dir=str(source), data=tuple(str(d) for d in args.data), out=str(args.out),
-                             **given(args, {"max_images": "max_images", "layers": "layers", "seed": "seed"}))
+        return cls(**source, data=tuple(str(d) for d in args.data), out=str(args.out),
+                   **given(args, {"max_images": "max_images", "layers": "layers", "seed": "seed"}))
     except ValueError as err:
         raise UsageError(str(err)) from None
-    _setup_logging()
-    run = adapt_run(config)
-    print(f"\nadapted run written to {run.root}: model.keras, run.json, split.json. It is not a sure gain: score it "
-          f"and {args.source} on labelled scans of the site (bcd evaluate RUN --data SITE_DATA) and keep the better; then "
-          f"bcd export it. The threshold is the parent's (set the site's own with bcd calibrate).")
-    return 0
 
 
 def _shipped_or_path(path: Path) -> Path:
@@ -549,16 +551,15 @@ def _shipped_or_path(path: Path) -> Path:
 
 def _adapt_export(args, source: Path) -> int:
     from runtime.site_adapt import ExportAdaptConfig, adapt_export
-    try:
-        config = ExportAdaptConfig(export_dir=str(source), data=tuple(str(d) for d in args.data), out=str(args.out),
-                                   **given(args, {"max_images": "max_images", "layers": "layers", "seed": "seed"}))
-    except ValueError as err:
-        raise UsageError(str(err)) from None
     _setup_logging()
-    out = adapt_export(config)
-    print(f"\nadapted export written to {out}. It is not a sure gain: score it and {args.source} on labelled scans of "
-          f"the site (bcd evaluate EXPORT --data SITE_DATA) and keep the better. The threshold is the parent's (set "
-          f"the site's own with bcd calibrate).")
+    out = adapt_export(_adapt_config(ExportAdaptConfig, args, export_dir=str(source)))
+    return _adapted(f"export written to {out}", args.source, "EXPORT")
+
+
+def _adapted(written: str, parent: Path, kind: str, then: str = "") -> int:
+    print(f"\nadapted {written}. It is not a sure gain: score it and {parent} on labelled scans of the site "
+          f"(bcd evaluate {kind} --data SITE_DATA) and keep the better{then}. The threshold is the parent's (set the "
+          f"site's own with bcd calibrate).")
     return 0
 
 

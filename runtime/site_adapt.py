@@ -329,15 +329,14 @@ def read_reference(export_dir: Path, variant: str, file: Path) -> dict[str, tupl
 
 # --------------------------------------------------------------------------- adapting an export
 
-@dataclass(frozen=True)
-class ExportAdaptConfig:
-    export_dir: str
+@dataclass(frozen=True, kw_only=True)
+class SiteScans:
+    """What both forms of `bcd adapt` take: the site's scans, how many, which layers."""
     data: tuple[str, ...]           # folders or files of the site's scans; labels are not read
     out: str
     max_images: int = 500           # a random subset of the site's scans, if there are more
     layers: str = "early"
     seed: int = 0
-    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.layers not in LAYERS:
@@ -346,6 +345,12 @@ class ExportAdaptConfig:
             raise AdaptError(f"--max-images must be at least {MIN_IMAGES}")
         if not self.data:
             raise AdaptError("give the site's scans: one or more folders or image files")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportAdaptConfig(SiteScans):
+    export_dir: str
+    threads: int | None = None
 
 
 def site_inputs(classifier, inputs: Iterable[str], limit: int, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -373,6 +378,17 @@ def site_inputs(classifier, inputs: Iterable[str], limit: int, seed: int) -> tup
     return stacked, skipped
 
 
+def check_site_scans(count: int, skipped: list[str], data: Iterable[str]) -> None:
+    """List the scans skipped (the first ten); AdaptError when too few are left."""
+    for line in skipped[:10]:
+        log.warning("skipped: %s", line)
+    if len(skipped) > 10:
+        log.warning("... and %d more skipped", len(skipped) - 10)
+    if count < MIN_IMAGES:
+        raise AdaptError(f"only {count} usable scan(s) in {', '.join(data)}: give at least {MIN_IMAGES} "
+                         "of the site's own scans (100 or more measure its scanner better)")
+
+
 def adapt_export(config: ExportAdaptConfig) -> Path:
     """Write an adapted copy of the export to config.out (its ONNX variants aligned); return it."""
     from runtime.classifier import Classifier
@@ -393,14 +409,8 @@ def adapt_export(config: ExportAdaptConfig) -> Path:
     threads = resolve_threads(config.threads)
     with Classifier.load(source, variant=onnx_variants[0].name, threads=threads) as classifier:
         site, skipped = site_inputs(classifier, config.data, config.max_images, config.seed)
-    for line in skipped[:10]:
-        log.warning("skipped: %s", line)
-    if len(skipped) > 10:
-        log.warning("... and %d more skipped", len(skipped) - 10)
-    if len(site) < MIN_IMAGES:
-        raise AdaptError(f"only {len(site)} usable scan(s) in {', '.join(config.data)}: give at least {MIN_IMAGES} "
-                         "of the site's own scans (100 or more measure its scanner better)")
-    adapted: dict[str, bytes] = {}
+    check_site_scans(len(site), skipped, config.data)
+    adapted = {}
     ranges = {}
     for variant in onnx_variants:
         log.info("aligning %s (%s) to %d of the site's scans", source.name, variant.name, len(site))

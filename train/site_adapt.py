@@ -42,7 +42,8 @@ from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError
 from runtime.predict_files import expand_inputs
 from runtime.preprocessing import PreprocessSpec, normalize, resize
 from runtime.progress import Progress
-from runtime.site_adapt import LAYERS, MIN_IMAGES, AdaptError, Alignment, ChannelMoments, chosen_convs
+from runtime.site_adapt import (MIN_IMAGES, AdaptError, Alignment, ChannelMoments, SiteScans, check_site_scans,
+                                 chosen_convs)
 from train.config import run_scan_region
 from train.run_dir import RunDir
 
@@ -51,23 +52,15 @@ log = logging.getLogger(__name__)
 BATCH = 32
 
 
-@dataclass(frozen=True)
-class AdaptConfig:
+@dataclass(frozen=True, kw_only=True)
+class AdaptConfig(SiteScans):
     run_dir: str
-    data: tuple[str, ...]           # folders or files of the site's scans; labels are not read
-    out: str
-    max_images: int = 500           # a random subset of the site's scans, if there are more
     reference_images: int = 600     # a random subset of the run's training split
-    layers: str = "early"
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.layers not in LAYERS:
-            raise AdaptError(f"layers must be one of {', '.join(LAYERS)}, got {self.layers!r}")
-        if self.max_images < MIN_IMAGES or self.reference_images < MIN_IMAGES:
-            raise AdaptError(f"--max-images and the reference images must be at least {MIN_IMAGES}")
-        if not self.data:
-            raise AdaptError("give the site's scans: one or more folders or image files")
+        super().__post_init__()
+        if self.reference_images < MIN_IMAGES:
+            raise AdaptError(f"the reference images must be at least {MIN_IMAGES}")
 
 
 def conv_names(model) -> list[str]:
@@ -203,13 +196,7 @@ def adapt_run(config: AdaptConfig) -> RunDir:
         raise AdaptError(f"{out.root} already exists: give a new directory (nothing was changed)")
     spec = PreprocessSpec.from_dict(info["preprocessing"])
     site, skipped = read_site_images(config.data, info, spec, config.max_images, config.seed)
-    for line in skipped[:10]:
-        log.warning("skipped: %s", line)
-    if len(skipped) > 10:
-        log.warning("... and %d more skipped", len(skipped) - 10)
-    if len(site) < MIN_IMAGES:
-        raise AdaptError(f"only {len(site)} readable scan(s) in {', '.join(config.data)}: give at least {MIN_IMAGES} "
-                         "of the site's own scans (100 or more measure its scanner better)")
+    check_site_scans(len(site), skipped, config.data)
     reference = _reference_images(parent, info, split, spec, config.reference_images, config.seed)
     log.info("aligning %s to %d of the site's scans (reference: %d training images of the run)",
              parent.root.name, len(site), len(reference))

@@ -102,4 +102,4 @@ def test_adapt_refuses_plainly(graded_run, tiny_dataset, tmp_path, capsys):
     assert main(["adapt", str(graded_run), "--data", str(few), "--out", str(few)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main(["adapt", str(graded_run), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")]) == 2
-    assert "only 0 readable" in capsys.readouterr().err
+    assert "only 0 usable" in capsys.readouterr().err
