@@ -161,10 +161,13 @@ def _conv_ref(node, name: str, inits: set[str], producer: dict, model) -> ConvRe
     if dq is None or dq.op_type != "DequantizeLinear" or not all(i in inits for i in dq.input[:2]):
         raise AdaptError(f"conv {name}: its weights are neither a constant nor a dequantized constant")
     scale = _array(model, dq.input[1])
-    if scale.ndim != 1:
-        raise AdaptError(f"conv {name}: its weights are quantized per tensor; only per-channel scales can be aligned")
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)     # ONNX's default axis is 1
+    if scale.ndim != 1 or axis != 0:
+        raise AdaptError(f"conv {name}: its weights are not quantized per output channel; they cannot be aligned")
     bias = bias_scale = bias_zero = None
-    if bias_in is not None:
+    if bias_in in inits:                         # a float bias beside int8 weights
+        bias = bias_in
+    elif bias_in is not None:
         bdq = producer.get(bias_in)
         if bdq is None or bdq.op_type != "DequantizeLinear" or bdq.input[0] not in inits:
             raise AdaptError(f"conv {name}: its bias is not a dequantized constant")
@@ -212,7 +215,7 @@ def fold(model, conv: ConvRef, align: Alignment) -> None:
     if conv.bias is None:
         raise AdaptError(f"conv {conv.name} has no bias to hold its shift")
     bias = _array(model, conv.bias)
-    if not conv.quantized:
+    if conv.bias_scale is None:                  # a float bias
         _replace(model, conv.bias, (bias * scale + shift).astype(bias.dtype))
         return
     bias_scale = _array(model, conv.bias_scale).astype(np.float64)
@@ -262,6 +265,8 @@ def fit(model, reference: dict[str, tuple[np.ndarray, np.ndarray]], site: np.nda
     _single_use(model, convs)
     by_name = {c.name: c for c in convs}
     chosen = chosen_convs([c.name for c in convs], layers)
+    if not chosen:
+        raise AdaptError("no conv is named as VGG16's blocks 1-3 (block1_conv1 ...): use --layers all")
     missing = [n for n in chosen if n not in reference]
     if missing:
         raise AdaptError(f"the reference has no statistics for conv(s) {', '.join(missing)}")

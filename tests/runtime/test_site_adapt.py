@@ -189,3 +189,17 @@ def test_an_adapted_int8_file_keeps_its_integer_convs(tiny_export, tiny_dataset,
     before = fused(model, "parent")
     fit(model, _reference(model, x), dark, "all", threads=1)
     assert before[0] == 13 and fused(model, "adapted") == before
+
+
+def test_weights_not_quantized_per_output_channel_are_refused(tiny_export, tiny_dataset):
+    """A scale per input channel (DequantizeLinear's default axis, 1) cannot take a
+    correction per output channel: refused, not folded wrongly."""
+    from runtime.site_adapt import AdaptError, find_convs
+    model, _, _ = _setup(tiny_export, tiny_dataset, "onnx-int8")
+    weight = find_convs(model)[0].weight
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[1] == weight)
+    for attribute in list(dq.attribute):
+        if attribute.name == "axis":
+            dq.attribute.remove(attribute)
+    with pytest.raises(AdaptError, match="not quantized per output channel"):
+        find_convs(model)
