@@ -390,7 +390,9 @@ def check_site_scans(count: int, skipped: list[str], data: Iterable[str]) -> Non
     if len(skipped) > 10:
         log.warning("... and %d more skipped", len(skipped) - 10)
     if count < MIN_IMAGES:
-        raise AdaptError(f"only {count} usable scan(s) in {', '.join(data)}: give at least {MIN_IMAGES} "
+        data = list(data)
+        where = ", ".join(data) if len(data) <= 3 else f"the {len(data)} files and folders given"
+        raise AdaptError(f"only {count} usable scan(s) in {where}: give at least {MIN_IMAGES} "
                          "of the site's own scans (100 or more measure its scanner better)")
 
 

@@ -95,37 +95,63 @@ def _probabilities(export: Path, files: list[str]) -> np.ndarray:
     return np.array([np.nan if r.error else r.probability for r in preds], dtype=np.float64)
 
 
+@dataclass
+class Site:
+    """The site's scans the runtime accepts (colour Doppler screens and non-scans are refused,
+    so they are neither adapted on nor scored), with the parent's probabilities."""
+    samples: list[Sample]
+    parent: np.ndarray
+
+    @property
+    def files(self) -> list[str]:
+        return [str(s.path) for s in self.samples]
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples])
+
+
+def read_site(export: Path, config: StudyConfig) -> Site:
+    samples = site_samples(config, DEFAULT_CLASS_LABELS)
+    log.info("scoring the parent on %d scans", len(samples))
+    parent = _probabilities(export, [str(s.path) for s in samples])
+    usable = np.isfinite(parent)
+    site = Site([s for s, ok in zip(samples, usable) if ok], parent[usable])
+    if len(site.samples) < config.size + 20:
+        raise ValueError(f"{config.data}: {len(site.samples)} usable labelled scans; the study needs --size "
+                         f"({config.size}) and at least 20 more to score")
+    return site
+
+
+def one_draw(export: Path, site: Site, fit: set[int], layers: str) -> dict:
+    """Adapt on the scans `fit`, score parent and adapted on the others."""
+    files, y = site.files, site.y
+    rest = np.array([i for i in range(len(files)) if i not in fit])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "adapted"
+        adapt_export(ExportAdaptConfig(export_dir=str(export), data=tuple(files[i] for i in sorted(fit)),
+                                       out=str(out), layers=layers, max_images=len(fit)))
+        adapted = _probabilities(out, [files[i] for i in rest])
+        used = read_manifest(out).training_data["site_adaptation"]["site_scans"]
+    ok = np.isfinite(adapted)
+    idx = rest[ok]
+    classes = [site.samples[i].class_name for i in idx]
+    row = {"adapted_on": int(used), "scored": int(len(idx)),
+           "parent": scores(y[idx], site.parent[idx], classes), "adapted": scores(y[idx], adapted[ok], classes)}
+    row["gain"] = row["adapted"]["auc"] - row["parent"]["auc"]
+    return row
+
+
 def run_study(config: StudyConfig) -> dict:
     export = Path(config.export_dir)
     read_manifest(export)                        # a clear error before any scan is read
-    samples = site_samples(config, DEFAULT_CLASS_LABELS)
-    if len(samples) < config.size + 20:
-        raise ValueError(f"{config.data}: {len(samples)} labelled scans; the study needs --size ({config.size}) "
-                         "and at least 20 more to score")
-    files = [str(s.path) for s in samples]
-    y = np.array([s.label for s in samples])
-    classes = [s.class_name for s in samples]
-    log.info("scoring the parent on %d scans", len(files))
-    parent = _probabilities(export, files)
+    site = read_site(export, config)
     rng = np.random.default_rng(config.seed)
     rows = []
     for d in range(config.draws):
-        fit = draw(samples, config.size, rng)
-        rest = np.array([i for i in range(len(samples)) if i not in fit and np.isfinite(parent[i])])
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "adapted"
-            adapt_export(ExportAdaptConfig(export_dir=str(export), data=tuple(files[i] for i in sorted(fit)),
-                                           out=str(out), layers=config.layers, max_images=len(fit)))
-            adapted = _probabilities(out, [files[i] for i in rest])
-            used = read_manifest(out).training_data["site_adaptation"]["site_scans"]
-        ok = np.isfinite(adapted)
-        idx = rest[ok]
-        cls = [classes[i] for i in idx]
-        row = {"draw": d, "adapted_on": int(used), "scored": int(len(idx)),
-               "parent": scores(y[idx], parent[idx], cls), "adapted": scores(y[idx], adapted[ok], cls)}
-        row["gain"] = row["adapted"]["auc"] - row["parent"]["auc"]
+        row = {"draw": d, **one_draw(export, site, draw(site.samples, config.size, rng), config.layers)}
         log.info("draw %d: %.3f -> %.3f (%+.3f) on %d scans", d, row["parent"]["auc"], row["adapted"]["auc"],
-                 row["gain"], len(idx))
+                 row["gain"], row["scored"])
         rows.append(row)
     gains = np.array([r["gain"] for r in rows])
     return {"export": str(export), "data": config.data, "layers": config.layers, "size": config.size,

@@ -52,4 +52,4 @@ def test_the_study_writes_each_draw_before_and_after(tiny_export, tiny_dataset, 
 def test_too_few_scans_are_refused_plainly(tiny_export, tiny_dataset, capsys):
     from benchmarks.studies.site_adapt import main
     assert main([str(tiny_export), "--data", str(tiny_dataset), "--size", "20"]) == 2
-    assert "the study needs --size" in capsys.readouterr().err
+    assert "usable labelled scans; the study needs --size" in capsys.readouterr().err
