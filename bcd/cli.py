@@ -939,6 +939,7 @@ def _cmd_predict(args) -> int:
                          "for --heatmap")
     print(f"model: {classifier.info.file} (variant {classifier.variant}, threshold {classifier.threshold:.4f}, "
           f"{classifier.engine}, {classifier.threads} thread(s))", file=sys.stderr)
+    _say_if_adapted(classifier)
     if site is not None:
         print(f"operating point: {site.describe()}", file=sys.stderr)
     print(f"scan region: {classifier.region}, cine frames: {classifier.frames}"
@@ -1035,6 +1036,15 @@ def _add_report(sub) -> None:
     p.set_defaults(func=_cmd_report)
 
 
+def _say_if_adapted(classifier) -> None:
+    """A model `bcd adapt` changed for one site's scanner says so beside its name."""
+    from runtime.site_adapt import adaptation_note
+    manifest = classifier.manifest
+    note = adaptation_note(manifest.training_data if manifest is not None else None)
+    if note:
+        print(f"model is {note}", file=sys.stderr)
+
+
 def _cmd_report(args) -> int:
     from runtime import report
     from runtime.progress import Progress
@@ -1043,6 +1053,7 @@ def _cmd_report(args) -> int:
     classifier = config.load_classifier()
     print(f"model: {classifier.info.file} (variant {classifier.variant}, threshold {classifier.threshold:.4f}, "
           f"{classifier.engine})", file=sys.stderr)
+    _say_if_adapted(classifier)
     if classifier.site is not None:
         print(f"operating point: {classifier.site.describe()}", file=sys.stderr)
     reporter: list[Progress] = []

@@ -94,6 +94,8 @@ class Model:
     cost: dict[str, Any] | None = None   # {"macs", "params"} of the source Keras model, when recorded
     source: Path | None = None           # the manifest other variants are loaded from (None: a lone .onnx)
     default_variant: str = ""            # key of the variant loaded first
+    # the export's "site_adaptation" record when `bcd adapt` made it (runtime/site_adapt.py)
+    adapted: dict[str, Any] | None = None
 
 
 @dataclass
@@ -246,7 +248,8 @@ class DemoService:
                       threshold_info=dict(manifest.threshold) if manifest is not None else {},
                       baseline=dict(manifest.baseline) if manifest is not None else {},
                       cost=dict(cost) if isinstance(cost, dict) else None, source=source,
-                      default_variant=f"{name}{SEP}{first.variant}" if self.multi else first.variant)
+                      default_variant=f"{name}{SEP}{first.variant}" if self.multi else first.variant,
+                      adapted=(manifest.training_data.get("site_adaptation") if manifest is not None else None))
         return model, variants
 
     # ------------------------------------------------------------------ variants

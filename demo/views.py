@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from demo.service import DemoService, Model, Outcome, Variant
 
 from runtime.host import DISCLAIMER  # noqa: E402,F401 - shown on the page
+from runtime.site_adapt import adaptation_note  # noqa: E402
 
 _ABOVE = "#b3261e"        # red: at or above the threshold (malignant-looking)
 _BELOW = "#1f5fa8"        # blue: below the threshold
@@ -370,14 +371,22 @@ def variants_table_markdown(service: "DemoService") -> str:
     return "\n".join(rows)
 
 
+def adapted_sentence(model: "Model") -> str:
+    """Said wherever the model is described: its weights were changed for one site's scanner."""
+    note = adaptation_note({"site_adaptation": model.adapted})
+    return (f"\n\nModel {md_cell(model.name)} is **{md_cell(note)}**; its threshold and checks are its "
+            "parent's.") if note else ""
+
+
 def model_summary_markdown(service: "DemoService") -> str:
     """One model: its threshold. Several: one row per model (threshold, the original
-    Keras model's AUC, arithmetic per image when recorded)."""
+    Keras model's AUC, arithmetic per image when recorded). A site-adapted model says so."""
     site = ""
     if getattr(service, "site", None) is not None:
         owner = next((v for v in service.variants if v.site is not None), None)
         if owner is not None:
             site = "\n\n" + site_sentence(owner, service).replace("this variant", f"variant {md_cell(owner.key)}")
+    site += "".join(adapted_sentence(m) for m in service.models)
     if not service.multi:
         return threshold_sentence(service.models[0]) + site
     has_cost = any(m.cost for m in service.models)

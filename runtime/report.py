@@ -42,6 +42,7 @@ from runtime.model_files import sha256_file
 from runtime.predict_files import ROI_FIELDS, PredictConfig, expand_inputs, flat_row, rows
 from runtime.report_page import Page, Panel, Result, IndexRow, esc, index_page, report_page
 from runtime.scan_input import DecodedScan
+from runtime.site_adapt import adaptation_note
 from runtime.site_profile import load_for
 
 IMAGE_SIDE = 640              # px, long side of the pictures in a report (about 180 dpi on the printed page)
@@ -112,6 +113,7 @@ class ModelFacts:
     file: str
     sha256: str               # of the model file
     sha256_checked: bool      # True: it matched the manifest's when the model was loaded
+    adapted: str = ""         # non-empty: `bcd adapt` aligned it to one site's scans (what, when)
 
     @property
     def version(self) -> str:
@@ -131,7 +133,8 @@ def model_facts(classifier: Classifier) -> ModelFacts:
         tool_version=str((manifest.tool or {}).get("version", "unknown")) if manifest is not None else "unknown",
         exported=str(manifest.created) if manifest is not None else "",
         variant=info.variant, format=info.format, precision=info.precision, engine=classifier.engine,
-        file=info.file.name, sha256=(listed or sha256_file(info.file)).lower(), sha256_checked=listed is not None)
+        file=info.file.name, sha256=(listed or sha256_file(info.file)).lower(), sha256_checked=listed is not None,
+        adapted=adaptation_note(manifest.training_data if manifest is not None else None))
 
 
 def threshold_source(classifier: Classifier, pred: Prediction | None = None) -> str:
@@ -347,7 +350,8 @@ def _facts(pred: Prediction, classifier: Classifier, facts: ModelFacts, name: st
         ("Out of distribution", esc(ood_text(pred, classifier))),
         ("Operating threshold", threshold),
         ("Site profile", esc(_short(site.name)) if site is not None else "none (the model's own threshold)"),
-        ("Model", f"{esc(facts.name)}, {esc(facts.version)}"),
+        ("Model", f"{esc(facts.name)}, {esc(facts.version)}"
+                  + (f"; <b>{esc(facts.adapted)}</b>" if facts.adapted else "")),
         ("Variant", f"{esc(facts.variant)} ({esc(facts.format)}, {esc(facts.precision)}), file {esc(facts.file)}, "
                     f"run by {esc(facts.engine)}"),
         ("Model file sha256", f"<span class=\"mono\" id=\"bcd-sha256\">{esc(facts.sha256)}</span> ({checked})"),

@@ -244,7 +244,8 @@ def _tapped_session(model, outputs: list[str], threads: int):
     return create_session(tapped.SerializeToString(), Path("."), threads)
 
 
-def conv_moments(model, arrays: np.ndarray, convs: list[ConvRef], threads: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def conv_moments(model, arrays: np.ndarray, convs: list[ConvRef],
+                 threads: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{conv name: (mean, std)} of each conv's output before its ReLU over `arrays` (model
     inputs, NHWC float32), one pass."""
     session = _tapped_session(model, [c.output for c in convs], threads)
@@ -279,6 +280,16 @@ def fit(model, reference: dict[str, tuple[np.ndarray, np.ndarray]], site: np.nda
         fold(model, conv, done[name])
         progress.update(i)
     return done
+
+
+def adaptation_note(training_data: dict | None) -> str:
+    """What a person reading a prediction is told of a model `bcd adapt` changed ("" for
+    any other model): the CLI, the printable report and the demo say it beside its name."""
+    record = (training_data or {}).get("site_adaptation")
+    if not record:
+        return ""
+    return (f"site-adapted to {record.get('site_scans', '?')} unlabelled scans of one site on "
+            f"{str(record.get('created', ''))[:10]} (bcd adapt): for that site's scans only")
 
 
 # --------------------------------------------------------------------------- the reference file

@@ -162,7 +162,8 @@ def run_study(config: StudyConfig) -> dict:
 
 def markdown(doc: dict) -> str:
     keys = [k for k in doc["draws"][0]["parent"] if k != "auc"]
-    head = "| draw | adapted on | scored | AUC parent | AUC adapted | gain |" + "".join(f" {k}: parent → adapted |" for k in keys)
+    head = ("| draw | adapted on | scored | AUC parent | AUC adapted | gain |"
+            + "".join(f" {k}: parent → adapted |" for k in keys))
     lines = [f"# `bcd adapt` at a site: {Path(doc['data']).name}", "",
              f"Export `{doc['export']}`, layers `{doc['layers']}`, {len(doc['draws'])} draws of about {doc['size']} "
              "scans each adapted on (labels unused); the parent and the adapted export scored on the other scans.", "",

@@ -145,10 +145,28 @@ def test_adapt_command_writes_an_export_the_runtime_serves(tiny_export, tiny_dat
         entry = manifest.variant(name)
         assert entry.sha256 == sha256_file(out / entry.file) != parent.variant(name).sha256
     files = sorted(str(p) for p in tiny_dataset.rglob("*.png"))[:4]
+    assert main(["predict", files[0], "--model", str(out)]) == 0
+    assert "model is site-adapted to 20 unlabelled scans of one site" in capsys.readouterr().err
+    from runtime.report import model_facts
+    for export, adapted in ((out, True), (source, False)):
+        with Classifier.load(export) as clf:
+            assert ("site-adapted to 20 unlabelled scans" in model_facts(clf).adapted) == adapted
     for name in VARIANTS:
         with Classifier.load(out, variant=name) as adapted:
             predictions = adapted.predict(files)
         assert all(p.error is None and 0 <= p.probability <= 1 for p in predictions)
+    # where a person sees the model (the demo's summary), it says it is adapted; the parent does not
+    pytest.importorskip("gradio")
+    from demo import views
+    from demo.config import DemoConfig
+    from demo.service import DemoService
+    for export, adapted in ((out, True), (source, False)):
+        service = DemoService(DemoConfig(model=export, threads=1))
+        try:
+            summary = views.model_summary_markdown(service)
+        finally:
+            service.close()
+        assert ("site-adapted to 20 unlabelled scans of one site" in summary) == adapted
     # an adapted export is not adapted again: its parent is
     assert main(["adapt", str(out), "--data", str(tiny_dataset), "--out", str(tmp_path / "again")]) == 2
     assert "already adapted" in capsys.readouterr().err and not (tmp_path / "again").exists()
