@@ -34,6 +34,7 @@ from runtime.scan_input import DecodedScan, decode_scan
 from runtime.scan_region import ScanRegion
 from runtime.manifest import MANIFEST_NAME, Parity, VariantEntry, read_manifest
 from runtime.model_files import sha256_file
+from runtime.site_adapt import adaptation_note
 from runtime.site_profile import SiteProfile, read_profile
 
 from demo.config import MAX_EXAMPLES, DemoConfig
@@ -94,8 +95,7 @@ class Model:
     cost: dict[str, Any] | None = None   # {"macs", "params"} of the source Keras model, when recorded
     source: Path | None = None           # the manifest other variants are loaded from (None: a lone .onnx)
     default_variant: str = ""            # key of the variant loaded first
-    # the export's "site_adaptation" record when `bcd adapt` made it (runtime/site_adapt.py)
-    adapted: dict[str, Any] | None = None
+    adapted: str = ""                    # runtime.site_adapt.adaptation_note: "" unless `bcd adapt` made it
 
 
 @dataclass
@@ -249,7 +249,7 @@ class DemoService:
                       baseline=dict(manifest.baseline) if manifest is not None else {},
                       cost=dict(cost) if isinstance(cost, dict) else None, source=source,
                       default_variant=f"{name}{SEP}{first.variant}" if self.multi else first.variant,
-                      adapted=(manifest.training_data.get("site_adaptation") if manifest is not None else None))
+                      adapted=adaptation_note(manifest.training_data if manifest is not None else None))
         return model, variants
 
     # ------------------------------------------------------------------ variants

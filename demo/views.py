@@ -14,7 +14,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from demo.service import DemoService, Model, Outcome, Variant
 
 from runtime.host import DISCLAIMER  # noqa: E402,F401 - shown on the page
-from runtime.site_adapt import adaptation_note  # noqa: E402
 
 _ABOVE = "#b3261e"        # red: at or above the threshold (malignant-looking)
 _BELOW = "#1f5fa8"        # blue: below the threshold
@@ -373,9 +372,8 @@ def variants_table_markdown(service: "DemoService") -> str:
 
 def adapted_sentence(model: "Model") -> str:
     """Said wherever the model is described: its weights were changed for one site's scanner."""
-    note = adaptation_note({"site_adaptation": model.adapted})
-    return (f"\n\nModel {md_cell(model.name)} is **{md_cell(note)}**; its threshold and checks are its "
-            "parent's.") if note else ""
+    return (f"\n\nModel {md_cell(model.name)} is **{md_cell(model.adapted)}**; its threshold and checks are its "
+            "parent's.") if model.adapted else ""
 
 
 def model_summary_markdown(service: "DemoService") -> str:

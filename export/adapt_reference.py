@@ -23,21 +23,18 @@ from pathlib import Path
 import numpy as np
 
 from runtime.manifest import read_manifest
-from runtime.preprocessing import PreprocessSpec, prepare_batch
 from runtime.site_adapt import AdaptError, reference_statistics, write_reference
 
 log = logging.getLogger(__name__)
 
 
-def write_for_export(export_dir: Path, manifest_variants, images: np.ndarray, spec: PreprocessSpec,
-                     description: str) -> Path | None:
-    """Measure every usable ONNX variant in export_dir on `images` (uint8 BGR, at the model's
-    size) and write the reference file; None when there is no ONNX variant to measure, or its
-    graph cannot be aligned (a note in the log, the export goes on)."""
+def write_for_export(export_dir: Path, manifest_variants, arrays: np.ndarray, description: str) -> Path | None:
+    """Measure every usable ONNX variant in export_dir on `arrays` (model inputs) and write
+    the reference file; None when there is no ONNX variant to measure, or none could be (a
+    note in the log: an optional extra never fails an export)."""
     onnx_variants = [v for v in manifest_variants if v.usable and v.format == "onnx" and v.file]
-    if not onnx_variants or len(images) == 0:
+    if not onnx_variants or len(arrays) == 0:
         return None
-    arrays = prepare_batch(list(images), spec).astype(np.float32)
     measured = {}
     for variant in onnx_variants:
         path = Path(export_dir) / variant.file
@@ -71,9 +68,7 @@ def add_to_export(export_dir: str, images: int = 600, seed: int = 0, split_root:
         arrays, skipped = site_inputs(classifier, files, images, seed)
     description = f"train split of {export.name}'s split.json ({len(arrays)} images, read by the runtime)"
     log.info("measuring the convs on the %s; %d skipped", description, len(skipped))
-    measured = {v.name: (export / v.file, reference_statistics((export / v.file).read_bytes(), arrays))
-                for v in onnx_variants}
-    return write_reference(export, measured, len(arrays), description)
+    return write_for_export(export, manifest.variants, arrays, description)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -530,7 +530,8 @@ def _export_into(config: ExportConfig, run, out: Path, staging: Path, started: f
     # the training images' conv statistics, for `bcd adapt` at a site (runtime/site_adapt.py)
     if any(v.usable and v.format == "onnx" for v in manifest.variants):
         calib = exporter.calibration()
-        write_for_export(staging, manifest.variants, calib.images, run.spec, calib.description)
+        write_for_export(staging, manifest.variants, prepare_batch(list(calib.images), run.spec).astype(np.float32),
+                         calib.description)
     if exporter.lazy.has("calibration"):
         manifest.export_settings["calibration"]["images_used"] = int(len(exporter.calibration().images))
     manifest.qat_summary = _qat_summary(exporter, manifest.variants)

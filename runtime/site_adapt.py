@@ -20,8 +20,8 @@ of the ones already aligned, and each correction is folded into the conv's weigh
   aligned outputs have the training images' statistics, on which they were calibrated.
 - float files: the kernel and bias themselves.
 
-The adapted export runs exactly as fast as its parent, with only the runtime's install
-and the `onnx` package. train/site_adapt.py does the same for a training run (TensorFlow).
+The adapted export is the same graph with other numbers, as fast as its parent; adapting
+needs only the runtime's install and the `onnx` package. train/site_adapt.py does the same for a training run (TensorFlow).
 """
 from __future__ import annotations
 
@@ -325,7 +325,7 @@ def read_reference(export_dir: Path, variant: str, file: Path) -> dict[str, tupl
     path = Path(export_dir) / REFERENCE_NAME
     if not path.is_file():
         raise AdaptError(f"{export_dir} has no {REFERENCE_NAME} (the training images' statistics): export the run "
-                         "again with this version of bcd, or add it with python -m export.adapt_reference RUN EXPORT")
+                         "again with this version of bcd, or add it with python -m export.adapt_reference EXPORT")
     try:
         doc = json.loads(path.read_text())
         if doc.get("schema") != REFERENCE_SCHEMA or doc.get("schema_version") != REFERENCE_VERSION:
@@ -369,16 +369,23 @@ class ExportAdaptConfig(SiteScans):
     threads: int | None = None
 
 
+def site_files(inputs: Iterable[str], limit: int, seed: int) -> tuple[list[Path], list[str]]:
+    """The site's image files (folders searched, BUSI-style lesion masks left out), a random
+    `limit` of them when there are more, and the inputs that could not be used, with why."""
+    from runtime.dataset import is_mask
+    from runtime.predict_files import expand_inputs
+    files, problems = expand_inputs(list(inputs))
+    files = [Path(f) for f in files if not is_mask(Path(f))]
+    if len(files) > limit:
+        files = sorted(np.random.default_rng(seed).choice(np.array(files, dtype=object), limit, replace=False))
+    return files, [p.error for p in problems]
+
+
 def site_inputs(classifier, inputs: Iterable[str], limit: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """The site's scans as `bcd predict` gives them to the model (decoded, cut to the scan
     region, checked, marks treated, preprocessed): (n, s, s, 3) float32, and the files
     skipped with why (unreadable, colour Doppler, not a scan)."""
-    from runtime.predict_files import expand_inputs
-    files, problems = expand_inputs(list(inputs))
-    files = [f for f in files if "_mask" not in Path(f).stem]       # BUSI-style lesion masks beside the scans
-    skipped = [p.error for p in problems]
-    if len(files) > limit:
-        files = sorted(np.random.default_rng(seed).choice(np.array(files, dtype=object), limit, replace=False))
+    files, skipped = site_files(inputs, limit, seed)
     arrays = []
     progress = Progress(len(files), "reading the site's scans")
     for i, path in enumerate(files, 1):
@@ -441,8 +448,7 @@ def adapt_export(config: ExportAdaptConfig) -> Path:
               "site_scans": int(len(site)), "skipped": len(skipped),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "config": {**asdict(config), "data": list(config.data)},
-              "layers_aligned": len(chosen_convs([c.name for c in find_convs(next(iter(adapted.values())))],
-                                                 config.layers)),
+              "layers_aligned": len(done),
               # how far the site's spreads were from the reference's, over every channel aligned
               "scale_range": ranges}
     _write_export(source, out, manifest, adapted, record)

@@ -94,6 +94,14 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return root
 
 
+def few_scans(dataset: Path, folder: Path, n: int = 3) -> Path:
+    """A folder holding copies of the first n scans of a dataset (too few for some commands)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in sorted(dataset.rglob("*.png"))[:n]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    return folder
+
+
 def gray_noise(seed: int, size: int = 48) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
 

@@ -39,11 +39,10 @@ import numpy as np
 
 from runtime import atomic
 from runtime.images import DEFAULT_MAX_PIXELS, ImageReadError
-from runtime.predict_files import expand_inputs
 from runtime.preprocessing import PreprocessSpec, normalize, resize
 from runtime.progress import Progress
 from runtime.site_adapt import (MIN_IMAGES, AdaptError, Alignment, ChannelMoments, SiteScans, check_site_scans,
-                                 chosen_convs)
+                                 chosen_convs, site_files)
 from train.config import run_scan_region
 from train.run_dir import RunDir
 
@@ -151,11 +150,7 @@ def read_site_images(inputs, info: dict, spec: PreprocessSpec, limit: int, seed:
     """The site's scans as the run's model reads them (cut to the scan region, marks
     treated, resized): (n, s, s, 3) uint8, and the files skipped with why."""
     from train.data import read_sample
-    files, problems = expand_inputs(inputs)
-    files = [f for f in files if "_mask" not in f.stem]          # BUSI-style lesion masks beside the scans
-    skipped = [p.error for p in problems]
-    if len(files) > limit:
-        files = sorted(np.random.default_rng(seed).choice(np.array(files, dtype=object), limit, replace=False))
+    files, skipped = site_files(inputs, limit, seed)
     region = run_scan_region(info)
     images = []
     progress = Progress(len(files), "reading the site's scans")

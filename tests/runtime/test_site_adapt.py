@@ -174,10 +174,8 @@ def test_adapt_command_writes_an_export_the_runtime_serves(tiny_export, tiny_dat
 
 def test_adapt_export_refuses_plainly(tiny_export, tiny_dataset, tmp_path, capsys):
     from bcd.cli import main
-    few = tmp_path / "few"
-    few.mkdir()
-    for p in sorted(tiny_dataset.rglob("*.png"))[:3]:
-        (few / p.name).write_bytes(p.read_bytes())
+    from tests.conftest import few_scans
+    few = few_scans(tiny_dataset, tmp_path / "few")
     assert main(["adapt", str(tiny_export), "--data", str(few), "--out", str(tmp_path / "a")]) == 2
     assert "give at least 20" in capsys.readouterr().err and not (tmp_path / "a").exists()
     bare = tmp_path / "bare"

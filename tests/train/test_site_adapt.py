@@ -91,10 +91,8 @@ def test_adapt_command_writes_a_run_that_evaluate_reads(graded_run, tiny_dataset
 
 def test_adapt_refuses_plainly(graded_run, tiny_dataset, tmp_path, capsys):
     from bcd.cli import main
-    few = tmp_path / "few"
-    few.mkdir()
-    for p in sorted(tiny_dataset.rglob("*.png"))[:3]:
-        (few / p.name).write_bytes(p.read_bytes())
+    from tests.conftest import few_scans
+    few = few_scans(tiny_dataset, tmp_path / "few")
     assert main(["adapt", str(graded_run), "--data", str(few), "--out", str(tmp_path / "a")]) == 2
     assert "give at least 20" in capsys.readouterr().err and not (tmp_path / "a").exists()
     assert main(["adapt", str(tmp_path), "--data", str(few), "--out", str(tmp_path / "b")]) == 2
