@@ -250,9 +250,29 @@ def auc(y: np.ndarray, p: np.ndarray) -> float | None:
     return float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else None
 
 
-def compare(y: np.ndarray, plain: np.ndarray, other: np.ndarray, threshold: float) -> dict:
+CI_RESAMPLES = 2000
+
+
+def share_ci(flags: np.ndarray, groups: np.ndarray, resamples: int = CI_RESAMPLES,
+             seed: int = 0) -> list[float] | None:
+    """95 % percentile-bootstrap interval of the share of True in `flags`, resampling
+    whole scans (`groups`): a scan's screens and caliper draws share its tissue and its
+    distance from the threshold, so they are not independent. None without data."""
+    if flags.size == 0:
+        return None
+    ids, index = np.unique(groups, return_inverse=True)
+    hits = np.bincount(index, weights=flags.astype(np.float64), minlength=ids.size)
+    totals = np.bincount(index, minlength=ids.size).astype(np.float64)
+    draws = np.random.default_rng(seed).integers(0, ids.size, (resamples, ids.size))
+    shares = hits[draws].sum(axis=1) / totals[draws].sum(axis=1)
+    return [float(v) for v in np.percentile(shares, [2.5, 97.5])]
+
+
+def compare(y: np.ndarray, plain: np.ndarray, other: np.ndarray, threshold: float,
+            groups: np.ndarray | None = None) -> dict:
     """AUC of both, their difference, and the share of calls that differ (pairs where
-    either was refused are counted as refused, not as changed)."""
+    either was refused are counted as refused, not as changed), with its 95 % interval
+    over scans when `groups` (each pair's scan) is given."""
     ok = np.isfinite(plain) & np.isfinite(other)
     changed = (plain[ok] >= threshold) != (other[ok] >= threshold)
     a, b = auc(y, plain), auc(y, other)
@@ -260,6 +280,7 @@ def compare(y: np.ndarray, plain: np.ndarray, other: np.ndarray, threshold: floa
             "auc_delta": (b - a) if a is not None and b is not None else None,
             "calls_changed": float(changed.mean()) if changed.size else None,
             "calls_changed_n": int(changed.sum()),
+            "calls_changed_ci": share_ci(changed, groups[ok]) if groups is not None else None,
             "max_abs_prob_change": float(np.max(np.abs(plain[ok] - other[ok]))) if ok.any() else None}
 
 
@@ -316,15 +337,16 @@ def accuracy_figures(run: dict, threshold: float, layouts: int) -> dict:
         keep = np.ones(len(run["labels"]), bool) if source == "all" else run["sources"] == source
         probs = {k: v[keep] for k, v in run["probs"].items()}
         y = np.tile(run["labels"][keep], layouts)
+        scans = np.tile(np.flatnonzero(keep), layouts)          # each pooled pair's scan
         figures = {}
         for title, (a, b) in COMPARISONS.items():
-            figures[title] = compare(y, _pooled(probs, a, layouts), _pooled(probs, b, layouts), threshold)
+            figures[title] = compare(y, _pooled(probs, a, layouts), _pooled(probs, b, layouts), threshold, scans)
         for pairs, screens in ((LINEAR_ONLY, _pooled_probe(run, layouts) == "linear"),
                                (LESION_IN_FAN, _pooled_lesion_kept(run, layouts))):
             sel = screens[np.tile(keep, layouts)]
             for title, (a, b) in pairs.items():
                 figures[title] = compare(y[sel], _pooled(probs, a, layouts)[sel], _pooled(probs, b, layouts)[sel],
-                                         threshold)
+                                         threshold, scans[sel])
         per_layout = [compare(run["labels"][keep], probs["plain"], probs[f"framed{j}"], threshold)
                       for j in range(layouts)]
         figures["framed, finder on"]["per_layout_draw"] = {
@@ -549,13 +571,16 @@ def markdown(doc: dict) -> str:
              "## Calls and AUC: plain scan vs framed / marked", "",
              "Acceptance (issue 20): framed vs plain AUC within 0.01 and at most 2 % of calls changed, "
              "the same with calipers.", "",
+             "Calls changed: the share, (the count) and its 95 % bootstrap interval over the scans.", "",
              "| source | comparison | n | AUC plain | AUC other | delta | calls changed | max abs dp |",
              "|---|---|---|---|---|---|---|---|"]
     for source, figures in doc["accuracy"].items():
         for title in [*COMPARISONS, *LINEAR_ONLY, *LESION_IN_FAN]:
             f = figures[title]
+            ci = f.get("calls_changed_ci")
+            interval = f" [{100 * ci[0]:.1f}–{100 * ci[1]:.1f}]" if ci else ""
             lines.append(f"| {source} | {title} | {f['n']} | {_f(f['auc_plain'])} | {_f(f['auc_other'])} | "
-                         f"{_f(f['auc_delta'])} | {_pct(f['calls_changed'])} ({f['calls_changed_n']}) | "
+                         f"{_f(f['auc_delta'])} | {_pct(f['calls_changed'])} ({f['calls_changed_n']}){interval} | "
                          f"{_f(f['max_abs_prob_change'])} |")
     lines += ["", "Framed (finder on), calls changed per probe shape: vs the plain scan / vs the probe's plain "
               "scan (the fan on black without the screen: what the frame alone changes):", "",

@@ -122,6 +122,24 @@ def test_compare_counts_changed_calls_and_refusals():
     assert c["auc_plain"] == pytest.approx(0.75) and c["auc_other"] == 1.0
 
 
+def test_the_interval_resamples_whole_scans():
+    from benchmarks.frames import share_ci
+    # 100 scans, 4 screens each; 5 scans change every call, the others none: 5 % changed
+    groups = np.tile(np.arange(100), 4)
+    flags = np.isin(groups, [3, 20, 41, 77, 90])
+    lo, hi = share_ci(flags, groups)
+    assert lo < flags.mean() < hi
+    # the same share spread over 20 scans (one screen each) varies less between scan draws
+    spread = np.zeros(400, bool)
+    spread[np.arange(0, 80, 4)] = True
+    lo2, hi2 = share_ci(spread, groups)
+    assert hi2 - lo2 < (hi - lo) * 0.75
+    assert share_ci(flags, groups) == [lo, hi]                  # seeded: the same interval every run
+    assert share_ci(np.zeros(0, bool), np.zeros(0, int)) is None
+    c = compare(np.tile([0, 1], 200), np.full(400, 0.6), np.where(flags, 0.4, 0.6), 0.5, groups)
+    assert c["calls_changed_ci"] == [lo, hi]
+
+
 def test_lesion_in_fan_is_the_share_of_the_lesion_a_fan_keeps():
     mask = np.zeros((100, 140), bool)
     mask[60:80, 60:80] = True                              # deep in the middle: inside every fan
