@@ -34,6 +34,7 @@ from runtime import atomic
 from runtime.manifest import read_manifest, split_file
 from runtime.preprocessing import PreprocessSpec
 
+
 class RebuildError(ValueError):
     """The export cannot be rebuilt into a Keras classifier (clear message, no trace)."""
 
