@@ -11,7 +11,8 @@ runtime Classifier on ONNX Runtime at the manifest's threshold:
 - plain vs framed: each scan placed on `--layouts` synthetic screens (benchmarks.screens,
   every layout drawn at random from a seeded generator), the finder
   (runtime.scan_region) crops the screen, the crop is classified: AUC plain vs framed
-  and the share of calls that change; the same without the finder (the whole screen, as
+  and the share of calls that change (with its 95 % bootstrap interval over the scans);
+  the same without the finder (the whole screen, as
   before issue 20), and against the scan as the screen's probe shows it (a fan for
   curved and sector layouts);
 - calipers: the same with a sonographer's marks drawn on the scan (on the lesion's
