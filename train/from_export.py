@@ -22,7 +22,6 @@ statistics, localiser) are not carried over: a fine-tuned run is exported afresh
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import numpy as np
 
 from runtime import atomic
 from runtime.manifest import read_manifest, split_file
+from runtime.model_files import sha256_file
 from runtime.preprocessing import PreprocessSpec
 
 
@@ -127,9 +127,9 @@ def rebuild(export_dir: str | Path, out: str | Path, variant: str | None = None)
         raise RebuildError(f"{out} exists: choose a new --out (nothing is overwritten)")
     weights = OnnxWeights(source)
     spec = PreprocessSpec.from_dict(manifest.preprocessing)
-    config = ModelConfig(spec.image_size, "none", width=weights.layer("block1_conv1", "conv").kernel.shape[-1] / 64,
-                         batch_norm=False, lesion="none",
-                         dense_units=int(weights.layer("head_dense", "dense").kernel.shape[1]))
+    first, hidden = weights.layer("block1_conv1", "conv"), weights.layer("head_dense", "dense")
+    config = ModelConfig(spec.image_size, "none", width=first.kernel.shape[-1] / 64, batch_norm=False,
+                         lesion="none", dense_units=int(hidden.kernel.shape[1]))
     model, _ = build_model(config)
     for layer in model.layers:
         if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
@@ -152,27 +152,20 @@ def rebuild(export_dir: str | Path, out: str | Path, variant: str | None = None)
 
 
 def run_info(export_dir: Path, manifest, source: Path, config, spec: PreprocessSpec) -> dict:
-    """run.json: what `--weights` reads (the input settings, the split's held-out source)
-    and where the weights came from."""
+    """run.json: what `--weights` reads (the input settings; the held-out source is in
+    split.json) and where the weights came from."""
     region = manifest.scan_region or {}
-    split_config = (json.loads(split_file(export_dir).read_text()).get("config") or {})
     return {
         "rebuilt_from_export": {"path": str(export_dir), "file": source.name,
-                                "source_model": manifest.source_model, "sha256_of_file": _sha256(source)},
+                                "source_model": manifest.source_model, "sha256_of_file": sha256_file(source)},
         "config": {"image_size": spec.image_size, "width": config.width, "arch": "vgg16",
                    "dense_units": config.dense_units,
                    # a manifest without a scan_region record was exported before the finder, which means "auto"
                    "scan_region": region.get("mode", "auto"),
                    "colour_marks": region.get("colour_marks", "keep"),
                    "white_calipers": region.get("white_calipers", "keep"),
-                   "thin_marks": spec.thin_marks, "grey_map": spec.grey_map,
-                   "val_source": split_config.get("val_source")},
+                   "thin_marks": spec.thin_marks, "grey_map": spec.grey_map},
     }
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
