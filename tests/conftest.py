@@ -182,11 +182,18 @@ def graded_run(tiny_run, tiny_dataset, tmp_path_factory) -> Path:
 def tiny_export(graded_run, tmp_path_factory) -> Path:
     """`graded_run` exported with `export.export_run`: onnx-fp32 and onnx-int8 only (the
     runtime's default variants), with manifest.json. Shared by the runtime tests; treat
-    it as read-only (copy files before changing them)."""
+    it as read-only (copy files before changing them).
+
+    Lenient parity tolerances: the tiny validation split has three images (one malignant),
+    so one benign-malignant pair tied by INT8's coarser output is an AUC drop of 0.25, and
+    whether a 1-epoch model's INT8 file ties one depends on the CPU that trained and
+    quantized it (it did on one CI machine and not on another). The tests that use this export need both variants loadable; the parity
+    checks themselves are tested in tests/export."""
     from export import ExportConfig, export_run
 
     out = tmp_path_factory.mktemp("exports") / "tiny"
-    export_run(ExportConfig(run_dir=str(graded_run), out=str(out), formats=("onnx-fp32", "onnx-int8")))
+    export_run(ExportConfig(run_dir=str(graded_run), out=str(out), formats=("onnx-fp32", "onnx-int8"),
+                            max_flip_rate=1.0, max_auc_drop=1.0))
     return out
 
 
