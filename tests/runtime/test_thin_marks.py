@@ -131,6 +131,9 @@ def test_a_run_trained_with_open_marks_exports_and_serves_them(tiny_dataset, tmp
                             batch_size=8, bootstrap_resamples=50, thin_marks="open")).root
     assert json.loads((run / "run.json").read_text())["preprocessing"]["thin_marks"] == "open"
     out = tmp_path / "export"
-    export_run(ExportConfig(run_dir=str(run), out=str(out), formats=("onnx-fp32",)))
+    # lenient parity: a 1-epoch model's probabilities sit at 0 or 1 with the threshold there too,
+    # so float noise between Keras and ONNX can flip a call; this test is about the setting
+    export_run(ExportConfig(run_dir=str(run), out=str(out), formats=("onnx-fp32",), max_auc_drop=1.0,
+                            max_flip_rate=1.0))
     assert json.loads((out / MANIFEST_NAME).read_text())["preprocessing"]["thin_marks"] == "open"
     assert Classifier.load(out).spec.thin_marks == "open"
