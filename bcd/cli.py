@@ -709,7 +709,8 @@ def _export(name: str, show=None) -> LibraryDefault:
     return library("export.config:ExportConfig", name, show)
 
 
-_EXPORT_FIELDS = {"calib_size": "calib_size", "calib_method": "calib_method", "qat": "qat_epochs",
+_EXPORT_FIELDS = {"calib_size": "calib_size", "calib_method": "calib_method", "int8_weights": "int8_weights",
+                  "qat": "qat_epochs",
                   "max_auc_drop": "max_auc_drop", "max_flip_rate": "max_flip_rate", "opset": "onnx_opset",
                   "sparsity": "sparsity", "sparsity_epochs": "sparsity_epochs", "ood_quantile": "ood_quantile"}
 
@@ -730,6 +731,9 @@ def _add_export(sub) -> None:
                    help="INT8 calibration images, at most (default %(default)s)")
     p.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"], default=_export("calib_method"),
                    help="ONNX Runtime calibration method for onnx-int8 (default %(default)s)")
+    p.add_argument("--int8-weights", choices=["auto", "7bit", "uint8"], default=_export("int8_weights"),
+                   help="how onnx-int8 stores its weights: 7bit (the fastest), uint8 (8-bit precision on every "
+                        "CPU, slower), auto (default: 7bit, and uint8 when the 7-bit file fails the parity checks)")
     p.add_argument("--qat", type=int, default=_export("qat_epochs"), metavar="EPOCHS",
                    help="also export quantization-aware-trained INT8 variants, fine-tuned EPOCHS epochs")
     _add_data_options(p, multiple=False, help_text="labelled dataset (class folders or CSV index) for the parity "

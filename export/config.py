@@ -27,8 +27,8 @@ VARIANTS: dict[str, VariantSpec] = {v.name: v for v in (
     VariantSpec("onnx-fp32", "onnx", "fp32", CAM_OUTPUTS,
                 notes=("reference conversion (tf2onnx); the other ONNX variants start from it",)),
     VariantSpec("onnx-int8", "onnx", "int8", CAM_OUTPUTS,
-                notes=("static post-training quantization, QDQ format, U8S8 (uint8 activations, "
-                       "int8 per-channel weights), calibrated on training images",)),
+                notes=("static post-training quantization, QDQ format, uint8 activations and per-channel "
+                       "weights (--int8-weights), calibrated on training images",)),
     VariantSpec("onnx-fp16", "onnx", "fp16", CAM_OUTPUTS,
                 notes=("for GPUs/accelerators; CPUs run FP16 slowly (ONNX Runtime's CPU provider "
                        "lacks FP16 kernels for most ops and inserts casts): prefer onnx-fp32 or "
@@ -51,6 +51,7 @@ VARIANTS: dict[str, VariantSpec] = {v.name: v for v in (
 DEFAULT_FORMATS = tuple(name for name, v in VARIANTS.items() if not v.qat)
 QAT_FORMATS = tuple(name for name, v in VARIANTS.items() if v.qat)
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+INT8_WEIGHT_CHOICES = ("auto", "7bit", "uint8")
 
 SPARSE_NOTE = ("unstructured magnitude pruning (tensorflow-model-optimization): smaller COMPRESSED file only; "
                "ONNX Runtime's dense CPU kernels multiply the zeros, so it is NOT faster and its raw file is "
@@ -84,9 +85,10 @@ class ExportConfig:
     max_auc_drop: float = 0.01
     max_flip_rate: float = 0.02
     onnx_opset: int = 17
-    # Weights with 7 bits instead of 8: ONNX Runtime recommends it for per-channel U8S8 on
-    # x86-64 CPUs without VNNI (see export/onnx_convert.py).
-    int8_reduce_range: bool = True
+    # How onnx-int8 stores its weights (export/onnx_convert.py, INT8_WEIGHTS): "7bit" (int8
+    # in 7 bits, the fastest), "uint8" (all 8 bits, exact on every CPU, slower), or "auto":
+    # 7bit, quantized again with uint8 when the 7-bit file fails the parity checks.
+    int8_weights: str = "auto"
     calib_batch_size: int = 8
     batch_size: int = 16                   # inference batch for parity checks
     seed: int = 0
@@ -112,6 +114,8 @@ class ExportConfig:
         if self.qat_epochs > 0 and not qat_listed:
             formats = formats + QAT_FORMATS
         object.__setattr__(self, "formats", formats)
+        if self.int8_weights not in INT8_WEIGHT_CHOICES:
+            raise ValueError(f"--int8-weights must be one of {', '.join(INT8_WEIGHT_CHOICES)}")
         if self.calib_method not in CALIBRATION_METHODS:
             raise ValueError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}")
         if self.calib_size < 1 or self.calib_batch_size < 1 or self.batch_size < 1 or self.qat_batch_size < 1:

@@ -110,16 +110,34 @@ def _pre_process(src: Path, dst: Path) -> list[str]:
         return [f"pre-processing ran without symbolic shape inference ({err})"]
 
 
-def quantize_int8(fp32: onnx.ModelProto, reader, method: str = "minmax", reduce_range: bool = True,
+# How the weights of an INT8 file are stored (ExportConfig.int8_weights); activations are
+# uint8 in both.
+INT8_WEIGHTS = {
+    # int8 weights in 7 bits, per channel: U8S8 kernels, the fastest on x86-64. Without VNNI
+    # (AVX2, most clinic PCs) VPMADDUBSW adds pairs of uint8 x int8 products into int16 and
+    # saturates with full 8-bit weights; ONNX Runtime's docs advise 7 bits (reduce_range) there.
+    "7bit": {"weight_type": "QInt8", "reduce_range": True,
+             "note": "int8 weights in 7 bits per channel (U8S8 kernels)"},
+    # uint8 weights, all 8 bits, per channel with a zero point: U8U8 kernels widen to 16 bits
+    # and cannot saturate, so every CPU computes the same numbers, with twice 7-bit's weight
+    # precision; slower (measured: docs/results.md, "INT8 weights").
+    "uint8": {"weight_type": "QUInt8", "reduce_range": False,
+              "note": "uint8 weights in 8 bits per channel (U8U8 kernels)"},
+}
+
+
+def quantize_int8(fp32: onnx.ModelProto, reader, method: str = "minmax", weights: str = "7bit",
                   keep_float: Callable[[onnx.ModelProto], list[str]] | None = None
                   ) -> tuple[onnx.ModelProto, list[str]]:
     """Static post-training quantization to QDQ INT8. Returns (model, notes).
 
-    keep_float: names the nodes of the (pre-processed) graph to leave in float32."""
+    weights: a key of INT8_WEIGHTS. keep_float: names the nodes of the (pre-processed) graph
+    to leave in float32."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
+    kind = INT8_WEIGHTS[weights]
     with tempfile.TemporaryDirectory(prefix="bcd-onnx-int8-") as work:
         src, pre, out = (Path(work) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         onnx.save_model(fp32, str(src))
@@ -133,18 +151,12 @@ def quantize_int8(fp32: onnx.ModelProto, reader, method: str = "minmax", reduce_
                 # fuses them into integer kernels on CPU, and the file stays a standard ONNX
                 # graph that other runtimes and tools (and Netron) understand.
                 quant_format=QuantFormat.QDQ,
-                # U8S8 (uint8 activations, int8 weights) is ONNX Runtime's documented default
-                # and recommendation for QDQ on x86-64 CPUs: its integer GEMM kernels on
-                # AVX2/AVX-512 multiply uint8 x int8 (VPMADDUBSW, or VPDPBUSD with VNNI), and
-                # asymmetric uint8 suits the non-negative ReLU activations of VGG16.
+                # uint8 activations: asymmetric, they suit VGG16's non-negative ReLU outputs,
+                # and ONNX Runtime's x86-64 integer kernels take uint8 inputs.
                 activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
+                weight_type=getattr(QuantType, kind["weight_type"]),
                 per_channel=True,
-                # Without VNNI, VPMADDUBSW adds pairs of uint8*int8 products into int16 and
-                # can saturate; ONNX Runtime's docs advise 7-bit weights (reduce_range) for
-                # better accuracy on non-VNNI machines, especially per-channel. Clinic PCs are
-                # older CPUs, so it is the default; VNNI CPUs lose only one bit of weight precision.
-                reduce_range=reduce_range,
+                reduce_range=kind["reduce_range"],
                 calibrate_method=methods[method],
                 # Collect calibration statistics one batch at a time (see export/int8_calibration.py):
                 # same ranges for MinMax, bounded memory for entropy/percentile histograms.
@@ -152,7 +164,7 @@ def quantize_int8(fp32: onnx.ModelProto, reader, method: str = "minmax", reduce_
                 nodes_to_exclude=excluded,
             )
         model = onnx.load_model(str(out))
-    notes.append(f"calibration method {method}; weights {'7' if reduce_range else '8'}-bit per-channel")
+    notes.append(f"calibration method {method}; {kind['note']}")
     if excluded:
         notes.append(f"{len(excluded)} node(s) of the OOD score kept in float32")
     return model, notes
