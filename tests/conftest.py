@@ -187,8 +187,9 @@ def tiny_export(graded_run, tmp_path_factory) -> Path:
     Lenient parity tolerances: the tiny validation split has three images (one malignant),
     so one benign-malignant pair tied by INT8's coarser output is an AUC drop of 0.25, and
     whether a 1-epoch model's INT8 file ties one depends on the CPU that trained and
-    quantized it (it did on one CI machine and not on another). The tests that use this export need both variants loadable; the parity
-    checks themselves are tested in tests/export."""
+    quantized it (it did on one CI machine and not on another). The tests that use this
+    export need both variants loadable; the parity checks themselves are tested in
+    tests/export."""
     from export import ExportConfig, export_run
 
     out = tmp_path_factory.mktemp("exports") / "tiny"
