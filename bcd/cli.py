@@ -170,6 +170,10 @@ def _add_train(sub) -> None:
     p.add_argument("--tgc", type=float, metavar="T", default=library("train.augment:AugmentConfig", "tgc"),
                    help="also vary the gain by depth, as another sonographer's time-gain sliders would: log gain "
                         "drawn in [-T, T] at 5 depths, smooth between, e.g. 0.4 (default %(default)s: off)")
+    p.add_argument("--texture", type=float, metavar="P", default=library("train.augment:AugmentConfig", "texture"),
+                   help="also filter a share P of the images with a random point-spread filter that keeps each "
+                        "region's mean brightness: another scanner's speckle grain, edge enhancement or smoothing, "
+                        "e.g. 0.5 (default %(default)s: off)")
     p.add_argument("--mixup", type=float, metavar="S", default=library("train.augment:AugmentConfig", "mixup"),
                    help="also blend a share S of each batch's images with another image of the batch, their labels, "
                         "lesion masks and BI-RADS alike (mixup; weight drawn from Beta(0.4, 0.4), the image's own "
@@ -287,7 +291,7 @@ def train_config(args, sources=(), labels=None):
         options["batch_norm"] = args.arch == "vgg16-bn"
     if not isinstance(args.augment, LibraryDefault):
         options["augment"] = AugmentConfig.preset(args.augment)
-    for name in ("tgc", "mixup"):   # added to the preset given, else to the config's default
+    for name in ("tgc", "texture", "mixup"):   # added to the preset given, else to the config's default
         if not isinstance(getattr(args, name), LibraryDefault):
             augment = options.get("augment", field_default(TrainConfig, "augment"))
             options["augment"] = replace(augment, **{name: getattr(args, name)})

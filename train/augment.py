@@ -43,6 +43,8 @@ class AugmentConfig:
     speckle: float = 0.0         # multiplicative noise: x * (1 + s * N(0, 1)), s up to this
     blur: float = 0.0            # mix with a Gaussian-blurred copy, weight up to this
     tgc: float = 0.0             # depth gain bands: log gain drawn in [-t, t] at TGC_KNOTS depths, smooth between
+    texture: float = 0.0         # probability of a random point-spread filter (texture_filter): another scanner's
+                                 # speckle grain, edge enhancement or smoothing
     marks: float = 0.0           # probability of pasting burned-in marks
     # scanner preset (issue 20: what a screen capture adds that tidy crops lack)
     calipers: float = 0.0        # probability of a sonographer's calipers drawn on the lesion (lesion_calipers)
@@ -353,6 +355,8 @@ def build_augment(config: AugmentConfig, image_size: int, seed: int, open_marks:
             images, masks = both[..., :3], tf.cast(both[..., 3:] >= 127.5, tf.float32)
         if config.tgc:   # on the tissue, before a fan's black and the burned-in marks
             images = images * depth_gain(n, tf.shape(images)[1], config.tgc)
+        if config.texture:   # on the tissue too: a scanner's processing, under the marks it burns in
+            images = texture_filter(images, config.texture)
         if fans is not None:   # after the geometry: a probe's fan does not rotate or zoom with the tissue
             fan = tf.gather(fans, tf.random.uniform([n], 0, fans.shape[0], dtype=tf.int32))[..., None]
             on = tf.cast(tf.random.uniform([n, 1, 1, 1]) < config.fan, tf.float32)
@@ -389,6 +393,54 @@ def depth_gain(n, height, tgc: float):
 
     knots = tf.random.uniform([n, TGC_KNOTS, 1, 1], -tgc, tgc)
     return tf.exp(tf.image.resize(knots, [height, 1], method="bilinear"))
+
+
+TEXTURE_RADIUS = 3       # kernels up to 7x7 (at 128 px, a few speckle grains)
+TEXTURE_BLUR = 0.8       # the smoothing part's weight is drawn in [0, this]
+TEXTURE_STRENGTH = 0.6   # the zero-sum part's norm is drawn in [0, this]
+
+
+def texture_kernels(n):
+    """(n, 7, 7) random filters that sum to 1, one per image, each of a random size (3x3 to
+    7x7): (1 - b) * identity + b * a random positive kernel (an anisotropic, lumpy blur) + s *
+    a random zero-sum kernel of unit norm (sharpening and grain in random directions). Summing
+    to 1 keeps every region's mean brightness (echogenicity), so the lesion reads as dark or
+    bright as before; what changes is the speckle's grain and the edges' sharpness, which
+    scanners and their speckle-reduction and edge-enhancement settings set differently (the
+    idea of random convolutions, Xu et al., ICLR 2021, kept to filters a scanner could apply)."""
+    from train.tf_setup import tf
+
+    side = 2 * TEXTURE_RADIUS + 1
+    offsets = tf.range(-TEXTURE_RADIUS, TEXTURE_RADIUS + 1)
+    ring = tf.maximum(tf.abs(offsets)[:, None], tf.abs(offsets)[None, :])
+    radius = tf.random.uniform([n, 1, 1], 1, TEXTURE_RADIUS + 1, dtype=tf.int32)
+    support = tf.cast(ring[None] <= radius, tf.float32)
+    identity = tf.reshape(tf.one_hot(side * side // 2, side * side), [1, side, side])
+    positive = tf.abs(tf.random.normal([n, side, side])) * support
+    positive /= tf.reduce_sum(positive, axis=[1, 2], keepdims=True)
+    zero_sum = tf.random.normal([n, side, side]) * support
+    zero_sum -= support * tf.reduce_sum(zero_sum, axis=[1, 2], keepdims=True) / tf.reduce_sum(support, axis=[1, 2], keepdims=True)
+    zero_sum /= tf.norm(zero_sum, axis=[1, 2], keepdims=True) + 1e-6
+    b = tf.random.uniform([n, 1, 1], 0.0, TEXTURE_BLUR)
+    s = tf.random.uniform([n, 1, 1], 0.0, TEXTURE_STRENGTH)
+    return (1.0 - b) * identity + b * positive + s * zero_sum
+
+
+def texture_filter(images, share: float, kernels=None):
+    """Each image (N, H, W, C) filtered, with probability `share`, by its own kernel from
+    `texture_kernels` (the same on every channel, so grey stays grey), with mirrored edges."""
+    from train.tf_setup import tf
+
+    n, h, w, c = (tf.shape(images)[i] for i in range(4))
+    kernels = texture_kernels(n) if kernels is None else kernels
+    r = TEXTURE_RADIUS
+    stacked = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, h, w, n * c])     # every image's channels side by side
+    stacked = tf.pad(stacked, [[0, 0], [r, r], [r, r], [0, 0]], mode="REFLECT")
+    per_channel = tf.repeat(tf.transpose(kernels, [1, 2, 0]), c, axis=2)[..., None]  # (7, 7, n * c, 1)
+    filtered = tf.nn.depthwise_conv2d(stacked, per_channel, [1, 1, 1, 1], "VALID")
+    filtered = tf.transpose(tf.reshape(filtered, [h, w, n, c]), [2, 0, 1, 3])
+    on = tf.random.uniform([n, 1, 1, 1]) < share
+    return tf.where(on, filtered, images)
 
 
 # ---- paired screen views (consistency training) -----------------------------------

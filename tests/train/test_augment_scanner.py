@@ -104,3 +104,49 @@ def test_screen_view_draws_white_calipers_when_asked():
     assert np.abs(white[:, 0] - white[:, 2]).max() <= 1e-3 and np.abs(white[:, 1] - white[:, 2]).max() <= 1e-3
     coloured = drawn_colours(False)
     assert (coloured.max(axis=1) - coloured.min(axis=1)).max() > 60     # yellow, green or sky among them
+
+
+def _speckle(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    """Grey speckle-like scans: a dark 'lesion' in grainy tissue, the same in every channel."""
+    rng = np.random.default_rng(seed)
+    grey = 120 + 40 * rng.standard_normal((n, size, size))
+    grey[:, 20:40, 20:44] -= 70
+    return np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
+
+
+def test_texture_kernels_sum_to_one_and_vary():
+    from train.augment import TEXTURE_RADIUS, texture_kernels
+
+    kernels = np.asarray(texture_kernels(200))
+    side = 2 * TEXTURE_RADIUS + 1
+    assert kernels.shape == (200, side, side)
+    assert np.allclose(kernels.sum(axis=(1, 2)), 1.0, atol=1e-5)     # mean brightness kept
+    assert kernels[:, 0, 0].std() > 0 and (kernels[:, 0, 0] == 0).mean() > 0.3   # several sizes: 3x3 .. 7x7
+    assert np.abs(kernels - kernels.mean(axis=0)).mean() > 0.005            # a different filter per image
+
+
+def test_texture_filter_changes_the_grain_not_the_brightness():
+    from train.augment import texture_filter
+
+    images = _speckle(6)
+    out = np.asarray(texture_filter(images, 1.0))
+    assert out.shape == images.shape
+    assert np.allclose(out[..., 0], out[..., 2])                              # grey stays grey
+    lesion, tissue = (slice(24, 36), slice(24, 40)), (slice(48, 60), slice(4, 60))
+    for before, after in zip(images[..., 0], out[..., 0]):
+        assert abs(after[lesion].mean() - before[lesion].mean()) < 6          # the lesion stays as dark
+        assert abs(after[tissue].mean() - before[tissue].mean()) < 6          # and the tissue as bright
+    assert np.abs(out - images).mean() > 2                                    # but the grain changed
+    assert np.array_equal(np.asarray(texture_filter(images, 0.0)), images)    # share 0: untouched
+
+
+def test_bcd_train_texture_option_adds_the_filter_to_the_preset():
+    from bcd.cli import build_parser, train_config
+
+    augment = train_config(build_parser().parse_args(["train", "--out", "x", "--augment", "scanner",
+                                                      "--texture", "0.5"])).augment
+    assert augment.texture == 0.5 and augment.fan == AugmentConfig.preset("scanner").fan
+    assert train_config(build_parser().parse_args(["train", "--out", "x"])).augment.texture == 0.0
+    config = AugmentConfig(flip=False, rotation_degrees=0, zoom=0, brightness=0, contrast=0, texture=1.0)
+    out = np.asarray(build_augment(config, 64, seed=0)(_speckle(4), np.zeros((4, 64, 64, 1), np.float32))[0])
+    assert np.abs(out - _speckle(4)).mean() > 2                               # in the training graph
