@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from runtime.manifest import INT8_WEIGHT_KINDS
+
 CAM_OUTPUTS = ("malignancy", "cam")
 PROB_ONLY = ("malignancy",)
 
@@ -51,7 +53,7 @@ VARIANTS: dict[str, VariantSpec] = {v.name: v for v in (
 DEFAULT_FORMATS = tuple(name for name, v in VARIANTS.items() if not v.qat)
 QAT_FORMATS = tuple(name for name, v in VARIANTS.items() if v.qat)
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-INT8_WEIGHT_CHOICES = ("auto", "7bit", "uint8")
+INT8_WEIGHT_CHOICES = ("auto",) + INT8_WEIGHT_KINDS
 
 SPARSE_NOTE = ("unstructured magnitude pruning (tensorflow-model-optimization): smaller COMPRESSED file only; "
                "ONNX Runtime's dense CPU kernels multiply the zeros, so it is NOT faster and its raw file is "

@@ -265,6 +265,8 @@ class _Exporter:
                 again = self._checked_build(variant, "uint8", expected, reference, labels, x_parity, target)
                 tried = _kept_of(tried, again)
             entry.notes.extend(tried.notes)
+            if self.uses_ort_quantizer(variant):
+                entry.int8_weights = tried.int8_weights
             artifact, model, outputs = tried.artifact, tried.model, tried.outputs
             if OOD_OUTPUT in outputs:
                 entry.ood = self._ood_threshold(variant, model, outputs[OOD_OUTPUT])
@@ -288,8 +290,12 @@ class _Exporter:
         Runtime post-training variants under --int8-weights auto. A model whose 7-bit weights
         change its calls (measured: docs/results.md, "INT8 weights") keeps an INT8 file at
         8-bit precision instead of none, at the U8U8 kernels' speed."""
-        return (self.config.int8_weights == "auto" and variant.format == "onnx" and variant.precision == "int8"
-                and not variant.qat)
+        return self.config.int8_weights == "auto" and self.uses_ort_quantizer(variant)
+
+    @staticmethod
+    def uses_ort_quantizer(variant: VariantSpec) -> bool:
+        """Whether ONNX Runtime's post-training quantizer writes the variant's INT8 weights."""
+        return variant.format == "onnx" and variant.precision == "int8" and not variant.qat
 
     def _checked_build(self, variant: VariantSpec, int8_weights: str, expected, reference: dict,
                        labels: np.ndarray, x_parity: np.ndarray, target: Path) -> "_Checked":

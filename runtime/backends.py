@@ -384,7 +384,7 @@ def measured_faster(record: dict, variant: str, signature: str) -> dict | None:
 
 def choose_backend(requested: str | None, fmt: str, variant: str | None = None, record: dict | None = None,
                    signature: str | None = None, sha256: str | None = None, cpuinfo: str | None = None,
-                   installed: bool | None = None) -> tuple[str, str]:
+                   installed: bool | None = None, int8_weights: str | None = None) -> tuple[str, str]:
     """(engine, why) for a variant of format `fmt` ("onnx" | "tflite").
 
     `auto` (the default): a .tflite file runs on LiteRT. An .onnx file runs on ONNX
@@ -396,7 +396,10 @@ def choose_backend(requested: str | None, fmt: str, variant: str | None = None, 
          backends.json (`compare --record`, measured on this machine) says so, or, with
          no record for this CPU, the CPU has Intel AMX (OpenVINO measured 1.9x faster
          there; on an AVX-512 VNNI AMD EPYC under load ONNX Runtime was as fast or faster,
-         see docs/results/RESULTS.md).
+         see docs/results/RESULTS.md) and the file's INT8 weights are int8 (`int8_weights`
+         from the manifest): that speed-up was measured on int8 weights, and on an AVX2 CPU
+         OpenVINO ran a file with uint8 weights slower than its FP32 file (docs/results.md,
+         "INT8 weights").
     A recorded choice rather than a timing at load: a few calls at start-up would cost
     seconds and, on a busy PC, pick by noise. A named engine is used as asked, or refused
     with a clear message when it cannot run the format or is not installed."""
@@ -424,6 +427,9 @@ def choose_backend(requested: str | None, fmt: str, variant: str | None = None, 
     speed = measured_faster(record or {}, variant, signature or cpu_signature(cpuinfo))
     if speed is not None:
         return speed["faster"], f"measured faster on this CPU ({BACKENDS_FILE}, {speed.get('created', '?')})"
+    if has_amx(cpuinfo) and int8_weights == "uint8":
+        return "onnxruntime", ("uint8 weights and no speed record for this CPU: OpenVINO's speed on AMX was "
+                               "measured with int8 weights")
     if has_amx(cpuinfo):
         return "openvino", "CPU with AMX, no speed record for it: OpenVINO measured faster on AMX"
     return "onnxruntime", "no speed record for this CPU and no AMX"

@@ -308,7 +308,7 @@ class Classifier:
             _verify_sha256(data, entry, file)
         spec = PreprocessSpec.from_dict(manifest.preprocessing)
         engine, why = choose_backend(backend, entry.format, entry.name, read_backend_record(export_dir),
-                                     sha256=entry.sha256 or "")
+                                     sha256=entry.sha256 or "", int8_weights=entry.int8_weights)
         served = _backend(engine, data, file, spec.image_size, threads)
         info = ModelInfo(entry.name, entry.format, entry.precision, file, tuple(entry.outputs), "manifest",
                          entry.status, verify, engine, why)

@@ -27,6 +27,7 @@ SCHEMA_VERSION = 1
 FORMATS = ("onnx", "tflite")
 PRECISIONS = ("fp32", "fp16", "int8", "dynamic-int8")
 STATUSES = ("ok", "failed", "error")
+INT8_WEIGHT_KINDS = ("7bit", "uint8")   # how an ONNX Runtime INT8 file stores its weights (export.onnx_convert.INT8_WEIGHTS)
 OUTPUT_NAMES = ("malignancy", "cam", "ood")
 # Key under which each ONNX file carries the manifest essentials in its metadata_props.
 ONNX_METADATA_KEY = "bcd_manifest"
@@ -139,6 +140,10 @@ class VariantEntry:
     # threshold, chosen on its own validation-split scores; see the manifest's "ood".
     # {"threshold", "false_alarm_rate" (share of validation images flagged), "n", "chosen_on"}
     ood: dict[str, Any] | None = None
+    # Optional (older manifests and other variants lack it): how an ONNX Runtime
+    # post-training INT8 file stores its weights, "7bit" (int8 in 7 bits) or "uint8"
+    # (`bcd export --int8-weights`); engines run the two at different speeds.
+    int8_weights: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -172,6 +177,9 @@ class VariantEntry:
         if sparsity is not None and not 0.0 <= sparsity <= 1.0:
             raise _fail(f"{where}.sparsity", f"{sparsity} is not a fraction in 0..1")
         ood = variant_ood(_get(d, "ood", where, dict, optional=True), f"{where}.ood")
+        int8_weights = _get(d, "int8_weights", where, str, optional=True)
+        if int8_weights is not None:
+            _choice(int8_weights, INT8_WEIGHT_KINDS, f"{where}.int8_weights")
         if ood is not None and "ood" not in outputs:
             raise _fail(f"{where}.ood", "a threshold for a variant without an 'ood' output")
         return cls(
@@ -189,6 +197,7 @@ class VariantEntry:
             compressed_bytes=compressed,
             sparsity=sparsity,
             ood=ood,
+            int8_weights=int8_weights,
         )
 
 

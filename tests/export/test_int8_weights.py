@@ -86,13 +86,14 @@ def test_auto_quantizes_again_with_uint8_when_7_bits_fail(outlier_run, tiny_data
     assert len(retry) == 1 and retry[0].endswith("kept the uint8 file"), entry.notes
     assert any("uint8 weights in 8 bits" in n for n in entry.notes)
     assert weight_types(result.export_dir / entry.file) == {onnx.TensorProto.UINT8}
+    assert entry.int8_weights == "uint8"          # the manifest says which file was kept
     # the file kept changes fewer calls than the 7-bit one, whose probabilities are all equal
     seven = export(outlier_run, tmp_path / "seven", tiny_dataset, "7bit")
     first = read_manifest(seven.export_dir).variant("onnx-int8")
     assert first.status == "failed" and first.parity.flip_rate >= 0.3, first.parity
     assert entry.parity.flip_rate < first.parity.flip_rate
     assert entry.parity.max_abs_diff < first.parity.max_abs_diff
-    assert weight_types(seven.export_dir / first.file) == {onnx.TensorProto.INT8}
+    assert weight_types(seven.export_dir / first.file) == {onnx.TensorProto.INT8} and first.int8_weights == "7bit"
     assert not any(n.startswith("7-bit weights failed") for n in first.notes)   # 7bit: no second try
     settings = json.loads((result.export_dir / "manifest.json").read_text())["export_settings"]["calibration"]
     assert settings["int8_weights"] == "auto"
@@ -104,16 +105,23 @@ def test_cli_uint8_weights_and_a_passing_file_is_not_quantized_again(graded_run,
     assert main(["export", str(graded_run), "--out", str(out), "--formats", "onnx-int8", "--int8-weights", "uint8",
                  "--max-auc-drop", "1", "--max-flip-rate", "1", "--no-ood"]) == 0
     entry = read_manifest(out).variant("onnx-int8")
-    assert weight_types(out / entry.file) == {onnx.TensorProto.UINT8}
+    assert weight_types(out / entry.file) == {onnx.TensorProto.UINT8} and entry.int8_weights == "uint8"
     assert not any(n.startswith("7-bit weights failed") for n in entry.notes)
     # auto, and the 7-bit file passes: it is kept as it is
     out = tmp_path / "auto"
     assert main(["export", str(graded_run), "--out", str(out), "--formats", "onnx-int8",
                  "--max-auc-drop", "1", "--max-flip-rate", "1", "--no-ood"]) == 0
     entry = read_manifest(out).variant("onnx-int8")
-    assert weight_types(out / entry.file) == {onnx.TensorProto.INT8}
+    assert weight_types(out / entry.file) == {onnx.TensorProto.INT8} and entry.int8_weights == "7bit"
     assert not any(n.startswith("7-bit weights failed") for n in entry.notes)
     capsys.readouterr()
     with pytest.raises(SystemExit) as refused:
         main(["export", str(graded_run), "--out", str(tmp_path / "x"), "--int8-weights", "int4"])
     assert refused.value.code == 2 and "--int8-weights" in capsys.readouterr().err
+
+
+def test_the_manifest_knows_every_kind_of_int8_weights():
+    from export.onnx_convert import INT8_WEIGHTS
+    from runtime.manifest import INT8_WEIGHT_KINDS
+
+    assert set(INT8_WEIGHTS) == set(INT8_WEIGHT_KINDS)

@@ -69,13 +69,20 @@ def test_auto_rule():
                           installed=True)[0] == "openvino"
     assert choose_backend("auto", "onnx", "onnx-int8", rec, signature=sig, sha256="ab", cpuinfo=AMD_VNNI,
                           installed=True)[0] == "onnxruntime"
-    # a speed record for this CPU decides, either way
+    # ... and only for int8 weights: AMX's speed-up was never measured on a uint8-weight file
+    engine, why = choose_backend("auto", "onnx", "onnx-int8", rec, signature=sig, sha256="ab", cpuinfo=INTEL_AMX,
+                                 installed=True, int8_weights="uint8")
+    assert engine == "onnxruntime" and "uint8" in why
+    assert choose_backend("auto", "onnx", "onnx-int8", rec, signature=sig, sha256="ab", cpuinfo=INTEL_AMX,
+                          installed=True, int8_weights="7bit")[0] == "openvino"
+    # a speed record for this CPU decides, either way, whatever the weights
     for faster in ("openvino", "onnxruntime"):
         timed = checked_record("onnx-int8", "ab", {sig: {"faster": faster, "created": "today"}})
         for cpu in (INTEL_AMX, AMD_VNNI):
-            engine, why = choose_backend("auto", "onnx", "onnx-int8", timed, signature=sig, sha256="ab",
-                                         cpuinfo=cpu, installed=True)
-            assert engine == faster and "measured" in why
+            for weights in (None, "uint8"):
+                engine, why = choose_backend("auto", "onnx", "onnx-int8", timed, signature=sig, sha256="ab",
+                                             cpuinfo=cpu, installed=True, int8_weights=weights)
+                assert engine == faster and "measured" in why
     # a record for another CPU does not count
     other = checked_record("onnx-int8", "ab", {"x86_64|Other|8": {"faster": "openvino"}})
     assert choose_backend("auto", "onnx", "onnx-int8", other, signature=sig, sha256="ab", cpuinfo=AMD_VNNI,

@@ -91,6 +91,7 @@ MANIFEST_EDITS = {
     "missing labels": (lambda d: d.pop("labels"), r"labels: missing"),
     "threshold not a probability": (lambda d: d["threshold"].update(value=7), r"not a probability"),
     "wrong type": (lambda d: d.update(variants={"a": 1}), r"variants: expected list"),
+    "unknown int8 weights": (lambda d: d["variants"][0].update(int8_weights="int4"), r"int8_weights"),
     "other schema version": (lambda d: d.update(schema_version=99), r"unknown manifest schema version 99"),
 }
 
