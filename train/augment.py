@@ -419,20 +419,21 @@ def texture_kernels(n):
     positive = tf.abs(tf.random.normal([n, side, side])) * support
     positive /= tf.reduce_sum(positive, axis=[1, 2], keepdims=True)
     zero_sum = tf.random.normal([n, side, side]) * support
-    zero_sum -= support * tf.reduce_sum(zero_sum, axis=[1, 2], keepdims=True) / tf.reduce_sum(support, axis=[1, 2], keepdims=True)
+    mean = tf.reduce_sum(zero_sum, axis=[1, 2], keepdims=True) / tf.reduce_sum(support, axis=[1, 2], keepdims=True)
+    zero_sum -= support * mean
     zero_sum /= tf.norm(zero_sum, axis=[1, 2], keepdims=True) + 1e-6
     b = tf.random.uniform([n, 1, 1], 0.0, TEXTURE_BLUR)
     s = tf.random.uniform([n, 1, 1], 0.0, TEXTURE_STRENGTH)
     return (1.0 - b) * identity + b * positive + s * zero_sum
 
 
-def texture_filter(images, share: float, kernels=None):
+def texture_filter(images, share: float):
     """Each image (N, H, W, C) filtered, with probability `share`, by its own kernel from
     `texture_kernels` (the same on every channel, so grey stays grey), with mirrored edges."""
     from train.tf_setup import tf
 
     n, h, w, c = (tf.shape(images)[i] for i in range(4))
-    kernels = texture_kernels(n) if kernels is None else kernels
+    kernels = texture_kernels(n)
     r = TEXTURE_RADIUS
     stacked = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, h, w, n * c])     # every image's channels side by side
     stacked = tf.pad(stacked, [[0, 0], [r, r], [r, r], [0, 0]], mode="REFLECT")
