@@ -55,3 +55,14 @@ def test_evaluate_cli_defaults_are_the_library_defaults():
 
     args = _parse("evaluate")
     assert str(args.split) == EvaluateConfig().split and str(args.bootstrap) == str(EvaluateConfig().bootstrap)
+
+
+def test_export_cli_choices_are_the_librarys():
+    """The parser lists its choices itself (building it imports no library module); they
+    must be the ones the export's config accepts."""
+    from export.config import CALIBRATION_METHODS, INT8_WEIGHT_CHOICES
+
+    export = build_parser()._subparsers._group_actions[0].choices["export"]
+    choices = {a.dest: tuple(a.choices) for a in export._actions if a.choices}
+    assert choices["calib_method"] == CALIBRATION_METHODS
+    assert choices["int8_weights"] == INT8_WEIGHT_CHOICES
