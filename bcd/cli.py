@@ -138,7 +138,7 @@ _TRAIN_FIELDS = {"image_size": "image_size", "epochs": "epochs", "weights": "wei
                  "scan_region": "scan_region", "birads_weight": "birads_weight", "lr_schedule": "lr_schedule",
                  "roi_share": "roi_share", "colour_marks": "colour_marks", "white_calipers": "white_calipers",
                  "pair_calipers": "pair_calipers", "lesion_free_share": "lesion_free_share",
-                 "lesion_free_kind": "lesion_free_kind",
+                 "lesion_free_kind": "lesion_free_kind", "presence_weight": "presence_weight",
                  "thin_marks": "thin_marks", "grey_map": "grey_map", "mixstyle": "mixstyle",
                  "consistency": "consistency",
                  "head_epochs": "head_epochs", "average_from": "average_from"}
@@ -213,6 +213,12 @@ def _add_train(sub) -> None:
                    help="what --lesion-free-share shows: crop, a crop of the tissue beside the lesion; erased, the "
                         "whole scan with its lesion replaced by the tissue beside it at the same depth; "
                         "erased-benign, the same for images labelled benign only (default %(default)s)")
+    p.add_argument("--presence-weight", type=float, default=_train("presence_weight"),
+                   help="> 0: the probability becomes P(malignant | a lesion) x P(a lesion); the second factor learns "
+                        "with this loss weight, e.g. 0.5, from the scans with no lesion (a class folder named normal, "
+                        "--lesion-free-share samples) against the rest, the first from the scans with a lesion only, "
+                        "so that empty tissue can be rated low without benign lesions paying for it "
+                        "(default %(default)s: off)")
     p.add_argument("--mixstyle", type=float, metavar="P", default=_train("mixstyle"),
                    help="> 0: MixStyle in training, on a share P of the batches (e.g. 0.5): after VGG16's blocks 1-3 "
                         "each image's feature statistics are mixed with another image's, so that the model meets "

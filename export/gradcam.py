@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from train.model import LAST_CONV_LAYER
+from train.model import LAST_CONV_LAYER, probability_dense
 from train.tf_setup import keras, tf
 
 HEAD_DENSE = "head_dense"
+HEAD_DROPOUT = "head_dropout"
 OUTPUT_LAYER = "malignancy"
 CAM_OUTPUT = "cam"
 PROB_OUTPUT = "malignancy"
@@ -80,7 +81,7 @@ def with_cam_output(model, conv_layer: str = LAST_CONV_LAYER):
         activations = model.get_layer(conv_layer).output
         hidden = model.get_layer(HEAD_DENSE).output
         dense_kernel = model.get_layer(HEAD_DENSE).kernel
-        output_kernel = model.get_layer(OUTPUT_LAYER).kernel
+        output_kernel = probability_dense(model).kernel     # in a presence model: P(malignant | a lesion)
     except ValueError as err:
         raise ValueError(f"the model does not have the expected layers for in-graph Grad-CAM: {err}") from None
     cam = GradCamMap(keras.backend.get_value(dense_kernel), keras.backend.get_value(output_kernel),
@@ -93,16 +94,14 @@ def gradcam_reference(model, images: np.ndarray, conv_layer: str = LAST_CONV_LAY
     derivation above: channel weights are the spatial mean of d logit / d A over the conv
     map, cam = relu(sum_k alpha_k A_k). Returns (N, h, w)."""
     names = [layer.name for layer in model.layers]
-    start = names.index(conv_layer) + 1
+    start, stop = names.index(conv_layer) + 1, names.index(HEAD_DROPOUT) + 1
     conv_model = keras.Model(model.inputs, model.get_layer(conv_layer).output)
-    output = model.get_layer(OUTPUT_LAYER)
+    output = probability_dense(model)
     with tf.GradientTape() as tape:
         activations = conv_model(tf.convert_to_tensor(images, tf.float32), training=False)
         tape.watch(activations)
         x = activations
-        for layer in model.layers[start:]:
-            if layer is output:
-                break
+        for layer in model.layers[start:stop]:       # pooling, GAP, head_dense, dropout
             x = layer(x, training=False)
         logit = tf.matmul(x, output.kernel) + output.bias      # the malignancy layer without its sigmoid
     grads = tape.gradient(logit, activations)

@@ -15,6 +15,7 @@ import numpy as np
 
 from export.finetune import fine_tune, weight_copy
 from runtime.preprocessing import PreprocessSpec
+from train.model import has_presence
 from train.tf_setup import keras
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ def quantization_aware_finetune(model, images_uint8: np.ndarray, labels: np.ndar
 
     if epochs < 1:
         raise ValueError("QAT needs at least one epoch")
+    if has_presence(model):
+        raise ValueError("quantization-aware training cannot take a presence model (--presence-weight): "
+                         "tensorflow-model-optimization has no INT8 scheme for its product layer; "
+                         "use the post-training onnx-int8 or tflite-int8 formats")
     start = time.monotonic()
     qat = tfmot.quantization.keras.quantize_model(weight_copy(model, seed))
     history = fine_tune(qat, images_uint8, labels, spec, epochs, learning_rate, batch_size, seed, "QAT")

@@ -27,7 +27,8 @@ from train.tf_setup import keras
 
 log = logging.getLogger(__name__)
 
-OUTPUT_LAYER = "malignancy"      # too small to prune (one weight per hidden unit)
+# too small to prune (one weight per hidden unit): the output layer, or a presence model's two factors
+OUTPUT_LAYERS = ("malignancy", "malignancy_given_lesion", "lesion_presence")
 
 
 @dataclass
@@ -44,7 +45,7 @@ class SparseResult:
 
 
 def prunable(layer) -> bool:
-    return isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and layer.name != OUTPUT_LAYER
+    return isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and layer.name not in OUTPUT_LAYERS
 
 
 def kernel_sparsity(model) -> float:

@@ -69,6 +69,9 @@ class TrainConfig:
     lesion_free_kind: str = "crop"   # crop: a crop beside the lesion; erased: the whole scan with the
                                      # lesion replaced by tissue at its depth (kind "erased");
                                      # erased-benign: the same, of benign images only
+    presence_weight: float = 0.0     # > 0: the probability is P(malignant | a lesion) x P(a lesion), the
+                                     # second factor learnt with this weight from the scans with no lesion
+                                     # (a normal class, the lesion-free samples) and the rest (train.model)
     consistency: float = 0.0         # > 0: each batch also as a scanner's screen shows it (fan, calipers,
                                      # the finder's box a few px off) and a loss with this weight on the
                                      # difference between the views' probabilities (train.augment.ScreenView)
@@ -120,6 +123,8 @@ class TrainConfig:
                              f"got {self.lesion_free_kind!r}")
         if self.birads_weight < 0:
             raise ValueError("the BI-RADS loss weight must be >= 0")
+        if self.presence_weight < 0:
+            raise ValueError("the lesion-presence loss weight must be >= 0")
         if not 0.0 <= self.augment.mixup <= 1.0:
             raise ValueError("the mixup share must be in [0, 1]")
         if not 0.0 <= self.mixstyle <= 1.0:

@@ -281,7 +281,8 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
                     batch_size: int, training: bool, seed: int = 0,
                     augment: AugmentConfig | None = None, lesion: LesionTargets | None = None,
                     birads: BiradsTargets | None = None, roi=None, roi_share: float = 0.0,
-                    pair: "PairViews | None" = None, free=None, free_share: float = 0.0):
+                    pair: "PairViews | None" = None, free=None, free_share: float = 0.0,
+                    no_lesion: np.ndarray | None = None):
     """A batched tf.data pipeline of (normalized float32 images, float32 labels).
 
     With `lesion` (the lesion head is on) it yields (images, {"malignancy": labels,
@@ -297,7 +298,12 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
     With `pair` (training only) every batch of B images becomes 2B: the B augmented
     images, then the same B as a scanner's screen shows them (train.augment.ScreenView),
     with their labels, masks and weights repeated and a "pair" target (zeros) that the
-    consistency loss reads as "the second half repeats the first"."""
+    consistency loss reads as "the second half repeats the first".
+    With `no_lesion` (the presence model, ModelConfig.presence: per image, True where it
+    shows no lesion, such as a normal class) the targets also hold the probability's two
+    factors: PRESENCE_LAYER, 0 for those images and for the lesion-free samples, else 1,
+    on every image; CONDITIONAL_LAYER, the label, on the images with a lesion only."""
+    from train.model import CONDITIONAL_LAYER, PRESENCE_LAYER
     from train.tf_setup import normalize_tensor, tf
 
     n = len(images)
@@ -309,8 +315,11 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
     pair = pair if training else None
     auxiliary = lesion or birads or pair
     class_weights = auxiliary.class_weights if auxiliary is not None else None
+    if no_lesion is not None and class_weights is None:
+        class_weights = balanced_class_weights(labels) or {0: 1.0, 1: 1.0}
+    absent = np.zeros(n, bool) if no_lesion is None else np.asarray(no_lesion, bool)
     cuts = tf.constant(BIRADS_CUTS, tf.int64)
-    columns = (images, labels.astype(np.float32), masks, known, levels)
+    columns = (images, labels.astype(np.float32), masks, known, levels, absent)
     use_roi = training and roi is not None and roi_share > 0 and bool(roi.has.any())
     if use_roi:
         columns += (roi.images, roi.masks if lesion is not None else np.zeros((n, 1, 1, 1), np.uint8), roi.has)
@@ -343,14 +352,15 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
         use = (tf.random.uniform([count]) < free_share) & has & tf.logical_not(cropped)
         x = tf.where(use[:, None, None, None], tf.gather(crops, pick, batch_dims=1), x)
         m = tf.where(use[:, None, None], tf.zeros_like(m), m)
-        return x, tf.where(use, tf.zeros_like(y), y), m, tf.where(use, tf.zeros_like(b), b), cropped | use
+        return x, tf.where(use, tf.zeros_like(y), y), m, tf.where(use, tf.zeros_like(b), b), cropped | use, use
 
-    def to_input(x, y, m, k, b, *crop_columns):
+    def to_input(x, y, m, k, b, a, *crop_columns):
         cropped = tf.zeros_like(y, tf.bool)
         if use_roi:
             x, m, cropped = lesion_crop(x, m, *crop_columns[:3])
         if use_free:
-            x, y, m, b, cropped = lesion_free_crop(x, y, m, b, cropped, *crop_columns[-2:])
+            x, y, m, b, cropped, freed = lesion_free_crop(x, y, m, b, cropped, *crop_columns[-2:])
+            a = a | freed
         x = tf.cast(x, tf.float32)
         m = tf.cast(m, tf.float32)[..., None]
         if aug is not None:
@@ -361,7 +371,7 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
         if screen is not None:
             x2, m2 = screen(x, m, whole=tf.logical_not(cropped))
             x, m = tf.concat([x, x2], 0), tf.concat([m, m2], 0)
-            y, k, b = tf.concat([y, y], 0), tf.concat([k, k], 0), tf.concat([b, b], 0)
+            y, k, b, a = tf.concat([y, y], 0), tf.concat([k, k], 0), tf.concat([b, b], 0), tf.concat([a, a], 0)
             if mixup:     # the screen views blend as their plain views did
                 lam, other = tf.concat([lam, lam], 0), tf.concat([other, other + tf.size(other)], 0)
         x = normalize_tensor(x, spec)
@@ -380,6 +390,11 @@ def make_tf_dataset(images: np.ndarray, labels: np.ndarray, spec: PreprocessSpec
             weights["birads"] = both_known(tf.cast(b > 0, tf.float32))
         if screen is not None:
             targets[PAIR_OUTPUT], weights[PAIR_OUTPUT] = tf.zeros_like(y), tf.ones_like(y)
+        if no_lesion is not None:
+            lesioned = 1.0 - tf.cast(a, tf.float32)
+            targets[CONDITIONAL_LAYER] = targets["malignancy"]
+            weights[CONDITIONAL_LAYER] = weights["malignancy"] * both_known(lesioned)
+            targets[PRESENCE_LAYER], weights[PRESENCE_LAYER] = soft(lesioned), tf.ones_like(lesioned)
         return x, targets, weights
 
     return ds.map(to_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

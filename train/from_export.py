@@ -111,6 +111,17 @@ def _source_file(export_dir: Path, manifest, variant: str | None) -> Path:
     return export_dir / onnx_variants[0].file
 
 
+def _has_presence(weights: OnnxWeights) -> bool:
+    """Whether the export is of a presence model (its probability a product of two factors)."""
+    from train.model import PRESENCE_LAYER
+
+    try:
+        weights.layer(PRESENCE_LAYER, "dense")
+    except RebuildError:
+        return False
+    return True
+
+
 def rebuild(export_dir: str | Path, out: str | Path, variant: str | None = None) -> dict:
     """Write the run directory `out` from `export_dir` (its ONNX `variant`, by default a
     float one if there is one); returns its run.json."""
@@ -129,7 +140,7 @@ def rebuild(export_dir: str | Path, out: str | Path, variant: str | None = None)
     spec = PreprocessSpec.from_dict(manifest.preprocessing)
     first, hidden = weights.layer("block1_conv1", "conv"), weights.layer("head_dense", "dense")
     config = ModelConfig(spec.image_size, "none", width=first.kernel.shape[-1] / 64, batch_norm=False,
-                         lesion="none", dense_units=int(hidden.kernel.shape[1]))
+                         lesion="none", dense_units=int(hidden.kernel.shape[1]), presence=_has_presence(weights))
     model, _ = build_model(config)
     for layer in model.layers:
         if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):

@@ -11,7 +11,7 @@ import numpy as np
 
 from runtime.preprocessing import PreprocessSpec
 from train.data import to_model_input
-from train.model import LAST_CONV_LAYER
+from train.model import LAST_CONV_LAYER, probability_dense
 from train.tf_setup import keras
 
 
@@ -19,7 +19,7 @@ def keras_cams(model, images_uint8: np.ndarray, spec: PreprocessSpec, batch_size
     """(N, h, w) unnormalised Grad-CAM maps of a saved (plain) model for resized uint8 images."""
     probe = keras.Model(model.inputs, [model.get_layer(LAST_CONV_LAYER).output, model.get_layer("head_dense").output])
     w1 = model.get_layer("head_dense").get_weights()[0]            # (C, units)
-    w2 = model.get_layer("malignancy").get_weights()[0].reshape(-1)  # (units,)
+    w2 = probability_dense(model).get_weights()[0].reshape(-1)       # (units,)
     maps = []
     for i in range(0, len(images_uint8), batch_size):
         acts, hidden = probe(to_model_input(images_uint8[i:i + batch_size], spec), training=False)

@@ -26,6 +26,12 @@ class WeightsUnavailable(RuntimeError):
 VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))   # (convs, filters) per block
 LESION_OUTPUT = "lesion"
 BIRADS_OUTPUT = "birads"
+PROBABILITY_OUTPUT = "malignancy"
+# ModelConfig.presence: the two factors of the probability, each a sigmoid on the head's
+# features. The conditional one is what Grad-CAM explains; the presence one learns from
+# the scans without a lesion (a normal class, --lesion-free-share samples).
+CONDITIONAL_LAYER = "malignancy_given_lesion"
+PRESENCE_LAYER = "lesion_presence"
 LESION_LOSSES = ("none", "head", "cam")
 BN_EPSILON = 1e-3
 # MixStyle (ModelConfig.mixstyle) sits after these blocks' pooling: the early features, where
@@ -46,6 +52,8 @@ class ModelConfig:
     lesion: str = "none"           # lesion-mask loss (training only): none | head (auxiliary segmentation
                                    # head on block 5) | cam (the Grad-CAM map itself, pulled toward the lesion)
     mixstyle: float = 0.0          # training only: probability per batch of MixStyle after blocks 1-3 (MixStyle)
+    presence: bool = False         # the probability is P(malignant | lesion) x P(lesion): two sigmoids
+                                   # on the head's features, multiplied (see PRESENCE_LAYER)
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.width <= 1.0:
@@ -189,7 +197,7 @@ def _classifier(config: ModelConfig, batch_norm: bool, lesion: str):
     x = keras.layers.Dense(config.dense_units, activation="relu", kernel_initializer="he_normal", name="head_dense")(x)
     x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
     # float32 outputs: under mixed bfloat16 the loss and the probabilities stay exact
-    outputs = [keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="malignancy")(x)]
+    outputs = [_probability(x, config.presence)]
     model = keras.Model(inputs, outputs[0], name="vgg16_breast")
     if lesion == "head":
         activations = model.get_layer(last_activation_layer(batch_norm)).output
@@ -199,6 +207,36 @@ def _classifier(config: ModelConfig, batch_norm: bool, lesion: str):
     if lesion == "cam":
         return with_lesion_cam(model, batch_norm)
     return model
+
+
+def _probability(features, presence: bool):
+    """The malignancy probability from the head's features: one sigmoid, or with
+    `presence` P(malignant | a lesion) x P(a lesion), so that a scan with no lesion can
+    be rated low without teaching the first factor that a benign lesion looks like
+    empty tissue (docs/results.md, "A lesion-presence factor")."""
+    if not presence:
+        return keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=PROBABILITY_OUTPUT)(features)
+    given_lesion = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=CONDITIONAL_LAYER)(features)
+    present = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=PRESENCE_LAYER)(features)
+    return keras.layers.Multiply(dtype="float32", name=PROBABILITY_OUTPUT)([given_lesion, present])
+
+
+def probability_dense(model):
+    """The Dense layer whose logit Grad-CAM explains: "malignancy" itself, or in a
+    presence model its first factor, P(malignant | a lesion)."""
+    names = {layer.name for layer in model.layers}
+    return model.get_layer(CONDITIONAL_LAYER if CONDITIONAL_LAYER in names else PROBABILITY_OUTPUT)
+
+
+def has_presence(model) -> bool:
+    return any(layer.name == PRESENCE_LAYER for layer in model.layers)
+
+
+def with_presence_outputs(model):
+    """A presence model with its two factors as outputs too (training only: their own
+    losses read them; the checkpoints keep the classifier's single output)."""
+    factors = [model.get_layer(CONDITIONAL_LAYER).output, model.get_layer(PRESENCE_LAYER).output]
+    return keras.Model(model.inputs, list(model.outputs) + factors, name=model.name)
 
 
 def last_activation_layer(batch_norm: bool) -> str:
@@ -229,7 +267,7 @@ def with_lesion_cam(model, batch_norm: bool):
     """The classifier with a second output: its Grad-CAM logits (N, h, w, 1)."""
     activations = model.get_layer(last_activation_layer(batch_norm)).output
     hidden = model.get_layer("head_dense").output
-    cam = CamLogits(model.get_layer("head_dense"), model.get_layer("malignancy"), name=LESION_OUTPUT)([activations, hidden])
+    cam = CamLogits(model.get_layer("head_dense"), probability_dense(model), name=LESION_OUTPUT)([activations, hidden])
     return keras.Model(model.inputs, [model.outputs[0], cam], name=model.name)
 
 
@@ -332,6 +370,9 @@ def init_from_run(model, source: Path) -> tuple[int, list[str]]:
     except Exception as err:
         raise WeightsUnavailable(f"--weights {source}: cannot load {path.name} ({err.__class__.__name__}: {err})") from None
     donor_layers = {layer.name: layer for layer in donor.layers}
+    if CONDITIONAL_LAYER not in donor_layers and has_presence(model):
+        # a plain parent's probability becomes the first factor; the presence factor starts afresh
+        donor_layers[CONDITIONAL_LAYER] = donor_layers.get(PROBABILITY_OUTPUT)
     copied, fitted, restarted = 0, set(), []
     for layer in model.layers:
         d = donor_layers.get(layer.name)

@@ -27,7 +27,7 @@ from train.data import PAIR_OUTPUT, LoadedDataset, load_saved_split, to_model_in
 from train.dedup import DedupConfig
 from train.evaluate import predict_probabilities
 from train.metrics import ThresholdPolicy, binary_metrics
-from train.model import with_lesion_cam, with_pair_output, without_lesion_cam
+from train.model import with_lesion_cam, with_pair_output, with_presence_outputs, without_lesion_cam
 from train.run_dir import PRETRAIN_KIND, RunDir, unfinished
 from train.tf_setup import keras
 
@@ -259,6 +259,8 @@ def slim(config: SlimConfig, resume: bool = False) -> RunDir:
     # the parent's Grad-CAM lesion loss keeps the thinner model looking at the lesion too
     cam = train_cfg.lesion_weight > 0 and train_cfg.lesion_loss == "cam"
     model = with_lesion_cam(model, batch_norm=False) if cam else model
+    if train_cfg.presence_weight > 0:  # a presence parent's two factors go on learning apart
+        model = with_presence_outputs(model)
     if train_cfg.consistency > 0:     # and the parent's consistency pairs keep it reading screens as scans
         model = with_pair_output(model, PAIR_OUTPUT)
     trainer.fit_phases(model, run, state, phases, data, split,
@@ -267,7 +269,8 @@ def slim(config: SlimConfig, resume: bool = False) -> RunDir:
                        to_saved=without_lesion_cam, lesion_loss="cam",
                        roi=trainer.lesion_crops(train_cfg, data, spec), roi_share=train_cfg.roi_share,
                        consistency=train_cfg.consistency, view=ScreenView.with_calipers(train_cfg.pair_calipers),
-                       free=trainer.lesion_free_crops(train_cfg, data, spec), free_share=train_cfg.lesion_free_share)
+                       free=trainer.lesion_free_crops(train_cfg, data, spec), free_share=train_cfg.lesion_free_share,
+                       presence_weight=train_cfg.presence_weight)
     policy = ThresholdPolicy(train_cfg.threshold_method, train_cfg.min_sensitivity)
     done = trainer.finish_training(run, state, phases, data, split, spec, policy, config.bootstrap_resamples)
     atomic.write_json(run.run_info, trainer._run_info(train_cfg, spec, model_info, data, phases, "complete",

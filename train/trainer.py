@@ -30,8 +30,10 @@ from train.dedup import DedupConfig, split_groups
 from train.distribute import Cluster, lost_worker_error, make_cluster, shard_by_data, split_sha256, writes_run_dir
 from train.metrics import ThresholdPolicy
 from train.bn_restart import match_batch_norms
-from train.model import (BIRADS_OUTPUT, LESION_OUTPUT, ModelConfig, build_model, inference_model, set_trainable_blocks,
-                         with_birads_head, with_lesion_cam, with_pair_output, without_lesion_cam)
+from train.model import (BIRADS_OUTPUT, CONDITIONAL_LAYER, LESION_OUTPUT, PRESENCE_LAYER, ModelConfig, build_model,
+                         inference_model, set_trainable_blocks,
+                         with_birads_head, with_lesion_cam, with_pair_output, with_presence_outputs,
+                         without_lesion_cam)
 from train.plots import plot_history
 from train.precision import apply_precision, resolve_precision
 from train.run_dir import RunDir
@@ -324,10 +326,15 @@ def _class_weights(labels: np.ndarray) -> dict[int, float]:
 
 
 def _compile(model, learning_rate: float, lesion_weight: float = 0.0, lesion_loss: str = "head",
-             birads_weight: float = 0.0, consistency: float = 0.0) -> None:
+             birads_weight: float = 0.0, consistency: float = 0.0, presence_weight: float = 0.0) -> None:
     optimizer = keras.optimizers.Adam(learning_rate)
-    if lesion_weight > 0 or birads_weight > 0 or consistency > 0:
+    if lesion_weight > 0 or birads_weight > 0 or consistency > 0 or presence_weight > 0:
         losses, weights = {"malignancy": "binary_crossentropy"}, {"malignancy": 1.0}
+        if presence_weight > 0:
+            # the probability is the product of its two factors; each learns on its own
+            # images (data.make_tf_dataset), the product only is scored (its AUC)
+            losses = {CONDITIONAL_LAYER: "binary_crossentropy", PRESENCE_LAYER: "binary_crossentropy"}
+            weights = {CONDITIONAL_LAYER: 1.0, PRESENCE_LAYER: presence_weight}
         if lesion_weight > 0:
             losses[LESION_OUTPUT] = cam_lesion_loss if lesion_loss == "cam" else "binary_crossentropy"
             weights[LESION_OUTPUT] = lesion_weight
@@ -412,7 +419,7 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
                lesion_weight: float = 0.0, to_saved=None, lesion_loss: str = "head",
                birads_weight: float = 0.0, roi=None, roi_share: float = 0.0, consistency: float = 0.0,
                average_from: int = 0, view: ScreenView = ScreenView(), free=None,
-               free_share: float = 0.0) -> None:
+               free_share: float = 0.0, presence_weight: float = 0.0) -> None:
     """Train `model` through `phases` on the split's train images, validating on val:
     class weights, early stopping on val AUC, best model -> run.model (through
     `to_saved`), checkpoint every epoch. Shared by `bcd train` and `bcd slim` (which
@@ -425,13 +432,17 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
     is made). With average_from > 0, run.model is finally the mean of the weights after
     epochs average_from..last (train.weight_average) instead of the best epoch. With
     free_share > 0 a share of the lesion images is shown as one of their lesion-free
-    crops (`free`), labelled benign."""
+    crops (`free`), labelled benign. With presence_weight > 0 (a presence model) the
+    probability's two factors learn apart: P(a lesion) with this weight on every image
+    (the normal class and the lesion-free samples show none), P(malignant | a lesion)
+    on the images with a lesion."""
     tr, va = split["train"], split["val"]
     weights = _class_weights(data.labels[tr])
     pair = PairViews(view, weights) if consistency > 0 else None
     if pair is not None and augment is not None:
         augment = replace(augment, fan=0.0, calipers=0.0)
     per_sample = lesion_loss == "cam"
+    no_lesion = (lambda idx: _normal_class(data)[idx]) if presence_weight > 0 else (lambda idx: None)
     lesion = (lambda idx: _lesion_targets(data, idx, weights, per_sample)) if lesion_weight > 0 else (lambda idx: None)
     birads = ((lambda idx: BiradsTargets(data.birads_levels()[idx], weights)) if birads_weight > 0
               else (lambda idx: None))
@@ -446,9 +457,10 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
     train_ds = shard_by_data(make_tf_dataset(data.images[tr], data.labels[tr], spec, global_batch, True, seed,
                                              augment, lesion(tr), birads(tr),
                                              roi.subset(tr) if roi is not None else None, roi_share, pair,
-                                             free.subset(tr) if free is not None else None, free_share))
+                                             free.subset(tr) if free is not None else None, free_share,
+                                             no_lesion(tr)))
     val_ds = shard_by_data(make_tf_dataset(data.images[va], data.labels[va], spec, global_batch, False,
-                                           lesion=lesion(va), birads=birads(va)))
+                                           lesion=lesion(va), birads=birads(va), no_lesion=no_lesion(va)))
     verbose = 1 if _is_tty() else 2
     to_saved = to_saved or (lambda m: m)
     average = (WeightAveraging(average_from, RunningAverage.load(run.checkpoint_dir) if resume else RunningAverage())
@@ -459,30 +471,37 @@ def fit_phases(model, run: RunDir, state: dict, phases: list[Phase], data: Loade
         if state["phase"] != phase.name or not resume:
             set_trainable_blocks(model, phase.blocks)
             with strategy.scope():     # the optimizer's variables live where the model's do
-                _compile(model, phase.learning_rate, lesion_weight, lesion_loss, birads_weight, consistency)
+                _compile(model, phase.learning_rate, lesion_weight, lesion_loss, birads_weight, consistency,
+                         presence_weight)
             state["wait"] = 0   # each phase gets its own patience
         elif model.optimizer is None:   # a checkpoint saved without its optimizer (Grad-CAM lesion loss)
             set_trainable_blocks(model, phase.blocks)
             with strategy.scope():
                 _compile(model, (state["history"].get("learning_rate") or [phase.learning_rate])[-1],
-                         lesion_weight, lesion_loss, birads_weight, consistency)
+                         lesion_weight, lesion_loss, birads_weight, consistency, presence_weight)
         resume = False  # later phases start fresh
         log.info("phase %s: epochs %d-%d, VGG16 blocks training: %s, learning rate %g",
                  phase.name, phase.start + 1, phase.end, phase.blocks, phase.learning_rate)
         model.fit(train_ds, validation_data=val_ds, epochs=phase.end,
                   initial_epoch=max(phase.start, state["epochs_done"]),
                   # sample weights carry the class weights when there is an auxiliary target
-                  class_weight=None if lesion_weight > 0 or birads_weight > 0 or pair is not None else weights,
+                  class_weight=(None if lesion_weight > 0 or birads_weight > 0 or pair is not None or presence_weight > 0
+                                else weights),
                   callbacks=[EpochCheckpoint(run, state, phase, patience, decay, to_saved, average)], verbose=verbose)
     if average is not None and "weight_average" not in state:
         average.apply(model, run, state, to_saved)
         atomic.write_json(run.state, state)
 
 
+def _normal_class(data: LoadedDataset) -> np.ndarray:
+    """Per image: True for a 'normal' class (a scan with no lesion in it)."""
+    return np.array([c == "normal" for c in data.class_names], bool)
+
+
 def _lesion_targets(data: LoadedDataset, idx: np.ndarray, class_weights: dict, per_sample: bool) -> LesionTargets:
     """Masks where known: a source's lesion masks, and the empty mask of a 'normal'
     image (no lesion to find)."""
-    normal = np.array([c == "normal" for c in data.class_names])[idx]
+    normal = _normal_class(data)[idx]
     return LesionTargets(data.masks[idx], data.has_mask[idx] | normal, class_weights, per_sample_weight=per_sample)
 
 
@@ -556,7 +575,7 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
     apply_precision(precision)
     model_cfg = ModelConfig(config.image_size, config.weights, seed=config.seed, batch_norm=config.batch_norm,
                             width=config.width, lesion=config.lesion_loss if config.lesion_weight > 0 else "none",
-                            mixstyle=config.mixstyle)
+                            mixstyle=config.mixstyle, presence=config.presence_weight > 0)
     with cluster.strategy.scope():    # variables (and on resume the optimizer's) mirrored per replica
         model, model_info = build_model(model_cfg)
         if resume and out.last_model.is_file():
@@ -572,6 +591,11 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
             model = with_birads_head(model, len(BIRADS_CUTS), config.seed)
         model_info["birads_head"] = (f"P(BI-RADS >= k) for k in {list(BIRADS_CUTS)}, weight {config.birads_weight:g} "
                                      f"(training only; {int((data.birads_levels() > 0).sum())} images have a BI-RADS)")
+    if config.presence_weight > 0:
+        model = with_presence_outputs(model)
+        model_info["presence"] = (f"probability = P(malignant | a lesion) x P(a lesion); P(a lesion) learns with weight "
+                                  f"{config.presence_weight:g} from every image ({int(_normal_class(data).sum())} of the "
+                                  f"normal class show none), P(malignant | a lesion) from the images with a lesion")
     if config.consistency > 0:
         model = with_pair_output(model, PAIR_OUTPUT)
         model_info["consistency"] = consistency_note(config.pair_calipers, config.consistency)
@@ -588,7 +612,8 @@ def _train(config: TrainConfig, resume: bool, cluster: Cluster, out: RunDir, run
                lesion_loss=config.lesion_loss, birads_weight=config.birads_weight,
                roi=lesion_crops(config, data, spec), roi_share=config.roi_share, consistency=config.consistency,
                average_from=config.average_from, view=ScreenView.with_calipers(config.pair_calipers),
-               free=lesion_free_crops(config, data, spec), free_share=config.lesion_free_share)
+               free=lesion_free_crops(config, data, spec), free_share=config.lesion_free_share,
+               presence_weight=config.presence_weight)
     apply_precision("float32")
     if not cluster.is_chief:
         log.info("training done; the chief evaluates and writes %s", out.root)
