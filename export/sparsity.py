@@ -23,12 +23,13 @@ import numpy as np
 
 from export.finetune import fine_tune, weight_copy
 from runtime.preprocessing import PreprocessSpec
+from train.model import CONDITIONAL_LAYER, PRESENCE_LAYER, PROBABILITY_OUTPUT
 from train.tf_setup import keras
 
 log = logging.getLogger(__name__)
 
 # too small to prune (one weight per hidden unit): the output layer, or a presence model's two factors
-OUTPUT_LAYERS = ("malignancy", "malignancy_given_lesion", "lesion_presence")
+OUTPUT_LAYERS = (PROBABILITY_OUTPUT, CONDITIONAL_LAYER, PRESENCE_LAYER)
 
 
 @dataclass
